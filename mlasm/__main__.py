@@ -1,0 +1,3 @@
+from mlasm.cli import main
+
+raise SystemExit(main())
