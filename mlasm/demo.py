@@ -1,0 +1,125 @@
+"""``mlasm demo``: the whole job on the embedded dataset, in minutes on a laptop CPU.
+
+Builds ShapeScenes, trains MLASM with the CPU preset, evaluates every level on the
+1,000-image test split (with the pointing game), and writes an output folder:
+
+    OUT/mlasm/best.pt, last.pt, train_log.jsonl, vocab.json, config.json   the run
+    OUT/metrics.json, OUT/ranks.npz                                         the test evaluation
+    OUT/figures/attention.png, recall_per_level.png, training.png           what to look at
+    OUT/comparison.json                                                     with --compare
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # the demo only writes files; notebooks keep their inline backend
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mlasm.config import MLASMConfig  # noqa: E402
+from mlasm.data.shapescenes import bag_of_words_scores  # noqa: E402
+from mlasm.data.vocab import tokenize  # noqa: E402
+from mlasm.evaluate import encode_split, evaluate_checkpoints  # noqa: E402
+from mlasm.io import write_json  # noqa: E402
+from mlasm.metrics import retrieval_metrics  # noqa: E402
+from mlasm.plots import draw_attention, draw_level_recalls, draw_training_log  # noqa: E402
+from mlasm.report import format_result, recall_table  # noqa: E402
+from mlasm.sources import EMBEDDED, open_split  # noqa: E402
+from mlasm.train import load_model, resolve_device, train  # noqa: E402
+
+FAST_OVERRIDES = dict(embed_size=64, word_dim=64, epochs=1, batch_size=64)
+
+
+def demo_config(fast: bool = False, epochs: int | None = None, **overrides) -> MLASMConfig:
+    """The CPU preset (or a tiny one for smoke tests), with an optional number of epochs."""
+    settings = dict(FAST_OVERRIDES) if fast else {}
+    if epochs is not None:
+        settings["epochs"] = epochs
+    settings.update(overrides)
+    return MLASMConfig.cpu(**settings)
+
+
+def attention_figure(checkpoint: Path, split, image_index: int = 0, max_words: int = 4):
+    """A test picture with the regions that its first caption's object words attend to."""
+    model, vocab, _ = load_model(checkpoint, "cpu")
+    one_image = split.subset([image_index])  # the image and its captions
+    img, cap = encode_split(model, one_image, vocab)
+    explanation = model.explain(img, cap, 0, 0)
+    caption = one_image.captions[0]
+    tokens = tokenize(caption)
+    grounded = [position for position, _ in one_image.grounding[0]] if one_image.grounding else []
+    positions = (grounded or list(range(len(tokens))))[:max_words]
+    boxes = one_image.boxes[0][explanation.region_indices]
+    picture = one_image.get_image(0)
+    fig, axes = plt.subplots(1, len(positions), figsize=(3 * len(positions), 3.4))
+    for ax, position in zip(np.atleast_1d(axes), positions):
+        draw_attention(picture, boxes, explanation.t2i_attention[position], ax=ax, top_k=3,
+                       title=f"\u201c{tokens[position]}\u201d")
+    fig.suptitle(f"{caption}  (final score {explanation.scores['final']:.3f})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _train_and_evaluate(config: MLASMConfig, splits: dict, run_dir: Path, eval_dir: Path,
+                        device, seed: int) -> dict:
+    summary = train(config, splits["train"], splits["dev"], run_dir, device=device, seed=seed)
+    result = evaluate_checkpoints([summary["best"]], splits["test"], out_dir=eval_dir, device=device)
+    return {"train": summary, "result": result}
+
+
+def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = False,
+             epochs: int | None = None, device: str | None = None, seed: int = 0) -> dict:
+    """Run the main job; return the test result (also written to OUT/metrics.json)."""
+    out = Path(out)
+    device = resolve_device(device)
+    started = time.time()
+    print(f"mlasm demo: ShapeScenes{' (fast, tiny)' if fast else ''} on {device}; output in {out}")
+    splits = {name: open_split(EMBEDDED, name, fast=fast) for name in ("train", "dev", "test")}
+    print(", ".join(f"{name} {s.n_images} images / {s.n_captions} captions" for name, s in splits.items())
+          + f" ({time.time() - started:.0f} s)")
+
+    config = demo_config(fast, epochs)
+    mlasm_run = _train_and_evaluate(config, splits, out / "mlasm", out, device, seed)
+    result = mlasm_run["result"]
+    test = splits["test"]
+    with open(out / "mlasm" / "train_log.jsonl", encoding="utf-8") as f:
+        log = [json.loads(line) for line in f if line.strip()]
+    _save(draw_training_log(log), out / "figures" / "training.png")
+    _save(draw_level_recalls(result, title="ShapeScenes test: recall per level"), out / "figures" / "recall_per_level.png")
+    _save(attention_figure(Path(mlasm_run["train"]["best"]), test), out / "figures" / "attention.png")
+
+    print()
+    print(format_result(result))
+    if compare:
+        local_config = dataclasses.replace(config, rho=1.0)
+        local_run = _train_and_evaluate(local_config, splits, out / "local_only", out / "local_only", device, seed)
+        rows = {
+            "MLASM (final)": result,
+            "MLASM local level": result["levels"]["local"],
+            "MLASM global level": result["levels"]["global"],
+            "local-only model": local_run["result"],
+            "bag-of-words oracle": retrieval_metrics(bag_of_words_scores(test), test.caption_to_image),
+            "chance": result["chance"],
+        }
+        comparison = {name: {k: row[k] for k in ("rsum", "i2t", "t2i")} for name, row in rows.items()}
+        comparison["grounding"] = {"MLASM": result.get("grounding"), "local-only": local_run["result"].get("grounding")}
+        write_json(out / "comparison.json", comparison)
+        print("\nside by side on the test split:")
+        print(recall_table(rows))
+    elapsed = time.time() - started
+    write_json(out / "demo.json", {"seconds": round(elapsed, 1), "device": str(device), "fast": fast,
+                                   "config": config.to_dict()})
+    print(f"\ndone in {elapsed / 60:.1f} min: {out}/metrics.json, {out}/figures/, checkpoint {mlasm_run['train']['best']}")
+    return result

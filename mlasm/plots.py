@@ -1,0 +1,109 @@
+"""Figures a person would rather look at than read: attention on pictures, recall per level, training curves.
+
+Every function draws on a matplotlib Axes it is given (or makes one) and returns the figure,
+so the demo, the notebooks and the widgets draw the same pictures.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+
+LEVEL_COLOURS = {"final": "#1f77b4", "local": "#2ca02c", "global": "#d62728", "t2i": "#9467bd", "i2t": "#8c564b"}
+
+
+def _axes(ax=None, figsize=(4, 4)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def attention_heatmap(image_size: tuple[int, int], boxes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """A (H, W) map where each pixel sums the attention of the boxes covering it, scaled to [0, 1]."""
+    width, height = image_size
+    heat = np.zeros((height, width), np.float32)
+    for (x1, y1, x2, y2), weight in zip(boxes, weights):
+        x1, y1 = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+        x2, y2 = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
+        heat[y1:y2, x1:x2] += weight
+    peak = heat.max()
+    return heat / peak if peak > 0 else heat
+
+
+def draw_attention(image, boxes: np.ndarray, weights: np.ndarray, ax=None, title: str | None = None,
+                   top_k: int | None = 5, heat_alpha: float = 0.55, labels: Sequence[str] | None = None):
+    """The picture, a heatmap of region attention over it, and the top boxes outlined by weight."""
+    fig, ax = _axes(ax)
+    image = np.asarray(image)
+    ax.imshow(image)
+    weights = np.asarray(weights, dtype=np.float32)
+    boxes = np.asarray(boxes, dtype=np.float32)
+    heat = attention_heatmap((image.shape[1], image.shape[0]), boxes, weights)
+    ax.imshow(heat, cmap="inferno", alpha=heat_alpha * (heat > 0), vmin=0, vmax=1)
+    order = np.argsort(-weights)[: top_k or len(weights)]
+    peak = float(weights.max()) if weights.size else 1.0
+    for rank, r in enumerate(order):
+        x1, y1, x2, y2 = boxes[r]
+        strength = float(weights[r]) / peak if peak > 0 else 0.0
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1 + 2.5 * strength,
+                               edgecolor=plt.cm.viridis(strength), alpha=0.4 + 0.6 * strength))
+        text = f"{weights[r]:.2f}" if labels is None else f"{labels[r]} {weights[r]:.2f}"
+        ax.text(x1 + 1, y1 + 1, text, fontsize=7, va="top", color="white",
+                bbox=dict(facecolor="black", alpha=0.5, pad=1, lw=0))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def draw_attention_matrix(attention: np.ndarray, words: Sequence[str], region_names: Sequence[str] | None = None,
+                          ax=None, title: str = "word-to-region attention"):
+    """The (L, R) attention matrix with words as rows."""
+    fig, ax = _axes(ax, figsize=(5, 3))
+    image = ax.imshow(attention, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-6, float(attention.max())))
+    ax.set_yticks(range(len(words)), words, fontsize=8)
+    names = region_names if region_names is not None else [str(r) for r in range(attention.shape[1])]
+    ax.set_xticks(range(attention.shape[1]), names, fontsize=7, rotation=90)
+    ax.set_xlabel("region")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return fig
+
+
+def draw_level_recalls(result: dict, ax=None, title: str = "recall per level"):
+    """Grouped bars: R@1/5/10 in both directions for every level of a metrics result."""
+    fig, ax = _axes(ax, figsize=(7, 3.2))
+    levels = list(result["levels"])
+    metrics = [(direction, k) for direction in ("i2t", "t2i") for k in ("r1", "r5", "r10")]
+    width = 0.8 / len(levels)
+    for j, level in enumerate(levels):
+        values = [result["levels"][level][direction][k] for direction, k in metrics]
+        ax.bar(np.arange(len(metrics)) + j * width, values, width,
+               label=f"{level} (rSum {result['levels'][level]['rsum']:.1f})", color=LEVEL_COLOURS.get(level))
+    ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2, [f"{d} {k.upper()}" for d, k in metrics])
+    ax.set_ylabel("recall (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def draw_training_log(rows: Sequence[dict], axes=None):
+    """Loss and validation rSum per epoch, from ``train_log.jsonl`` rows."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    else:
+        fig = axes[0].figure
+    epochs = [row["epoch"] + 1 for row in rows]
+    axes[0].plot(epochs, [row["loss"] for row in rows], marker="o")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("training loss")
+    axes[1].plot(epochs, [row["val_rsum"] for row in rows], marker="o", color="tab:green")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("validation rSum")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,150 @@
+"""Training, checkpoints, exact resume, evaluation output and the command line, on a tiny run."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mlasm.cli import main
+from mlasm.config import MLASMConfig
+from mlasm.data.errors import DataError
+from mlasm.data.shapescenes import load_shapescenes
+from mlasm.evaluate import evaluate_checkpoints, level_metrics, score_split
+from mlasm.train import CheckpointError, check_model_fits, load_checkpoint, load_model, train
+
+TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
+TINY = dict(embed_size=32, word_dim=16, batch_size=16, epochs=2, lr_decay_epoch=1, learning_rate=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return {split: load_shapescenes(split, sizes=TINY_SIZES, cache=cache, progress=False)
+            for split in ("train", "dev", "test")}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    summary = train(MLASMConfig.cpu(**TINY), tiny_data["train"], tiny_data["dev"], out, progress=False,
+                    checkpoint_every=4)
+    return out, summary
+
+
+class SimulatedKill(Exception):
+    pass
+
+
+def _kill_at(step):
+    def on_step(global_step):
+        if global_step == step:
+            raise SimulatedKill
+
+    return on_step
+
+
+def test_run_folder_holds_what_was_promised(trained):
+    out, summary = trained
+    for name in ("best.pt", "last.pt", "vocab.json", "config.json", "train_log.jsonl"):
+        assert (out / name).is_file(), name
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [0, 1]
+    assert log[0]["lr"] == pytest.approx(1e-3) and log[1]["lr"] == pytest.approx(1e-4)  # divided by 10
+    assert summary["best_rsum"] == max(row["val_rsum"] for row in log)
+
+
+def test_resume_after_a_kill_mid_epoch_is_exact(tiny_data, trained, tmp_path):
+    reference_dir, reference = trained
+    # 48 images x 5 captions / batch 16 = 15 steps per epoch; checkpoints at steps 4, 8, 12 of an epoch.
+    with pytest.raises(SimulatedKill):
+        train(MLASMConfig.cpu(**TINY), tiny_data["train"], tiny_data["dev"], tmp_path, progress=False,
+              checkpoint_every=4, on_step=_kill_at(15 + 10))  # killed in epoch 2, after its step 10
+    assert load_checkpoint(tmp_path / "last.pt")["progress"]["step_in_epoch"] == 8
+    resumed = train(MLASMConfig.cpu(**TINY), tiny_data["train"], tiny_data["dev"], tmp_path, progress=False,
+                    checkpoint_every=4, resume=True)
+    assert resumed["log"] == [{**row, "seconds": row2["seconds"]} for row, row2 in
+                              zip(reference["log"], resumed["log"])]
+    expected = load_checkpoint(reference_dir / "last.pt")["model"]
+    actual = load_checkpoint(tmp_path / "last.pt")["model"]
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, actual[name]), name
+
+
+def test_ctrl_c_saves_where_it_stopped(tiny_data, tmp_path):
+    def interrupt(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(MLASMConfig.cpu(**TINY), tiny_data["train"], tiny_data["dev"], tmp_path, progress=False,
+              on_step=interrupt)
+    assert load_checkpoint(tmp_path / "last.pt")["progress"]["step_in_epoch"] == 3
+
+
+def test_resume_without_a_run_is_an_error(tiny_data, tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(MLASMConfig.cpu(**TINY), tiny_data["train"], tiny_data["dev"], tmp_path, resume=True)
+
+
+def test_bad_checkpoints_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a zip file at all")
+    with pytest.raises(CheckpointError, match="corrupt.pt: not a readable checkpoint"):
+        load_checkpoint(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not an mlasm checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_checkpoint_for_other_features_is_refused(trained, tiny_data):
+    out, _ = trained
+    model, _, _ = load_model(out / "best.pt", "cpu")
+    split = tiny_data["test"]
+    other = type(split)(name="other", regions=np.zeros((2, 3, split.region_dim + 1), np.float32),
+                        region_mask=None, global_features=None, captions=["a"] * 10,
+                        caption_to_image=np.repeat([0, 1], 5))
+    with pytest.raises(DataError, match=f"expects {split.region_dim}-d region features"):
+        check_model_fits(model, other, "ckpt")
+
+
+def test_evaluation_writes_metrics_ranks_and_grounding(trained, tiny_data, tmp_path):
+    out, _ = trained
+    result = evaluate_checkpoints([out / "best.pt"], tiny_data["test"], out_dir=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for level in ("final", "local", "global", "t2i", "i2t"):
+        assert set(saved["levels"][level]) == {"rsum", "i2t", "t2i"}
+        assert set(saved["levels"][level]["i2t"]) == {"r1", "r5", "r10", "medr", "meanr"}
+    assert saved["rsum"] == saved["levels"]["final"]["rsum"]
+    assert 0 <= saved["grounding"]["accuracy"] <= 100 and saved["grounding"]["words"] > 0
+    ranks = np.load(tmp_path / "ranks.npz")
+    assert ranks["final_t2i_rank"].shape == (tiny_data["test"].n_captions,)
+    assert ranks["final_i2t_top"].shape == (tiny_data["test"].n_images, 5)
+    # an ensemble of one model with itself is that model
+    ensemble = evaluate_checkpoints([out / "best.pt"] * 2, tiny_data["test"], progress=False)
+    assert ensemble["rsum"] == pytest.approx(result["rsum"])
+
+
+def test_validation_recall_matches_scores(trained, tiny_data):
+    out, summary = trained
+    model, vocab, _ = load_model(out / "best.pt", "cpu")
+    dev = tiny_data["dev"]
+    result = level_metrics(score_split(model, dev, vocab), dev.caption_to_image)
+    assert result["rsum"] == pytest.approx(summary["best_rsum"])
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path)]) == 2
+    assert main(["train", "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "nowhere: no such folder" in err[1] and "Traceback" not in "".join(err)
+
+
+def test_cli_help_names_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("demo", "train", "evaluate", "extract"):
+        assert command in text
