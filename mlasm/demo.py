@@ -11,6 +11,7 @@ Builds ShapeScenes, trains MLASM with the CPU preset, evaluates every level on t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,14 +24,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mlasm.config import MLASMConfig  # noqa: E402
+from mlasm.data.shapescenes import VERSION as SHAPESCENES_VERSION  # noqa: E402
 from mlasm.data.shapescenes import bag_of_words_scores  # noqa: E402
 from mlasm.data.vocab import tokenize  # noqa: E402
 from mlasm.evaluate import encode_split, evaluate_checkpoints  # noqa: E402
 from mlasm.io import write_json  # noqa: E402
 from mlasm.metrics import retrieval_metrics  # noqa: E402
+from mlasm.paths import cache_dir, runs_dir  # noqa: E402
 from mlasm.plots import draw_attention, draw_level_recalls, draw_training_log  # noqa: E402
 from mlasm.report import format_result, recall_table  # noqa: E402
-from mlasm.sources import EMBEDDED, open_split  # noqa: E402
+from mlasm.sources import EMBEDDED, FAST_SIZES, fast_mode, open_split  # noqa: E402
 from mlasm.train import load_model, resolve_device, train  # noqa: E402
 
 FAST_OVERRIDES = dict(embed_size=64, word_dim=64, epochs=1, batch_size=64)
@@ -77,6 +80,22 @@ def _train_and_evaluate(config: MLASMConfig, splits: dict, run_dir: Path, eval_d
     summary = train(config, splits["train"], splits["dev"], run_dir, device=device, seed=seed)
     result = evaluate_checkpoints([summary["best"]], splits["test"], out_dir=eval_dir, device=device)
     return {"train": summary, "result": result}
+
+
+def demo_checkpoint(fast: bool | None = None, progress: bool = False) -> Path:
+    """The demo's best checkpoint, for notebooks: ``runs/demo`` where ``mlasm demo`` ran,
+    else (and always in fast mode) a tiny model trained now in seconds and cached."""
+    fast = fast_mode() if fast is None else fast
+    demo_best = runs_dir() / "demo" / "mlasm" / "best.pt"
+    if not fast and demo_best.is_file():
+        return demo_best
+    config = demo_config(fast=True)
+    key = hashlib.sha256(json.dumps([config.to_dict(), FAST_SIZES, SHAPESCENES_VERSION]).encode()).hexdigest()[:10]
+    tiny_run = cache_dir() / f"tiny-model-{key}"
+    if not (tiny_run / "best.pt").is_file():
+        splits = {name: open_split(EMBEDDED, name, fast=True, progress=progress) for name in ("train", "dev")}
+        train(config, splits["train"], splits["dev"], tiny_run, progress=progress)
+    return tiny_run / "best.pt"
 
 
 def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = False,

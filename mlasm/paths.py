@@ -21,3 +21,8 @@ def cache_dir() -> Path:
     if in_checkout():
         return REPO_ROOT / "data" / "cache"
     return Path.home() / ".cache" / "mlasm"
+
+
+def runs_dir() -> Path:
+    """Where ``mlasm demo`` writes by default and where notebooks look for its run."""
+    return REPO_ROOT / "runs" if in_checkout() else Path.cwd() / "runs"

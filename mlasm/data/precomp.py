@@ -1,0 +1,252 @@
+"""SCAN "precomp" folders plus the optional extras of docs/architecture.md, read and written.
+
+``{split}_ims.npy`` is opened as a read-only memory map, so a 20 GB file costs no memory until
+its rows are used; the NaN/inf check reads it once, in chunks. Every file is written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mlasm.data.dataset import RetrievalSplit, scan_regions
+from mlasm.data.errors import DataError, load_json
+from mlasm.data.vocab import tokenize
+from mlasm.io import atomic_path, write_json, write_text
+
+FORMAT = "mlasm-precomp"
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+DEFAULT_CAPTIONS_PER_IMAGE = 5
+STANDARD_SPLITS = ("train", "dev", "test", "testall")
+
+
+def list_splits(folder: str | os.PathLike) -> list[str]:
+    """Names of the splits in ``folder`` (those with an ``{split}_ims.npy``), standard ones first."""
+    folder = Path(folder)
+    names = {p.name[: -len("_ims.npy")] for p in folder.glob("*_ims.npy")} if folder.is_dir() else set()
+    return sorted(names, key=lambda s: (STANDARD_SPLITS.index(s) if s in STANDARD_SPLITS else len(STANDARD_SPLITS), s))
+
+
+def read_meta(folder: str | os.PathLike) -> dict:
+    """The folder's meta.json, or {} when it has none."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        return {}
+    meta = load_json(path)
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    if meta.get("format", FORMAT) != FORMAT or meta.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise DataError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
+                        f"expected {FORMAT!r} version {FORMAT_VERSION}")
+    return meta
+
+
+def read_split(folder: str | os.PathLike, split: str, captions_per_image: int | None = None,
+               mmap: bool = True) -> RetrievalSplit:
+    """Read split ``split`` of a precomp folder, with every optional extra that is present.
+
+    Captions belong to images by ``{split}_cap2img.npy`` when present, else caption k to image
+    k // captions_per_image (argument, else meta ``captions_per_image``, else 5).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: dataset folder not found")
+    available = list_splits(folder)
+    if split not in available:
+        raise DataError(f"{folder}: no split {split!r} (no {split}_ims.npy); available: {available or 'none'}")
+    meta = read_meta(folder)
+
+    def file(suffix: str) -> Path:
+        return folder / f"{split}_{suffix}"
+
+    regions = _load_array(file("ims.npy"), mmap, ndim=3, kind="f")
+    n, r, _ = regions.shape
+    if n == 0 or r == 0:
+        raise DataError(f"{file('ims.npy')}: shape {regions.shape} holds no image or no region")
+    mask = _optional_array(file("mask.npy"), (n, r), kind="b")
+    if mask is None:
+        mask = np.ones((n, r), bool)
+    empty = np.flatnonzero(~mask.any(axis=1))
+    if empty.size:
+        raise DataError(f"{file('mask.npy')}: image {int(empty[0])} has no real region (all False)")
+    captions = _read_lines(file("caps.txt"), required=True, allow_empty=False)
+    caption_to_image = _caption_to_image(file, meta, captions_per_image, n, len(captions))
+    paths = _read_lines(file("image_paths.txt"), expected=n)
+    labels = _optional_array(file("labels.npy"), (n, r), kind="i")
+    extras = dict(
+        boxes=_optional_array(file("boxes.npy"), (n, r, 4), kind="f"),
+        image_sizes=_optional_array(file("sizes.npy"), (n, 2), kind="i"),
+        image_ids=_read_lines(file("ids.txt"), expected=n),
+        image_paths=None if paths is None else [str(folder / p) if p else None for p in paths],
+        grounding=_read_grounding(file("grounding.json"), captions, r),
+        image_attributes=_read_attributes(file("attributes.json"), n),
+        region_scores=_optional_array(file("scores.npy"), (n, r), kind="f"),
+        region_labels=labels,
+        label_names=meta.get("label_names") if labels is not None else None,
+    )
+    global_features = _optional_array(file("global.npy"), (n, None), kind="f")
+    if global_features is not None and not np.isfinite(global_features).all():
+        bad = int(np.flatnonzero(~np.isfinite(global_features).all(axis=1))[0])
+        raise DataError(f"{file('global.npy')}: image {bad} has NaN or infinite features")
+    # Last, once every cheap check has passed: the one pass that reads all the region features.
+    mean = scan_regions(regions, mask, str(file("ims.npy")), with_mean=global_features is None)
+    return RetrievalSplit(name=split, regions=regions, region_mask=mask,
+                          global_features=mean if global_features is None else global_features,
+                          captions=captions, caption_to_image=caption_to_image, **extras)
+
+
+def write_split(folder: str | os.PathLike, split_name: str, split: RetrievalSplit,
+                meta: dict | None = None) -> None:
+    """Write ``split`` as split ``split_name`` of a precomp folder (each file atomically) and update meta.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = [k for k, c in enumerate(split.captions) if "\n" in c or "\r" in c]
+    if bad:
+        raise DataError(f"split {split.name!r}: caption {bad[0]} contains a line break; "
+                        "captions are stored one per line")
+
+    def file(suffix: str) -> Path:
+        return folder / f"{split_name}_{suffix}"
+
+    arrays = {"ims.npy": split.regions, "mask.npy": split.region_mask, "global.npy": split.global_features,
+              "cap2img.npy": split.caption_to_image, "boxes.npy": split.boxes, "sizes.npy": split.image_sizes,
+              "scores.npy": split.region_scores, "labels.npy": split.region_labels}
+    for suffix, array in arrays.items():
+        if array is not None:
+            with atomic_path(file(suffix)) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.asarray(array), allow_pickle=False)
+    write_text(file("caps.txt"), "".join(c + "\n" for c in split.captions))
+    write_text(file("ids.txt"), "".join(f"{i}\n" for i in split.image_ids))
+    if split.image_paths is not None:
+        write_text(file("image_paths.txt"), "".join(f"{_relative_to(p, folder)}\n" for p in split.image_paths))
+    documents = {"grounding.json": split.grounding, "attributes.json": split.image_attributes}
+    for suffix, document in documents.items():
+        if document is not None:
+            write_json_compact(file(suffix), document)
+    optional = {**arrays, **documents, "image_paths.txt": split.image_paths}
+    for suffix in (s for s, value in optional.items() if value is None):
+        file(suffix).unlink(missing_ok=True)  # left from an earlier write, it would be read back with this split
+
+    merged = {**read_meta(folder), **(meta or {}), "format": FORMAT, "version": FORMAT_VERSION}
+    merged.setdefault("captions_per_image", DEFAULT_CAPTIONS_PER_IMAGE)
+    if split.label_names is not None:
+        merged["label_names"] = list(split.label_names)
+    write_json(folder / META_FILE, merged)
+
+
+def write_json_compact(path: str | os.PathLike, document) -> None:
+    """One-line JSON, atomically: the C encoder writes the grounding of 100k captions in a blink
+    (an indented dump goes through the pure-Python encoder, many times slower)."""
+    write_text(path, json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def _relative_to(path: str | None, folder: Path) -> str:
+    if not path:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+_KINDS = {"f": "floating-point", "i": "integer", "b": "boolean"}
+
+
+def _load_array(path: Path, mmap: bool, ndim: int, kind: str) -> np.ndarray:
+    """np.load with the failure modes turned into messages that name the file."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e})") from None
+    if array.ndim != ndim:
+        raise DataError(f"{path}: expected {ndim} dimensions, got shape {array.shape}")
+    if array.dtype.kind != kind and not (kind == "i" and array.dtype.kind == "u"):
+        raise DataError(f"{path}: expected {_KINDS[kind]} values, got dtype {array.dtype}")
+    return array
+
+
+def _optional_array(path: Path, shape: tuple, kind: str) -> np.ndarray | None:
+    """An optional extra, loaded into memory; ``shape`` entries None accept any size."""
+    if not path.exists():
+        return None
+    array = _load_array(path, mmap=False, ndim=len(shape), kind=kind)
+    if any(want is not None and got != want for got, want in zip(array.shape, shape)):
+        expected = tuple("any" if s is None else s for s in shape)
+        raise DataError(f"{path}: expected shape {expected}, got {array.shape}")
+    return array
+
+
+def _read_lines(path: Path, required: bool = False, expected: int | None = None,
+                allow_empty: bool = True) -> list[str] | None:
+    """The stripped lines of a UTF-8 text file; errors name the line (1-based)."""
+    if not path.is_file():
+        if required:
+            raise DataError(f"{path}: file not found")
+        return None
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {line} is not valid UTF-8 ({e.reason})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [line.strip() for line in lines]
+    if not allow_empty:
+        empty = [k for k, line in enumerate(lines) if not line]
+        if empty:
+            raise DataError(f"{path}: line {empty[0] + 1} is empty; every line must hold a caption")
+    if expected is not None and len(lines) != expected:
+        raise DataError(f"{path}: expected {expected} lines (one per image), found {len(lines)}")
+    return lines
+
+
+def _caption_to_image(file, meta: dict, captions_per_image: int | None, n: int, m: int) -> np.ndarray:
+    explicit = _optional_array(file("cap2img.npy"), (m,), kind="i")
+    if explicit is not None:
+        if m and (explicit.min() < 0 or explicit.max() >= n):
+            raise DataError(f"{file('cap2img.npy')}: image indices must lie in [0, {n}), "
+                            f"got [{explicit.min()}, {explicit.max()}]")
+        return explicit.astype(np.int64)
+    cpi = captions_per_image or meta.get("captions_per_image", DEFAULT_CAPTIONS_PER_IMAGE)
+    if m != cpi * n:
+        repeated = " (one feature row per caption, as in old VSE++ releases: keep every 5th row)" if m == n else ""
+        raise DataError(f"{file('caps.txt')}: {m} captions for the {n} images of {file('ims.npy').name}; "
+                        f"expected {cpi} per image ({cpi * n}){repeated}. Pass captions_per_image, or add "
+                        f"{file('cap2img.npy').name} to map each caption to its image")
+    return np.arange(m, dtype=np.int64) // cpi
+
+
+def _read_grounding(path: Path, captions: list[str], n_regions: int) -> list | None:
+    """Per caption a list of [token position, [region indices]], checked against tokens and R."""
+    if not path.exists():
+        return None
+    grounding = load_json(path)
+    if not isinstance(grounding, list) or len(grounding) != len(captions):
+        got = f"{len(grounding)} entries" if isinstance(grounding, list) else type(grounding).__name__
+        raise DataError(f"{path}: expected a list with one entry per caption ({len(captions)}), got {got}")
+    for k, entry in enumerate(grounding):
+        n_tokens = len(tokenize(captions[k]))
+        ok = isinstance(entry, list) and all(
+            isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], int) and 0 <= pair[0] < n_tokens
+            and isinstance(pair[1], list) and all(isinstance(i, int) and 0 <= i < n_regions for i in pair[1])
+            for pair in entry)
+        if not ok:
+            raise DataError(f"{path}: entry {k} (caption {captions[k]!r}) must be a list of "
+                            f"[token position < {n_tokens}, [region indices < {n_regions}]]")
+    return grounding
+
+
+def _read_attributes(path: Path, n: int) -> list[dict] | None:
+    if not path.exists():
+        return None
+    attributes = load_json(path)
+    if not isinstance(attributes, list) or len(attributes) != n or not all(isinstance(a, dict) for a in attributes):
+        raise DataError(f"{path}: expected a list of {n} JSON objects (one per image)")
+    return attributes
