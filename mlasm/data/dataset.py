@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mlasm.data.errors import DataError
 from mlasm.data.vocab import Vocabulary
@@ -149,8 +149,8 @@ class RetrievalSplit:
         if not path:
             return None
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
+            with Image.open(path) as image:  # upright as extraction saw it, so boxes line up
+                return ImageOps.exif_transpose(image).convert("RGB")
         except OSError as e:
             raise DataError(f"split {self.name!r}: cannot open the picture of image {i} at {path} ({e})") from None
 

@@ -1,0 +1,68 @@
+"""``mlasm extract``: the arguments and the run, for ``mlasm.cli`` to mount as a subcommand."""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from mlasm.extract.pipeline import check_split_fractions, extract_dataset
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    """``--split 0.8,0.1,0.1`` -> (0.8, 0.1, 0.1), checked."""
+    try:
+        fractions = tuple(float(part) for part in text.split(","))
+        check_split_fractions(fractions)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+    return fractions
+
+
+def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``mlasm extract``'s options to ``parser``."""
+    parser.add_argument("--images", required=True, help="folder of the pictures")
+    parser.add_argument("--captions", required=True,
+                        help="COCO caption .json, or .csv with header file_name,caption (one row per caption)")
+    parser.add_argument("--out", required=True, help="dataset folder to write (precomp plus extras)")
+    parser.add_argument("--max-regions", type=int, default=36,
+                        help="regions per picture R, the whole picture included (default 36)")
+    parser.add_argument("--split", type=_fractions, default=None, metavar="TRAIN,DEV,TEST",
+                        help="e.g. 0.8,0.1,0.1: write train/dev/test by picture (default: one split 'all')")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    parser.add_argument("--score-threshold", type=float, default=0.2,
+                        help="keep detections scoring at least this (default 0.2)")
+    parser.add_argument("--min-detections", type=int, default=10,
+                        help="top up to this many detections when fewer pass the threshold (default 10)")
+    parser.add_argument("--nms-iou", type=float, default=0.5,
+                        help="class-agnostic NMS overlap threshold (default 0.5)")
+    parser.add_argument("--short-side", type=int, default=224,
+                        help="shorter side of the backbone input in pixels (default 224, its training size)")
+    parser.add_argument("--device", default=None, help="torch device for the backbone (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 avoids heavy slowdowns "
+                             "when other programs share the cores")
+    parser.add_argument("--limit", type=int, default=None, help="extract only the first N pictures")
+    parser.add_argument("--clean-work", action="store_true",
+                        help="delete OUT/.work (the per-picture cache used for resuming) when done")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Run the extraction the parsed arguments describe; print a summary; exit status 0."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    result = extract_dataset(
+        args.images, args.captions, args.out, max_regions=args.max_regions, split_fractions=args.split,
+        seed=args.seed, device=args.device, progress=not args.no_progress,
+        score_threshold=args.score_threshold, nms_iou=args.nms_iou, min_detections=args.min_detections,
+        short_side=args.short_side, limit=args.limit, clean_work=args.clean_work)
+    splits = ", ".join(f"{name} {n}" for name, n in result.split_sizes.items())
+    print(f"wrote {result.out_dir}: {splits} pictures ({result.n_computed} extracted, "
+          f"{result.n_cached} from an earlier run) in {time.perf_counter() - started:.1f} s")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable pictures (listed in meta.json):")
+        for entry in result.skipped:
+            print(f"  {entry['file_name']}: {entry['reason']}")
+    return 0
