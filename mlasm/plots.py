@@ -107,3 +107,22 @@ def draw_training_log(rows: Sequence[dict], axes=None):
     axes[1].set_ylabel("validation rSum")
     fig.tight_layout()
     return fig
+
+
+def draw_gallery(images: Sequence, titles: Sequence[str], columns: int = 4, width: float = 2.6,
+                 highlight: Sequence[bool] | None = None):
+    """Pictures in a grid with wrapped titles; ``highlight`` frames some in green (e.g. the ground truth)."""
+    import textwrap
+
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, (width + 0.7) * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k >= len(images):
+            continue
+        ax.imshow(np.asarray(images[k]))
+        ax.set_title("\n".join(textwrap.wrap(titles[k], 32)), fontsize=7)
+        if highlight is not None and highlight[k]:
+            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=4, edgecolor="limegreen"))
+    fig.tight_layout()
+    return fig

@@ -20,12 +20,18 @@ def recall_table(rows: Mapping[str, Mapping]) -> str:
     return "\n".join([header] + [_row(name, metrics, width) for name, metrics in rows.items()])
 
 
-def format_result(result: Mapping) -> str:
-    """The evaluation of one model: every level, chance level and grounding where known."""
+def level_rows(result: Mapping) -> dict[str, Mapping]:
+    """Every level of an evaluation result under a readable name, then chance level where known."""
     levels = result["levels"]
     rows = {LEVEL_NAMES[level]: levels[level] for level in LEVEL_NAMES if level in levels}
     if "chance" in result:
         rows["chance"] = result["chance"]
+    return rows
+
+
+def format_result(result: Mapping) -> str:
+    """The evaluation of one model: every level, chance level and grounding where known."""
+    rows = level_rows(result)
     lines = [f"{result.get('split', '')}: {result.get('n_images', '?')} images, "
              f"{result.get('n_captions', '?')} captions, protocol {result.get('protocol', 'full')}",
              recall_table(rows)]
@@ -35,3 +41,19 @@ def format_result(result: Mapping) -> str:
                      f"{grounding['words']} object-naming words attend most to their object's box"
                      + (f" (random region: {grounding['chance']:.1f} %)" if "chance" in grounding else ""))
     return "\n".join(lines)
+
+
+def result_frame(rows: Mapping[str, Mapping]):
+    """A pandas table of named results: R@1/5/10 both directions, rSum, median ranks."""
+    import pandas as pd
+
+    records = {}
+    for name, metrics in rows.items():
+        record = {f"{direction} {k.upper()}": metrics[direction][k]
+                  for direction in ("i2t", "t2i") for k in ("r1", "r5", "r10")}
+        record["rSum"] = metrics["rsum"]
+        for direction in ("i2t", "t2i"):
+            if "medr" in metrics[direction]:
+                record[f"{direction} medr"] = metrics[direction]["medr"]
+        records[name] = record
+    return pd.DataFrame.from_dict(records, orient="index").round(1)

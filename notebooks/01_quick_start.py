@@ -1,0 +1,76 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Quick start
+#
+# MLASM scores an image against a caption by letting every **word attend to image regions**
+# (text-to-image), every **region attend to words** (image-to-text), and by comparing a
+# **gated global image vector** with the caption (semantic matching). This notebook loads the
+# embedded ShapeScenes dataset, a trained model, and runs a few retrievals.
+#
+# The model is the one `mlasm demo` trained (in `runs/demo`); where the demo has not run, or
+# with `MLASM_FAST=1`, a tiny model is trained in seconds instead, so every number below is
+# the tiny model's.
+
+# %%
+import matplotlib.pyplot as plt
+
+from mlasm.demo import demo_checkpoint
+from mlasm.evaluate import encode_split
+from mlasm.plots import draw_gallery
+from mlasm.sources import fast_mode, open_split
+from mlasm.train import load_model
+
+test = open_split("shapescenes", "test", progress=False)
+print(f"fast mode: {fast_mode()}; test split: {test.n_images} images, {test.n_captions} captions")
+
+# %% [markdown]
+# ## The data
+# Each picture holds 2 to 5 shapes; each has five captions. Pictures come in *families* that share
+# the same words with attributes or places swapped, so word overlap alone cannot retrieve them.
+
+# %%
+family = [0, 1, 2, 3]
+fig = draw_gallery([test.get_image(i) for i in family],
+                   [test.captions[test.image_to_captions(i)[0]] for i in family])
+plt.show()
+
+# %% [markdown]
+# ## A trained model
+# `load_model` reads a checkpoint safely (`weights_only=True`) on the CPU or a GPU.
+
+# %%
+checkpoint = demo_checkpoint()
+model, vocab, _ = load_model(checkpoint, "cpu")
+print(f"{sum(p.numel() for p in model.parameters()):,} parameters; vocabulary of {len(vocab)} words")
+
+# %% [markdown]
+# ## Retrieval: a caption finds its picture
+# `score_all` scores every picture against every caption, level by level.
+
+# %%
+images, captions = encode_split(model, test, vocab)
+scores = model.score_all(images, captions)
+caption = 0
+top = scores["final"][:, caption].topk(4).indices.tolist()
+truth = int(test.caption_to_image[caption])
+print("query:", test.captions[caption])
+fig = draw_gallery([test.get_image(i) for i in top],
+                   [f"#{rank + 1}  score {scores['final'][i, caption]:.3f}" for rank, i in enumerate(top)],
+                   highlight=[i == truth for i in top])
+plt.show()
+
+# %% [markdown]
+# Green frames the picture the caption was written for. Next: `02_training` trains a model,
+# `03_evaluation` measures it, `04_attention_maps` shows where each word looks.

@@ -1,0 +1,235 @@
+"""EmbeddingMap: images and captions in two dimensions, coloured by what the data knows about them.
+
+MLASM scores a pair from the pair's own attention, so no single vector per image or per
+caption is what it compares. The map uses the nearest pair-independent vectors:
+
+* an image: its global vector h (``ImageEncoding.glob``), which the semantic level mixes in
+  through the gate; a local-only model (no h) uses the mean of its region vectors v_r;
+* a caption: the semantic level's text vector with every word weighted equally,
+  l2norm(W_t mean_l(u_l) + b_t) (spec 4 with uniform word weights instead of the
+  pair's attention); a local-only model uses the mean of its word vectors u_l.
+
+Both are unit-normalised and projected together onto their first two principal
+components (numpy SVD), fitted on the points shown.
+"""
+from __future__ import annotations
+
+import html
+from functools import lru_cache
+
+import ipywidgets as widgets
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from mlasm.model import l2norm, masked_mean
+from widgets.selection import Selection, toggle_buttons
+from widgets.session import WorkbenchSession
+
+IMAGE_COLOUR, CAPTION_COLOUR, ABSENT_COLOUR = "#1f77b4", "#ff7f0e", "#c7c7c7"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
+IMAGES, CAPTIONS, SELECTED = 0, 1, 2  # trace order; the traces after them are legend entries only
+MAX_CATEGORIES = len(PALETTE)
+SHOW = {"images and captions": ("image", "caption"), "images": ("image",), "captions": ("caption",)}
+
+
+@torch.no_grad()
+def embedding_vectors(session: WorkbenchSession) -> tuple[np.ndarray, np.ndarray]:
+    """(N, d) image vectors and (M, d) caption vectors, unit length (see the module docstring for which)."""
+    model, img, cap = session.model, session.images, session.captions
+    images = img.glob if img.glob is not None else masked_mean(img.regions, img.mask[..., None], 1)
+    word_mask = (torch.arange(cap.words.shape[1], device=cap.words.device) < cap.lengths[:, None])[..., None]
+    captions = masked_mean(cap.words, word_mask, 1)
+    if model.config.uses_global_level:
+        captions = model.text_context_proj(captions)
+    return l2norm(images).cpu().numpy(), l2norm(captions).cpu().numpy()
+
+
+def principal_components_2d(vectors: np.ndarray) -> np.ndarray:
+    """(K, 2) coordinates on the first two principal components of the vectors.
+
+    The components are the top eigenvectors of the (d, d) scatter matrix, the right singular
+    vectors of the centred data: a d x d problem however many points there are.
+    """
+    centred = (vectors - vectors.mean(axis=0)).astype(np.float64)
+    _, eigenvectors = np.linalg.eigh(centred.T @ centred)         # ascending eigenvalues
+    return centred @ eigenvectors[:, ::-1][:, :2]
+
+
+def attribute_options(attributes: list[dict] | None) -> dict[str, str]:
+    """Attribute name -> how to colour by it, for the keys every image has.
+
+    "number": a colour scale (numbers with more than MAX_CATEGORIES values); "category": one
+    colour per value; "list" (e.g. the colours in a scene): whether it contains a chosen value.
+    """
+    if not attributes:
+        return {}
+    kinds = {}
+    for key in attributes[0]:
+        values = [a.get(key) for a in attributes]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            kinds[key] = "number" if len(set(values)) > MAX_CATEGORIES else "category"
+        elif all(isinstance(v, (str, bool)) for v in values):
+            kinds[key] = "category"
+        elif all(isinstance(v, (list, tuple)) and all(isinstance(x, (str, int)) for x in v) for v in values):
+            kinds[key] = "list"
+    return kinds
+
+
+class EmbeddingMap(widgets.VBox):
+    """A scatter of images (squares) and captions (dots); clicking a point selects it everywhere.
+
+    ``coordinates``: kind -> (n, 2) of the points shown ("image", "caption"); the selected
+    image and caption are ringed.
+    """
+
+    def __init__(self, session: WorkbenchSession, selection: Selection | None = None):
+        self.session = session
+        self.selection = selection if selection is not None else Selection.start(session)
+        split = session.split
+        self.vectors = dict(zip(("image", "caption"), embedding_vectors(session)))
+        self.attribute_kinds = attribute_options(split.image_attributes)
+        self.coordinates: dict[str, np.ndarray] = {}
+        self._owner = {"image": np.arange(split.n_images), "caption": split.caption_to_image}  # image of each point
+        self._hover = {
+            "image": [f"image {i} ({html.escape(split.image_ids[i])})" for i in range(split.n_images)],
+            "caption": [f"caption {c} (image {i})<br>{html.escape(text)}"
+                        for c, (i, text) in enumerate(zip(split.caption_to_image, split.captions))],
+        }
+        self._quiet = False  # True while the value menu is refilled
+        self._projection = lru_cache(maxsize=None)(self._project)
+
+        self.show_choice = toggle_buttons(list(SHOW), "show", "150px")
+        self.colour_choice = widgets.Dropdown(options=["image or caption"] + list(self.attribute_kinds),
+                                              description="colour by", layout=widgets.Layout(width="260px"))
+        self.value_choice = widgets.Dropdown(description="contains", layout=widgets.Layout(width="240px"))
+        self.note = widgets.HTML(
+            "<small>Squares: images (global vector h); dots: captions (text vector of the semantic level, words "
+            "weighted equally). Click a point to select it everywhere; the ringed points are the selected image "
+            "and caption. With both kinds shown, the first component often just parts images from captions: "
+            "show one kind to see its own structure.</small>")
+        self.figure = go.FigureWidget()
+        self.figure.update_layout(width=760, height=600, margin=dict(l=40, r=20, t=40, b=40),
+                                  title="images and captions, first two principal components",
+                                  xaxis=dict(title="PC 1", zeroline=False), yaxis=dict(title="PC 2", zeroline=False),
+                                  legend=dict(itemclick=False, itemdoubleclick=False), hovermode="closest")
+        super().__init__([widgets.HBox([self.show_choice]),
+                          widgets.HBox([self.colour_choice, self.value_choice]), self.note, self.figure])
+        self.show_choice.observe(lambda change: self._draw(), names="value")
+        self.colour_choice.observe(self._colour_changed, names="value")
+        self.value_choice.observe(self._value_changed, names="value")
+        self.selection.observe(lambda change: self._draw_selected(), names=["image", "caption"])
+        self._colour_changed()
+
+    # --- colouring ---------------------------------------------------------------------
+
+    def _colour_changed(self, change=None) -> None:
+        key = self.colour_choice.value
+        is_list = self.attribute_kinds.get(key) == "list"
+        self.value_choice.layout.display = None if is_list else "none"
+        if is_list:
+            values = sorted({v for a in self.session.split.image_attributes for v in a[key]}, key=str)
+            self._quiet = True
+            try:
+                self.value_choice.options = values
+                self.value_choice.value = values[0]
+            finally:
+                self._quiet = False
+        self._draw()
+
+    def _value_changed(self, change) -> None:
+        if not self._quiet:
+            self._draw()
+
+    def image_values(self) -> np.ndarray | None:
+        """(N,) what colours each image (its captions take their image's): None when colouring by kind."""
+        key = self.colour_choice.value
+        kind = self.attribute_kinds.get(key)
+        if kind is None:
+            return None
+        attributes = self.session.split.image_attributes
+        if kind == "list":
+            return np.array([self.value_choice.value in a[key] for a in attributes])
+        return np.array([a[key] for a in attributes])
+
+    # --- drawing -----------------------------------------------------------------------
+
+    def _project(self, show: str) -> dict[str, np.ndarray]:
+        """Kind -> (n, 2) coordinates, from a projection fitted on the kinds shown."""
+        shown = SHOW[show]
+        points = principal_components_2d(np.concatenate([self.vectors[kind] for kind in shown]))
+        return dict(zip(shown, np.split(points, [len(self.vectors[shown[0]])])))
+
+    def _draw(self) -> None:
+        shown = SHOW[self.show_choice.value]
+        self.coordinates = self._projection(self.show_choice.value)
+        values = self.image_values()
+        colours, legend, colour_bar = self._colours(values)
+        hover = self._hover
+        if values is not None:
+            name = self.colour_choice.value
+            hover = {kind: [f"{text}<br>{name}: {values[i]}" for text, i in zip(texts, self._owner[kind])]
+                     for kind, texts in hover.items()}
+        with self.figure.batch_update():
+            self.figure.data = []
+            for kind, symbol, size in (("image", "square", 8), ("caption", "circle", 5)):
+                xy = self.coordinates.get(kind, np.empty((0, 2)))
+                marker = dict(symbol=symbol, size=size, line=dict(width=0.5, color="white"),
+                              color=colours[kind] if kind in shown else None)
+                if colour_bar is not None:  # one scale for both kinds, its bar drawn once
+                    marker.update(colorscale="Viridis", cmin=float(values.min()), cmax=float(values.max()),
+                                  showscale=kind == shown[0], colorbar=dict(title=dict(text=colour_bar)))
+                self.figure.add_scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=f"{kind}s", marker=marker,
+                                        hovertext=hover[kind] if kind in shown else None, hoverinfo="text",
+                                        showlegend=values is None and kind in shown)
+            self.figure.add_scatter(x=[], y=[], mode="markers", name="selected", hoverinfo="skip",
+                                    marker=dict(size=18, symbol="circle-open", color="black", line=dict(width=2.5)))
+            for label, colour in legend:
+                self.figure.add_scatter(x=[None], y=[None], mode="markers", name=label,
+                                        marker=dict(color=colour, size=9))
+            for trace in self.figure.data[:SELECTED]:
+                trace.on_click(self._point_clicked)
+        self._draw_selected()
+
+    def _colours(self, values):
+        """Per kind, the marker colours; the legend entries (label, colour); a colour-bar title or None."""
+        if values is None:
+            return {"image": IMAGE_COLOUR, "caption": CAPTION_COLOUR}, [], None
+        kind_of_attribute = self.attribute_kinds[self.colour_choice.value]
+        if kind_of_attribute == "number":
+            return ({kind: values[owner].astype(float) for kind, owner in self._owner.items()}, [],
+                    self.colour_choice.value)
+        if kind_of_attribute == "list":
+            palette = {True: PALETTE[3], False: ABSENT_COLOUR}
+            legend = [(f"has {self.value_choice.value}", palette[True]), ("has not", palette[False])]
+        else:  # categories; colours repeat past MAX_CATEGORIES
+            categories = _sorted(set(values.tolist()))
+            palette = {c: PALETTE[n % len(PALETTE)] for n, c in enumerate(categories)}
+            legend = [(str(c), palette[c]) for c in categories]
+        return ({kind: [palette[v] for v in values[owner].tolist()] for kind, owner in self._owner.items()},
+                legend, None)
+
+    def _draw_selected(self) -> None:
+        points = [self.coordinates[kind][index] for kind, index in
+                  (("image", self.selection.image), ("caption", self.selection.caption)) if kind in self.coordinates]
+        trace = self.figure.data[SELECTED]
+        with self.figure.batch_update():
+            trace.x = [p[0] for p in points]
+            trace.y = [p[1] for p in points]
+
+    def _point_clicked(self, trace, points, state) -> None:
+        if not points.point_inds:
+            return
+        index = int(points.point_inds[0])
+        if points.trace_index == IMAGES:
+            self.selection.select(image=index)
+        else:
+            self.selection.select(caption=index)
+
+
+def _sorted(values) -> list:
+    try:
+        return sorted(values)
+    except TypeError:  # mixed types
+        return sorted(values, key=str)

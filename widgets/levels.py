@@ -1,0 +1,116 @@
+"""LevelPanel: every level's score of the selected pair, where it ranks under each, and the gate.
+
+MLASM's final score is built in steps (spec sections 3-4): text-to-image and image-to-text
+attention make the local level, a gated semantic match makes the global level, and the
+final score mixes the two. This panel shows each step for one pair, so that one sees
+which level carries (or sinks) it.
+"""
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from mlasm.plots import LEVEL_COLOURS
+from widgets.drawing import draw_gate, show_figure, show_message
+from widgets.selection import Selection, SelectionControls
+from widgets.session import WorkbenchSession
+
+
+def level_meanings(rho: float) -> dict[str, str]:
+    return {
+        "t2i": "words attend to regions; mean over words of cos(word, its attended regions)",
+        "i2t": "regions attend to words; mean over regions of cos(region, its attended words)",
+        "local": "½ t2i + ½ i2t",
+        "global": "semantic level: gated image vector (h and attended regions) · text vector",
+        "final": f"{rho:g} × local + {1 - rho:g} × global",
+    }
+
+
+class LevelPanel(widgets.VBox):
+    """The selected pair under every level; ``table`` holds what is shown (WorkbenchSession.pair_levels)."""
+
+    def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True):
+        self.session = session
+        self.selection = selection if selection is not None else Selection.start(session)
+        self.table: pd.DataFrame | None = None
+        self.gate_mean: float | None = None
+        self._pair = None
+        self.summary = widgets.HTML()
+        self.gate_plot = widgets.Output()
+        children = [SelectionControls(session, self.selection)] if controls else []
+        super().__init__(children + [self.summary, self.gate_plot])
+        self.selection.observe(self._selection_changed, names=["image", "caption", "text", "query"])
+        self._selection_changed()
+
+    def _selection_changed(self, change=None) -> None:
+        pair = (self.selection.image, self.selection.text_side)
+        if pair == self._pair:
+            return
+        self._pair = pair
+        image, text_side = pair
+        try:
+            self.table = self.session.pair_levels(image, text_side)
+        except ValueError as error:  # a typed query with no words
+            self.table, self.gate_mean = None, None
+            self.summary.value = f"<span style='color:#b00'>{html.escape(str(error))}</span>"
+            show_message(self.gate_plot, "")
+            return
+        self.summary.value = self._table_html(image, text_side)
+        self._draw_gate(image, text_side)
+
+    def _table_html(self, image: int, text_side) -> str:
+        session, split = self.session, self.session.split
+        meanings = level_meanings(session.model.config.rho)
+        n_images, n_captions = split.n_images, split.n_captions
+        rows = []
+        for row in self.table.itertuples():
+            level = row.Index
+            colour = LEVEL_COLOURS.get(level, "#333")
+            rows.append(
+                f"<tr><td style='color:{colour};font-weight:bold'>{level}</td>"
+                f"<td style='text-align:right'>{row.score:.3f}</td>"
+                f"<td style='text-align:right'>{_rank_html(row.image_rank)}</td>"
+                f"<td style='text-align:right'>{_rank_html(row.caption_rank)}</td>"
+                f"<td style='color:#666;font-size:12px'>{meanings[level]}</td></tr>")
+        caption = html.escape(session.caption_text(text_side))
+        if isinstance(text_side, str):
+            pairing = "a typed query"
+        elif split.caption_to_image[text_side] == image:
+            pairing = f"caption {text_side}, a matching pair"
+        else:
+            pairing = f"caption {text_side} of image {split.caption_to_image[text_side]}, not a matching pair"
+        missing = "" if "global" in session.levels else \
+            "<div style='color:#666'>This model is local only (ρ = 1): it has no semantic level and no gate.</div>"
+        return (
+            f"<div style='font-size:15px'><b>“{caption}”</b> with image {image} "
+            f"({html.escape(split.image_ids[image])})</div><div style='color:#555'>{pairing}</div>"
+            "<table style='border-spacing:14px 2px;margin-top:6px;margin-left:-14px'>"
+            "<tr><th style='text-align:left'>level</th><th>score</th>"
+            f"<th title='rank of this image among the {n_images} images for this text'>image rank /{n_images}</th>"
+            f"<th title='rank of this text among the {n_captions} captions for this image'>"
+            f"text rank /{n_captions}</th><th style='text-align:left'>what it is</th></tr>"
+            + "".join(rows) + "</table>"
+            "<div style='color:#666;font-size:12px;margin-top:4px'>Ranks count from 0 (0 = retrieved first; "
+            "R@k counts rank &lt; k). Image rank: the text as a query among all images. Text rank: the image "
+            "as a query among all captions (other captions of the image count too).</div>" + missing)
+
+    def _draw_gate(self, image: int, text_side) -> None:
+        if "global" not in self.session.levels:
+            self.gate_mean = None
+            show_message(self.gate_plot, "No gate: the model has no semantic level.")
+            return
+        gate = self.session.explain(image, text_side).gate
+        self.gate_mean = float(gate.mean())
+        fig, ax = plt.subplots(figsize=(4.4, 2.8))
+        draw_gate(gate, ax)
+        fig.tight_layout()
+        show_figure(self.gate_plot, fig)
+
+
+def _rank_html(rank: int) -> str:
+    """A rank, green when retrieved first, amber within the top 10."""
+    colour = "#2a7" if rank == 0 else "#c80" if rank < 10 else "#b00"
+    return f"<span style='color:{colour};font-weight:bold'>{rank}</span>"

@@ -1,0 +1,205 @@
+"""RankingBrowser: a query and its top-k results, the ground truth marked with its rank.
+
+The query is the selection's: a caption of the data or a typed text (images ranked, shown
+as thumbnails) or an image (captions ranked). Choosing a result selects it everywhere, so
+the attention explorer can show why a wrong result was preferred.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from functools import lru_cache
+
+import ipywidgets as widgets
+import numpy as np
+
+from widgets.drawing import png_thumbnail
+from widgets.selection import Selection, SelectionControls, query_notice
+from widgets.session import WorkbenchSession
+
+THUMBNAIL = 128
+TRUTH, SELECTED, PLAIN = "#2ca02c", "#1f77b4", "#dddddd"
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    """One result: its rank (0 = first in the list), its index (an image, or a caption for an image query)."""
+
+    rank: int
+    index: int
+    score: float
+    is_truth: bool
+
+
+class _ImageTile(widgets.VBox):
+    """A result image: thumbnail (or its id when the split has no pictures), rank and score, a select button."""
+
+    def __init__(self, on_select):
+        self.picture = widgets.Image(format="png", width=THUMBNAIL, height=THUMBNAIL)
+        self.no_picture = widgets.HTML(layout=widgets.Layout(width=f"{THUMBNAIL}px", height=f"{THUMBNAIL}px"))
+        self.label = widgets.HTML()
+        self.button = widgets.Button(description="select", layout=widgets.Layout(width=f"{THUMBNAIL}px"))
+        self.button.on_click(lambda button: on_select(self.index))
+        self.index = -1
+        super().__init__([self.picture, self.no_picture, self.label, self.button],
+                         layout=widgets.Layout(padding="4px", width=f"{THUMBNAIL + 16}px"))
+
+    def show(self, item: RankedItem, png: bytes | None, image_id: str, selected: bool) -> None:
+        self.index = item.index
+        if png is not None:
+            self.picture.value = png
+        self.picture.layout.display = None if png is not None else "none"
+        self.no_picture.layout.display = "none" if png is not None else None
+        self.no_picture.value = (f"<div style='background:#eee;height:{THUMBNAIL}px;display:flex;"
+                                 f"align-items:center;justify-content:center'>{html.escape(image_id)}</div>")
+        self.label.value = _item_label(item, f"image {item.index}", selected, separator="<br>")
+        self.layout.border = f"3px solid {_colour(item, selected)}"
+        self.button.tooltip = f"select image {item.index} ({image_id}) everywhere"
+
+
+class _CaptionRow(widgets.HBox):
+    """A result caption: a select button, rank, score and text."""
+
+    def __init__(self, on_select):
+        self.button = widgets.Button(description="select", layout=widgets.Layout(width="70px"))
+        self.button.on_click(lambda button: on_select(self.index))
+        self.text = widgets.HTML()
+        self.index = -1
+        super().__init__([self.button, self.text], layout=widgets.Layout(padding="1px 4px", margin="2px 0"))
+
+    def show(self, item: RankedItem, caption: str, selected: bool) -> None:
+        self.index = item.index
+        self.text.value = f"{_item_label(item, f'caption {item.index}', selected)} {html.escape(caption)}"
+        self.layout.border_left = f"5px solid {_colour(item, selected)}"
+
+
+def _colour(item: RankedItem, selected: bool) -> str:
+    return TRUTH if item.is_truth else SELECTED if selected else PLAIN
+
+
+def _item_label(item: RankedItem, name: str, selected: bool, separator: str = " · ") -> str:
+    marks = (" <b style='color:#2ca02c'>ground truth</b>" if item.is_truth else "") + \
+            (" <b style='color:#1f77b4'>selected</b>" if selected else "")
+    return (f"<span style='font-size:12px;line-height:1.4'>rank <b>{item.rank}</b> · {name}{separator}"
+            f"score {item.score:.3f}{marks}</span>")
+
+
+class RankingBrowser(widgets.VBox):
+    """The selection's query ranked under a chosen level; ``results`` and ``truths`` hold what is shown.
+
+    ``truths`` lists every ground-truth item with its rank, inside the top k or not (none for
+    a typed text). Ranks are positions in the list sorted by decreasing score (0 = first).
+    """
+
+    def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True,
+                 top_k: int = 8):
+        self.session = session
+        self.selection = selection if selection is not None else Selection.start(session)
+        self.results: list[RankedItem] = []
+        self.truths: list[RankedItem] = []
+        self._thumbnail = lru_cache(maxsize=1024)(self._make_thumbnail)
+        self._image_tiles: list[_ImageTile] = []
+        self._caption_rows: list[_CaptionRow] = []
+
+        self.level_choice = widgets.Dropdown(options=list(session.levels), value="final", description="rank by",
+                                             layout=widgets.Layout(width="200px"))
+        self.top_k = widgets.IntSlider(value=top_k, min=1, max=30, description="top k",
+                                       layout=widgets.Layout(width="300px"))
+        self.query_view = widgets.HTML()
+        self.query_picture = widgets.Image(format="png", width=THUMBNAIL, height=THUMBNAIL)
+        self.result_view = widgets.Box(layout=widgets.Layout(flex_flow="row wrap"))
+        self.truth_title = widgets.HTML()
+        self.truth_view = widgets.VBox()
+        children = [SelectionControls(session, self.selection)] if controls else []
+        super().__init__(children + [widgets.HBox([self.level_choice, self.top_k]),
+                                     widgets.HBox([self.query_picture, self.query_view]),
+                                     self.result_view, self.truth_view])
+        for control in (self.level_choice, self.top_k):
+            control.observe(self._refresh, names="value")
+        self.selection.observe(self._refresh, names=["image", "caption", "text", "query"])
+        self._refresh()
+
+    # --- ranking ---------------------------------------------------------------------
+
+    def ranking(self) -> tuple[np.ndarray, np.ndarray, set[int]]:
+        """(indices by decreasing score, their scores, ground-truth indices) for the selection's query."""
+        selection, session, level = self.selection, self.session, self.level_choice.value
+        if selection.query == "image":
+            scores = session.caption_scores(selection.image, level)
+            truth = set(session.split.image_to_captions(selection.image).tolist())
+        else:
+            scores = session.image_scores(selection.text_side, level)
+            truth = set() if isinstance(selection.text_side, str) else \
+                {int(session.split.caption_to_image[selection.caption])}
+        order = np.argsort(-scores, kind="stable")
+        return order, scores[order], truth
+
+    def _refresh(self, change=None) -> None:
+        selection = self.selection
+        if selection.query == "text" and not (selection.text and self.session.tokens(selection.text)):
+            self.results, self.truths = [], []
+            self.query_picture.layout.display = "none"
+            self.query_view.value = query_notice(self.session, selection)
+            self.result_view.children, self.truth_view.children = (), ()
+            return
+        order, scores, truth = self.ranking()
+        rank_of = np.empty_like(order)
+        rank_of[order] = np.arange(len(order))
+        k = self.top_k.value
+        self.results = [RankedItem(rank, int(index), float(scores[rank]), int(index) in truth)
+                        for rank, index in enumerate(order[:k])]
+        self.truths = sorted((RankedItem(int(rank_of[index]), index, float(scores[rank_of[index]]), True)
+                              for index in truth), key=lambda item: item.rank)
+        self._show_query()
+        missed = [item for item in self.truths if item.rank >= k]
+        show = self._caption_rows_for if selection.query == "image" else self._image_tiles_for
+        self.result_view.layout.flex_flow = "column" if selection.query == "image" else "row wrap"
+        self.result_view.children = show(self.results, 0)
+        self.truth_title.value = f"<b>Ground truth outside the top {k}:</b>"
+        self.truth_view.children = (self.truth_title, *show(missed, len(self.results))) if missed else ()
+
+    def _show_query(self) -> None:
+        selection, session, split = self.selection, self.session, self.session.split
+        level = self.level_choice.value
+        if selection.query == "image":
+            png = self._thumbnail(selection.image)
+            self.query_picture.layout.display = None if png is not None else "none"
+            if png is not None:
+                self.query_picture.value = png
+            ranks = ", ".join(str(item.rank) for item in self.truths)
+            self.query_view.value = (
+                f"<div style='font-size:15px'>Image {selection.image} "
+                f"({html.escape(split.image_ids[selection.image])}) as the query: captions ranked by "
+                f"<b>{level}</b></div><div>its own captions rank {ranks or '(it has none)'}</div>")
+            return
+        self.query_picture.layout.display = "none"
+        text = html.escape(session.caption_text(selection.text_side))
+        if selection.query == "text":
+            known = query_notice(session, selection)
+        else:
+            truth = self.truths[0]
+            known = f"ground truth: image {truth.index}, rank <b>{truth.rank}</b>"
+        self.query_view.value = (f"<div style='font-size:15px'><b>“{text}”</b>: images ranked by <b>{level}</b>"
+                                 f"</div><div>{known}</div>")
+
+    def _image_tiles_for(self, items: list[RankedItem], start: int) -> tuple:
+        """Tiles from the pool (tiles start.. for this list), so redraws reuse widgets instead of making new ones."""
+        while len(self._image_tiles) < start + len(items):
+            self._image_tiles.append(_ImageTile(lambda image: self.selection.select(image=image)))
+        tiles = self._image_tiles[start:start + len(items)]
+        for tile, item in zip(tiles, items):
+            tile.show(item, self._thumbnail(item.index), self.session.split.image_ids[item.index],
+                      selected=item.index == self.selection.image)
+        return tuple(tiles)
+
+    def _caption_rows_for(self, items: list[RankedItem], start: int) -> tuple:
+        while len(self._caption_rows) < start + len(items):
+            self._caption_rows.append(_CaptionRow(lambda caption: self.selection.select(caption=caption)))
+        rows = self._caption_rows[start:start + len(items)]
+        for row, item in zip(rows, items):
+            row.show(item, self.session.split.captions[item.index], selected=item.index == self.selection.caption)
+        return tuple(rows)
+
+    def _make_thumbnail(self, image: int) -> bytes | None:
+        picture = self.session.picture(image)
+        return None if picture is None else png_thumbnail(picture, THUMBNAIL)

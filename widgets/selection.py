@@ -1,0 +1,125 @@
+"""The selection every widget shares, and the bar of controls that sets it.
+
+Choosing something in one widget selects it in all the others (as in LIT or FiftyOne):
+each widget observes one ``Selection`` and writes to it through ``select``.
+"""
+from __future__ import annotations
+
+import ipywidgets as widgets
+from traitlets import Enum, HasTraits, Int, Unicode
+
+from widgets.session import CaptionRef, WorkbenchSession
+
+QUERY_KINDS = {"caption": "a caption of the data", "image": "an image", "text": "a typed text"}
+
+
+def toggle_buttons(options, description: str, button_width: str, tooltips=None) -> widgets.ToggleButtons:
+    """ToggleButtons with the description on their left, as other controls have it (JupyterLab puts it above)."""
+    return widgets.ToggleButtons(options=options, description=description, tooltips=tooltips or [],
+                                 style={"button_width": button_width, "description_width": "80px"},
+                                 layout=widgets.Layout(display="flex", align_items="center"))
+
+
+class Selection(HasTraits):
+    """The image, the caption and the query in view.
+
+    ``query`` says what is being searched with: the caption (images ranked), the image
+    (captions ranked) or the typed ``text`` (images ranked). The text side of a pair is the
+    typed text when ``query == "text"``, else the caption.
+    """
+
+    image = Int(0)
+    caption = Int(0)
+    text = Unicode("")
+    query = Enum(tuple(QUERY_KINDS), default_value="caption")
+
+    @classmethod
+    def start(cls, session: WorkbenchSession) -> "Selection":
+        """The first caption of the split with its own image."""
+        return cls(image=int(session.split.caption_to_image[0]), caption=0)
+
+    @property
+    def text_side(self) -> CaptionRef:
+        """What the image is paired with: the typed text (a str) or the caption's index."""
+        return self.text if self.query == "text" and self.text else self.caption
+
+    def select(self, image: int | None = None, caption: int | None = None, text: str | None = None,
+               query: str | None = None) -> None:
+        """Change several at once; observers run after all values are set.
+
+        Choosing a caption of the data while a typed text is the query makes that caption the
+        query, so the caption shows wherever the text side is drawn.
+        """
+        if caption is not None and query is None and self.query == "text":
+            query = "caption"
+        with self.hold_trait_notifications():
+            for name, value in (("image", image), ("caption", caption), ("text", text), ("query", query)):
+                if value is not None:
+                    setattr(self, name, int(value) if name in ("image", "caption") else value)
+
+
+class SelectionControls(widgets.VBox):
+    """Image and caption indices, the captions of the image, the query kind and a typed query."""
+
+    def __init__(self, session: WorkbenchSession, selection: Selection):
+        self.session, self.selection = session, selection
+        split = session.split
+        self.image_index = widgets.BoundedIntText(min=0, max=split.n_images - 1, description="image",
+                                                  layout=widgets.Layout(width="150px"))
+        self.caption_index = widgets.BoundedIntText(min=0, max=split.n_captions - 1, description="caption",
+                                                    layout=widgets.Layout(width="160px"))
+        self.own_captions = widgets.Dropdown(description="its captions", layout=widgets.Layout(width="420px"),
+                                             style={"description_width": "80px"})
+        self.query_kind = toggle_buttons([("caption", "caption"), ("image", "image"), ("typed text", "text")],
+                                         "query", "90px", tooltips=list(QUERY_KINDS.values()))
+        self.text_box = widgets.Text(placeholder="type a query, then Enter", description="text",
+                                     continuous_update=False, layout=widgets.Layout(width="420px"))
+        self.notice = widgets.HTML()
+        super().__init__([widgets.HBox([self.image_index, self.caption_index, self.own_captions]),
+                          widgets.HBox([self.query_kind, self.text_box]), self.notice])
+
+        self._syncing = False  # True while the controls are being set from the selection
+        for control, choose in ((self.image_index, lambda value: selection.select(image=value)),
+                                (self.caption_index, lambda value: selection.select(caption=value)),
+                                (self.own_captions, lambda value: selection.select(caption=value)),
+                                (self.query_kind, lambda value: selection.select(query=value)),
+                                (self.text_box, lambda value: selection.select(text=value.strip(), query="text"))):
+            control.observe(self._user_choice(choose), names="value")
+        selection.observe(self._refresh, names=["image", "caption", "text", "query"])
+        self._refresh()
+
+    def _user_choice(self, choose):
+        def observer(change) -> None:
+            if not self._syncing and change["new"] is not None:
+                choose(change["new"])
+        return observer
+
+    def _refresh(self, change=None) -> None:
+        selection, split = self.selection, self.session.split
+        own = split.image_to_captions(selection.image)
+        self._syncing = True
+        try:
+            self.image_index.value = selection.image
+            self.caption_index.value = selection.caption
+            self.own_captions.options = [(f"{c}: {split.captions[c]}", int(c)) for c in own]
+            self.own_captions.value = selection.caption if selection.caption in own else None
+            self.query_kind.value = selection.query
+            self.text_box.value = selection.text
+        finally:
+            self._syncing = False
+        self.notice.value = query_notice(self.session, selection)
+
+
+def query_notice(session: WorkbenchSession, selection: Selection) -> str:
+    """One line on the current text side: the typed words the model does not know, or why it is empty."""
+    if selection.query != "text":
+        return ""
+    if not selection.text:
+        return "<i>Type a query above and press Enter.</i>"
+    unknown = session.unknown_words(selection.text)
+    if not session.tokens(selection.text):
+        return "<span style='color:#b00'>The typed query has no words.</span>"
+    if unknown:
+        words = ", ".join(f"<b>{word}</b>" for word in dict.fromkeys(unknown))
+        return f"<span style='color:#b00'>Unknown words, read as &lt;unk&gt;: {words}</span>"
+    return "<span style='color:#2a7'>Every word of the query is in the vocabulary.</span>"

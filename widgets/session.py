@@ -1,0 +1,249 @@
+"""WorkbenchSession: one model on one split, with everything the widgets ask of them computed once.
+
+The widgets never touch the model directly: they ask the session, which caches what is
+expensive. Encodings are made when the session is built (seconds); the (N, M) score
+matrix of every level is made on first use (``scores``), since it is the one costly step
+(N x M attention problems) and the attention explorer alone never needs it.
+
+A "caption" argument is either the index of a caption of the split or a free text the
+user typed; both go through the same code (a typed text is encoded as a one-caption
+batch). Ranks are 0-based, as in ``ranks.npz``: rank 0 is retrieved first, R@k counts rank < k,
+and ties count against the query (mlasm.metrics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from mlasm.data.dataset import RetrievalSplit, caption_tensors
+from mlasm.data.vocab import Vocabulary
+from mlasm.evaluate import encode_split, level_ranks
+from mlasm.model import LEVELS, MLASM, CaptionEncoding, PairExplanation
+from mlasm.sources import EMBEDDED, open_split
+from mlasm.train import check_model_fits, load_model
+
+CaptionRef = Union[int, str]  # a caption of the split (index) or a typed text
+DIRECTIONS = {"t2i": "caption query, images ranked", "i2t": "image query, captions ranked"}
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    """A typed text as the model reads it: its tokens, the ones it does not know, its encoding."""
+
+    text: str
+    tokens: list[str]
+    unknown: list[str]          # tokens read as <unk>
+    encoding: CaptionEncoding   # one caption, on the model's device
+
+
+class WorkbenchSession:
+    """A model, its vocabulary and a split, with encodings, score matrices, ranks and explanations."""
+
+    def __init__(self, model: MLASM, vocab: Vocabulary, split: RetrievalSplit,
+                 scores: dict | None = None, memory_budget_mb: float = 512, cache_size: int = 512):
+        """``scores``: the (N, M) matrices of every level if already computed (e.g. by
+        ``mlasm.evaluate.score_split``, or an ensemble's ``average_levels``), so they are not computed again."""
+        check_model_fits(model, split, "the model")
+        vocab.check_fits(model.config.vocab_size, "the model")
+        self.model = model.eval()
+        self.vocab = vocab
+        self.split = split
+        self.memory_budget_mb = memory_budget_mb
+        self.images, self.captions = encode_split(model, split, vocab)
+        self._scores = None if scores is None else self._checked_scores(scores)
+        self._ranks: dict[str, np.ndarray] | None = None
+        self._query_table: pd.DataFrame | None = None
+        # Per-instance caches: the same pair / text / picture is asked for again on every redraw.
+        self._explain = lru_cache(maxsize=cache_size)(self._explain_pair)
+        self.encode_text = lru_cache(maxsize=cache_size)(self._encode_text)
+        self.text_scores = lru_cache(maxsize=cache_size)(self._text_scores)
+        self.picture = lru_cache(maxsize=cache_size)(self._picture)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, source: str = EMBEDDED, split: str = "test",
+                        device: str | torch.device | None = None, fast: bool | None = None,
+                        **options) -> "WorkbenchSession":
+        """Load a checkpoint and open a split of ``source`` (``shapescenes`` or a precomp folder).
+
+        ``fast`` picks tiny ShapeScenes (default: the MLASM_FAST environment variable).
+        """
+        model, vocab, _ = load_model(path, device)
+        return cls(model, vocab, open_split(source, split, fast=fast, progress=False), **options)
+
+    def __repr__(self) -> str:
+        scored = "scored" if self._scores is not None else "not scored yet"
+        return f"WorkbenchSession({self.split!r}, levels={self.levels}, {scored})"
+
+    # --- levels, scores and ranks of the whole split ------------------------------------
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The levels this model scores, in the order they build up (no global level when rho = 1)."""
+        return tuple(level for level in LEVELS if level != "global" or self.model.config.uses_global_level)
+
+    def _checked_scores(self, scores: dict) -> dict[str, np.ndarray]:
+        shape = (self.split.n_images, self.split.n_captions)
+        checked = {level: np.asarray(scores[level].cpu() if hasattr(scores[level], "cpu") else scores[level],
+                                     dtype=np.float32) for level in self.levels}
+        wrong = {level: s.shape for level, s in checked.items() if s.shape != shape}
+        if wrong:
+            raise ValueError(f"scores must be (N, M) = {shape} per level, got {wrong}")
+        return checked
+
+    @property
+    def scores(self) -> dict[str, np.ndarray]:
+        """Level -> (N, M) score of every image against every caption; computed once, on first use."""
+        if self._scores is None:
+            all_levels = self.model.score_all(self.images, self.captions, memory_budget_mb=self.memory_budget_mb)
+            self._scores = {level: all_levels[level].numpy() for level in self.levels}
+        return self._scores
+
+    @property
+    def ranks(self) -> dict[str, np.ndarray]:
+        """``mlasm.evaluate.level_ranks`` of the scores: the arrays that evaluate writes to ranks.npz."""
+        if self._ranks is None:
+            self._ranks = level_ranks({level: torch.from_numpy(s) for level, s in self.scores.items()},
+                                      self.split.caption_to_image)
+        return self._ranks
+
+    # --- captions and typed texts ------------------------------------------------------
+
+    def caption_text(self, caption: CaptionRef) -> str:
+        return self.split.captions[caption] if isinstance(caption, (int, np.integer)) else caption
+
+    def tokens(self, caption: CaptionRef) -> list[str]:
+        """The words of a caption as the model reads them: one per attention row of ``explain``."""
+        return self.vocab.encode(self.caption_text(caption)).tokens
+
+    def unknown_words(self, caption: CaptionRef) -> list[str]:
+        return self.vocab.encode(self.caption_text(caption)).unknown
+
+    def _encode_text(self, text: str) -> TextQuery:
+        """A typed text encoded as a one-caption batch, with its unknown words; cached (``encode_text``)."""
+        encoded = self.vocab.encode(text)
+        if not encoded.ids:
+            raise ValueError(f"the query {text!r} has no words")
+        tokens, lengths = caption_tensors(self.vocab, [text])
+        with torch.no_grad():
+            encoding = self.model.encode_captions(tokens.to(self.model.device), lengths.to(self.model.device))
+        return TextQuery(text, encoded.tokens, encoded.unknown, encoding)
+
+    def _text_scores(self, text: str) -> dict[str, np.ndarray]:
+        """Level -> (N,) score of every image for a typed text (score_all on a one-caption encoding); cached."""
+        scores = self.model.score_all(self.images, self.encode_text(text).encoding,
+                                      memory_budget_mb=self.memory_budget_mb)
+        return {level: scores[level][:, 0].numpy() for level in self.levels}
+
+    # --- one pair ----------------------------------------------------------------------
+
+    def explain(self, image: int, caption: CaptionRef, lambda_t2i: float | None = None,
+                lambda_i2t: float | None = None) -> PairExplanation:
+        """model.explain for an image and a caption of the split or a typed text; cached.
+
+        The lambdas default to the model's (then the scores equal the score matrices').
+        """
+        config = self.model.config
+        return self._explain(int(image), caption if isinstance(caption, str) else int(caption),
+                             float(config.lambda_t2i if lambda_t2i is None else lambda_t2i),
+                             float(config.lambda_i2t if lambda_i2t is None else lambda_i2t))
+
+    def _explain_pair(self, image: int, caption: CaptionRef, lambda_t2i: float, lambda_i2t: float) -> PairExplanation:
+        if isinstance(caption, str):
+            return self.model.explain(self.images, self.encode_text(caption).encoding, image, 0, lambda_t2i, lambda_i2t)
+        return self.model.explain(self.images, self.captions, image, caption, lambda_t2i, lambda_i2t)
+
+    def _picture(self, image: int) -> Image.Image | None:
+        """The image's picture (rendered or read from its file), None when the split has none; cached."""
+        return self.split.get_image(int(image))
+
+    def image_scores(self, caption: CaptionRef, level: str = "final") -> np.ndarray:
+        """(N,) score of every image for a caption of the split or a typed text."""
+        if isinstance(caption, str):
+            return self.text_scores(caption)[level]
+        return self.scores[level][:, int(caption)]
+
+    def caption_scores(self, image: int, level: str = "final") -> np.ndarray:
+        """(M,) score of every caption of the split for an image."""
+        return self.scores[level][int(image)]
+
+    def pair_levels(self, image: int, caption: CaptionRef) -> pd.DataFrame:
+        """Per level: the pair's score, and where it ranks.
+
+        ``image_rank``: the image's rank among all images for the caption as a text query
+        (for the matching pair, the t2i rank of ranks.npz). ``caption_rank``: the caption's
+        rank among all captions of the split for the image as a query (a typed text is
+        placed among them); other matching captions above it count, so for a matching pair
+        it can exceed the i2t rank of ranks.npz, which counts from the best matching caption.
+        """
+        rows = {}
+        for level in self.levels:
+            column, row = self.image_scores(caption, level), self.caption_scores(image, level)
+            score = float(column[image])
+            others = row if isinstance(caption, str) else np.delete(row, int(caption))
+            rows[level] = {"score": score,
+                           "image_rank": int((np.delete(column, image) >= score).sum()),
+                           "caption_rank": int((others >= score).sum())}
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("level")
+
+    # --- every query of the split ------------------------------------------------------
+
+    def query_table(self) -> pd.DataFrame:
+        """Every query of the split in both directions, with its ground truth's rank under every level.
+
+        Columns: ``direction`` (t2i: a caption queries the images; i2t: an image queries the
+        captions), ``query`` (caption or image index), ``query_text`` (the caption, or the image
+        id), ``rank`` (the ground truth's rank under the final level, as ranks.npz),
+        ``rank_<level>`` for the other levels, ``preferred`` (the best-scored wrong result under
+        final: an image for t2i, a caption for i2t), ``preferred_text``, and the matching pair to
+        open, ``image`` and ``caption`` (for i2t the best-ranked matching caption).
+        """
+        if self._query_table is None:
+            self._query_table = self._build_query_table()
+        return self._query_table
+
+    def _build_query_table(self) -> pd.DataFrame:
+        split, final, ranks = self.split, self.scores["final"], self.ranks
+        n_images, n_captions = final.shape
+        caption_to_image = split.caption_to_image
+        positive = caption_to_image[None, :] == np.arange(n_images)[:, None]              # (N, M)
+        others = [level for level in self.levels if level != "final"]
+
+        captions = np.arange(n_captions)
+        preferred_image = np.where(positive, -np.inf, final).argmax(axis=0)               # (M,)
+        t2i = pd.DataFrame({
+            "direction": "t2i", "query": captions, "query_text": split.captions,
+            "rank": ranks["final_t2i_rank"],
+            **{f"rank_{level}": ranks[f"{level}_t2i_rank"] for level in others},
+            "preferred": preferred_image, "preferred_text": [split.image_ids[i] for i in preferred_image],
+            "image": caption_to_image, "caption": captions})
+
+        images = np.flatnonzero(positive.any(axis=1))                                      # images with captions
+        best_truth = np.where(positive, final, -np.inf).argmax(axis=1)[images]
+        preferred_caption = np.where(positive, -np.inf, final).argmax(axis=1)[images]
+        i2t = pd.DataFrame({
+            "direction": "i2t", "query": images, "query_text": [split.image_ids[i] for i in images],
+            "rank": ranks["final_i2t_rank"][images],
+            **{f"rank_{level}": ranks[f"{level}_i2t_rank"][images] for level in others},
+            "preferred": preferred_caption, "preferred_text": [split.captions[c] for c in preferred_caption],
+            "image": images, "caption": best_truth})
+        return pd.concat([t2i, i2t], ignore_index=True)
+
+    def failures(self, k: int = 1) -> pd.DataFrame:
+        """The queries whose ground truth ranks k or worse under the final level, worst first.
+
+        ``right_under`` names the other levels that would have ranked it within the top k.
+        """
+        table = self.query_table()
+        failed = table[table["rank"] >= k].copy()
+        others = [level for level in self.levels if level != "final"]
+        right = failed[[f"rank_{level}" for level in others]].to_numpy() < k
+        failed.insert(failed.columns.get_loc("preferred"), "right_under",
+                      [", ".join(level for level, ok in zip(others, row) if ok) for row in right])
+        return failed.sort_values(["rank", "direction", "query"], ascending=[False, True, True], kind="stable")

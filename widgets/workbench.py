@@ -1,0 +1,82 @@
+"""Workbench: every widget on one session, linked through one selection, in tabs.
+
+The selection bar stays above the tabs; each tab is built the first time it is opened,
+so the attention explorer shows at once and the score matrix of every pair (which the
+other tabs need) is computed only when one of them is opened.
+"""
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+
+from widgets.attention import AttentionExplorer
+from widgets.embedding import EmbeddingMap
+from widgets.failures import FailureExplorer
+from widgets.levels import LevelPanel
+from widgets.ranking import RankingBrowser
+from widgets.selection import Selection, SelectionControls
+from widgets.session import WorkbenchSession
+
+TABS = {
+    "Attention": lambda bench: AttentionExplorer(bench.session, bench.selection, controls=False),
+    "Levels": lambda bench: LevelPanel(bench.session, bench.selection, controls=False),
+    "Ranking": lambda bench: RankingBrowser(bench.session, bench.selection, controls=False),
+    "Failures": lambda bench: FailureExplorer(bench.session, bench.selection),
+    "Embedding map": lambda bench: EmbeddingMap(bench.session, bench.selection),
+}
+
+
+class Workbench(widgets.VBox):
+    """The attention explorer, level scores, ranking browser, failure explorer and embedding map, linked."""
+
+    def __init__(self, session: WorkbenchSession, selection: Selection | None = None):
+        self.session = session
+        self.selection = selection if selection is not None else Selection.start(session)
+        self._built: dict[str, widgets.Widget] = {}
+        split = session.split
+        self.tabs = widgets.Tab(children=[widgets.Output() for _ in TABS], titles=tuple(TABS))
+        title = widgets.HTML(
+            f"<h3 style='margin:4px 0'>MLASM workbench · split {html.escape(split.name)}: {split.n_images} images, "
+            f"{split.n_captions} captions · levels {', '.join(session.levels)}</h3>")
+        super().__init__([title, SelectionControls(session, self.selection), self.tabs])
+        self.tabs.observe(self._tab_opened, names="selected_index")
+        self.component("Attention")
+
+    def _tab_opened(self, change) -> None:
+        if change["new"] is not None:
+            self.component(tuple(TABS)[change["new"]])
+
+    def component(self, tab: str) -> widgets.Widget:
+        """The widget of a tab, built (and put in its tab) on first use."""
+        if tab not in self._built:
+            index = tuple(TABS).index(tab)
+            placeholder = self.tabs.children[index]
+            with placeholder:
+                print("Preparing... (the first tab that needs them scores every image-caption pair once)")
+            self._built[tab] = TABS[tab](self)
+            children = list(self.tabs.children)
+            children[index] = self._built[tab]
+            self.tabs.children = children
+            placeholder.close()
+        return self._built[tab]
+
+    @property
+    def explorer(self) -> AttentionExplorer:
+        return self.component("Attention")
+
+    @property
+    def levels(self) -> LevelPanel:
+        return self.component("Levels")
+
+    @property
+    def ranking(self) -> RankingBrowser:
+        return self.component("Ranking")
+
+    @property
+    def failures(self) -> FailureExplorer:
+        return self.component("Failures")
+
+    @property
+    def embedding(self) -> EmbeddingMap:
+        return self.component("Embedding map")
