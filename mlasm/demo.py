@@ -16,25 +16,21 @@ import json
 import time
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # the demo only writes files; notebooks keep their inline backend
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mlasm.config import MLASMConfig  # noqa: E402
-from mlasm.data.shapescenes import VERSION as SHAPESCENES_VERSION  # noqa: E402
-from mlasm.data.shapescenes import bag_of_words_scores  # noqa: E402
-from mlasm.data.vocab import tokenize  # noqa: E402
-from mlasm.evaluate import encode_split, evaluate_checkpoints  # noqa: E402
-from mlasm.io import write_json  # noqa: E402
-from mlasm.metrics import retrieval_metrics  # noqa: E402
-from mlasm.paths import cache_dir, runs_dir  # noqa: E402
-from mlasm.plots import draw_attention, draw_level_recalls, draw_training_log  # noqa: E402
-from mlasm.report import format_result, recall_table  # noqa: E402
-from mlasm.sources import EMBEDDED, FAST_SIZES, fast_mode, open_split  # noqa: E402
-from mlasm.train import load_model, resolve_device, train  # noqa: E402
+from mlasm.config import MLASMConfig
+from mlasm.data.shapescenes import VERSION as SHAPESCENES_VERSION
+from mlasm.data.shapescenes import bag_of_words_scores
+from mlasm.data.vocab import tokenize
+from mlasm.evaluate import encode_split, evaluate_checkpoints
+from mlasm.io import write_json
+from mlasm.metrics import retrieval_metrics
+from mlasm.paths import cache_dir, runs_dir
+from mlasm.plots import draw_attention, draw_level_recalls, draw_training_log
+from mlasm.report import format_result, recall_table
+from mlasm.sources import EMBEDDED, FAST_SIZES, fast_mode, open_split
+from mlasm.train import load_model, resolve_device, train
 
 FAST_OVERRIDES = dict(embed_size=64, word_dim=64, epochs=1, batch_size=64)
 

@@ -11,6 +11,9 @@ installs chromium), unless ``MLASM_REQUIRE_BROWSER=1`` makes that a failure.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from typing import Iterator
 from pathlib import Path
 
 import nbformat
@@ -82,20 +85,28 @@ def require_browser() -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary folder with a short path: Chromium's singleton socket path must fit in 108 bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="mlasm-browser-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.browser
-def test_harness_renders_widgets(tmp_path: Path) -> None:
+def test_harness_renders_widgets(short_tmp: Path) -> None:
     require_browser()
-    root = tmp_path / "root"
+    root = short_tmp / "root"
     root.mkdir()
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(HARNESS_CELL)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     nbformat.write(notebook, root / "harness.ipynb")
 
-    with lab_server(tmp_path, root) as lab, chromium_page(tmp_path) as page:
+    with lab_server(short_tmp, root) as lab, chromium_page(short_tmp) as page:
         open_notebook(page, lab, "harness.ipynb")
         run_all_cells(page, "harness.ipynb")
         wait_visible(page, HARNESS_SELECTORS)
-        assert_not_blank(screenshot(page, ".widget-vbox", tmp_path / "harness.png"))
+        assert_not_blank(screenshot(page, ".widget-vbox", short_tmp / "harness.png"))
         assert len(lab.api("GET", "/api/kernels")) == 1, "the page started a second kernel"
 
         # The kernel link: a change made in the page reaches the Python callback and back.
@@ -104,15 +115,15 @@ def test_harness_renders_widgets(tmp_path: Path) -> None:
 
 
 @pytest.mark.browser
-def test_attention_maps_notebook_renders(tmp_path: Path) -> None:
+def test_attention_maps_notebook_renders(short_tmp: Path) -> None:
     if not NOTEBOOK.is_file():
         pytest.fail(f"{NOTEBOOK} does not exist: the attention explorer notebook is missing")
     require_browser()
     path = NOTEBOOK.relative_to(REPO).as_posix()
 
-    with lab_server(tmp_path, REPO, env=NOTEBOOK_ENV) as lab, chromium_page(tmp_path) as page:
+    with lab_server(short_tmp, REPO, env=NOTEBOOK_ENV) as lab, chromium_page(short_tmp) as page:
         open_notebook(page, lab, path)
         run_all_cells(page, path, timeout=240)
         wait_visible(page, NOTEBOOK_SELECTORS)
         for index, selector in enumerate(NOTEBOOK_SCREENSHOTS):
-            assert_not_blank(screenshot(page, selector, tmp_path / f"attention-{index}.png"))
+            assert_not_blank(screenshot(page, selector, short_tmp / f"attention-{index}.png"))

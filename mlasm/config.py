@@ -1,0 +1,121 @@
+"""MLASMConfig: every setting of the model and its training, with the paper's values as defaults.
+
+The three sizes that belong to the data (``region_dim``, ``global_dim``, ``vocab_size``)
+default to 0, meaning "not known yet": a loader fills them in (``dataclasses.replace``)
+and building a model checks that they are set.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+POOLINGS = ("mean", "lse")
+
+
+@dataclass(frozen=True)
+class MLASMConfig:
+    # --- sizes given by the data (0 = not known yet) ---
+    region_dim: int = 0          # Dr, size of one region feature (2048 for bottom-up attention)
+    global_dim: int = 0          # Dg, size of the global image vector
+    vocab_size: int = 0          # V, including <pad>=0 <start> <end> <unk>
+
+    # --- encoders (spec section 2) ---
+    embed_size: int = 1024       # d, the joint space
+    word_dim: int = 300          # word embedding size (GloVe 300-d in the paper)
+    bidirectional: bool = False  # reference: one direction; SCAN averages the two directions
+    word_dropout: float = 0.1
+
+    # --- scoring (spec sections 3 and 4) ---
+    lambda_t2i: float = 9.0      # softmax temperature, words attending to regions
+    lambda_i2t: float = 4.0      # softmax temperature, regions attending to words
+    pooling: str = "mean"        # "mean" (AVG) or "lse" (LogSumExp) over the queries of a pair
+    lambda_lse: float = 6.0      # LogSumExp sharpness, used when pooling == "lse"
+    rho: float = 0.8             # final = rho * local + (1 - rho) * global; 1.0 = local only (SCAN-style)
+
+    # --- training (spec section 6) ---
+    margin: float = 0.2
+    learning_rate: float = 5e-4
+    lr_decay_epoch: int = 10     # the learning rate is divided by 10 after this many epochs
+    epochs: int = 20
+    batch_size: int = 128
+    grad_clip: float = 2.0       # gradient-norm clipping
+    warmup_epochs: int = 0       # first epochs that sum the loss over all negatives instead of the hardest
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("region_dim", "global_dim", "vocab_size", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("embed_size", "word_dim", "lambda_t2i", "lambda_i2t", "lambda_lse",
+                     "learning_rate", "lr_decay_epoch", "epochs", "grad_clip"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not 0.0 <= self.rho <= 1.0:
+            problems.append(f"rho must be in [0, 1], got {self.rho}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            problems.append(f"word_dropout must be in [0, 1), got {self.word_dropout}")
+        if self.margin < 0:
+            problems.append(f"margin must be >= 0, got {self.margin}")
+        if self.batch_size < 2:
+            problems.append(f"batch_size must be >= 2 (a batch supplies the negatives), got {self.batch_size}")
+        if problems:
+            raise ValueError("invalid MLASMConfig: " + "; ".join(problems))
+
+    @property
+    def uses_global_level(self) -> bool:
+        """False for a local-only (rho = 1) model, which has no semantic matching level to compute."""
+        return self.rho < 1.0
+
+    def check_data_sizes(self) -> None:
+        """Raise if a size that only the data knows is still unset (a model cannot be built without it)."""
+        needed = ["region_dim", "vocab_size"] + (["global_dim"] if self.uses_global_level else [])
+        missing = [name for name in needed if getattr(self, name) <= 0]
+        if missing:
+            raise ValueError(
+                f"MLASMConfig sizes {', '.join(missing)} come from the data and must be set > 0 "
+                f"before building a model, e.g. dataclasses.replace(config, region_dim=split.region_dim, ...)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "MLASMConfig":
+        """Build from ``to_dict()`` output; keys left out take their defaults, unknown keys are an error."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown MLASMConfig keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "MLASMConfig":
+        """The paper's settings (COCO schedule: 20 epochs, learning rate / 10 after 10)."""
+        return cls(**overrides)
+
+    @classmethod
+    def cpu(cls, **overrides: Any) -> "MLASMConfig":
+        """Small settings for a 2-core CPU demo.
+
+        d = 256 makes the per-pair work (all words x all regions, then O(d) per pair for the
+        global level) 4x cheaper than d = 1024 and the d x d projections 16x cheaper, which is
+        what a CPU can train in minutes on a few thousand images. word_dim stays 300 so that
+        300-d GloVe vectors fit as they are (pass word_dim=50 for the 50-d ones). The
+        bidirectional GRU (as SCAN) recovers some of what the smaller d loses. A short run
+        decays the learning rate earlier, and 2e-4 (SCAN's rate) is steadier than 5e-4
+        with few, small-d epochs.
+        """
+        settings: dict[str, Any] = dict(
+            embed_size=256,
+            word_dim=300,
+            bidirectional=True,
+            batch_size=128,
+            epochs=6,
+            lr_decay_epoch=4,
+            learning_rate=2e-4,
+        )
+        settings.update(overrides)
+        return cls(**settings)

@@ -1,0 +1,451 @@
+"""MLASM: multi-level local alignment and semantic matching (spec sections 2-4).
+
+Shapes: N images, M captions (n, m inside one block of pairs), R regions per image,
+L words per caption, d the joint size. Padded words and masked regions never reach a
+score: they are zeroed once, excluded from every softmax, and left out of every mean.
+
+The pair scorer is written for speed without a second copy of the formulas. For a block
+of n images x m captions:
+  * one matrix product gives every word-region similarity of every pair, (n, R, m, L);
+    both attention directions read it;
+  * a cosine between a query and its attended context needs no d-dim context: with
+    alpha the attention weights, |context|^2 = alpha^T G alpha, G the keys' Gram matrix;
+  * the global level's projections are affine in the mean context, which is a weighted
+    sum of the keys with weights summing to one, so each projection is the same weighted
+    sum of per-key rows computed once per image / caption: O(R d) per pair, not O(d^2).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from tqdm.auto import tqdm
+
+from mlasm.config import MLASMConfig
+
+EPS = 1e-8
+LEAKY_SLOPE = 0.1
+LEVELS = ("t2i", "i2t", "local", "global", "final")
+LARGE_JOB_PAIRS = 1_000_000  # score_all shows a progress bar from this many pairs on, unless told
+CPU_BLOCK_PAIRS = 4096       # on CPU, larger blocks than this only spill the caches and page-fault fresh memory
+
+
+def l2norm(x: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
+    """x / (||x|| + eps): a zero vector (padding) stays zero instead of becoming NaN."""
+    return x / (torch.linalg.vector_norm(x, dim=dim, keepdim=True) + eps)
+
+
+def lengths_to_mask(lengths: Tensor, max_length: int) -> Tensor:
+    """(M,) lengths -> (M, max_length) bool, True for the real words."""
+    return torch.arange(max_length, device=lengths.device) < lengths[:, None]
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Mean of x over the positions where mask is True (mask broadcasts against x)."""
+    return (x * mask).sum(dim) / mask.sum(dim)
+
+
+def masked_logsumexp(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+    return x.masked_fill(~mask, -math.inf).logsumexp(dim)
+
+
+class ImageEncoding(NamedTuple):
+    regions: Tensor                # (N, R, d) v_r, unit length
+    mask: Tensor                   # (N, R) bool, True = a real region
+    glob: Optional[Tensor]         # (N, d) h; None in a local-only (rho = 1) model
+
+
+class CaptionEncoding(NamedTuple):
+    words: Tensor                  # (M, L, d) u_l, unit length, zero past the caption's length
+    lengths: Tensor                # (M,) long, number of real words
+
+
+@dataclass
+class PairExplanation:
+    """Why one image and one caption score what they score, trimmed to real words and regions."""
+    t2i_attention: np.ndarray      # (L, R) weight of each region for each word; rows sum to 1
+    i2t_attention: np.ndarray      # (R, L) weight of each word for each region; rows sum to 1
+    word_cosines: np.ndarray       # (L,) R_t2i(l) = cos(u_l, a_l)
+    region_cosines: np.ndarray     # (R,) R_i2t(r) = cos(v_r, b_r)
+    gate: np.ndarray               # (d,) t, the share of the global image vector h (NaN if rho = 1)
+    scores: dict                   # level name -> float, as in score_all
+    lambda_t2i: float
+    lambda_i2t: float
+    region_indices: np.ndarray     # (R,) positions of the kept regions in the image (boxes, features)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-item terms: computed once per image / caption, read by every pair it takes part in.
+
+class _RegionTerms(NamedTuple):
+    vectors: Tensor                # (n, R, d) v_r, zero where masked
+    mask: Tensor                   # (n, R) bool
+    norms: Tensor                  # (n, R) |v_r|
+    gram: Tensor                   # (n, R, R) v_r . v_r'
+    glob: Optional[Tensor] = None        # (n, d) h
+    context_rows: Optional[Tensor] = None  # (n, R, d) W_x v_r + b_x
+    gate_rows: Optional[Tensor] = None     # (n, R, d) W_g [h ; W_x v_r + b_x] + b_g
+
+
+class _WordTerms(NamedTuple):
+    vectors: Tensor                # (m, L, d) u_l, zero past the length
+    mask: Tensor                   # (m, L) bool
+    norms: Tensor                  # (m, L) |u_l|
+    gram: Tensor                   # (m, L, L) u_l . u_l'
+    context_rows: Optional[Tensor] = None  # (m, L, d) W_t u_l + b_t
+    context_gram: Optional[Tensor] = None  # (m, L, L) their dot products
+
+
+def _region_terms(regions: Tensor, mask: Tensor) -> _RegionTerms:
+    mask = mask.bool()
+    if not mask.any(dim=1).all():
+        raise ValueError("every image needs at least one unmasked region")
+    vectors = regions.masked_fill(~mask[..., None], 0.0)
+    return _RegionTerms(vectors, mask, torch.linalg.vector_norm(vectors, dim=-1), vectors @ vectors.transpose(1, 2))
+
+
+def _word_terms(words: Tensor, lengths: Tensor) -> _WordTerms:
+    lengths = lengths.to(words.device)
+    if not ((lengths >= 1) & (lengths <= words.shape[1])).all():
+        raise ValueError(f"caption lengths must be in [1, {words.shape[1]}], got {lengths.tolist()}")
+    mask = lengths_to_mask(lengths, words.shape[1])
+    vectors = words.masked_fill(~mask[..., None], 0.0)
+    return _WordTerms(vectors, mask, torch.linalg.vector_norm(vectors, dim=-1), vectors @ vectors.transpose(1, 2))
+
+
+def _slice(items: NamedTuple, start: int, stop: int) -> NamedTuple:
+    return type(items)._make(None if t is None else t[start:stop] for t in items)
+
+
+def _to(items: NamedTuple, device: torch.device) -> NamedTuple:
+    return type(items)._make(None if t is None else t.to(device) for t in items)
+
+
+# ---------------------------------------------------------------------------------------
+# Local alignment (spec section 3), on a block of n images x m captions.
+
+def _similarities(regions: _RegionTerms, words: _WordTerms) -> Tensor:
+    """Every v_r . u_l of every pair in one matrix product: (n, R, m, L)."""
+    n, n_regions, d = regions.vectors.shape
+    m, n_words, _ = words.vectors.shape
+    return (regions.vectors.reshape(n * n_regions, d) @ words.vectors.reshape(m * n_words, d).T).view(
+        n, n_regions, m, n_words)
+
+
+def _attend(rectified: Tensor, key_dim: int, query_dim: int, key_mask: Tensor, lambda_softmax: float) -> Tensor:
+    """SCAN attention weights over the keys, for every query, from LeakyReLU'd similarities.
+
+    Each key's similarities are L2-normalised across the queries (padded queries are zero
+    vectors, so they add nothing to the norm), sharpened by lambda, then a softmax runs over
+    the valid keys. Returns weights shaped like ``rectified``, summing to 1 along key_dim.
+    (Norm and softmax are spelled out: torch's versions are several times slower along a
+    short or non-last dimension on CPU. The clamp keeps the gradient of an all-zero row finite.)
+    """
+    norms = rectified.square().sum(query_dim, keepdim=True).clamp_min(EPS**2).sqrt()
+    key_bias = torch.zeros(key_mask.shape, dtype=rectified.dtype, device=rectified.device)
+    key_bias.masked_fill_(~key_mask, -math.inf)  # padded keys get no weight
+    logits = torch.addcmul(key_bias, rectified, lambda_softmax / (norms + EPS))
+    weights = (logits - logits.amax(key_dim, keepdim=True)).exp()
+    return weights / weights.sum(key_dim, keepdim=True)
+
+
+def _cosine(dots: Tensor, query_norms: Tensor, context_sq_norms: Tensor) -> Tensor:
+    """cos(q, c) from q . c, |q| and |c|^2 (the context c itself is never built)."""
+    return dots / (query_norms * context_sq_norms.clamp_min(0).sqrt()).clamp_min(EPS)
+
+
+def _text_to_image(sim: Tensor, rectified: Tensor, regions: _RegionTerms, words: _WordTerms,
+                   lambda_softmax: float) -> tuple[Tensor, Tensor]:
+    """Words attend to regions. Returns alpha (n, R, m, L) and R_t2i(l) = cos(u_l, a_l) (n, m, L)."""
+    n, n_regions, m, n_words = sim.shape
+    alpha = _attend(rectified, key_dim=1, query_dim=3, key_mask=regions.mask[:, :, None, None],
+                    lambda_softmax=lambda_softmax)
+    dots = (alpha * sim).sum(1)                                                  # (n, m, L) u_l . a_l
+    gram_alpha = torch.bmm(regions.gram, alpha.view(n, n_regions, m * n_words)).view_as(alpha)
+    context_sq = (alpha * gram_alpha).sum(1)                                     # (n, m, L) |a_l|^2
+    return alpha, _cosine(dots, words.norms, context_sq)
+
+
+def _image_to_text(sim: Tensor, rectified: Tensor, regions: _RegionTerms, words: _WordTerms,
+                   lambda_softmax: float) -> tuple[Tensor, Tensor]:
+    """Regions attend to words. Returns beta (n, R, m, L) and R_i2t(r) = cos(v_r, b_r) (n, R, m)."""
+    beta = _attend(rectified, key_dim=3, query_dim=1, key_mask=words.mask[None, None],
+                   lambda_softmax=lambda_softmax)
+    dots = (beta * sim).sum(3)                                                   # (n, R, m) v_r . b_r
+    context_sq = (beta * torch.einsum("nrml,mlk->nrmk", beta, words.gram)).sum(3)  # (n, R, m) |b_r|^2
+    return beta, _cosine(dots, regions.norms[:, :, None], context_sq)
+
+
+def _pool(cosines: Tensor, mask: Tensor, dim: int, pooling: str, lambda_lse: float) -> Tensor:
+    """Pool the per-query cosines of each pair over its valid queries: mean, or LogSumExp."""
+    if pooling == "mean":
+        return masked_mean(cosines, mask, dim)
+    if pooling == "lse":
+        return masked_logsumexp(lambda_lse * cosines, mask, dim) / lambda_lse
+    raise ValueError(f"pooling must be 'mean' or 'lse', got {pooling!r}")
+
+
+def cross_attention_scores(regions: Tensor, region_mask: Tensor, words: Tensor, lengths: Tensor,
+                           direction: str, lambda_softmax: float, pooling: str = "mean",
+                           lambda_lse: float = 6.0) -> Tensor:
+    """SCAN cross-attention score of every image against every caption, one direction: (N, M).
+
+    regions (N, R, d), region_mask (N, R) bool, words (M, L, d), lengths (M,).
+    direction "t2i": words attend to regions, pooled over words; "i2t": the reverse.
+    Not chunked: the (N, R, M, L) similarities must fit in memory (MLASM.score_all chunks).
+    """
+    region_terms, word_terms = _region_terms(regions, region_mask), _word_terms(words, lengths)
+    sim = _similarities(region_terms, word_terms)
+    rectified = F.leaky_relu(sim, LEAKY_SLOPE)
+    if direction == "t2i":
+        _, cosines = _text_to_image(sim, rectified, region_terms, word_terms, lambda_softmax)
+        return _pool(cosines, word_terms.mask[None], 2, pooling, lambda_lse)
+    if direction == "i2t":
+        _, cosines = _image_to_text(sim, rectified, region_terms, word_terms, lambda_softmax)
+        return _pool(cosines, region_terms.mask[:, :, None], 1, pooling, lambda_lse)
+    raise ValueError(f"direction must be 't2i' or 'i2t', got {direction!r}")
+
+
+class _BlockScores(NamedTuple):
+    levels: dict                   # level name -> (n, m)
+    alpha: Tensor                  # (n, R, m, L) t2i weights
+    beta: Tensor                   # (n, R, m, L) i2t weights
+    word_cosines: Tensor           # (n, m, L)
+    region_cosines: Tensor         # (n, R, m)
+    gate: Optional[Tensor]         # (n, m, d)
+
+
+# ---------------------------------------------------------------------------------------
+
+class MLASM(nn.Module):
+    """Encoders (spec 2), two-way local alignment (spec 3) and semantic matching (spec 4).
+
+    With rho = 1 the model is local-only (SCAN t2i + i2t): the global level's layers are
+    not built (so every parameter still trains) and never computed; its "global" score
+    matrices are NaN and explain's gate is NaN.
+    """
+
+    def __init__(self, config: MLASMConfig):
+        super().__init__()
+        config.check_data_sizes()
+        self.config = config
+        d = config.embed_size
+        self.region_proj = nn.Linear(config.region_dim, d)                        # W_v
+        self.word_embedding = nn.Embedding(config.vocab_size, config.word_dim, padding_idx=0)
+        self.word_dropout = nn.Dropout(config.word_dropout)
+        self.gru = nn.GRU(config.word_dim, d, batch_first=True, bidirectional=config.bidirectional)
+        if config.uses_global_level:
+            self.global_proj = nn.Linear(config.global_dim, d)                    # W_h
+            self.image_context_proj = nn.Linear(d, d)                             # W_x
+            self.gate = nn.Linear(2 * d, d)                                       # W_g, on [h ; x]
+            self.text_context_proj = nn.Linear(d, d)                              # W_t
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.uniform_(self.word_embedding.weight, -0.1, 0.1)
+        with torch.no_grad():
+            self.word_embedding.weight[0].zero_()
+
+    @torch.no_grad()
+    def init_word_embeddings(self, weights) -> None:
+        """Copy pretrained word vectors (V, word_dim), e.g. GloVe rows in vocabulary order."""
+        weights = torch.as_tensor(weights)
+        if weights.shape != self.word_embedding.weight.shape:
+            raise ValueError(f"word vectors of shape {tuple(weights.shape)} do not fit the embedding "
+                             f"(vocab_size, word_dim) = {tuple(self.word_embedding.weight.shape)}")
+        self.word_embedding.weight.copy_(weights)
+
+    @property
+    def device(self) -> torch.device:
+        return self.region_proj.weight.device
+
+    # --- encoders (spec 2) -------------------------------------------------------------
+
+    def encode_images(self, regions: Tensor, region_mask: Tensor, global_features: Tensor) -> ImageEncoding:
+        """regions (N, R, Dr), region_mask (N, R), global_features (N, Dg) -> v_r (N, R, d), h (N, d)."""
+        vectors = l2norm(self.region_proj(regions))                              # (N, R, d)
+        glob = self.global_proj(l2norm(global_features)) if self.config.uses_global_level else None
+        return ImageEncoding(vectors, region_mask.bool(), glob)
+
+    def encode_captions(self, tokens: Tensor, lengths: Tensor) -> CaptionEncoding:
+        """tokens (M, L) padded with 0, lengths (M,) -> u_l (M, L, d); packed, so padding never enters the GRU."""
+        embedded = self.word_dropout(self.word_embedding(tokens))                # (M, L, word_dim)
+        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=tokens.shape[1])
+        if self.config.bidirectional:                                            # (M, L, 2d) -> (M, L, d)
+            forward_states, backward_states = states.chunk(2, dim=-1)
+            states = (forward_states + backward_states) / 2
+        return CaptionEncoding(l2norm(states), lengths.to(tokens.device))
+
+    # --- per-item terms ----------------------------------------------------------------
+
+    def _image_terms(self, img: ImageEncoding) -> _RegionTerms:
+        terms = _region_terms(img.regions, img.mask)
+        if not self.config.uses_global_level:
+            return terms
+        # x = W_x abar + b_x and the gate's input W_g [h ; x] + b_g are affine in abar = sum_r wbar_r v_r
+        # with sum_r wbar_r = 1, so each is the same wbar-weighted sum of these per-region rows.
+        gate_h, gate_x = self.gate.weight.split(self.config.embed_size, dim=1)   # W_g = [W_gh | W_gx]
+        x_rows = self.image_context_proj(terms.vectors)                           # (n, R, d)
+        gate_rows = F.linear(x_rows, gate_x) + F.linear(img.glob, gate_h, self.gate.bias)[:, None, :]
+        return terms._replace(glob=img.glob, context_rows=x_rows, gate_rows=gate_rows)
+
+    def _caption_terms(self, cap: CaptionEncoding) -> _WordTerms:
+        terms = _word_terms(cap.words, cap.lengths)
+        if not self.config.uses_global_level:
+            return terms
+        # t_glob = l2norm(W_t bbar + b_t) with bbar = sum_l wbar_l u_l, sum_l wbar_l = 1: likewise
+        rows = self.text_context_proj(terms.vectors)                              # (m, L, d) W_t u_l + b_t
+        return terms._replace(context_rows=rows, context_gram=rows @ rows.transpose(1, 2))
+
+    # --- the pair scorer: the one implementation behind pair_levels, score_all and explain
+
+    def _score_block(self, regions: _RegionTerms, words: _WordTerms,
+                     lambda_t2i: float, lambda_i2t: float) -> _BlockScores:
+        """Every level of every pair of n images x m captions, with the per-word / per-region terms."""
+        config = self.config
+        sim = _similarities(regions, words)                                       # (n, R, m, L)
+        rectified = F.leaky_relu(sim, LEAKY_SLOPE)
+        word_mask = words.mask[None]                                              # (1, m, L)
+        region_mask = regions.mask[:, :, None]                                    # (n, R, 1)
+
+        # local level (spec 3)
+        alpha, word_cosines = _text_to_image(sim, rectified, regions, words, lambda_t2i)
+        beta, region_cosines = _image_to_text(sim, rectified, regions, words, lambda_i2t)
+        t2i = _pool(word_cosines, word_mask, 2, config.pooling, config.lambda_lse)   # (n, m)
+        i2t = _pool(region_cosines, region_mask, 1, config.pooling, config.lambda_lse)
+        local = 0.5 * t2i + 0.5 * i2t
+
+        if not config.uses_global_level:  # local-only model: no global level to compute
+            levels = {"t2i": t2i, "i2t": i2t, "local": local, "global": torch.full_like(local, math.nan),
+                      "final": local}
+            return _BlockScores(levels, alpha, beta, word_cosines, region_cosines, None)
+
+        # semantic matching level (spec 4), for every pair from that pair alone
+        region_weights = masked_mean(alpha, word_mask[:, None], 3).transpose(1, 2)   # (n, m, R) wbar_r
+        x = torch.bmm(region_weights, regions.context_rows)                       # (n, m, d) W_x abar + b_x
+        gate = torch.bmm(region_weights, regions.gate_rows).sigmoid_()            # (n, m, d) t; in place is
+        # safe for autograd (bmm keeps no copy of its output) and saves a (n, m, d) allocation
+        image_side = torch.lerp(x, regions.glob[:, None, :], gate)                # t * h + (1 - t) * x
+        word_weights = masked_mean(beta, region_mask[..., None], 1)               # (n, m, L) mean_r beta_rl
+        # the text side sum_l wbar_l (W_t u_l + b_t) is never built: only its dot and norm are needed
+        dot = (word_weights * torch.einsum("nmd,mld->nml", image_side, words.context_rows)).sum(-1)
+        text_sq = (word_weights * torch.einsum("nml,mlk->nmk", word_weights, words.context_gram)).sum(-1)
+        image_norm = torch.linalg.vector_norm(image_side, dim=-1)
+        global_score = dot / ((image_norm + EPS) * (text_sq.clamp_min(0).sqrt() + EPS))  # l2norm(.) . l2norm(.)
+        final = config.rho * local + (1 - config.rho) * global_score
+        levels = {"t2i": t2i, "i2t": i2t, "local": local, "global": global_score, "final": final}
+        return _BlockScores(levels, alpha, beta, word_cosines, region_cosines, gate)
+
+    # --- public scoring ----------------------------------------------------------------
+
+    def pair_levels(self, img: ImageEncoding, cap: CaptionEncoding) -> dict[str, Tensor]:
+        """Every level for every image x caption of a batch, (n, m) each; differentiable (training)."""
+        config = self.config
+        return self._score_block(self._image_terms(img), self._caption_terms(cap),
+                                 config.lambda_t2i, config.lambda_i2t).levels
+
+    def forward(self, regions: Tensor, region_mask: Tensor, global_features: Tensor,
+                tokens: Tensor, lengths: Tensor) -> Tensor:
+        """Final scores of all B images x B captions of a training batch: (B, B)."""
+        img = self.encode_images(regions, region_mask, global_features)
+        return self.pair_levels(img, self.encode_captions(tokens, lengths))["final"]
+
+    @torch.no_grad()
+    def score_all(self, img: ImageEncoding, cap: CaptionEncoding, memory_budget_mb: float = 512,
+                  progress: Optional[bool] = None, device=None) -> dict[str, Tensor]:
+        """Every level for every image x caption of a gallery: (N, M) CPU tensors.
+
+        Works through blocks of images x captions sized so that one block's intermediates
+        take about ``memory_budget_mb``. Runs on ``device`` (default: the model's); the
+        encodings may live elsewhere (e.g. in CPU memory) and travel one block at a time.
+        Besides the budget, the terms of all captions are held at once (about twice the
+        size of ``cap.words``). ``progress``: a tqdm bar; None shows one for large jobs.
+        """
+        device = self.device if device is None else torch.device(device)
+        n_images, n_regions, d = img.regions.shape
+        n_captions, n_words, _ = cap.words.shape
+        block_images, block_captions = _block_shape(
+            n_images, n_captions, n_regions, n_words, d, img.regions.element_size(), memory_budget_mb,
+            max_pairs=CPU_BLOCK_PAIRS if device.type == "cpu" else None)
+        words = _to(self._caption_terms(_to(cap, self.device)), device)
+        scores = {level: torch.empty(n_images, n_captions, dtype=img.regions.dtype) for level in LEVELS}
+        show = progress if progress is not None else n_images * n_captions >= LARGE_JOB_PAIRS
+        with tqdm(total=n_images * n_captions, unit="pair", unit_scale=True, desc="scoring pairs",
+                  disable=not show) as bar:
+            for i in range(0, n_images, block_images):
+                regions = _to(self._image_terms(_to(_slice(img, i, i + block_images), self.device)), device)
+                for j in range(0, n_captions, block_captions):
+                    block = self._score_block(regions, _slice(words, j, j + block_captions),
+                                              self.config.lambda_t2i, self.config.lambda_i2t)
+                    for level, value in block.levels.items():
+                        scores[level][i:i + value.shape[0], j:j + value.shape[1]] = value
+                    bar.update(value.numel())
+        return scores
+
+    @torch.no_grad()
+    def explain(self, img: ImageEncoding, cap: CaptionEncoding, image_index: int = 0, caption_index: int = 0,
+                lambda_t2i: Optional[float] = None, lambda_i2t: Optional[float] = None) -> PairExplanation:
+        """The attention, per-word and per-region cosines, gate and scores of one pair.
+
+        lambda_t2i / lambda_i2t override the softmax temperatures (a teaching slider can
+        recompute the attention live); without them the scores equal score_all's.
+        """
+        if not 0 <= image_index < img.regions.shape[0]:
+            raise IndexError(f"image_index {image_index} out of range for {img.regions.shape[0]} images")
+        if not 0 <= caption_index < cap.words.shape[0]:
+            raise IndexError(f"caption_index {caption_index} out of range for {cap.words.shape[0]} captions")
+        lambda_t2i = self.config.lambda_t2i if lambda_t2i is None else float(lambda_t2i)
+        lambda_i2t = self.config.lambda_i2t if lambda_i2t is None else float(lambda_i2t)
+        regions = self._image_terms(_to(_slice(img, image_index, image_index + 1), self.device))
+        words = self._caption_terms(_to(_slice(cap, caption_index, caption_index + 1), self.device))
+        block = self._score_block(regions, words, lambda_t2i, lambda_i2t)
+
+        kept = regions.mask[0].nonzero().squeeze(1)                               # (R,)
+        n_words = int(words.mask[0].sum())
+        alpha = block.alpha[0, kept, 0, :n_words]                                 # (R, L)
+        beta = block.beta[0, kept, 0, :n_words]                                   # (R, L)
+        gate = (block.gate[0, 0] if block.gate is not None
+                else torch.full((self.config.embed_size,), math.nan))
+
+        def numpy(t: Tensor) -> np.ndarray:
+            return t.cpu().numpy()
+
+        return PairExplanation(
+            t2i_attention=numpy(alpha.T),
+            i2t_attention=numpy(beta),
+            word_cosines=numpy(block.word_cosines[0, 0, :n_words]),
+            region_cosines=numpy(block.region_cosines[0, kept, 0]),
+            gate=numpy(gate),
+            scores={level: float(value[0, 0]) for level, value in block.levels.items()},
+            lambda_t2i=lambda_t2i,
+            lambda_i2t=lambda_i2t,
+            region_indices=numpy(kept),
+        )
+
+
+def _block_shape(n_images: int, n_captions: int, n_regions: int, n_words: int, d: int, element_size: int,
+                 memory_budget_mb: float, max_pairs: Optional[int] = None) -> tuple[int, int]:
+    """Images x captions per block so that a block's intermediates take about the budget.
+
+    A pair holds about six (R, L) grids (similarities, attention weights, products) and
+    five d-vectors (the global level) at once. Blocks are kept near square, which keeps
+    the similarity matrix product efficient.
+    """
+    bytes_per_pair = element_size * (6 * n_regions * n_words + 5 * d)
+    pairs = max(1, int(memory_budget_mb * 2**20) // bytes_per_pair)
+    if max_pairs is not None:
+        pairs = min(pairs, max_pairs)
+    block_captions = min(n_captions, max(1, pairs // min(n_images, max(1, math.isqrt(pairs)))))
+    block_images = min(n_images, max(1, pairs // block_captions))
+    return block_images, block_captions

@@ -1,0 +1,70 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Attention maps
+#
+# Where does each word look? The **attention explorer** shows a picture with its region boxes.
+# Choose a word: the regions light up by its text-to-image attention (heat over the picture,
+# the strongest boxes outlined). Choose a region: the caption's words light up by its
+# image-to-text attention. The word-by-region matrix sits beside them; click a cell to choose
+# both. The λ sliders change the softmax temperatures and recompute the attention live.
+#
+# The model is the demo's (`runs/demo`), or a tiny one in fast mode (`MLASM_FAST=1`).
+
+# %%
+from mlasm.demo import demo_checkpoint
+from widgets import AttentionExplorer, LevelPanel, Selection, WorkbenchSession
+
+session = WorkbenchSession.from_checkpoint(demo_checkpoint())
+selection = Selection.start(session)
+explorer = AttentionExplorer(session, selection)
+explorer
+
+# %% [markdown]
+# ## Reading it
+# - **Text-to-image** (λ = 9): each row of the matrix is one word's attention over the regions
+#   and sums to 1. A good model puts "red" on the red object's box, and "star" on the star.
+# - **Image-to-text** (λ = 4): each region's attention over the words.
+# - Distractor boxes (object parts, pairs of objects, background) are in the region set on
+#   purpose, as a detector would propose them.
+#
+# The explorer's state is plain Python, so what it shows can be read off directly:
+
+# %%
+words = session.tokens(selection.caption)
+strongest = explorer.region_weights.argmax()
+print(f"caption: {' '.join(words)}")
+print(f"word {words[explorer.word]!r} attends most to region {explorer.explanation.region_indices[strongest]}")
+
+# %% [markdown]
+# ## Every level of this pair
+# The final score mixes the local level (both attention directions) with the semantic level;
+# the gate says how much of the global image vector the semantic level keeps. The ranks say
+# where this pair lands when its caption searches all images, and its image searches all captions.
+
+# %%
+LevelPanel(session, selection)
+
+# %% [markdown]
+# ## A lower temperature spreads attention
+# With λ small, every word spreads its attention over all regions; with λ large it picks one.
+
+# %%
+explorer.set_lambdas(1.0, 1.0)
+spread = explorer.region_weights.max()
+explorer.set_lambdas(30.0, 30.0)
+print(f"largest weight of the chosen word: λ=1 -> {spread:.2f}, λ=30 -> {explorer.region_weights.max():.2f}")
+explorer.set_lambdas(session.model.config.lambda_t2i, session.model.config.lambda_i2t)  # back to the trained values

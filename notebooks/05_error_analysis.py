@@ -1,0 +1,57 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Error analysis of failed queries
+#
+# A query *fails* when its ground truth is not among the top k results. For each failure the
+# workbench keeps its rank under every level (t2i, i2t, local, global, final), so one can ask:
+# **would another level have got it right?** Choosing a row opens the query in the attention
+# explorer and the ranking browser, and draws the ground truth beside the wrongly preferred item.
+
+# %%
+from mlasm.demo import demo_checkpoint
+from widgets import Workbench, WorkbenchSession
+
+session = WorkbenchSession.from_checkpoint(demo_checkpoint())
+failures = session.failures(k=5)
+print(f"{len(failures)} of {len(session.query_table())} queries miss the top 5 under the final level")
+
+# %% [markdown]
+# ## Which level would have ranked them right?
+# `right_under` lists the levels under which the ground truth is within the top k. Failures that
+# no level gets right are the model's blind spots; failures one level gets right suggest that the
+# mix of levels (ρ) costs something on them.
+
+# %%
+summary = failures.assign(any_level=failures["right_under"] != "").groupby("direction")[["any_level"]].mean()
+summary.rename(columns={"any_level": "share another level gets right"}).round(2)
+
+# %% [markdown]
+# ## The worst failures
+
+# %%
+failures.head(10)[["direction", "query_text", "rank", "right_under", "preferred_text"]]
+
+# %% [markdown]
+# ## The workbench
+# Every widget in one place, linked by one selection: open the **Failures** tab, choose a row,
+# then look at the **Attention** and **Ranking** tabs.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+workbench = Workbench(session)
+workbench.component("Failures").open_row(failures.index[0])
+workbench
