@@ -32,8 +32,8 @@ from mlasm.config import MLASMConfig
 EPS = 1e-8
 LEAKY_SLOPE = 0.1
 LEVELS = ("t2i", "i2t", "local", "global", "final")
+MAX_BOUND_SHIFTED_LAMBDA = 40.0  # see _attend
 LARGE_JOB_PAIRS = 1_000_000  # score_all shows a progress bar from this many pairs on, unless told
-CPU_BLOCK_PAIRS = 4096       # on CPU, larger blocks than this only spill the caches and page-fault fresh memory
 
 
 def l2norm(x: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
@@ -113,7 +113,8 @@ def _region_terms(regions: Tensor, mask: Tensor) -> _RegionTerms:
 def _word_terms(words: Tensor, lengths: Tensor) -> _WordTerms:
     lengths = lengths.to(words.device)
     if not ((lengths >= 1) & (lengths <= words.shape[1])).all():
-        raise ValueError(f"caption lengths must be in [1, {words.shape[1]}], got {lengths.tolist()}")
+        raise ValueError(f"caption lengths must be in [1, {words.shape[1]}], "
+                         f"got values from {int(lengths.min())} to {int(lengths.max())}")
     mask = lengths_to_mask(lengths, words.shape[1])
     vectors = words.masked_fill(~mask[..., None], 0.0)
     return _WordTerms(vectors, mask, torch.linalg.vector_norm(vectors, dim=-1), vectors @ vectors.transpose(1, 2))
@@ -144,14 +145,20 @@ def _attend(rectified: Tensor, key_dim: int, query_dim: int, key_mask: Tensor, l
     Each key's similarities are L2-normalised across the queries (padded queries are zero
     vectors, so they add nothing to the norm), sharpened by lambda, then a softmax runs over
     the valid keys. Returns weights shaped like ``rectified``, summing to 1 along key_dim.
-    (Norm and softmax are spelled out: torch's versions are several times slower along a
-    short or non-last dimension on CPU. The clamp keeps the gradient of an all-zero row finite.)
+    Norm and softmax are spelled out: torch's own are several times slower along a short or
+    non-last dimension on CPU. The clamp keeps the gradient of an all-zero row finite.
     """
     norms = rectified.square().sum(query_dim, keepdim=True).clamp_min(EPS**2).sqrt()
-    key_bias = torch.zeros(key_mask.shape, dtype=rectified.dtype, device=rectified.device)
+    # A normalised similarity lies in [-1, 1], so lambda bounds the logits: subtracting it, like the
+    # usual max, keeps exp from overflowing, and needs no pass to find the max; exp(-2 lambda) stays
+    # a normal float32 up to lambda = 40, past which the max is found after all.
+    shift = lambda_softmax if lambda_softmax <= MAX_BOUND_SHIFTED_LAMBDA else 0.0
+    key_bias = torch.full(key_mask.shape, -shift, dtype=rectified.dtype, device=rectified.device)
     key_bias.masked_fill_(~key_mask, -math.inf)  # padded keys get no weight
     logits = torch.addcmul(key_bias, rectified, lambda_softmax / (norms + EPS))
-    weights = (logits - logits.amax(key_dim, keepdim=True)).exp()
+    if lambda_softmax > MAX_BOUND_SHIFTED_LAMBDA:
+        logits = logits - logits.amax(key_dim, keepdim=True)
+    weights = logits.exp()
     return weights / weights.sum(key_dim, keepdim=True)
 
 
@@ -376,8 +383,7 @@ class MLASM(nn.Module):
         n_images, n_regions, d = img.regions.shape
         n_captions, n_words, _ = cap.words.shape
         block_images, block_captions = _block_shape(
-            n_images, n_captions, n_regions, n_words, d, img.regions.element_size(), memory_budget_mb,
-            max_pairs=CPU_BLOCK_PAIRS if device.type == "cpu" else None)
+            n_images, n_captions, n_regions, n_words, d, img.regions.element_size(), memory_budget_mb)
         words = _to(self._caption_terms(_to(cap, self.device)), device)
         scores = {level: torch.empty(n_images, n_captions, dtype=img.regions.dtype) for level in LEVELS}
         show = progress if progress is not None else n_images * n_captions >= LARGE_JOB_PAIRS
@@ -434,8 +440,8 @@ class MLASM(nn.Module):
         )
 
 
-def _block_shape(n_images: int, n_captions: int, n_regions: int, n_words: int, d: int, element_size: int,
-                 memory_budget_mb: float, max_pairs: Optional[int] = None) -> tuple[int, int]:
+def _block_shape(n_images: int, n_captions: int, n_regions: int, n_words: int, d: int,
+                 element_size: int, memory_budget_mb: float) -> tuple[int, int]:
     """Images x captions per block so that a block's intermediates take about the budget.
 
     A pair holds about six (R, L) grids (similarities, attention weights, products) and
@@ -444,8 +450,6 @@ def _block_shape(n_images: int, n_captions: int, n_regions: int, n_words: int, d
     """
     bytes_per_pair = element_size * (6 * n_regions * n_words + 5 * d)
     pairs = max(1, int(memory_budget_mb * 2**20) // bytes_per_pair)
-    if max_pairs is not None:
-        pairs = min(pairs, max_pairs)
     block_captions = min(n_captions, max(1, pairs // min(n_images, max(1, math.isqrt(pairs)))))
     block_images = min(n_images, max(1, pairs // block_captions))
     return block_images, block_captions

@@ -117,11 +117,12 @@ def assert_close(actual, expected, atol=1e-5):
 
 # --- agreement with the reference -------------------------------------------------------
 
+@pytest.mark.parametrize("lambda_softmax", [7.0, 60.0])
 @pytest.mark.parametrize("pooling", ["mean", "lse"])
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
-def test_cross_attention_scores_match_reference(direction, pooling):
+def test_cross_attention_scores_match_reference(direction, pooling, lambda_softmax):
     img, cap = random_gallery()
-    lambda_softmax, lambda_lse = 7.0, 5.0
+    lambda_lse = 5.0
     scores = cross_attention_scores(img.regions, img.mask, cap.words, cap.lengths, direction,
                                     lambda_softmax, pooling, lambda_lse)
     for i in range(scores.shape[0]):
@@ -132,6 +133,16 @@ def test_cross_attention_scores_match_reference(direction, pooling):
             else:
                 cosines = ref_attend(regions, words, lambda_softmax)[2]
             assert_close(scores[i, j], ref_pool(cosines, pooling, lambda_lse))
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_sharp_attention_stays_finite_in_float32(direction):
+    img, cap = random_gallery()
+    lambda_softmax = 100.0  # exp(lambda) overflows float32: the softmax must shift by the max here
+    scores = cross_attention_scores(img.regions.float(), img.mask, cap.words.float(), cap.lengths, direction,
+                                    lambda_softmax)
+    expected = cross_attention_scores(*img[:2], *cap, direction, lambda_softmax)
+    assert_close(scores, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "lse"])
