@@ -224,13 +224,16 @@ def start_kernel_session(
     client.start_channels()
     try:
         client.wait_for_ready(timeout=timeout)
+        # The server learns the kernel's state from status messages on its own iopub link, which
+        # may connect after our first request: ask again until the server has seen one.
+        deadline = time.monotonic() + timeout
+        while (state := server.api("GET", f"/api/kernels/{kernel_id}")["execution_state"]) != "idle":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"kernel {kernel_id} answered but the server says {state!r}")
+            client.kernel_info()
+            time.sleep(0.5)
     finally:
         client.stop_channels()
-    deadline = time.monotonic() + timeout  # a loaded machine can take a while
-    while (state := server.api("GET", f"/api/kernels/{kernel_id}")["execution_state"]) != "idle":
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"kernel {kernel_id} answered but the server says {state!r}")
-        time.sleep(0.1)
     return kernel_id
 
 
