@@ -25,7 +25,6 @@ from mlasm.metrics import (
 )
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 
-LEVELS = ("final", "local", "global", "t2i", "i2t")
 PROTOCOLS = {
     "full": "the whole split is one gallery (Flickr30K 1K test, COCO 5K on testall, ShapeScenes test)",
     "5fold": "average over 5 folds of consecutive images (COCO 1K on testall)",
@@ -117,17 +116,13 @@ def grounding_accuracy(model: MLASM, split: RetrievalSplit, vocab: Vocabulary,
 
 
 def evaluate_model(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, protocol: str = "full",
-                   levels_only: Iterable[str] | None = None, with_grounding: bool = False,
-                   memory_budget_mb: float = 512, progress: bool = True) -> dict:
+                   levels_only: Iterable[str] | None = None, memory_budget_mb: float = 512,
+                   progress: bool = True) -> dict:
     """Metrics of one model on one split (``levels_only`` trims the result, e.g. for validation)."""
-    img, cap = encode_split(model, split, vocab, progress=progress)
-    scores = model.score_all(img, cap, memory_budget_mb=memory_budget_mb, progress=progress)
+    scores = score_split(model, split, vocab, memory_budget_mb=memory_budget_mb, progress=progress)
     if levels_only is not None:
         scores = {level: scores[level] for level in levels_only}
-    result = level_metrics(scores, split.caption_to_image, protocol)
-    if with_grounding:
-        result["grounding"] = grounding_accuracy(model, split, vocab, img, cap)
-    return result
+    return level_metrics(scores, split.caption_to_image, protocol)
 
 
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSplit, protocol: str = "full",
