@@ -20,8 +20,9 @@ def _config_overrides(args: argparse.Namespace) -> dict:
     names = ("epochs", "batch_size", "embed_size", "word_dim", "learning_rate", "lr_decay_epoch", "rho",
              "warmup_epochs", "pooling", "lambda_t2i", "lambda_i2t", "margin")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    if args.bidirectional is not None:
-        overrides["bidirectional"] = args.bidirectional
+    for name in ("bidirectional", "mask_false_negatives"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     return overrides
 
 
@@ -43,6 +44,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--margin", type=float)
     group.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
                        help="bidirectional GRU (directions averaged, as SCAN)")
+    group.add_argument("--mask-false-negatives", action=argparse.BooleanOptionalAction, default=None,
+                       help="never use as a negative a pair the data knows to be true (its complete "
+                            "positives, e.g. ShapeScenes or a {split}_positives.txt); on by default")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +171,7 @@ RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo, "e
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mlasm.train import CheckpointError
+    from mlasm.checkpoint import CheckpointError
 
     try:
         return RUNNERS[args.command](args)

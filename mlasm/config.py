@@ -41,6 +41,7 @@ class MLASMConfig:
     batch_size: int = 128
     grad_clip: float = 2.0       # gradient-norm clipping
     warmup_epochs: int = 0       # first epochs that sum the loss over all negatives instead of the hardest
+    mask_false_negatives: bool = True  # pairs the data knows to be true (complete positives) are never negatives
 
     def __post_init__(self) -> None:
         problems = []
@@ -104,10 +105,11 @@ class MLASMConfig:
         global level) 4x cheaper than d = 1024 and the d x d projections 16x cheaper, which is
         what a CPU can train in minutes on a few thousand images. word_dim stays 300 so that
         300-d GloVe vectors fit as they are (pass word_dim=50 for the 50-d ones). The
-        bidirectional GRU (as SCAN) recovers some of what the smaller d loses. A short run
-        decays the learning rate earlier. From scratch, hardest negatives alone collapse
-        every score towards one value on ShapeScenes (measured: the loss sat at
-        2 x batch x margin); one warm-up epoch over all negatives (as VSE-infinity) avoids it.
+        bidirectional GRU (as SCAN) recovers some of what the smaller d loses. One warm-up
+        epoch sums the hinge over all negatives (as VSE-infinity) before the hardest negatives
+        take over; the learning rate is divided by 10 for the last epoch only (measured on
+        ShapeScenes dev, seed 0: loss 47.7 % of 2 x batch x margin at the end and rSum 469.9,
+        against 50.8 % and 468.9 when decaying after epoch 4; benchmarks/train_variants.py).
         """
         settings: dict[str, Any] = dict(
             embed_size=256,
@@ -115,7 +117,7 @@ class MLASMConfig:
             bidirectional=True,
             batch_size=128,
             epochs=6,
-            lr_decay_epoch=4,
+            lr_decay_epoch=5,
             learning_rate=5e-4,
             warmup_epochs=1,
         )

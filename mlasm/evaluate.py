@@ -12,11 +12,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mlasm.checkpoint import check_model_fits, load_model
 from mlasm.data.dataset import RetrievalSplit, caption_tensors, image_tensors
+from mlasm.data.errors import DataError
+from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
 from mlasm.io import atomic_path, write_json
 from mlasm.metrics import (
     RECALL_KS,
+    average_metrics,
+    check_finite,
+    complete_positive_metrics,
+    complete_positive_ranks,
+    fold_indices,
     folded_retrieval_metrics,
     i2t_ranks,
     pointing_accuracy,
@@ -30,6 +38,7 @@ PROTOCOLS = {
     "5fold": "average over 5 folds of consecutive images (COCO 1K on testall)",
 }
 TOP_K_SAVED = 5
+COCO_5K_IMAGES, COCO_5K_CAPTIONS = 5000, 25000  # the Karpathy 5K test, where ECCV Caption and CxC apply
 
 
 @torch.no_grad()
@@ -67,19 +76,45 @@ def average_levels(per_model: Sequence[dict[str, torch.Tensor]]) -> dict[str, to
     return {level: torch.stack([scores[level] for scores in per_model]).mean(0) for level in per_model[0]}
 
 
+def _complete_metrics(scores, caption_to_image: np.ndarray, positives: PositiveSets, protocol: str) -> dict:
+    """Complete-positive metrics under a protocol (per fold, then averaged, for ``5fold``)."""
+    if protocol == "full":
+        return complete_positive_metrics(scores, positives)
+    per_fold = [complete_positive_metrics(scores[np.ix_(images, captions)], positives.subset(images, captions))
+                for images, captions in fold_indices(scores.shape[0], caption_to_image, 5)]
+    return average_metrics(per_fold)
+
+
 def level_metrics(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndarray,
-                  protocol: str = "full") -> dict:
-    """The protocol on the final level (top-level fields) and on every level alone (``levels``)."""
+                  protocol: str = "full", positives: PositiveSets | None = None) -> dict:
+    """The protocol on the final level (top-level fields) and on every level alone (``levels``).
+
+    With ``positives`` (the split's complete positive sets), every level also gets ``complete``:
+    recall where any image a caption is true of counts (and, for an image, any caption true of
+    it), R-Precision and mAP@R; the top-level ``complete`` is the final level's.
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     measure = retrieval_metrics if protocol == "full" else folded_retrieval_metrics
-    levels = {level: measure(scores, caption_to_image) for level, scores in level_scores.items()
-              if not torch.isnan(scores).all()}  # a local-only model has no global level
+    levels = {}
+    for level, scores in level_scores.items():
+        if level == "global" and torch.isnan(scores).all():  # a local-only model has no global level
+            continue
+        check_finite(scores, f"level {level!r}")
+        levels[level] = measure(scores, caption_to_image)
+        if positives is not None:
+            levels[level]["complete"] = _complete_metrics(scores.numpy(), caption_to_image, positives, protocol)
     return {"protocol": protocol, **levels["final"], "levels": levels}
 
 
-def level_ranks(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndarray) -> dict[str, np.ndarray]:
-    """Per level and direction: each query's rank and its top results, for error analysis."""
+def level_ranks(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndarray,
+                positives: PositiveSets | None = None) -> dict[str, np.ndarray]:
+    """Per level and direction: each query's rank and its top results, for error analysis.
+
+    With ``positives``, also the rank of the first item the query is true of
+    (``{level}_{direction}_first_valid_rank``), and for the final level its R-Precision and mAP@R
+    and the number of valid items per query.
+    """
     arrays = {}
     for level, scores in level_scores.items():
         if torch.isnan(scores).all():
@@ -89,6 +124,13 @@ def level_ranks(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndar
         arrays[f"{level}_t2i_rank"] = t2i_ranks(scores, caption_to_image)
         arrays[f"{level}_i2t_top"] = scores.topk(k, dim=1).indices.numpy()       # (N, k) caption indices
         arrays[f"{level}_t2i_top"] = scores.topk(k, dim=0).indices.T.numpy()     # (M, k) image indices
+        if positives is not None:
+            complete = complete_positive_ranks(scores.numpy(), positives)
+            for direction in ("i2t", "t2i"):
+                arrays[f"{level}_{direction}_first_valid_rank"] = complete[f"{direction}_first_rank"]
+                if level == "final":
+                    for key in ("r_precision", "map_at_r", "n_positives"):
+                        arrays[f"{direction}_{key}"] = complete[f"{direction}_{key}"]
     return arrays
 
 
@@ -122,15 +164,13 @@ def evaluate_model(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, proto
     scores = score_split(model, split, vocab, memory_budget_mb=memory_budget_mb, progress=progress)
     if levels_only is not None:
         scores = {level: scores[level] for level in levels_only}
-    return level_metrics(scores, split.caption_to_image, protocol)
+    return level_metrics(scores, split.caption_to_image, protocol, positives=split.positives)
 
 
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSplit, protocol: str = "full",
                          out_dir: str | Path | None = None, device: str | torch.device | None = None,
                          memory_budget_mb: float = 512, progress: bool = True) -> dict:
     """Evaluate one checkpoint, or the ensemble of several; write ``metrics.json`` and ``ranks.npz``."""
-    from mlasm.train import check_model_fits, load_model  # train imports this module
-
     per_model, grounding = [], []
     for path in checkpoints:
         model, vocab, _ = load_model(path, device)
@@ -144,9 +184,16 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         "n_images": split.n_images,
         "n_captions": split.n_captions,
         "checkpoints": [str(p) for p in checkpoints],
-        **level_metrics(scores, split.caption_to_image, protocol),
-        "chance": chance_metrics(split.n_images, split.caption_to_image),
+        **level_metrics(scores, split.caption_to_image, protocol, positives=split.positives),
+        "chance": _chance(split, protocol),
     }
+    result["score_separation"] = score_separation(scores["final"], split.positive_sets())
+    if (split.n_images, split.n_captions) == (COCO_5K_IMAGES, COCO_5K_CAPTIONS):
+        result["eccv_caption"] = _eccv_caption(scores["final"], split)
+    if split.positives is not None:
+        sizes = split.positives.sizes()
+        result["positive_sets"] = {"mean_images_per_caption": float(sizes.mean()),
+                                   "captions_true_of_one_image": int((sizes == 1).sum())}
     if grounding[0] is not None:
         result["grounding"] = grounding[0] if len(grounding) == 1 else grounding
     if out_dir is not None:
@@ -155,23 +202,76 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         with atomic_path(out_dir / "ranks.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, caption_to_image=split.caption_to_image,
-                                    **level_ranks(scores, split.caption_to_image))
+                                    **level_ranks(scores, split.caption_to_image, split.positives))
     return result
 
 
-def chance_metrics(n_images: int, caption_to_image: np.ndarray) -> dict:
-    """Expected recall of a scorer that ranks at random, the baseline a tiny dataset is read against."""
+def _eccv_caption(scores: torch.Tensor, split: RetrievalSplit) -> dict:
+    """ECCV Caption and CxC metrics of a COCO 5K test split (in SCAN's ``testall`` order), where
+    the optional eccv-caption package is installed; else a note saying how to get them."""
+    from mlasm.eccv import EccvCaptionMissing, eccv_caption_metrics
+
+    try:
+        return eccv_caption_metrics(scores)
+    except EccvCaptionMissing as e:
+        return {"skipped": str(e)}
+    except DataError as e:  # ids or order that are not the Karpathy 5K test
+        return {"skipped": f"split {split.name!r} is not the COCO 5K test in testall order ({e})"}
+
+
+def score_separation(scores, positives: PositiveSets) -> dict:
+    """Mean score of the pairs that are true (by ``positives``) and of those that are false.
+
+    A model can rank well by tiny differences while every score sits at one value; the gap says
+    whether a score a user reads carries meaning.
+    """
+    scores = scores.numpy() if hasattr(scores, "numpy") else np.asarray(scores)
+    truth = positives.dense()
+    positive, negative = float(scores[truth].mean()), float(scores[~truth].mean())
+    return {"positive": positive, "negative": negative, "gap": positive - negative,
+            "negative_p99": float(np.percentile(scores[~truth], 99))}
+
+
+def _chance(split: RetrievalSplit, protocol: str) -> dict:
+    """Chance level under the protocol: on the whole gallery, or per fold of 1,000 images, averaged."""
+    if protocol == "full":
+        return chance_metrics(split.n_images, split.caption_to_image, split.positives)
+    per_fold = []
+    for images, captions in fold_indices(split.n_images, split.caption_to_image, 5):
+        positives = None if split.positives is None else split.positives.subset(images, captions)
+        per_fold.append(chance_metrics(len(images), split.caption_to_image[captions] - images[0], positives))
+    return average_metrics(per_fold)
+
+
+def _chance_recall(n_items: int, positives_per_query: np.ndarray, k: int) -> float:
+    """Expected R@k (percent) of a random ranking: the chance that none of a query's R positives
+    lands in the top k of n_items is prod_{j<k} (n - R - j) / (n - j); averaged over queries."""
+    counts = positives_per_query[positives_per_query > 0]
+    miss = np.ones(len(counts))
+    for j in range(min(k, n_items)):
+        miss *= np.clip((n_items - counts - j) / (n_items - j), 0, 1)
+    return float(100 * np.mean(1 - miss))
+
+
+def chance_metrics(n_images: int, caption_to_image: np.ndarray, positives: PositiveSets | None = None) -> dict:
+    """Expected recall of a scorer that ranks at random, the baseline a tiny dataset is read against.
+
+    With ``positives``, also ``complete``: the same under complete positives (a caption true of
+    many images is found by chance more often), with R-Precision's expectation, R / n.
+    """
     n_captions = len(caption_to_image)
-    per_image = np.bincount(caption_to_image, minlength=n_images)
-    per_image = per_image[per_image > 0]
+    strict = PositiveSets.strict(caption_to_image, n_images)
 
-    def i2t_chance(k: int) -> float:
-        # probability that none of an image's c captions lands in the top k of M, averaged over images
-        miss = np.ones(len(per_image))
-        for j in range(min(k, n_captions)):
-            miss *= np.clip((n_captions - per_image - j) / (n_captions - j), 0, 1)
-        return float(100 * np.mean(1 - miss))
+    def recalls(sets: PositiveSets) -> dict:
+        i2t = {f"r{k}": _chance_recall(n_captions, sets.transpose().sizes(), k) for k in RECALL_KS}
+        t2i = {f"r{k}": _chance_recall(n_images, sets.sizes(), k) for k in RECALL_KS}
+        return {"rsum": sum(i2t.values()) + sum(t2i.values()), "i2t": i2t, "t2i": t2i}
 
-    i2t = {f"r{k}": i2t_chance(k) for k in RECALL_KS}
-    t2i = {f"r{k}": float(100 * min(k, n_images) / n_images) for k in RECALL_KS}
-    return {"rsum": sum(i2t.values()) + sum(t2i.values()), "i2t": i2t, "t2i": t2i}
+    result = recalls(strict)
+    if positives is not None:
+        complete = recalls(positives)
+        for direction, sizes, n_items in (("i2t", positives.transpose().sizes(), n_captions),
+                                          ("t2i", positives.sizes(), n_images)):
+            complete[direction]["r_precision"] = float(100 * np.mean(sizes[sizes > 0] / n_items))
+        result["complete"] = complete
+    return result

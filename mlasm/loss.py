@@ -1,6 +1,7 @@
 """Hinge triplet loss on the in-batch score matrix (VSE++, spec section 6)."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -38,3 +39,30 @@ def triplet_loss(scores: Tensor, margin: float = 0.2, hardest: bool = True,
     if hardest:
         return caption_violations.max(dim=1).values.sum() + image_violations.max(dim=0).values.sum()
     return caption_violations.sum() + image_violations.sum()
+
+
+@torch.no_grad()
+def batch_statistics(scores: Tensor, margin: float, positive_mask: Optional[Tensor] = None) -> dict[str, float]:
+    """What the hinge sees in one batch, to tell a model that separates from one that has collapsed.
+
+    positive: mean score of the training pairs (the diagonal);
+    hardest_negative: mean over both directions of each pair's hardest (highest-scored) negative;
+    inside_margin: share of (pair, negative) comparisons, both directions, with the negative
+        scored above positive - margin (where the hinge is active). A collapsed model sits near 1.
+    Pairs in ``positive_mask`` are not negatives, as in ``triplet_loss``.
+    """
+    n = scores.shape[0]
+    scores = scores.detach().float()
+    if positive_mask is None:
+        positive_mask = torch.eye(n, dtype=torch.bool, device=scores.device)
+    positive_mask = positive_mask.to(device=scores.device, dtype=torch.bool)
+    positive = scores.diagonal()
+    negatives = scores.masked_fill(positive_mask, -math.inf)
+    hardest = torch.cat([negatives.max(dim=1).values, negatives.max(dim=0).values])
+    hardest = hardest[torch.isfinite(hardest)]
+    inside_rows = (scores > positive[:, None] - margin) & ~positive_mask  # image i: its caption vs others
+    inside_columns = (scores > positive[None, :] - margin) & ~positive_mask  # caption j: its image vs others
+    comparisons = 2 * int((~positive_mask).sum())
+    return {"positive": float(positive.mean()),
+            "hardest_negative": float(hardest.mean()) if hardest.numel() else math.nan,
+            "inside_margin": float((inside_rows.sum() + inside_columns.sum()) / max(comparisons, 1))}

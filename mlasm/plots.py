@@ -93,9 +93,14 @@ def draw_level_recalls(result: dict, ax=None, title: str = "recall per level"):
 
 
 def draw_training_log(rows: Sequence[dict], axes=None):
-    """Loss and validation rSum per epoch, from ``train_log.jsonl`` rows."""
+    """Loss, validation rSum and, where logged, the scores the hinge sees, per epoch (``train_log.jsonl`` rows).
+
+    The third panel tells a model that separates its pairs (the positive above the hardest
+    negative by about the margin) from one that has collapsed (the two curves together).
+    """
+    separation = all("mean_positive" in row for row in rows)
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+        fig, axes = plt.subplots(1, 3 if separation else 2, figsize=(12 if separation else 8, 3))
     else:
         fig = axes[0].figure
     epochs = [row["epoch"] + 1 for row in rows]
@@ -105,6 +110,13 @@ def draw_training_log(rows: Sequence[dict], axes=None):
     axes[1].plot(epochs, [row["val_rsum"] for row in rows], marker="o", color="tab:green")
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("validation rSum")
+    if separation and len(axes) > 2:
+        axes[2].plot(epochs, [row["mean_positive"] for row in rows], marker="o", label="positive pair")
+        axes[2].plot(epochs, [row["mean_hardest_negative"] for row in rows], marker="o",
+                     label="hardest negative")
+        axes[2].set_xlabel("epoch")
+        axes[2].set_ylabel("mean training score")
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -29,12 +29,48 @@ def level_rows(result: Mapping) -> dict[str, Mapping]:
     return rows
 
 
+def complete_table(rows: Mapping[str, Mapping]) -> str:
+    """Complete-positive results (any item the query is true of counts): R@1/5/10, rSum, R-Precision, mAP@R."""
+    width = max(12, *(len(name) for name in rows))
+    header = (f"{'':<{width}} {'i2t R@1':>6} {'R@5':>6} {'R@10':>6} {'t2i R@1':>6} {'R@5':>6} {'R@10':>6} "
+              f"{'rSum':>6} {'i2t RP':>6} {'mAP@R':>6} {'t2i RP':>6} {'mAP@R':>6}")
+    lines = [header]
+    for name, metrics in rows.items():
+        i2t, t2i = metrics["i2t"], metrics["t2i"]
+        values = [i2t["r1"], i2t["r5"], i2t["r10"], t2i["r1"], t2i["r5"], t2i["r10"], metrics["rsum"],
+                  i2t.get("r_precision"), i2t.get("map_at_r"), t2i.get("r_precision"), t2i.get("map_at_r")]
+        lines.append(f"{name:<{width}} " + " ".join("     -" if v is None else f"{v:6.1f}" for v in values))
+    return "\n".join(lines)
+
+
 def format_result(result: Mapping) -> str:
-    """The evaluation of one model: every level, chance level and grounding where known."""
+    """The evaluation of one model: every level, chance level, complete positives and grounding where known."""
     rows = level_rows(result)
     lines = [f"{result.get('split', '')}: {result.get('n_images', '?')} images, "
              f"{result.get('n_captions', '?')} captions, protocol {result.get('protocol', 'full')}",
+             "standard protocol (one true image per caption, a caption's own):",
              recall_table(rows)]
+    complete = {LEVEL_NAMES[level]: result["levels"][level]["complete"] for level in LEVEL_NAMES
+                if "complete" in result["levels"].get(level, {})}
+    if complete and "complete" in result.get("chance", {}):
+        complete["chance"] = result["chance"]["complete"]
+    if complete:
+        lines += ["complete positives (every image a caption is true of counts; RP = R-Precision):",
+                  complete_table(complete)]
+    separation = result.get("score_separation")
+    if isinstance(separation, Mapping):
+        lines.append(f"final scores: true pairs {separation['positive']:.3f} on average, false pairs "
+                     f"{separation['negative']:.3f} (gap {separation['gap']:.3f})")
+    eccv = result.get("eccv_caption")
+    if isinstance(eccv, Mapping) and "eccv" in eccv:
+        e, c = eccv["eccv"], eccv["cxc"]
+        lines.append("ECCV Caption (eccv-caption package): "
+                     + ", ".join(f"{d} mAP@R {e[d]['map_at_r']:.1f} R-P {e[d]['r_precision']:.1f} R@1 {e[d]['r1']:.1f}"
+                                 for d in ("i2t", "t2i"))
+                     + "; CxC: " + ", ".join(f"{d} R@1/5/10 {c[d]['r1']:.1f}/{c[d]['r5']:.1f}/{c[d]['r10']:.1f}"
+                                             for d in ("i2t", "t2i")))
+    elif isinstance(eccv, Mapping) and "skipped" in eccv:
+        lines.append(f"ECCV Caption / CxC not computed: {eccv['skipped']}")
     grounding = result.get("grounding")
     if isinstance(grounding, Mapping):
         lines.append(f"pointing game (grounding): {grounding['accuracy']:.1f} % of "

@@ -26,37 +26,20 @@ from tqdm.auto import tqdm
 from mlasm.config import MLASMConfig
 from mlasm.data.dataset import RetrievalSplit, caption_tensors, image_tensors
 from mlasm.data.errors import DataError
+from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
+from mlasm.checkpoint import CheckpointError, check_model_fits, load_checkpoint, resolve_device, save_checkpoint
 from mlasm.evaluate import evaluate_model
 from mlasm.io import atomic_path, write_json
-from mlasm.loss import triplet_loss
+from mlasm.loss import batch_statistics, triplet_loss
+from mlasm.metrics import NonFiniteScores
 from mlasm.model import MLASM
-
-CHECKPOINT_FORMAT = "mlasm-checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, corrupt, or made for other data."""
-
-
-def resolve_device(name: str | None = None) -> torch.device:
-    """The device asked for, else CUDA where present, else the CPU."""
-    if name:
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for but CUDA is not available here")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
 
 def config_for_data(config: MLASMConfig, split: RetrievalSplit, vocab: Vocabulary) -> MLASMConfig:
     """Fill in the sizes that only the data knows."""
     return dataclasses.replace(config, region_dim=split.region_dim, global_dim=split.global_dim,
                                vocab_size=len(vocab))
 
-
-# ----------------------------------------------------------------------------- checkpoints
 
 @dataclass
 class Progress:
@@ -67,69 +50,10 @@ class Progress:
     global_step: int = 0
     best_rsum: float = -math.inf
     best_epoch: int = -1
-    epoch_loss_sum: float = 0.0  # so that a resumed epoch reports the same mean loss
-
-
-def save_checkpoint(path: str | Path, model: MLASM, vocab: Vocabulary, progress: Progress,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
-    """Write atomically: a crash while saving leaves the previous checkpoint intact."""
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "config": model.config.to_dict(),
-        "vocab": list(vocab.words),
-        "vocab_fingerprint": vocab.fingerprint,
-        "model": model.state_dict(),
-        "progress": dataclasses.asdict(progress),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint with ``weights_only=True`` (no unpickling of arbitrary objects)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an mlasm checkpoint (no \"format\": \"{CHECKPOINT_FORMAT}\")")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
-    return state
-
-
-def load_model(path: str | Path, device: str | torch.device | None = None) -> tuple[MLASM, Vocabulary, dict]:
-    """The model (in eval mode, on ``device``), its vocabulary and the raw checkpoint."""
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
-    state = load_checkpoint(path, map_location=device)
-    try:
-        config = MLASMConfig.from_dict(state["config"])
-        vocab = Vocabulary(state["vocab"])
-        model = MLASM(config)
-        model.load_state_dict(state["model"])
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: inconsistent checkpoint ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), vocab, state
-
-
-def check_model_fits(model: MLASM, split: RetrievalSplit, source: str) -> None:
-    """A checkpoint trained on other features fails here with a sentence, not deep inside a matmul."""
-    config = model.config
-    if config.region_dim != split.region_dim:
-        raise DataError(f"{source}: model expects {config.region_dim}-d region features, "
-                        f"split {split.name!r} has {split.region_dim}-d")
-    if config.uses_global_level and config.global_dim != split.global_dim:
-        raise DataError(f"{source}: model expects {config.global_dim}-d global features, "
-                        f"split {split.name!r} has {split.global_dim}-d")
+    epoch_loss_sum: float = 0.0  # so that a resumed epoch reports the same means
+    epoch_positive_sum: float = 0.0
+    epoch_hardest_sum: float = 0.0
+    epoch_inside_sum: float = 0.0
 
 
 # ----------------------------------------------------------------------------- training
@@ -206,8 +130,12 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
         raise DataError(f"split {train_split.name!r}: {train_split.n_captions} captions are fewer than "
                         f"one batch of {batch_size}; lower batch_size")
 
+    # Pairs that are in truth positive (another image the caption is true of) are never negatives.
+    known_positives = train_split.positive_sets() if config.mask_false_negatives else \
+        PositiveSets.strict(train_split.caption_to_image, train_split.n_images)
+
     def save_last() -> None:
-        save_checkpoint(last_path, model, vocab, run, optimizer, scheduler)
+        save_checkpoint(last_path, model, vocab, dataclasses.asdict(run), optimizer, scheduler)
 
     epochs = tqdm(range(run.epoch, config.epochs), desc="epochs", disable=not progress,
                   initial=run.epoch, total=config.epochs)
@@ -224,15 +152,23 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
                 image_ids = train_split.caption_to_image[caption_ids]
                 regions, mask, global_features = (t.to(device) for t in image_tensors(train_split, image_ids))
                 tokens, lengths = caption_tensors(vocab, [train_split.captions[c] for c in caption_ids])
-                positives = torch.from_numpy(image_ids[:, None] == image_ids[None, :]).to(device)
+                positives = torch.from_numpy(known_positives.mask(image_ids, caption_ids)).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                     scores = model(regions, mask, global_features, tokens.to(device), lengths.to(device))
                 loss = triplet_loss(scores.float(), margin=config.margin, hardest=hardest, positive_mask=positives)
+                if not torch.isfinite(loss):  # stop before a step can spread NaN into the weights
+                    raise NonFiniteScores(f"training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                                          f"the model has diverged (lower the learning rate, or train without "
+                                          f"--amp); {last_path.name} holds the last good state")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
+                statistics = batch_statistics(scores, config.margin, positives)
                 run.epoch_loss_sum += loss.item()
+                run.epoch_positive_sum += statistics["positive"]
+                run.epoch_hardest_sum += statistics["hardest_negative"]
+                run.epoch_inside_sum += statistics["inside_margin"]
                 run.step_in_epoch, run.global_step = step + 1, run.global_step + 1
                 batches.set_postfix(loss=f"{loss.item():.3f}")
                 if run.step_in_epoch < n_batches and run.step_in_epoch % checkpoint_every == 0:
@@ -252,6 +188,12 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
             "epoch": epoch,
             "steps": run.global_step,
             "loss": run.epoch_loss_sum / n_batches,
+            # the loss as a share of its value when every hinge sits at the margin (2 x batch x margin)
+            "loss_share_of_collapse": run.epoch_loss_sum / n_batches / (2 * batch_size * config.margin)
+            if config.margin > 0 else math.nan,
+            "mean_positive": run.epoch_positive_sum / n_batches,
+            "mean_hardest_negative": run.epoch_hardest_sum / n_batches,
+            "inside_margin": run.epoch_inside_sum / n_batches,
             "lr": learning_rate,
             "hardest_negatives": hardest,
             "seconds": round(time.time() - started, 2),
@@ -259,12 +201,15 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
             "val_i2t": validation["i2t"],
             "val_t2i": validation["t2i"],
         }
+        if "complete" in validation:
+            row["val_complete_rsum"] = validation["complete"]["rsum"]
         log.append(row)
         _write_log(log_path, log)
-        run.epoch, run.step_in_epoch, run.epoch_loss_sum = epoch + 1, 0, 0.0
+        run.epoch, run.step_in_epoch = epoch + 1, 0
+        run.epoch_loss_sum = run.epoch_positive_sum = run.epoch_hardest_sum = run.epoch_inside_sum = 0.0
         if validation["rsum"] > run.best_rsum:
             run.best_rsum, run.best_epoch = validation["rsum"], epoch
-            save_checkpoint(best_path, model, vocab, run)
+            save_checkpoint(best_path, model, vocab, dataclasses.asdict(run))
         save_last()
         epochs.set_postfix(val_rsum=f"{validation['rsum']:.1f}")
     epochs.close()

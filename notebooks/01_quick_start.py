@@ -32,7 +32,7 @@ from mlasm.demo import demo_checkpoint
 from mlasm.evaluate import encode_split
 from mlasm.plots import draw_gallery
 from mlasm.sources import fast_mode, open_split
-from mlasm.train import load_model
+from mlasm.checkpoint import load_model
 
 test = open_split("shapescenes", "test", progress=False)
 print(f"fast mode: {fast_mode()}; test split: {test.n_images} images, {test.n_captions} captions")
@@ -67,12 +67,17 @@ scores = model.score_all(images, captions)
 caption = 0
 top = scores["final"][:, caption].topk(4).indices.tolist()
 truth = int(test.caption_to_image[caption])
-print("query:", test.captions[caption])
+valid = set(test.positive_sets().images_of(caption).tolist())  # every picture the caption is true of
+print("query:", test.captions[caption], f"(true of {len(valid)} test pictures)")
 fig = draw_gallery([test.get_image(i) for i in top],
-                   [f"#{rank + 1}  score {scores['final'][i, caption]:.3f}" for rank, i in enumerate(top)],
+                   [f"#{rank + 1}  score {scores['final'][i, caption]:.3f}"
+                    + (" · its own" if i == truth else " · also true" if i in valid else "")
+                    for rank, i in enumerate(top)],
                    highlight=[i == truth for i in top])
 plt.show()
 
 # %% [markdown]
-# Green frames the picture the caption was written for. Next: `02_training` trains a model,
+# Green frames the picture the caption was written for; "also true" marks another picture the
+# caption is true of (ShapeScenes checks every caption against every scene), which is a right
+# answer even though the standard protocol counts only the caption's own picture. Next: `02_training` trains a model,
 # `03_evaluation` measures it, `04_attention_maps` shows where each word looks.

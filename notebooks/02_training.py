@@ -71,7 +71,7 @@ plt.show()
 # as a run never interrupted (the test suite proves it on a tiny run).
 
 # %%
-from mlasm.train import load_checkpoint
+from mlasm.checkpoint import load_checkpoint
 
 progress = load_checkpoint(run_dir / "last.pt")["progress"]
 print({key: progress[key] for key in ("epoch", "step_in_epoch", "global_step")})

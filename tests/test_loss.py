@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlasm.loss import triplet_loss
+from mlasm.loss import batch_statistics, triplet_loss
 
 # images x captions; the diagonal holds the training pairs
 SCORES_3X3 = torch.tensor([[0.90, 0.80, 0.10],
@@ -54,3 +54,41 @@ def test_bad_arguments_are_refused():
         triplet_loss(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="diagonal"):
         triplet_loss(SCORES_3X3, positive_mask=torch.zeros(3, 3, dtype=torch.bool))
+
+
+def test_a_false_negative_is_never_the_hardest_negative():
+    """Caption 1 is in truth also true of image 0: masked, the hinge uses the next hardest negative."""
+    scores = torch.tensor([[0.5, 0.9, 0.1],
+                           [0.2, 0.6, 0.3],
+                           [0.0, 0.35, 0.7]])
+    truth = torch.tensor([[True, True, False], [False, True, False], [False, False, True]])
+    # by hand, margin 0.2, hardest per image (row) then per caption (column), hinge clamped at 0:
+    # image 0: negatives {0.1} (0.9 masked) -> 0.2 + 0.1 - 0.5 = -0.2 -> 0
+    # image 1: negatives {0.2, 0.3} -> 0.2 + 0.3 - 0.6 = -0.1 -> 0
+    # image 2: negatives {0.0, 0.35} -> 0.2 + 0.35 - 0.7 = -0.15 -> 0
+    # caption 0: negatives {0.2, 0.0} -> 0.2 + 0.2 - 0.5 = -0.1 -> 0
+    # caption 1: negatives {0.35} (0.9 masked) -> 0.2 + 0.35 - 0.6 = -0.05 -> 0
+    # caption 2: negatives {0.1, 0.3} -> 0.2 + 0.3 - 0.7 = -0.2 -> 0
+    assert triplet_loss(scores, 0.2, positive_mask=truth).item() == pytest.approx(0.0, abs=1e-6)
+    # unmasked, 0.9 is the hardest negative of image 0 and of caption 1: 0.6 + 0.5
+    assert triplet_loss(scores, 0.2).item() == pytest.approx(0.6 + 0.5)
+    scores.requires_grad_(True)
+    triplet_loss(scores, 0.3, positive_mask=truth).backward()
+    assert scores.grad[0, 1] == 0  # the false negative gets no push
+
+
+def test_batch_statistics_by_hand():
+    scores = torch.tensor([[0.5, 0.9, 0.1],
+                           [0.2, 0.6, 0.3],
+                           [0.0, 0.35, 0.7]])
+    truth = torch.tensor([[True, True, False], [False, True, False], [False, False, True]])
+    stats = batch_statistics(scores, 0.2, truth)
+    assert stats["positive"] == pytest.approx((0.5 + 0.6 + 0.7) / 3)
+    # hardest per image 0.1, 0.3, 0.35; per caption 0.2, 0.35, 0.3
+    assert stats["hardest_negative"] == pytest.approx((0.1 + 0.3 + 0.35 + 0.2 + 0.35 + 0.3) / 6)
+    # 5 negatives, 10 comparisons, none above its positive - 0.2; with margin 0.27 the thresholds
+    # fall to 0.23, 0.33, 0.43 (rows and columns alike): only caption 1's 0.35 is above its 0.33
+    assert stats["inside_margin"] == pytest.approx(0.0)
+    assert batch_statistics(scores, 0.27, truth)["inside_margin"] == pytest.approx(1 / 10)
+    collapsed = batch_statistics(torch.full((4, 4), 0.3), 0.2)
+    assert collapsed["inside_margin"] == 1.0 and collapsed["positive"] == pytest.approx(collapsed["hardest_negative"])

@@ -10,7 +10,8 @@ from mlasm.config import MLASMConfig
 from mlasm.data.errors import DataError
 from mlasm.data.shapescenes import load_shapescenes
 from mlasm.evaluate import evaluate_checkpoints, level_metrics, score_split
-from mlasm.train import CheckpointError, check_model_fits, load_checkpoint, load_model, train
+from mlasm.checkpoint import CheckpointError, check_model_fits, load_checkpoint, load_model
+from mlasm.train import train
 
 TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
 TINY = dict(embed_size=32, word_dim=16, batch_size=16, epochs=2, lr_decay_epoch=1, learning_rate=1e-3)
@@ -115,13 +116,20 @@ def test_evaluation_writes_metrics_ranks_and_grounding(trained, tiny_data, tmp_p
     result = evaluate_checkpoints([out / "best.pt"], tiny_data["test"], out_dir=tmp_path, progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for level in ("final", "local", "global", "t2i", "i2t"):
-        assert set(saved["levels"][level]) == {"rsum", "i2t", "t2i"}
+        assert set(saved["levels"][level]) == {"rsum", "i2t", "t2i", "complete"}
         assert set(saved["levels"][level]["i2t"]) == {"r1", "r5", "r10", "medr", "meanr"}
+        assert set(saved["levels"][level]["complete"]["t2i"]) == {"r1", "r5", "r10", "r_precision", "map_at_r"}
     assert saved["rsum"] == saved["levels"]["final"]["rsum"]
+    assert saved["complete"] == saved["levels"]["final"]["complete"]
+    # ShapeScenes knows every image a caption is true of: any of them counts, so no rank gets worse
+    assert saved["complete"]["rsum"] >= saved["rsum"]
     assert 0 <= saved["grounding"]["accuracy"] <= 100 and saved["grounding"]["words"] > 0
     ranks = np.load(tmp_path / "ranks.npz")
     assert ranks["final_t2i_rank"].shape == (tiny_data["test"].n_captions,)
     assert ranks["final_i2t_top"].shape == (tiny_data["test"].n_images, 5)
+    assert (ranks["final_t2i_first_valid_rank"] <= ranks["final_t2i_rank"]).all()
+    assert (ranks["final_t2i_first_valid_rank"] < ranks["final_t2i_rank"]).any()
+    assert ranks["t2i_n_positives"].tolist() == tiny_data["test"].positives.sizes().tolist()
     # an ensemble of one model with itself is that model
     ensemble = evaluate_checkpoints([out / "best.pt"] * 2, tiny_data["test"], progress=False)
     assert ensemble["rsum"] == pytest.approx(result["rsum"])
@@ -148,3 +156,56 @@ def test_cli_help_names_every_command(capsys):
     text = capsys.readouterr().out
     for command in ("demo", "train", "evaluate", "extract"):
         assert command in text
+
+
+def test_pairs_the_data_knows_to_be_true_are_never_negatives(tiny_data, tmp_path):
+    """Where every caption is known to be true of every image, a batch has no negative: the hinge is 0."""
+    from dataclasses import replace
+
+    from mlasm.data.positives import PositiveSets
+
+    split = tiny_data["train"]
+    everything = PositiveSets.from_dense(np.ones((split.n_images, split.n_captions), bool))
+    config = MLASMConfig.cpu(**{**TINY, "epochs": 1})
+    summary = train(config, replace(split, positives=everything), tiny_data["dev"], tmp_path / "all",
+                    progress=False)
+    assert summary["log"][0]["loss"] == 0.0 and summary["log"][0]["inside_margin"] == 0.0
+    # the same data, told to ignore what it knows: every other image is a negative again
+    summary = train(replace(config, mask_false_negatives=False), replace(split, positives=everything),
+                    tiny_data["dev"], tmp_path / "strict", progress=False)
+    assert summary["log"][0]["loss"] > 0.0 and summary["log"][0]["inside_margin"] > 0.0
+
+
+def test_a_diverging_run_stops_with_one_line_and_writes_no_best(tiny_data, tmp_path, capsys, monkeypatch):
+    from mlasm.metrics import NonFiniteScores
+
+    config = MLASMConfig.cpu(**{**TINY, "learning_rate": 1e30})
+    with pytest.raises(NonFiniteScores, match="diverged"):
+        train(config, tiny_data["train"], tiny_data["dev"], tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "best.pt").exists()
+    monkeypatch.setenv("MLASM_FAST", "1")
+    code = main(["train", "--data", "shapescenes", "--out", str(tmp_path / "cli"), "--learning-rate", "inf",
+                 "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "has diverged" in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "cli" / "best.pt").exists()
+
+
+def test_five_fold_chance_is_per_fold(trained, tiny_data):
+    out, _ = trained
+    split = tiny_data["test"].subset(list(range(15)))  # five folds of 3 images
+    result = evaluate_checkpoints([out / "best.pt"], split, protocol="5fold", progress=False)
+    assert result["chance"]["t2i"]["r1"] == pytest.approx(100 / 3)  # 1 of 3 images, not 1 of 15
+    whole = evaluate_checkpoints([out / "best.pt"], split, progress=False)
+    assert whole["chance"]["t2i"]["r1"] == pytest.approx(100 / 15)
+    for fold in result, whole:
+        assert fold["complete"]["rsum"] >= fold["rsum"]
+
+
+def test_evaluation_and_the_widgets_do_not_import_the_trainer():
+    import subprocess
+    import sys
+
+    code = "import sys, mlasm.evaluate, widgets; print('mlasm.train' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -15,12 +15,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from mlasm.config import MLASMConfig  # noqa: E402
+from mlasm.data.positives import PositiveSets  # noqa: E402
 from mlasm.data.shapescenes import load_shapescenes, shapescenes_folder  # noqa: E402
 from mlasm.data.vocab import Vocabulary  # noqa: E402
 from mlasm.evaluate import evaluate_checkpoints  # noqa: E402
 from mlasm.metrics import i2t_ranks, t2i_ranks  # noqa: E402
 from mlasm.model import MLASM  # noqa: E402
-from mlasm.train import config_for_data, load_model, train  # noqa: E402
+from mlasm.checkpoint import load_model  # noqa: E402
+from mlasm.train import config_for_data, train  # noqa: E402
 from widgets import (  # noqa: E402
     AttentionExplorer,
     EmbeddingMap,
@@ -32,7 +34,9 @@ from widgets import (  # noqa: E402
     Workbench,
     WorkbenchSession,
 )
+from widgets import failures as failures_module  # noqa: E402
 from widgets.embedding import embedding_vectors, principal_components_2d  # noqa: E402
+from widgets.ranking import ALSO_TRUE, TRUTH  # noqa: E402
 
 TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
 TINY = dict(embed_size=32, word_dim=16, batch_size=16, epochs=1, learning_rate=1e-3)
@@ -71,6 +75,16 @@ def click(figure, trace_index, x, y, point_index):
 
 def caption_with(split, word):
     return next(c for c, text in enumerate(split.captions) if word in text.lower().split())
+
+
+def first_valid_ranks(scores, truth):
+    """Per caption and per image, the rank of the best-scored item true of it, by plain loops (ties against)."""
+    n_images, n_captions = scores.shape
+    t2i = [sum(scores[j, c] >= max(scores[truth[:, c], c]) for j in range(n_images) if not truth[j, c])
+           for c in range(n_captions)]
+    i2t = [sum(scores[i, j] >= max(scores[i, truth[i]]) for j in range(n_captions) if not truth[i, j])
+           if truth[i].any() else -1 for i in range(n_images)]
+    return np.array(t2i), np.array(i2t)
 
 
 @pytest.fixture(autouse=True)
@@ -141,14 +155,21 @@ def test_pair_levels_rank_the_pair_among_all_images_and_captions(session):
 def test_failures_list_exactly_the_queries_ranked_k_or_worse(session):
     split, scores = session.split, session.scores
     k = 2
-    failures = session.failures(k)
+    failures = session.failures(k, include_valid=True)  # every query whose ground truth misses the top k
     t2i = t2i_ranks(scores["final"], split.caption_to_image)
     i2t = i2t_ranks(scores["final"], split.caption_to_image)
     assert set(failures[failures.direction == "t2i"]["query"]) == set(np.flatnonzero(t2i >= k))
     assert set(failures[failures.direction == "i2t"]["query"]) == set(np.flatnonzero(i2t >= k))
-    assert (failures["rank"].diff().dropna() <= 0).all()  # worst first
+    order = list(zip(failures["valid_rank"], failures["rank"]))
+    assert order == sorted(order, reverse=True)  # worst first: real failures, then valid alternatives
+    truth = split.positive_sets().dense()
+    valid = {level: first_valid_ranks(scores[level], truth) for level in session.levels}
+    real = session.failures(k)  # by default, only the queries with nothing true of them in the top k
+    assert set(real[real.direction == "t2i"]["query"]) == set(np.flatnonzero(valid["final"][0] >= k))
+    assert set(real[real.direction == "i2t"]["query"]) == set(np.flatnonzero(valid["final"][1] >= k))
     for _, row in failures.iterrows():
-        right = {level for level in session.levels if level != "final" and row[f"rank_{level}"] < k}
+        side = 0 if row["direction"] == "t2i" else 1
+        right = {level for level in session.levels if level != "final" and valid[level][side][row["query"]] < k}
         assert set(filter(None, row["right_under"].split(", "))) == right
         if row["direction"] == "t2i":
             column = scores["final"][:, row["query"]].copy()
@@ -346,7 +367,7 @@ def test_failure_table_filters_shrink_it_correctly(session):
     explorer.direction.value = "t2i"
     assert explorer.table.equals(at_3[at_3.direction == "t2i"]) and len(explorer.table) < len(at_3)
     explorer.right_under.value = "t2i"
-    assert explorer.table.equals(at_3[(at_3.direction == "t2i") & (at_3.rank_t2i < 3)])
+    assert explorer.table.equals(at_3[(at_3.direction == "t2i") & (at_3.valid_rank_t2i < 3)])
     explorer.right_under.value = "none"
     assert explorer.table.equals(at_3[(at_3.direction == "t2i") & (at_3.right_under == "")])
     explorer.direction.value, explorer.right_under.value = "both", "all"
@@ -372,6 +393,181 @@ def test_choosing_a_failure_opens_it_everywhere(session):
     failures.open_row(row.name)
     assert (selection.image, selection.query) == (row["image"], "image")
     assert ranking.results[0].index == row["preferred"]
+
+
+# ------------------------------------------------------------------------------ valid alternatives
+# Three images of the tiny test split with their fifteen captions (c0-c4 of image 0, c5-c9 of
+# image 1, c10-c14 of image 2), hand-made positives and hand-made final scores, so every rank,
+# label and list below is worked out by hand.
+
+HAND_POSITIVES = {0: [0, 1], 5: [0, 1, 2], 10: [0, 2]}  # caption -> every image it is true of; others: own only
+HAND_FINAL = np.zeros((3, 15), np.float32)
+HAND_FINAL[:, 0] = [0.1, 0.9, 0.5]    # own image 0 at rank 2, but image 1 (also true) first: valid alternative
+HAND_FINAL[:, 1] = [0.3, 0.8, 0.85]   # own image 0 at rank 2, nothing else true of it: failure
+HAND_FINAL[0, 2:5] = 1.0              # hits
+HAND_FINAL[:, 5] = [0.2, 0.3, 0.8]    # own image 1 at rank 1, image 2 (also true) first
+HAND_FINAL[:, 6] = [0.5, 0.5, 0.1]    # own image 1 tied with image 0: rank 1 (ties count against), failure at 1
+HAND_FINAL[1, 7:10] = 0.4             # hits
+HAND_FINAL[:, 10] = [0.7, 0.6, 0.2]   # own image 2 at rank 2, image 0 (also true) first
+HAND_FINAL[2, 11:15] = 0.3            # hits
+
+
+def hand_split(split, positives=True):
+    three = split.subset([0, 1, 2])
+    assert three.caption_to_image.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    rows = [HAND_POSITIVES.get(c, [int(three.caption_to_image[c])]) for c in range(15)]
+    return dataclasses.replace(three, positives=PositiveSets.from_lists(rows, 3) if positives else None)
+
+
+def hand_scores(session):
+    """final as above; the t2i level ranks every own item first; the other levels as final."""
+    perfect = (np.arange(3)[:, None] == np.repeat(np.arange(3), 5)[None, :]).astype(np.float32)
+    return {level: perfect if level == "t2i" else HAND_FINAL for level in session.levels}
+
+
+@pytest.fixture(scope="module")
+def hand(session, tiny_data):
+    return WorkbenchSession(session.model, session.vocab, hand_split(tiny_data["test"]), scores=hand_scores(session))
+
+
+def test_query_table_tells_hits_valid_alternatives_and_failures_apart(hand):
+    table = hand.query_table(1)
+    t2i, i2t = table[table.direction == "t2i"], table[table.direction == "i2t"]
+    assert t2i["query"].tolist() == list(range(15)) and i2t["query"].tolist() == [0, 1, 2]
+    #                          c0  c1  c2  c3  c4  c5  c6  c7  c8  c9 c10 c11 c12 c13 c14
+    assert t2i["rank"].tolist() == [2, 2, 0, 0, 0, 1, 1, 0, 0, 0, 2, 0, 0, 0, 0]
+    assert t2i["valid_rank"].tolist() == [0, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert t2i["n_valid"].tolist() == [2, 1, 1, 1, 1, 3, 1, 1, 1, 1, 2, 1, 1, 1, 1]
+    h, a, f = "hit", "valid alternative", "failure"
+    assert t2i["outcome"].tolist() == [a, f, h, h, h, a, f, h, h, h, a, h, h, h, h]
+    assert t2i["hit"].tolist() == [o == h for o in t2i["outcome"]]
+    assert t2i["valid_alternative"].tolist() == [o == a for o in t2i["outcome"]]
+    assert t2i["preferred"][[0, 1, 5, 6, 10]].tolist() == [1, 2, 2, 0, 0]
+    assert t2i["preferred_valid"][[0, 1, 5, 6, 10]].tolist() == [True, False, True, False, True]
+    assert t2i["alternative"][[0, 1, 5, 10]].tolist() == [1, -1, 2, 0]
+    # image 1: own captions c5-c9 best at 0.5 (c6), beaten by c0 0.9, c1 0.8, c10 0.6; c0 is true of it
+    # image 2: own best 0.3, beaten by c1 0.85, c5 0.8 (true of it), c0 0.5; c1 (not true) is first
+    assert i2t["rank"].tolist() == [0, 3, 3]
+    assert i2t["valid_rank"].tolist() == [0, 0, 1]
+    assert i2t["n_valid"].tolist() == [7, 6, 6]
+    assert i2t["outcome"].tolist() == [h, a, f]
+    assert i2t["preferred"].tolist()[1:] == [0, 1] and i2t["preferred_valid"].tolist()[1:] == [True, False]
+    assert i2t["alternative"].tolist() == [10, 0, 5]
+    # the t2i level ranks every own item first
+    assert (table["rank_t2i"] == 0).all() and (table["valid_rank_t2i"] == 0).all()
+
+    at_2 = hand.query_table(2)
+    assert at_2[at_2.direction == "t2i"]["outcome"].tolist() == [a, f, h, h, h, h, h, h, h, h, a, h, h, h, h]
+    assert at_2[at_2.direction == "i2t"]["outcome"].tolist() == [h, a, a]
+    assert at_2.index.equals(table.index)  # the same row labels at every k
+
+
+def test_failures_leave_out_valid_alternatives_unless_asked(hand):
+    real = hand.failures(1)
+    assert list(zip(real["direction"], real["query"])) == [("t2i", 1), ("i2t", 2), ("t2i", 6)]
+    assert (real["outcome"] == "failure").all() and (real["right_under"] == "t2i").all()
+    every = hand.failures(1, include_valid=True)
+    assert list(zip(every["direction"], every["query"])) == [
+        ("t2i", 1), ("i2t", 2), ("t2i", 6),                                # failures, worst first
+        ("i2t", 1), ("t2i", 0), ("t2i", 10), ("t2i", 5)]                   # then the valid alternatives
+    assert every["outcome"].tolist() == ["failure"] * 3 + ["valid alternative"] * 4
+    assert ("t2i", 0) not in set(zip(real["direction"], real["query"]))   # its top-1 is true of it
+    at_3 = hand.failures(3)
+    assert at_3.empty and list(zip(*[hand.failures(3, include_valid=True)[c] for c in ("direction", "query")])) \
+        == [("i2t", 2), ("i2t", 1)]  # first valid at rank 1, then at rank 0
+
+
+def test_without_positives_the_failures_are_the_strict_ones(session, tiny_data):
+    strict_split = dataclasses.replace(tiny_data["test"], positives=None)
+    strict = WorkbenchSession(session.model, session.vocab, strict_split, scores=session.scores)
+    assert not strict.complete_positives
+    t2i = t2i_ranks(session.scores["final"], strict_split.caption_to_image)
+    i2t = i2t_ranks(session.scores["final"], strict_split.caption_to_image)
+    table = strict.query_table(1)
+    assert (table["valid_rank"] == table["rank"]).all() and (table["n_valid"][table.direction == "t2i"] == 1).all()
+    assert not table["valid_alternative"].any()
+    for k in (1, 2, 5):
+        failures = strict.failures(k)
+        assert failures.equals(strict.failures(k, include_valid=True))
+        assert set(failures[failures.direction == "t2i"]["query"]) == set(np.flatnonzero(t2i >= k))
+        assert set(failures[failures.direction == "i2t"]["query"]) == set(np.flatnonzero(i2t >= k))
+        assert (failures["outcome"] == "failure").all()
+        assert (failures["rank"].diff().dropna() <= 0).all()
+        for _, row in failures.iterrows():
+            right = {level for level in strict.levels if level != "final" and row[f"rank_{level}"] < k}
+            assert set(filter(None, row["right_under"].split(", "))) == right
+    # the hand-made split without positives: every miss of the own item is a failure
+    bare = WorkbenchSession(session.model, session.vocab, hand_split(tiny_data["test"], positives=False),
+                            scores=hand_scores(session))
+    failures = bare.failures(1)
+    assert list(zip(failures["direction"], failures["query"])) == [
+        ("i2t", 1), ("i2t", 2), ("t2i", 0), ("t2i", 1), ("t2i", 10), ("t2i", 5), ("t2i", 6)]
+
+
+def test_failure_explorer_hides_valid_alternatives_until_asked_and_shows_what_is_true(hand, monkeypatch):
+    explorer = FailureExplorer(hand, k=1)
+    assert not explorer.include_valid.value
+    assert explorer.table.equals(hand.failures(1))
+    assert "4</b> more are valid alternatives" in explorer.summary.value
+    explorer.include_valid.value = True
+    assert explorer.table.equals(hand.failures(1, include_valid=True))
+    labels = {value: label for label, value in explorer.rows.options}
+    for label, row in explorer.table.iterrows():
+        assert ("valid\u00a0alternative" in labels[label]) == (row["outcome"] == "valid alternative")
+        assert ("failure" in labels[label]) == (row["outcome"] == "failure")
+
+    row = explorer.table[(explorer.table.direction == "t2i") & (explorer.table["query"] == 0)].iloc[0]
+    explorer.open_row(row.name)
+    # caption 0 is true of images 0 (its own, ranked third) and 1 (ranked first)
+    assert explorer.valid[["index", "own", "rank"]].values.tolist() == [[1, False, 0], [0, True, 2]]
+    assert "valid alternative" in explorer.detail.value and "true of <b>2</b> images" in explorer.detail.value
+    assert explorer.detail.value.count("data:image/png;base64") == 2  # a thumbnail per picture true of it
+    assert "also true" in explorer.detail.value
+    assert "(also true)" in explorer.figure.axes[1].get_title()
+
+    row = explorer.table[(explorer.table.direction == "i2t") & (explorer.table["query"] == 1)].iloc[0]
+    explorer.open_row(row.name)
+    assert explorer.valid["index"].tolist() == [0, 6, 7, 8, 9, 5]  # c0 0.9, c6 0.5, c7-c9 0.4, c5 0.3
+    assert explorer.valid["own"].tolist() == [False] + [True] * 5
+    assert "<b>6</b> captions are true of this image" in explorer.detail.value
+    assert hand.split.captions[0] in explorer.detail.value
+
+    monkeypatch.setattr(failures_module, "VALID_SHOWN", 2)  # many: the first few, and how many
+    row = explorer.table[(explorer.table.direction == "t2i") & (explorer.table["query"] == 5)].iloc[0]
+    explorer.open_row(row.name)
+    assert len(explorer.valid) == 3 and "true of <b>3</b> images, the best-ranked 2 shown" in explorer.detail.value
+    assert explorer.detail.value.count("data:image/png;base64") == 2
+
+    explorer.include_valid.value = False  # the chosen row is no longer listed
+    assert explorer.row is None and explorer.valid is None and explorer.detail.value == ""
+    assert len(explorer.table) == 3
+
+
+def test_ranking_marks_own_also_true_and_wrong_items(hand):
+    selection = Selection(image=0, caption=0)
+    browser = RankingBrowser(hand, selection, top_k=3)
+    # caption 0: image 1 (0.9, also true), image 2 (0.5, wrong), image 0 (0.1, its own)
+    assert [(item.index, item.kind) for item in browser.results] == [(1, "also true"), (2, "wrong"), (0, "own")]
+    tiles = browser.result_view.children
+    assert [ALSO_TRUE in tile.layout.border for tile in tiles] == [True, False, False]
+    assert TRUTH in tiles[2].layout.border
+    assert "also true" in tiles[0].label.value and "wrong" in tiles[1].label.value
+    assert "ground truth" in tiles[2].label.value
+    assert [(item.index, item.rank) for item in browser.also_true] == [(1, 0)]
+    assert "also true</b> of 1 other image" in browser.query_view.value
+
+    selection.select(caption=1)  # nothing but its own image is true of caption 1
+    assert [item.kind for item in browser.results] == ["wrong", "wrong", "own"] and browser.also_true == []
+
+    selection.select(image=1, query="image")
+    # image 1: c0 0.9 (also true), c1 0.8, c10 0.6 (wrong), c6 0.5, c7 0.4 (own)
+    browser.top_k.value = 5
+    assert [(item.index, item.kind) for item in browser.results] == [
+        (0, "also true"), (1, "wrong"), (10, "wrong"), (6, "own"), (7, "own")]
+    assert ALSO_TRUE in browser.result_view.children[0].layout.border_left
+
+    selection.select(text="a red circle", query="text")  # a typed text: nothing is known to be true of it
+    assert {item.kind for item in browser.results} == {"not judged"} and browser.also_true == []
 
 
 # ------------------------------------------------------------------------------ embedding map

@@ -1,12 +1,17 @@
 """FailureExplorer: the queries an evaluation got wrong, and what went wrong with each.
 
-A query fails when its ground truth ranks k or worse under the final level (the same
-ranks as evaluate's ranks.npz). The table can be cut by direction, by rank and by which
-other level would have ranked the query right; choosing a row selects it everywhere and
-draws the ground truth beside the result the model preferred.
+A query fails when nothing true of it ranks within the top k under the final level (the same
+ranks as evaluate's ranks.npz). Where the split knows every image a caption is true of, a
+query whose own item ranks k or worse but another item true of it is in the top k is a
+*valid alternative*, not a failure: hidden by default, listed (and marked) with "include valid
+alternatives". Without complete positives every miss of the ground truth is a failure. The
+table can be cut by direction, by rank and by which other level would have ranked the query
+right; choosing a row selects it everywhere, lists what is true of the query, and draws the
+ground truth beside the result the model preferred.
 """
 from __future__ import annotations
 
+import base64
 import html
 import textwrap
 
@@ -15,12 +20,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from widgets.drawing import draw_pair_attention, show_figure, show_message
+from widgets.drawing import draw_pair_attention, png_thumbnail, show_figure, show_message
 from widgets.selection import Selection, toggle_buttons
-from widgets.session import DIRECTIONS, WorkbenchSession
+from widgets.session import DIRECTIONS, FAILURE, VALID_ALTERNATIVE, WorkbenchSession
 
 SHOWN_ROWS = 500  # the list shows the worst rows first; the full table is ``table``
 EVERY_WORD = -1
+VALID_SHOWN = 8   # the detail shows the first few items true of the query, and how many there are
+VALID_THUMBNAIL = 72
+OWN_COLOUR, ALSO_TRUE_COLOUR, FAILURE_COLOUR = "#2ca02c", "#6b8e23", "#b00"
 ROW_STYLE = "<style>.mlasm-failure-rows select {font-family: monospace; font-size: 12px}</style>"
 
 
@@ -28,14 +36,18 @@ class FailureExplorer(widgets.VBox):
     """Failed queries, filterable, each opened in the shared selection and compared with what won.
 
     ``table``: the rows passing the filters (WorkbenchSession.failures columns), worst first.
-    ``row``: the chosen row or None. ``figure``: the last comparison picture (closed).
+    ``row``: the chosen row or None. ``valid``: what is true of the chosen query
+    (WorkbenchSession.valid_items), or None. ``figure``: the last comparison picture (closed).
+    ``include_valid``: the toggle that lists the valid alternatives too (off by default).
     """
 
-    def __init__(self, session: WorkbenchSession, selection: Selection | None = None, k: int = 1):
+    def __init__(self, session: WorkbenchSession, selection: Selection | None = None, k: int = 1,
+                 include_valid: bool = False):
         self.session = session
         self.selection = selection if selection is not None else Selection.start(session)
         self.figure = None
-        self._failures = session.failures(k)
+        self.valid: pd.DataFrame | None = None
+        self._failures = session.failures(k, include_valid=include_valid)
         others = [level for level in session.levels if level != "final"]
         max_rank = int(session.query_table()["rank"].max())
 
@@ -50,6 +62,10 @@ class FailureExplorer(widgets.VBox):
             tooltip="keep the failed queries that this level alone ranks within the top k")
         self.ranks = widgets.IntRangeSlider(value=(0, max_rank), min=0, max=max_rank, description="rank",
                                             layout=widgets.Layout(width="360px"))
+        self.include_valid = widgets.Checkbox(
+            value=include_valid, description="include valid alternatives", indent=False,
+            layout=widgets.Layout(width="220px"),
+            tooltip="also list the queries whose top k holds another item true of them, not their own")
         self.summary = widgets.HTML()
         self.rows = widgets.Select(rows=12, layout=widgets.Layout(width="100%"))
         self.rows.add_class("mlasm-failure-rows")
@@ -60,11 +76,12 @@ class FailureExplorer(widgets.VBox):
         self._quiet = False  # True while the list and the word menu are refilled
         super().__init__([
             widgets.HTML(ROW_STYLE),
-            widgets.HBox([self.k, self.direction]),
+            widgets.HBox([self.k, self.direction, self.include_valid]),
             widgets.HBox([self.right_under, self.ranks]),
             self.summary, self.rows, self.detail, self.word_choice, self.comparison,
         ])
         self.k.observe(self._k_changed, names="value")
+        self.include_valid.observe(self._k_changed, names="value")
         for control in (self.direction, self.right_under, self.ranks):
             control.observe(lambda change: self._list_rows(), names="value")
         self.rows.observe(self._row_chosen, names="value")
@@ -82,7 +99,7 @@ class FailureExplorer(widgets.VBox):
         if level == "none":
             keep &= failures["right_under"].to_numpy() == ""
         elif level != "all":
-            keep &= failures[f"rank_{level}"].to_numpy() < self.k.value
+            keep &= failures[f"valid_rank_{level}"].to_numpy() < self.k.value
         low, high = self.ranks.value
         keep &= (failures["rank"].to_numpy() >= low) & (failures["rank"].to_numpy() <= high)
         return failures[keep]
@@ -92,18 +109,29 @@ class FailureExplorer(widgets.VBox):
         self.rows.value = label
 
     def _k_changed(self, change) -> None:
-        self._failures = self.session.failures(change["new"])
+        """k or the valid-alternatives toggle changed: fetch the list again."""
+        self._failures = self.session.failures(self.k.value, include_valid=self.include_valid.value)
         self._list_rows()
 
     def _list_rows(self) -> None:
         table, k = self.table, self.k.value
-        counts = self._failures["direction"].value_counts()
-        queries = self.session.query_table()["direction"].value_counts()
+        queries = self.session.query_table(k)
+        failed = queries[queries["outcome"] == FAILURE]["direction"].value_counts()
+        totals = queries["direction"].value_counts()
+        alternatives = int((queries["outcome"] == VALID_ALTERNATIVE).sum())
+        if self.session.complete_positives:
+            what = f"nothing true of the query in the top {k} under final"
+            valid = (f" <b>{alternatives}</b> more are valid alternatives (their own item at rank ≥ {k}, "
+                     f"but another item true of them in the top {k}): "
+                     + ("listed, marked <i>valid alternative</i>." if self.include_valid.value else "not listed."))
+        else:
+            what = f"ground truth at rank ≥ {k} under final; the split knows one image per caption"
+            valid = ""
         self.summary.value = (
-            f"<b>{len(self._failures)}</b> failed queries at k = {k} (ground truth at rank ≥ {k} under final): "
-            f"t2i {counts.get('t2i', 0)} of {queries.get('t2i', 0)} captions, "
-            f"i2t {counts.get('i2t', 0)} of {queries.get('i2t', 0)} images. "
-            f"<b>{len(table)}</b> pass the filters"
+            f"<b>{int(failed.sum())}</b> failed queries at k = {k} ({what}): "
+            f"t2i {failed.get('t2i', 0)} of {totals.get('t2i', 0)} captions, "
+            f"i2t {failed.get('i2t', 0)} of {totals.get('i2t', 0)} images.{valid} "
+            f"<b>{len(table)}</b> rows pass the filters"
             + (f"; the list shows the worst {SHOWN_ROWS}." if len(table) > SHOWN_ROWS else "."))
         shown = table.head(SHOWN_ROWS)
         chosen = self.rows.value
@@ -116,7 +144,7 @@ class FailureExplorer(widgets.VBox):
         finally:
             self._quiet = False
         if self.row is not None and chosen not in shown.index:
-            self.row = None
+            self.row, self.valid = None, None
             self.detail.value = ""
             show_message(self.comparison, "")
 
@@ -125,6 +153,7 @@ class FailureExplorer(widgets.VBox):
             return
         row = self._failures.loc[change["new"]]
         self.row = row
+        self.valid = self.session.valid_items(row["direction"], int(row["query"]))
         self.selection.select(image=int(row["image"]), caption=int(row["caption"]),
                               query="caption" if row["direction"] == "t2i" else "image")
         words = self.session.tokens(int(row["caption"]))
@@ -151,25 +180,70 @@ class FailureExplorer(widgets.VBox):
         session = self.session
         scores = session.scores
         truth, preferred = self.pairs()
+        complete = session.complete_positives
+        preferred_colour = ALSO_TRUE_COLOUR if row["preferred_valid"] else FAILURE_COLOUR
         cells = []
         for level in session.levels:
             a, b = float(scores[level][truth]), float(scores[level][preferred])
-            mark = "<b style='color:#2ca02c'>truth</b>" if a > b else "<b style='color:#b00'>preferred</b>"
-            rank = row["rank" if level == "final" else f"rank_{level}"]
+            mark = (f"<b style='color:{OWN_COLOUR}'>truth</b>" if a > b
+                    else f"<b style='color:{preferred_colour}'>preferred</b>")
+            suffix = "" if level == "final" else f"_{level}"
+            valid_cell = f"<td style='text-align:right'>{row['valid_rank' + suffix]}</td>" if complete else ""
             cells.append(f"<tr><td>{level}</td><td style='text-align:right'>{a:.3f}</td>"
                          f"<td style='text-align:right'>{b:.3f}</td><td>{mark}</td>"
-                         f"<td style='text-align:right'>{rank}</td></tr>")
+                         f"<td style='text-align:right'>{row['rank' + suffix]}</td>{valid_cell}</tr>")
+        also = (" — <b style='color:%s'>also true</b> of the query (a valid alternative)" % ALSO_TRUE_COLOUR
+                if row["preferred_valid"] else "")
         if row["direction"] == "t2i":
             query = f"caption {row['query']}: “{html.escape(row['query_text'])}”"
-            versus = f"its image {truth[0]} vs image {preferred[0]}, which the model ranked first"
+            versus = f"its image {truth[0]} vs image {preferred[0]}, which the model ranked first{also}"
         else:
             query = f"image {row['query']} ({html.escape(row['query_text'])})"
             versus = (f"its caption {truth[1]} “{html.escape(session.split.captions[truth[1]])}” vs caption "
-                      f"{preferred[1]} “{html.escape(session.split.captions[preferred[1]])}”, ranked first")
-        return (f"<div style='font-size:15px;margin-top:8px'><b>{row['direction']}</b> query {query}</div>"
-                f"<div>{versus}</div>"
+                      f"{preferred[1]} “{html.escape(session.split.captions[preferred[1]])}”, ranked first{also}")
+        outcome = row["outcome"]
+        colour = ALSO_TRUE_COLOUR if outcome == VALID_ALTERNATIVE else FAILURE_COLOUR
+        return (f"<div style='font-size:15px;margin-top:8px'><b>{row['direction']}</b> query {query} "
+                f"<b style='color:{colour}'>{outcome}</b></div>"
+                f"<div>{versus}</div>" + self._valid_html(row) +
                 "<table style='margin-top:4px;border-spacing:14px 0'><tr><th>level</th><th>truth pair</th>"
-                "<th>preferred pair</th><th>higher</th><th>truth's rank</th></tr>" + "".join(cells) + "</table>")
+                "<th>preferred pair</th><th>higher</th><th>truth's rank</th>"
+                + ("<th>first valid's rank</th>" if complete else "") + "</tr>" + "".join(cells) + "</table>")
+
+    def _valid_html(self, row: pd.Series) -> str:
+        """What is true of the query: the first VALID_SHOWN items (best-ranked first), and how many there are."""
+        session, valid = self.session, self.valid
+        shown = valid.head(VALID_SHOWN)
+        more = f", the best-ranked {len(shown)} shown" if len(valid) > len(shown) else ""
+        first = f"the first at rank <b>{int(valid['rank'].min())}</b> under final" if len(valid) else ""
+        if row["direction"] == "t2i":
+            title = f"This caption is true of <b>{len(valid)}</b> image{'s' if len(valid) != 1 else ''}"
+            tiles = [self._image_tile(int(item["index"]), bool(item["own"]), int(item["rank"]))
+                     for _, item in shown.iterrows()]
+            body = "<div style='display:flex;flex-wrap:wrap;gap:6px'>" + "".join(tiles) + "</div>"
+        else:
+            title = f"<b>{len(valid)}</b> caption{'s are' if len(valid) != 1 else ' is'} true of this image"
+            lines = [f"<li>{_mark(bool(item['own']))} rank {int(item['rank'])} · caption {int(item['index'])} "
+                     f"“{html.escape(session.split.captions[int(item['index'])])}”</li>"
+                     for _, item in shown.iterrows()]
+            body = "<ul style='margin:2px 0'>" + "".join(lines) + "</ul>"
+        if not session.complete_positives:
+            first += " (the split knows only each caption's own image)"
+        return f"<div style='margin-top:6px'>{title}{more}; {first}:</div>{body}"
+
+    def _image_tile(self, image: int, own: bool, rank: int) -> str:
+        picture = self.session.picture(image)
+        colour = OWN_COLOUR if own else ALSO_TRUE_COLOUR
+        if picture is not None:
+            data = base64.b64encode(png_thumbnail(picture, VALID_THUMBNAIL)).decode("ascii")
+            face = (f"<img src='data:image/png;base64,{data}' width='{VALID_THUMBNAIL}' "
+                    f"height='{VALID_THUMBNAIL}' style='display:block'>")
+        else:
+            face = (f"<div style='width:{VALID_THUMBNAIL}px;height:{VALID_THUMBNAIL}px;background:#eee;display:flex;"
+                    f"align-items:center;justify-content:center;font-size:11px'>"
+                    f"{html.escape(self.session.split.image_ids[image])}</div>")
+        return (f"<div style='border:3px solid {colour};padding:2px;font-size:11px;text-align:center'>{face}"
+                f"image {image}<br>{_mark(own)} rank {rank}</div>")
 
     def _word_chosen(self, change) -> None:
         if not self._quiet:
@@ -187,11 +261,12 @@ class FailureExplorer(widgets.VBox):
         fig, axes = plt.subplots(1, 2, figsize=(7.2, 4.0))
         for ax, (image, caption), role in zip(axes, self.pairs(), ("ground truth", "preferred instead")):
             explanation = session.explain(image, caption)
+            also = " (also true)" if role != "ground truth" and self.row["preferred_valid"] else ""
             if word == EVERY_WORD or self.row["direction"] == "i2t":
                 weights, about = explanation.t2i_attention.mean(axis=0), "every word"
             else:
                 weights, about = explanation.t2i_attention[word], f"“{session.tokens(caption)[word]}”"
-            title = f"{role}: image {image}, final {session.scores['final'][image, caption]:.3f}\n"
+            title = f"{role}: image {image}{also}, final {session.scores['final'][image, caption]:.3f}\n"
             if self.row["direction"] == "i2t":
                 title += textwrap.fill(f"“{session.split.captions[caption]}”", 48) + "\n"
             draw_pair_attention(session, image, explanation.region_indices, weights, ax,
@@ -201,8 +276,15 @@ class FailureExplorer(widgets.VBox):
         show_figure(self.comparison, fig)
 
 
+def _mark(own: bool) -> str:
+    return (f"<b style='color:{OWN_COLOUR}'>own</b>" if own
+            else f"<b style='color:{ALSO_TRUE_COLOUR}'>also true</b>")
+
+
 def _row_label(row: pd.Series) -> str:
     right = row["right_under"] or "—"
     text = row["query_text"] if len(row["query_text"]) <= 60 else row["query_text"][:57] + "..."
-    label = f"{row['direction']} #{row['query']:<5} rank {row['rank']:>4}  right under: {right:<22} {text}"
+    outcome = "✓ valid alternative" if row["outcome"] == VALID_ALTERNATIVE else "✗ failure"
+    label = (f"{row['direction']} #{row['query']:<5} {outcome:<19} rank {row['rank']:>4}  "
+             f"first valid {row['valid_rank']:>4}  right under: {right:<22} {text}")
     return label.replace(" ", "\u00a0")  # keep the columns aligned: a browser collapses runs of spaces

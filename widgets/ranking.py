@@ -1,8 +1,11 @@
 """RankingBrowser: a query and its top-k results, the ground truth marked with its rank.
 
 The query is the selection's: a caption of the data or a typed text (images ranked, shown
-as thumbnails) or an image (captions ranked). Choosing a result selects it everywhere, so
-the attention explorer can show why a wrong result was preferred.
+as thumbnails) or an image (captions ranked). Each result is marked one of three ways: the
+query's own item (its ground truth), *also true* (another item the caption is true of, where
+the split knows: a valid alternative, not an error) or wrong; results of a typed text are not
+judged. Choosing a result selects it everywhere, so the attention explorer can show why a
+wrong result was preferred.
 """
 from __future__ import annotations
 
@@ -18,17 +21,29 @@ from widgets.selection import Selection, SelectionControls, query_notice
 from widgets.session import WorkbenchSession
 
 THUMBNAIL = 128
-TRUTH, SELECTED, PLAIN = "#2ca02c", "#1f77b4", "#dddddd"
+TRUTH, ALSO_TRUE, SELECTED, PLAIN = "#2ca02c", "#bcbd22", "#1f77b4", "#dddddd"
+OWN, ALSO, WRONG, UNJUDGED = "own", "also true", "wrong", "not judged"
 
 
 @dataclass(frozen=True)
 class RankedItem:
-    """One result: its rank (0 = first in the list), its index (an image, or a caption for an image query)."""
+    """One result: its rank (0 = first in the list), its index (an image, or a caption for an image query).
+
+    ``is_truth``: the query's own item; ``also_true``: another item true of the query (a valid
+    alternative); ``judged``: False for a typed text's results, where nothing is known to be true.
+    """
 
     rank: int
     index: int
     score: float
     is_truth: bool
+    also_true: bool = False
+    judged: bool = True
+
+    @property
+    def kind(self) -> str:
+        """"own", "also true", "wrong", or "not judged" (a typed text's result)."""
+        return OWN if self.is_truth else ALSO if self.also_true else WRONG if self.judged else UNJUDGED
 
 
 class _ImageTile(widgets.VBox):
@@ -74,21 +89,27 @@ class _CaptionRow(widgets.HBox):
 
 
 def _colour(item: RankedItem, selected: bool) -> str:
-    return TRUTH if item.is_truth else SELECTED if selected else PLAIN
+    return TRUTH if item.is_truth else ALSO_TRUE if item.also_true else SELECTED if selected else PLAIN
+
+
+KIND_MARKS = {OWN: f" <b style='color:{TRUTH}'>ground truth</b>",
+              ALSO: f" <b style='color:#8c8d10'>also true</b>",
+              WRONG: " <span style='color:#999'>wrong</span>", UNJUDGED: ""}
 
 
 def _item_label(item: RankedItem, name: str, selected: bool, separator: str = " · ") -> str:
-    marks = (" <b style='color:#2ca02c'>ground truth</b>" if item.is_truth else "") + \
-            (" <b style='color:#1f77b4'>selected</b>" if selected else "")
+    marks = KIND_MARKS[item.kind] + (" <b style='color:#1f77b4'>selected</b>" if selected else "")
     return (f"<span style='font-size:12px;line-height:1.4'>rank <b>{item.rank}</b> · {name}{separator}"
             f"score {item.score:.3f}{marks}</span>")
 
 
 class RankingBrowser(widgets.VBox):
-    """The selection's query ranked under a chosen level; ``results`` and ``truths`` hold what is shown.
+    """The selection's query ranked under a chosen level; ``results``, ``truths`` and ``also_true`` hold what is shown.
 
     ``truths`` lists every ground-truth item with its rank, inside the top k or not (none for
-    a typed text). Ranks are positions in the list sorted by decreasing score (0 = first).
+    a typed text); ``also_true`` likewise every other item true of the query (none unless the
+    split knows complete positives). Ranks are positions in the list sorted by decreasing
+    score (0 = first).
     """
 
     def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True,
@@ -97,6 +118,7 @@ class RankingBrowser(widgets.VBox):
         self.selection = selection if selection is not None else Selection.start(session)
         self.results: list[RankedItem] = []
         self.truths: list[RankedItem] = []
+        self.also_true: list[RankedItem] = []
         self._thumbnail = lru_cache(maxsize=1024)(self._make_thumbnail)
         self._image_tiles: list[_ImageTile] = []
         self._caption_rows: list[_CaptionRow] = []
@@ -134,22 +156,37 @@ class RankingBrowser(widgets.VBox):
         order = np.argsort(-scores, kind="stable")
         return order, scores[order], truth
 
+    def valid(self) -> set[int]:
+        """The items true of the selection's query other than its own (valid alternatives); none for a typed text."""
+        selection, session = self.selection, self.session
+        if selection.query == "image":
+            captions = session.valid_captions(selection.image)
+            return set(captions[session.split.caption_to_image[captions] != selection.image].tolist())
+        if isinstance(selection.text_side, str):
+            return set()
+        own = int(session.split.caption_to_image[selection.caption])
+        return set(session.valid_images(selection.caption).tolist()) - {own}
+
     def _refresh(self, change=None) -> None:
         selection = self.selection
         if selection.query == "text" and not (selection.text and self.session.tokens(selection.text)):
-            self.results, self.truths = [], []
+            self.results, self.truths, self.also_true = [], [], []
             self.query_picture.layout.display = "none"
             self.query_view.value = query_notice(self.session, selection)
             self.result_view.children, self.truth_view.children = (), ()
             return
         order, scores, truth = self.ranking()
+        also, judged = self.valid() - truth, not isinstance(selection.text_side, str)
         rank_of = np.empty_like(order)
         rank_of[order] = np.arange(len(order))
         k = self.top_k.value
-        self.results = [RankedItem(rank, int(index), float(scores[rank]), int(index) in truth)
+        self.results = [RankedItem(rank, int(index), float(scores[rank]), int(index) in truth,
+                                   int(index) in also, judged)
                         for rank, index in enumerate(order[:k])]
         self.truths = sorted((RankedItem(int(rank_of[index]), index, float(scores[rank_of[index]]), True)
                               for index in truth), key=lambda item: item.rank)
+        self.also_true = sorted((RankedItem(int(rank_of[index]), index, float(scores[rank_of[index]]), False, True)
+                                 for index in also), key=lambda item: item.rank)
         self._show_query()
         missed = [item for item in self.truths if item.rank >= k]
         show = self._caption_rows_for if selection.query == "image" else self._image_tiles_for
@@ -170,7 +207,8 @@ class RankingBrowser(widgets.VBox):
             self.query_view.value = (
                 f"<div style='font-size:15px'>Image {selection.image} "
                 f"({html.escape(split.image_ids[selection.image])}) as the query: captions ranked by "
-                f"<b>{level}</b></div><div>its own captions rank {ranks or '(it has none)'}</div>")
+                f"<b>{level}</b></div><div>its own captions rank {ranks or '(it has none)'}</div>"
+                + self._also_true_line("caption"))
             return
         self.query_picture.layout.display = "none"
         text = html.escape(session.caption_text(selection.text_side))
@@ -178,9 +216,19 @@ class RankingBrowser(widgets.VBox):
             known = query_notice(session, selection)
         else:
             truth = self.truths[0]
-            known = f"ground truth: image {truth.index}, rank <b>{truth.rank}</b>"
+            known = f"ground truth: image {truth.index}, rank <b>{truth.rank}</b>" + self._also_true_line("image")
         self.query_view.value = (f"<div style='font-size:15px'><b>“{text}”</b>: images ranked by <b>{level}</b>"
                                  f"</div><div>{known}</div>")
+
+    def _also_true_line(self, noun: str) -> str:
+        """How many other items are true of the query and where the first ranks ("" when none)."""
+        if not self.also_true:
+            return ""
+        n, k = len(self.also_true), self.top_k.value
+        inside = sum(item.rank < k for item in self.also_true)
+        return (f"<div><b style='color:#8c8d10'>also true</b> of {n} other {noun}{'s' if n != 1 else ''} "
+                f"(valid alternatives), the first at rank <b>{self.also_true[0].rank}</b>; "
+                f"{inside} in the top {k}</div>")
 
     def _image_tiles_for(self, items: list[RankedItem], start: int) -> tuple:
         """Tiles from the pool (tiles start.. for this list), so redraws reuse widgets instead of making new ones."""

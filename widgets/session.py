@@ -9,6 +9,14 @@ A "caption" argument is either the index of a caption of the split or a free tex
 user typed; both go through the same code (a typed text is encoded as a one-caption
 batch). Ranks are 0-based, as in ``ranks.npz``: rank 0 is retrieved first, R@k counts rank < k,
 and ties count against the query (mlasm.metrics).
+
+Captions are often true of more than their own image ("A square." is true of every picture
+with a square). The session reads the split's complete positives (``split.positive_sets()``:
+per caption, every image it is true of; the strict one image per caption when the split does
+not know more) and tells three outcomes apart per query at k: ``hit`` (its own item within the
+top k), ``valid alternative`` (not its own item, but another item true of the query within the
+top k) and ``failure`` (nothing true of the query within the top k). Without complete
+positives the second never happens and every miss is a failure, as under the standard protocol.
 """
 from __future__ import annotations
 
@@ -23,14 +31,20 @@ import torch
 from PIL import Image
 
 from mlasm.data.dataset import RetrievalSplit, caption_tensors
+from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
 from mlasm.evaluate import encode_split, level_ranks
+from mlasm.metrics import complete_positive_ranks
 from mlasm.model import LEVELS, MLASM, CaptionEncoding, PairExplanation
 from mlasm.sources import EMBEDDED, open_split
-from mlasm.train import check_model_fits, load_model
+from mlasm.checkpoint import check_model_fits, load_model
 
 CaptionRef = Union[int, str]  # a caption of the split (index) or a typed text
 DIRECTIONS = {"t2i": "caption query, images ranked", "i2t": "image query, captions ranked"}
+HIT, VALID_ALTERNATIVE, FAILURE = "hit", "valid alternative", "failure"
+OUTCOMES = {HIT: "its own item within the top k",
+            VALID_ALTERNATIVE: "not its own item, but another item true of the query within the top k",
+            FAILURE: "nothing true of the query within the top k"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,10 @@ class WorkbenchSession:
         self.images, self.captions = encode_split(model, split, vocab)
         self._scores = None if scores is None else self._checked_scores(scores)
         self._ranks: dict[str, np.ndarray] | None = None
+        self.positives: PositiveSets = split.positive_sets()
+        self._truth: np.ndarray | None = None
         self._query_table: pd.DataFrame | None = None
+        self._outcome_tables: dict[int, pd.DataFrame] = {}
         # Per-instance caches: the same pair / text / picture is asked for again on every redraw.
         self._explain = lru_cache(maxsize=cache_size)(self._explain_pair)
         self.encode_text = lru_cache(maxsize=cache_size)(self._encode_text)
@@ -112,6 +129,49 @@ class WorkbenchSession:
             self._ranks = level_ranks({level: torch.from_numpy(s) for level, s in self.scores.items()},
                                       self.split.caption_to_image)
         return self._ranks
+
+    # --- what is true of what ----------------------------------------------------------
+
+    @property
+    def complete_positives(self) -> bool:
+        """Whether the split knows every image each caption is true of (else: one image per caption)."""
+        return self.split.positives is not None
+
+    @property
+    def truth(self) -> np.ndarray:
+        """(N, M) bool: is caption m true of image n? (its own image always; others where the split knows)"""
+        if self._truth is None:
+            self._truth = self.positives.dense()
+        return self._truth
+
+    def valid_images(self, caption: int) -> np.ndarray:
+        """The images a caption of the split is true of, its own included, ascending."""
+        return self.positives.images_of(int(caption))
+
+    def valid_captions(self, image: int) -> np.ndarray:
+        """The captions of the split true of an image, its own included, ascending."""
+        return self.positives.captions_of(int(image))
+
+    def valid_items(self, direction: str, query: int, level: str = "final") -> pd.DataFrame:
+        """Every item true of a query, best-ranked first: images of a caption (t2i), captions of an image (i2t).
+
+        Columns: ``index`` (the image, or the caption), ``own`` (the query's own item: the
+        caption's image, or one of the image's own captions), ``rank`` (its position in the
+        query's ranking under ``level``, sorted by decreasing score, 0 first: as the ranking
+        browser shows it) and ``score``.
+        """
+        if direction == "t2i":
+            scores, valid = self.image_scores(int(query), level), self.valid_images(query)
+            own = valid == self.split.caption_to_image[int(query)]
+        elif direction == "i2t":
+            scores, valid = self.caption_scores(int(query), level), self.valid_captions(query)
+            own = self.split.caption_to_image[valid] == int(query)
+        else:
+            raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
+        position = np.empty(scores.size, np.int64)
+        position[np.argsort(-scores, kind="stable")] = np.arange(scores.size)
+        items = pd.DataFrame({"index": valid, "own": own, "rank": position[valid], "score": scores[valid]})
+        return items.sort_values("rank", kind="stable").reset_index(drop=True)
 
     # --- captions and typed texts ------------------------------------------------------
 
@@ -194,56 +254,97 @@ class WorkbenchSession:
 
     # --- every query of the split ------------------------------------------------------
 
-    def query_table(self) -> pd.DataFrame:
+    def query_table(self, k: int = 1) -> pd.DataFrame:
         """Every query of the split in both directions, with its ground truth's rank under every level.
 
         Columns: ``direction`` (t2i: a caption queries the images; i2t: an image queries the
         captions), ``query`` (caption or image index), ``query_text`` (the caption, or the image
         id), ``rank`` (the ground truth's rank under the final level, as ranks.npz),
-        ``rank_<level>`` for the other levels, ``preferred`` (the best-scored wrong result under
-        final: an image for t2i, a caption for i2t), ``preferred_text``, and the matching pair to
-        open, ``image`` and ``caption`` (for i2t the best-ranked matching caption).
+        ``rank_<level>`` for the other levels, ``valid_rank`` (the rank of the best-ranked item
+        true of the query, its own included, under final: only items not true of it count
+        above it, ties against the query) and ``valid_rank_<level>``, ``n_valid`` (how many
+        items are true of the query, its own included), ``preferred`` (the best-scored result
+        other than the query's own under final: an image for t2i, a caption for i2t),
+        ``preferred_valid`` (whether it is true of the query: a valid alternative),
+        ``preferred_text``, ``alternative`` (the best-scored item true of the query other than
+        its own; -1 when none), and the matching pair to open, ``image`` and ``caption`` (for
+        i2t the best-ranked matching caption).
+
+        And for this k: ``hit`` (rank < k), ``valid_alternative`` (not a hit, but valid_rank < k)
+        and ``outcome``: "hit", "valid alternative" or "failure" (valid_rank ≥ k). Without
+        complete positives valid_rank equals rank and no query is a valid alternative.
         """
         if self._query_table is None:
             self._query_table = self._build_query_table()
-        return self._query_table
+        k = int(k)
+        if k not in self._outcome_tables:
+            table = self._query_table.copy()
+            hit = table["rank"].to_numpy() < k
+            alternative = ~hit & (table["valid_rank"].to_numpy() < k)
+            table["hit"], table["valid_alternative"] = hit, alternative
+            table["outcome"] = np.where(hit, HIT, np.where(alternative, VALID_ALTERNATIVE, FAILURE))
+            self._outcome_tables[k] = table
+        return self._outcome_tables[k]
 
     def _build_query_table(self) -> pd.DataFrame:
-        split, final, ranks = self.split, self.scores["final"], self.ranks
+        split, final, ranks, truth = self.split, self.scores["final"], self.ranks, self.truth
         n_images, n_captions = final.shape
         caption_to_image = split.caption_to_image
-        positive = caption_to_image[None, :] == np.arange(n_images)[:, None]              # (N, M)
+        positive = caption_to_image[None, :] == np.arange(n_images)[:, None]              # (N, M) own pairs
+        also = truth & ~positive                                                           # true, not own
         others = [level for level in self.levels if level != "final"]
+        # per level: the rank of the first item true of each query (ties against the query)
+        valid = {level: complete_positive_ranks(self.scores[level], self.positives) for level in self.levels}
 
         captions = np.arange(n_captions)
         preferred_image = np.where(positive, -np.inf, final).argmax(axis=0)               # (M,)
+        alternative_image = np.where(also.any(axis=0), np.where(also, final, -np.inf).argmax(axis=0), -1)
         t2i = pd.DataFrame({
             "direction": "t2i", "query": captions, "query_text": split.captions,
             "rank": ranks["final_t2i_rank"],
             **{f"rank_{level}": ranks[f"{level}_t2i_rank"] for level in others},
-            "preferred": preferred_image, "preferred_text": [split.image_ids[i] for i in preferred_image],
+            "valid_rank": valid["final"]["t2i_first_rank"],
+            **{f"valid_rank_{level}": valid[level]["t2i_first_rank"] for level in others},
+            "n_valid": truth.sum(axis=0),
+            "preferred": preferred_image, "preferred_valid": truth[preferred_image, captions],
+            "preferred_text": [split.image_ids[i] for i in preferred_image],
+            "alternative": alternative_image,
             "image": caption_to_image, "caption": captions})
 
         images = np.flatnonzero(positive.any(axis=1))                                      # images with captions
         best_truth = np.where(positive, final, -np.inf).argmax(axis=1)[images]
         preferred_caption = np.where(positive, -np.inf, final).argmax(axis=1)[images]
+        alternative_caption = np.where(also.any(axis=1), np.where(also, final, -np.inf).argmax(axis=1), -1)[images]
         i2t = pd.DataFrame({
             "direction": "i2t", "query": images, "query_text": [split.image_ids[i] for i in images],
             "rank": ranks["final_i2t_rank"][images],
             **{f"rank_{level}": ranks[f"{level}_i2t_rank"][images] for level in others},
-            "preferred": preferred_caption, "preferred_text": [split.captions[c] for c in preferred_caption],
+            "valid_rank": valid["final"]["i2t_first_rank"][images],
+            **{f"valid_rank_{level}": valid[level]["i2t_first_rank"][images] for level in others},
+            "n_valid": truth.sum(axis=1)[images],
+            "preferred": preferred_caption, "preferred_valid": truth[images, preferred_caption],
+            "preferred_text": [split.captions[c] for c in preferred_caption],
+            "alternative": alternative_caption,
             "image": images, "caption": best_truth})
         return pd.concat([t2i, i2t], ignore_index=True)
 
-    def failures(self, k: int = 1) -> pd.DataFrame:
-        """The queries whose ground truth ranks k or worse under the final level, worst first.
+    def failures(self, k: int = 1, include_valid: bool = False) -> pd.DataFrame:
+        """The queries with nothing true of them in the top k under the final level, worst first.
 
-        ``right_under`` names the other levels that would have ranked it within the top k.
+        ``include_valid``: also list the valid alternatives, the queries whose own item ranks
+        k or worse but another item true of them is within the top k (so every query whose
+        ground truth ranks k or worse, as the standard protocol counts failures). Without
+        complete positives both lists are the queries whose ground truth ranks k or worse.
+        Columns: those of ``query_table(k)``, and ``right_under``, the other levels that would
+        have put an item true of the query within the top k. Worst first: by ``valid_rank``,
+        then ``rank`` (so the valid alternatives come after the failures).
         """
-        table = self.query_table()
-        failed = table[table["rank"] >= k].copy()
+        table = self.query_table(k)
+        keep = ~table["hit"] if include_valid else table["outcome"] == FAILURE
+        failed = table[keep.to_numpy()].copy()
         others = [level for level in self.levels if level != "final"]
-        right = failed[[f"rank_{level}" for level in others]].to_numpy() < k
+        right = failed[[f"valid_rank_{level}" for level in others]].to_numpy() < k
         failed.insert(failed.columns.get_loc("preferred"), "right_under",
                       [", ".join(level for level, ok in zip(others, row) if ok) for row in right])
-        return failed.sort_values(["rank", "direction", "query"], ascending=[False, True, True], kind="stable")
+        return failed.sort_values(["valid_rank", "rank", "direction", "query"],
+                                  ascending=[False, False, True, True], kind="stable")

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageOps
 
 from mlasm.data.errors import DataError
+from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
 
 CHUNK_BYTES = 64 * 2**20
@@ -60,6 +61,7 @@ class RetrievalSplit:
     region_scores: np.ndarray | None = None  # (N, R) detector scores
     region_labels: np.ndarray | None = None  # (N, R) int label ids into label_names
     label_names: list[str] | None = None
+    positives: PositiveSets | None = None    # per caption, every image it is true of (complete positives)
 
     def __post_init__(self) -> None:
         where = f"split {self.name!r}"
@@ -96,6 +98,10 @@ class RetrievalSplit:
         if self.image_ids is None:
             self.image_ids = [str(i) for i in range(n)]
         self._check_optional(n, r, m)
+        if self.positives is not None:
+            if self.positives.n_images != n:
+                raise DataError(f"{where}: positives are over {self.positives.n_images} images, the split has {n}")
+            self.positives.check_own_images(self.caption_to_image, f"{where} positives")
 
     def _check_shape(self, field: str, value: Any, expected: tuple) -> None:
         if tuple(np.shape(value)) != expected:
@@ -113,7 +119,7 @@ class RetrievalSplit:
 
     def __repr__(self) -> str:
         extras = [f for f in ("boxes", "image_sizes", "image_paths", "grounding", "image_attributes", "renderer",
-                              "region_scores", "region_labels") if getattr(self, f) is not None]
+                              "region_scores", "region_labels", "positives") if getattr(self, f) is not None]
         return (f"RetrievalSplit(name={self.name!r}, images={self.n_images}, captions={self.n_captions}, "
                 f"regions={self.max_regions}x{self.region_dim}, global={self.global_dim}, extras={extras})")
 
@@ -183,7 +189,13 @@ class RetrievalSplit:
             region_scores=pick(self.region_scores), region_labels=pick(self.region_labels),
             grounding=None if self.grounding is None else [self.grounding[c] for c in captions],
             renderer=None if self.renderer is None else _SubsetRenderer(self.renderer, images.tolist()),
+            positives=None if self.positives is None else self.positives.subset(images, captions),
         )
+
+    def positive_sets(self) -> PositiveSets:
+        """The complete positives where the split knows them, else the standard one image per caption."""
+        return self.positives if self.positives is not None else PositiveSets.strict(self.caption_to_image,
+                                                                                     self.n_images)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import numpy as np
 
 from mlasm.data.dataset import RetrievalSplit, scan_regions
 from mlasm.data.errors import DataError, load_json
+from mlasm.data.positives import read_positives, write_positives
 from mlasm.data.vocab import tokenize
 from mlasm.io import atomic_path, write_json, write_text
 
@@ -86,6 +87,7 @@ def read_split(folder: str | os.PathLike, split: str, captions_per_image: int | 
         region_scores=_optional_array(file("scores.npy"), (n, r), kind="f"),
         region_labels=labels,
         label_names=meta.get("label_names") if labels is not None else None,
+        positives=read_positives(file("positives.txt"), n, caption_to_image) if file("positives.txt").exists() else None,
     )
     global_features = _optional_array(file("global.npy"), (n, None), kind="f")
     if global_features is not None and not np.isfinite(global_features).all():
@@ -126,7 +128,9 @@ def write_split(folder: str | os.PathLike, split_name: str, split: RetrievalSpli
     for suffix, document in documents.items():
         if document is not None:
             write_json_compact(file(suffix), document)
-    optional = {**arrays, **documents, "image_paths.txt": split.image_paths}
+    if split.positives is not None:
+        write_positives(file("positives.txt"), split.positives)
+    optional = {**arrays, **documents, "image_paths.txt": split.image_paths, "positives.txt": split.positives}
     for suffix in (s for s, value in optional.items() if value is None):
         file(suffix).unlink(missing_ok=True)  # left from an earlier write, it would be read back with this split
 
