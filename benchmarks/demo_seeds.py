@@ -44,8 +44,8 @@ def table(folders: list[Path]) -> str:
         complete = [r.get("complete") for r in rows]
         if all(complete):
             cells += [_spread(c["rsum"] for c in complete), _spread(c["i2t"]["r1"] for c in complete),
-                      _spread(c["t2i"]["r1"] for c in complete), _spread(c["i2t"]["map_at_r"] for c in complete),
-                      _spread(c["t2i"]["map_at_r"] for c in complete)]
+                      _spread(c["t2i"]["r1"] for c in complete), _spread(c["i2t"].get("map_at_r") for c in complete),
+                      _spread(c["t2i"].get("map_at_r") for c in complete)]
         else:
             cells += ["-"] * 5
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlasm.checkpoint import load_model
 from mlasm.config import MLASMConfig
-from mlasm.evaluate import level_metrics, score_separation, score_split
+from mlasm.evaluate import grounding_accuracy, level_metrics, score_separation, score_split
 from mlasm.sources import open_split
 from mlasm.train import train
 
@@ -29,6 +29,7 @@ VARIANTS = {
     "lr2e-4": {"learning_rate": 2e-4},
     "margin0.1": {"margin": 0.1},
     "d512": {"embed_size": 512},
+    "levels0.5": {"level_weight": 0.5},                       # level-wise supervision beside the final score
 }
 
 
@@ -55,11 +56,13 @@ def main() -> None:
             split = splits[args.split]
             scores = score_split(model, split, vocab)
             metrics = level_metrics({"final": scores["final"]}, split.caption_to_image, positives=split.positives)
+            pointing = grounding_accuracy(model, split, vocab)
             last = summary["log"][-1]
             row = {"variant": name, "seed": seed, "minutes": round((time.time() - started) / 60, 1),
                    "loss_share_of_collapse": round(last["loss_share_of_collapse"], 3),
                    "inside_margin": round(last["inside_margin"], 3),
                    "rsum": round(metrics["rsum"], 1), "complete_rsum": round(metrics["complete"]["rsum"], 1),
+                   "pointing": round(pointing["accuracy"], 1) if pointing else None,
                    **{k: round(v, 4) for k, v in score_separation(scores["final"], split.positives).items()}}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -18,7 +18,7 @@ DATA_HELP = f"'{EMBEDDED}' (the embedded dataset, generated on first use) or a f
 
 def _config_overrides(args: argparse.Namespace) -> dict:
     names = ("epochs", "batch_size", "embed_size", "word_dim", "learning_rate", "lr_decay_epoch", "rho",
-             "warmup_epochs", "pooling", "lambda_t2i", "lambda_i2t", "margin")
+             "warmup_epochs", "pooling", "lambda_t2i", "lambda_i2t", "margin", "level_weight")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     for name in ("bidirectional", "mask_false_negatives"):
         if getattr(args, name, None) is not None:
@@ -44,6 +44,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--margin", type=float)
     group.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
                        help="bidirectional GRU (directions averaged, as SCAN)")
+    group.add_argument("--level-weight", type=float,
+                       help="add this weight x the hinge loss of each level alone (t2i, i2t, global): levels that "
+                            "rank on their own; 0 (default) trains the final score only, as the paper")
     group.add_argument("--mask-false-negatives", action=argparse.BooleanOptionalAction, default=None,
                        help="never use as a negative a pair the data knows to be true (its complete "
                             "positives, e.g. ShapeScenes or a {split}_positives.txt); on by default")

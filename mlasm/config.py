@@ -42,6 +42,7 @@ class MLASMConfig:
     grad_clip: float = 2.0       # gradient-norm clipping
     warmup_epochs: int = 0       # first epochs that sum the loss over all negatives instead of the hardest
     mask_false_negatives: bool = True  # pairs the data knows to be true (complete positives) are never negatives
+    level_weight: float = 0.0    # > 0: add weight x the hinge of each level alone (t2i, i2t, global); 0 = the paper
 
     def __post_init__(self) -> None:
         problems = []
@@ -60,6 +61,8 @@ class MLASMConfig:
             problems.append(f"word_dropout must be in [0, 1), got {self.word_dropout}")
         if self.margin < 0:
             problems.append(f"margin must be >= 0, got {self.margin}")
+        if not self.level_weight >= 0:
+            problems.append(f"level_weight must be >= 0, got {self.level_weight}")
         if self.batch_size < 2:
             problems.append(f"batch_size must be >= 2 (a batch supplies the negatives), got {self.batch_size}")
         if problems:

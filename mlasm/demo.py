@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mlasm.config import MLASMConfig
-from mlasm.data.shapescenes import VERSION as SHAPESCENES_VERSION
 from mlasm.data.shapescenes import bag_of_words_scores
 from mlasm.data.vocab import tokenize
 from mlasm.evaluate import encode_split, evaluate_checkpoints
@@ -87,7 +86,12 @@ def demo_checkpoint(fast: bool | None = None, progress: bool = False) -> Path:
     if not fast and demo_best.is_file():
         return demo_best
     config = demo_config(fast=True)
-    key = hashlib.sha256(json.dumps([config.to_dict(), FAST_SIZES, SHAPESCENES_VERSION]).encode()).hexdigest()[:10]
+    # keyed by the settings and by the code that makes the model: an edit of any of it retrains
+    digest = hashlib.sha256(json.dumps([config.to_dict(), FAST_SIZES]).encode())
+    package = Path(__file__).parent
+    for path in sorted([*package.glob("*.py"), *package.glob("data/**/*.py")]):
+        digest.update(path.read_bytes())
+    key = digest.hexdigest()[:10]
     tiny_run = cache_dir() / f"tiny-model-{key}"
     if not (tiny_run / "best.pt").is_file():
         splits = {name: open_split(EMBEDDED, name, fast=True, progress=progress) for name in ("train", "dev")}

@@ -48,7 +48,7 @@ import numpy as np
 
 from mlasm.data.errors import DataError
 from mlasm.data.positives import PositiveSets
-from mlasm.metrics import RECALL_KS, _as_numpy
+from mlasm.metrics import RECALL_KS, _as_numpy, check_finite
 
 N_IMAGES = 5000
 N_CAPTIONS = 25000
@@ -214,8 +214,7 @@ def eccv_caption_metrics(scores, image_ids=None, caption_ids=None, *, verbose: b
                         f"got {tuple(scores.shape)}")
     if scores.dtype.kind not in "fi":
         scores = scores.astype(np.float64)
-    if np.isnan(scores).any():
-        raise DataError("ECCV Caption: the score matrix holds NaN")
+    check_finite(scores, "ECCV Caption")
     images, captions = _resolve_ids(image_ids, caption_ids)
     sets = {which: eccv_positive_sets(which, images, captions) for which in GROUND_TRUTHS}
     longest = {direction: max(len(v) for gts in (metrics.eccv_gts, metrics.cxc_gts, metrics.coco_gts)

@@ -117,7 +117,7 @@ def level_ranks(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndar
     """
     arrays = {}
     for level, scores in level_scores.items():
-        if torch.isnan(scores).all():
+        if level == "global" and torch.isnan(scores).all():  # a local-only model has no global level
             continue
         k = min(TOP_K_SAVED, scores.shape[0], scores.shape[1])
         arrays[f"{level}_i2t_rank"] = i2t_ranks(scores, caption_to_image)
@@ -207,29 +207,46 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
 
 
 def _eccv_caption(scores: torch.Tensor, split: RetrievalSplit) -> dict:
-    """ECCV Caption and CxC metrics of a COCO 5K test split (in SCAN's ``testall`` order), where
-    the optional eccv-caption package is installed; else a note saying how to get them."""
+    """ECCV Caption and CxC metrics of a COCO 5K test split, where the optional eccv-caption package
+    is installed; else a note saying why not.
+
+    Images are matched by their COCO ids where the split has them (``{split}_ids.txt``, captions
+    five per image in row order), else taken to be in SCAN's ``testall`` order (which nothing in a
+    score matrix can confirm). The package's own COCO 5K recalls must equal ours, or captions do
+    not belong to the images the package thinks, and nothing is reported.
+    """
     from mlasm.eccv import EccvCaptionMissing, eccv_caption_metrics
 
+    ids = split.image_ids
+    default_ids = ids == [str(i) for i in range(split.n_images)]
+    if not default_ids and not all(i.isdigit() for i in ids):
+        return {"skipped": f"split {split.name!r}: its image ids are not COCO ids"}
     try:
-        return eccv_caption_metrics(scores)
+        result = eccv_caption_metrics(scores, image_ids=None if default_ids else np.array(ids, dtype=np.int64))
     except EccvCaptionMissing as e:
         return {"skipped": str(e)}
-    except DataError as e:  # ids or order that are not the Karpathy 5K test
-        return {"skipped": f"split {split.name!r} is not the COCO 5K test in testall order ({e})"}
+    except DataError as e:  # ids that are not those of the Karpathy 5K test
+        return {"skipped": f"split {split.name!r} is not the COCO 5K test ({e})"}
+    ours = retrieval_metrics(scores, split.caption_to_image)
+    if any(abs(result["coco_5k"][d][f"r{k}"] - ours[d][f"r{k}"]) > 1e-6 for d in ("i2t", "t2i") for k in RECALL_KS):
+        return {"skipped": f"split {split.name!r}: its images or captions are not in the COCO 5K test order "
+                           f"(the package's COCO recalls differ from ours)"}
+    return result
 
 
 def score_separation(scores, positives: PositiveSets) -> dict:
     """Mean score of the pairs that are true (by ``positives``) and of those that are false.
 
     A model can rank well by tiny differences while every score sits at one value; the gap says
-    whether a score a user reads carries meaning.
+    whether a score a user reads carries meaning. Read from the sparse sets: no (N, M) mask.
     """
     scores = scores.numpy() if hasattr(scores, "numpy") else np.asarray(scores)
-    truth = positives.dense()
-    positive, negative = float(scores[truth].mean()), float(scores[~truth].mean())
-    return {"positive": positive, "negative": negative, "gap": positive - negative,
-            "negative_p99": float(np.percentile(scores[~truth], 99))}
+    captions = np.repeat(np.arange(positives.n_captions), positives.sizes())
+    true_sum = float(scores[positives.indices, captions].astype(np.float64).sum())
+    n_true = positives.indices.size
+    false_sum = float(scores.sum(dtype=np.float64)) - true_sum
+    positive, negative = true_sum / n_true, false_sum / max(scores.size - n_true, 1)
+    return {"positive": positive, "negative": negative, "gap": positive - negative}
 
 
 def _chance(split: RetrievalSplit, protocol: str) -> dict:

@@ -8,21 +8,9 @@ import torch
 from torch import Tensor
 
 
-def triplet_loss(scores: Tensor, margin: float = 0.2, hardest: bool = True,
-                 positive_mask: Optional[Tensor] = None) -> Tensor:
-    """Hinge loss of every training pair (k, k) against its negatives, both directions.
-
-    scores: (B, B), images x captions; the diagonal holds the training pairs.
-    hardest: True = VSE++ max violation (only the hardest negative of each image and of
-        each caption counts); False = the sum over all negatives (a warm-up: every
-        negative gives gradient while the hardest ones are still noise).
-    positive_mask: (B, B) bool, True where a caption belongs to an image. Such pairs are
-        never negatives (a batch can hold the same image twice, through two of its
-        captions). Default: the identity. Its diagonal must be True.
-
-    Reduction is the sum over the batch, as in VSE++ (its margin-based learning rate
-    was tuned against a sum): divide by B for a mean.
-    """
+def _violations(scores: Tensor, margin: float, positive_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """The hinge terms, zero for positive pairs: per image row margin + s(i, j) - s(i, i), per
+    caption column margin + s(i, j) - s(j, j), both clamped at 0."""
     n = scores.shape[0]
     if scores.shape != (n, n):
         raise ValueError(f"scores must be a square (B, B) matrix, got {tuple(scores.shape)}")
@@ -33,9 +21,28 @@ def triplet_loss(scores: Tensor, margin: float = 0.2, hardest: bool = True,
         if positive_mask.shape != scores.shape or not positive_mask.diagonal().all():
             raise ValueError("positive_mask must be (B, B) with a True diagonal (the training pairs)")
     positive = scores.diagonal()
-    # image i against caption j: margin + s(i, j) - s(i, i); caption j against image i: margin + s(i, j) - s(j, j)
     caption_violations = (margin + scores - positive[:, None]).clamp(min=0).masked_fill(positive_mask, 0)
     image_violations = (margin + scores - positive[None, :]).clamp(min=0).masked_fill(positive_mask, 0)
+    return caption_violations, image_violations
+
+
+def triplet_loss(scores: Tensor, margin: float = 0.2, hardest: bool = True,
+                 positive_mask: Optional[Tensor] = None) -> Tensor:
+    """Hinge loss of every training pair (k, k) against its negatives, both directions.
+
+    scores: (B, B), images x captions; the diagonal holds the training pairs.
+    hardest: True = VSE++ max violation (only the hardest negative of each image and of
+        each caption counts); False = the sum over all negatives (a warm-up: every
+        negative gives gradient while the hardest ones are still noise).
+    positive_mask: (B, B) bool, True where a caption is true of an image: the same image twice
+        in a batch (through two of its captions), or any pair the data knows to be true
+        (complete positives). Such pairs are never negatives. Default: the identity. Its
+        diagonal must be True.
+
+    Reduction is the sum over the batch, as in VSE++ (its margin-based learning rate
+    was tuned against a sum): divide by B for a mean.
+    """
+    caption_violations, image_violations = _violations(scores, margin, positive_mask)
     if hardest:
         return caption_violations.max(dim=1).values.sum() + image_violations.max(dim=0).values.sum()
     return caption_violations.sum() + image_violations.sum()
@@ -51,18 +58,16 @@ def batch_statistics(scores: Tensor, margin: float, positive_mask: Optional[Tens
         scored above positive - margin (where the hinge is active). A collapsed model sits near 1.
     Pairs in ``positive_mask`` are not negatives, as in ``triplet_loss``.
     """
-    n = scores.shape[0]
     scores = scores.detach().float()
     if positive_mask is None:
-        positive_mask = torch.eye(n, dtype=torch.bool, device=scores.device)
+        positive_mask = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
     positive_mask = positive_mask.to(device=scores.device, dtype=torch.bool)
-    positive = scores.diagonal()
+    caption_violations, image_violations = _violations(scores, margin, positive_mask)
     negatives = scores.masked_fill(positive_mask, -math.inf)
     hardest = torch.cat([negatives.max(dim=1).values, negatives.max(dim=0).values])
     hardest = hardest[torch.isfinite(hardest)]
-    inside_rows = (scores > positive[:, None] - margin) & ~positive_mask  # image i: its caption vs others
-    inside_columns = (scores > positive[None, :] - margin) & ~positive_mask  # caption j: its image vs others
     comparisons = 2 * int((~positive_mask).sum())
-    return {"positive": float(positive.mean()),
+    inside = int((caption_violations > 0).sum() + (image_violations > 0).sum())  # where the hinge is active
+    return {"positive": float(scores.diagonal().mean()),
             "hardest_negative": float(hardest.mean()) if hardest.numel() else math.nan,
-            "inside_margin": float((inside_rows.sum() + inside_columns.sum()) / max(comparisons, 1))}
+            "inside_margin": inside / max(comparisons, 1)}

@@ -187,8 +187,7 @@ def _direction_ranks(n_queries: int, n_items: int, query_block, indptr: np.ndarr
         if start == stop:
             continue
         scores = np.asarray(query_block(q0, q1))
-        if np.isnan(scores).any():
-            raise ValueError("complete_positive_ranks: the score matrix holds NaN")
+        check_finite(scores, "complete_positive_ranks")
         counts = n_positives[q0:q1]
         query = np.repeat(np.arange(q1 - q0), counts)  # local query of each positive
         value = scores[query, indices[start:stop]]

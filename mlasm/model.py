@@ -363,10 +363,11 @@ class MLASM(nn.Module):
                                  config.lambda_t2i, config.lambda_i2t).levels
 
     def forward(self, regions: Tensor, region_mask: Tensor, global_features: Tensor,
-                tokens: Tensor, lengths: Tensor) -> Tensor:
-        """Final scores of all B images x B captions of a training batch: (B, B)."""
+                tokens: Tensor, lengths: Tensor, all_levels: bool = False):
+        """Final scores of all B images x B captions of a training batch: (B, B); every level's with ``all_levels``."""
         img = self.encode_images(regions, region_mask, global_features)
-        return self.pair_levels(img, self.encode_captions(tokens, lengths))["final"]
+        levels = self.pair_levels(img, self.encode_captions(tokens, lengths))
+        return levels if all_levels else levels["final"]
 
     @torch.no_grad()
     def score_all(self, img: ImageEncoding, cap: CaptionEncoding, memory_budget_mb: float = 512,

@@ -93,7 +93,8 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
 
     if resume and last_path.is_file():
         state = load_checkpoint(last_path, map_location=device)
-        config = MLASMConfig.from_dict(state["config"])
+        # a run begun before false-negative masking existed goes on as it began
+        config = MLASMConfig.from_dict({"mask_false_negatives": False, **state["config"]})
         vocab = Vocabulary(state["vocab"])
         run = Progress(**state["progress"])
     else:
@@ -134,6 +135,9 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
     known_positives = train_split.positive_sets() if config.mask_false_negatives else \
         PositiveSets.strict(train_split.caption_to_image, train_split.n_images)
 
+    supervised_levels = [] if config.level_weight == 0 else \
+        ["t2i", "i2t"] + (["global"] if config.uses_global_level else [])
+
     def save_last() -> None:
         save_checkpoint(last_path, model, vocab, dataclasses.asdict(run), optimizer, scheduler)
 
@@ -154,8 +158,13 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
                 tokens, lengths = caption_tensors(vocab, [train_split.captions[c] for c in caption_ids])
                 positives = torch.from_numpy(known_positives.mask(image_ids, caption_ids)).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    scores = model(regions, mask, global_features, tokens.to(device), lengths.to(device))
+                    levels = model(regions, mask, global_features, tokens.to(device), lengths.to(device),
+                                   all_levels=True)
+                scores = levels["final"]
                 loss = triplet_loss(scores.float(), margin=config.margin, hardest=hardest, positive_mask=positives)
+                for level in supervised_levels:  # level-wise supervision: each level must rank on its own too
+                    loss = loss + config.level_weight * triplet_loss(
+                        levels[level].float(), margin=config.margin, hardest=hardest, positive_mask=positives)
                 if not torch.isfinite(loss):  # stop before a step can spread NaN into the weights
                     raise NonFiniteScores(f"training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                                           f"the model has diverged (lower the learning rate, or train without "
@@ -188,9 +197,10 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
             "epoch": epoch,
             "steps": run.global_step,
             "loss": run.epoch_loss_sum / n_batches,
-            # the loss as a share of its value when every hinge sits at the margin (2 x batch x margin)
-            "loss_share_of_collapse": run.epoch_loss_sum / n_batches / (2 * batch_size * config.margin)
-            if config.margin > 0 else math.nan,
+            # the loss as a share of its value when every hinge sits at the margin: 2 x batch x margin
+            # with hardest negatives, 2 x batch x (batch - 1) x margin when summing over all of them
+            "loss_share_of_collapse": run.epoch_loss_sum / n_batches
+            / (2 * batch_size * (1 if hardest else batch_size - 1) * config.margin) if config.margin > 0 else math.nan,
             "mean_positive": run.epoch_positive_sum / n_batches,
             "mean_hardest_negative": run.epoch_hardest_sum / n_batches,
             "inside_margin": run.epoch_inside_sum / n_batches,

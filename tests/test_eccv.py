@@ -122,3 +122,32 @@ def test_missing_package_names_the_extra(monkeypatch):
             eccv.eccv_positive_sets("eccv")
     finally:
         eccv._metrics_object.cache_clear()
+
+
+def test_evaluation_reports_eccv_only_for_the_coco_5k_test_in_its_order(scores):
+    """mlasm evaluate's hook: the package's numbers on the 5K test, a note for anything else."""
+    from mlasm.data.dataset import RetrievalSplit
+    from mlasm.evaluate import _eccv_caption
+
+    import torch
+
+    def split(image_ids=None):
+        return RetrievalSplit(name="testall", regions=np.ones((eccv.N_IMAGES, 1, 2), np.float32), region_mask=None,
+                              global_features=None, captions=["a caption"] * eccv.N_CAPTIONS,
+                              caption_to_image=np.repeat(np.arange(eccv.N_IMAGES), 5), image_ids=image_ids)
+
+    reported = _eccv_caption(torch.from_numpy(scores), split())
+    assert reported == eccv.eccv_caption_metrics(scores)
+    # rows named by their COCO ids, in another order: matched by id (captions follow their rows)
+    shuffled = np.random.default_rng(0).permutation(eccv.N_IMAGES)
+    image_ids, _ = eccv.coco_5k_test_ids()
+    order = np.repeat(shuffled * 5, 5) + np.tile(np.arange(5), eccv.N_IMAGES)   # the captions of those rows
+    by_id = _eccv_caption(torch.from_numpy(scores[shuffled][:, order]),
+                          split([str(i) for i in image_ids[shuffled]]))
+    assert by_id == reported
+    # captions that do not belong to the rows the package thinks: its COCO recalls differ from ours
+    mismatched = split()
+    mismatched.caption_to_image = mismatched.caption_to_image[::-1].copy()
+    assert "not in the COCO 5K test order" in _eccv_caption(torch.from_numpy(scores), mismatched)["skipped"]
+    names = _eccv_caption(torch.from_numpy(scores), split([f"img{i}" for i in range(eccv.N_IMAGES)]))
+    assert "not COCO ids" in names["skipped"]

@@ -94,3 +94,24 @@ def test_chance_under_complete_positives_by_hand():
     # i2t R@5: only 4 of image 1's 6 captions are false, so 5 random ones always hold a true one
     assert chance["complete"]["i2t"]["r5"] == pytest.approx(100.0)
     assert chance["t2i"]["r1"] == pytest.approx(100 / 3) and "complete" not in chance_metrics(3, OWN)
+
+
+def test_rows_must_be_sorted_and_distinct():
+    with pytest.raises(DataError, match="ascending"):
+        PositiveSets(np.array([0, 2]), np.array([2, 0]), 3)
+    with pytest.raises(DataError, match="ascending"):
+        PositiveSets(np.array([0, 2]), np.array([1, 1]), 3)
+    ok = PositiveSets(np.array([0, 1, 3]), np.array([2, 0, 1]), 3)  # rows may start lower than the last ended
+    assert ok.contains([0, 1, 1, 0], [2, 0, 2, 0]).tolist() == [True, True, False, False]
+
+
+def test_score_separation_against_a_dense_mask():
+    from mlasm.evaluate import score_separation
+
+    positives = PositiveSets.from_lists(ROWS, 3)
+    scores = np.random.default_rng(3).normal(size=(3, 6)).astype(np.float32)
+    truth = positives.dense()
+    result = score_separation(scores, positives)
+    assert result["positive"] == pytest.approx(scores[truth].mean(), abs=1e-6)
+    assert result["negative"] == pytest.approx(scores[~truth].mean(), abs=1e-6)
+    assert result["gap"] == pytest.approx(scores[truth].mean() - scores[~truth].mean(), abs=1e-6)

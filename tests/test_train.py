@@ -1,5 +1,6 @@
 """Training, checkpoints, exact resume, evaluation output and the command line, on a tiny run."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,8 +122,6 @@ def test_evaluation_writes_metrics_ranks_and_grounding(trained, tiny_data, tmp_p
         assert set(saved["levels"][level]["complete"]["t2i"]) == {"r1", "r5", "r10", "r_precision", "map_at_r"}
     assert saved["rsum"] == saved["levels"]["final"]["rsum"]
     assert saved["complete"] == saved["levels"]["final"]["complete"]
-    # ShapeScenes knows every image a caption is true of: any of them counts, so no rank gets worse
-    assert saved["complete"]["rsum"] >= saved["rsum"]
     assert 0 <= saved["grounding"]["accuracy"] <= 100 and saved["grounding"]["words"] > 0
     ranks = np.load(tmp_path / "ranks.npz")
     assert ranks["final_t2i_rank"].shape == (tiny_data["test"].n_captions,)
@@ -198,8 +197,7 @@ def test_five_fold_chance_is_per_fold(trained, tiny_data):
     assert result["chance"]["t2i"]["r1"] == pytest.approx(100 / 3)  # 1 of 3 images, not 1 of 15
     whole = evaluate_checkpoints([out / "best.pt"], split, progress=False)
     assert whole["chance"]["t2i"]["r1"] == pytest.approx(100 / 15)
-    for fold in result, whole:
-        assert fold["complete"]["rsum"] >= fold["rsum"]
+    assert result["chance"]["complete"]["t2i"]["r1"] > result["chance"]["t2i"]["r1"]  # generic captions
 
 
 def test_evaluation_and_the_widgets_do_not_import_the_trainer():
@@ -209,3 +207,14 @@ def test_evaluation_and_the_widgets_do_not_import_the_trainer():
     code = "import sys, mlasm.evaluate, widgets; print('mlasm.train' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_level_wise_supervision_adds_each_level_s_hinge(tiny_data, tmp_path):
+    config = MLASMConfig.cpu(**{**TINY, "epochs": 1})
+    paper = train(config, tiny_data["train"], tiny_data["dev"], tmp_path / "paper", progress=False)
+    levels = train(replace(config, level_weight=1.0), tiny_data["train"], tiny_data["dev"], tmp_path / "levels",
+                   progress=False)
+    # the first step is the same model on the same batch: the extra hinges make the loss larger
+    assert levels["log"][0]["loss"] > paper["log"][0]["loss"]
+    with pytest.raises(ValueError, match="level_weight must be >= 0"):
+        replace(config, level_weight=-1.0)

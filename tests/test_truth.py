@@ -194,3 +194,37 @@ def test_lists_agree_with_a_brute_force_search_for_distinct_objects(data):
             assert got[i] == expected, (descs, i)
             checked += expected
     assert checked > 100  # the cases include true ones, not only false
+
+
+def test_the_same_text_means_the_same_thing(data):
+    """Two templates can write one text ("A circle." as a single object or as a count): one meaning, one set."""
+    two_circles = scene(obj("circle", "red", 20, 64), obj("circle", "blue", 100, 64))
+    count = {"kind": "count", "total": None, "groups": [{"object": desc("circle"), "count": 1}]}
+    assert is_true(count, two_circles) and is_true(single(desc("circle")), two_circles)
+    for split, _ in data.values():
+        by_text = {}
+        for c, caption in enumerate(split.captions):
+            by_text.setdefault(caption, []).append(c)
+        for cs in (cs for cs in by_text.values() if len(cs) > 1):
+            sets = {tuple(split.positives.images_of(c).tolist()) for c in cs}
+            assert len(sets) == 1, split.captions[cs[0]]
+
+
+def test_a_sweep_of_generated_scenes_only_says_what_is_true():
+    """Thousands of captions of fresh scenes (no rendering), every template, plain and rich."""
+    from mlasm.data.shapescenes.captions import draw_captions
+    from mlasm.data.shapescenes.scenes import family_scenes
+
+    rng = np.random.default_rng(7)
+    said, false = 0, []
+    for family in range(150):
+        for s in family_scenes(rng, family):
+            for template in CAPTION_TEMPLATES:
+                for rich in (False, True):
+                    caption = template(s, rng, rich)
+                    if caption is not None:
+                        said += 1
+                        if not is_true(caption[1], s):
+                            false.append(text_of(caption[0]))
+            assert len(draw_captions(s, rng, 5)) == 5
+    assert said > 0.8 * 150 * 4 * 5 * 2 and false == []

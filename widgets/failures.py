@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from widgets.drawing import draw_pair_attention, png_thumbnail, show_figure, show_message
+from widgets.ranking import ALSO_TRUE_TEXT, TRUTH
 from widgets.selection import Selection, toggle_buttons
 from widgets.session import DIRECTIONS, FAILURE, VALID_ALTERNATIVE, WorkbenchSession
 
@@ -28,7 +29,7 @@ SHOWN_ROWS = 500  # the list shows the worst rows first; the full table is ``tab
 EVERY_WORD = -1
 VALID_SHOWN = 8   # the detail shows the first few items true of the query, and how many there are
 VALID_THUMBNAIL = 72
-OWN_COLOUR, ALSO_TRUE_COLOUR, FAILURE_COLOUR = "#2ca02c", "#6b8e23", "#b00"
+OWN_COLOUR, ALSO_TRUE_COLOUR, FAILURE_COLOUR = TRUTH, ALSO_TRUE_TEXT, "#b00"
 ROW_STYLE = "<style>.mlasm-failure-rows select {font-family: monospace; font-size: 12px}</style>"
 
 

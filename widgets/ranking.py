@@ -22,6 +22,7 @@ from widgets.session import WorkbenchSession
 
 THUMBNAIL = 128
 TRUTH, ALSO_TRUE, SELECTED, PLAIN = "#2ca02c", "#bcbd22", "#1f77b4", "#dddddd"
+ALSO_TRUE_TEXT = "#6b8e23"  # ALSO_TRUE darkened enough to read as text
 OWN, ALSO, WRONG, UNJUDGED = "own", "also true", "wrong", "not judged"
 
 
@@ -93,7 +94,7 @@ def _colour(item: RankedItem, selected: bool) -> str:
 
 
 KIND_MARKS = {OWN: f" <b style='color:{TRUTH}'>ground truth</b>",
-              ALSO: f" <b style='color:#8c8d10'>also true</b>",
+              ALSO: f" <b style='color:{ALSO_TRUE_TEXT}'>also true</b>",
               WRONG: " <span style='color:#999'>wrong</span>", UNJUDGED: ""}
 
 
@@ -226,7 +227,7 @@ class RankingBrowser(widgets.VBox):
             return ""
         n, k = len(self.also_true), self.top_k.value
         inside = sum(item.rank < k for item in self.also_true)
-        return (f"<div><b style='color:#8c8d10'>also true</b> of {n} other {noun}{'s' if n != 1 else ''} "
+        return (f"<div><b style='color:{ALSO_TRUE_TEXT}'>also true</b> of {n} other {noun}{'s' if n != 1 else ''} "
                 f"(valid alternatives), the first at rank <b>{self.also_true[0].rank}</b>; "
                 f"{inside} in the top {k}</div>")
 

@@ -34,7 +34,6 @@ from mlasm.data.dataset import RetrievalSplit, caption_tensors
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
 from mlasm.evaluate import encode_split, level_ranks
-from mlasm.metrics import complete_positive_ranks
 from mlasm.model import LEVELS, MLASM, CaptionEncoding, PairExplanation
 from mlasm.sources import EMBEDDED, open_split
 from mlasm.checkpoint import check_model_fits, load_model
@@ -127,7 +126,7 @@ class WorkbenchSession:
         """``mlasm.evaluate.level_ranks`` of the scores: the arrays that evaluate writes to ranks.npz."""
         if self._ranks is None:
             self._ranks = level_ranks({level: torch.from_numpy(s) for level, s in self.scores.items()},
-                                      self.split.caption_to_image)
+                                      self.split.caption_to_image, self.positives)
         return self._ranks
 
     # --- what is true of what ----------------------------------------------------------
@@ -293,8 +292,6 @@ class WorkbenchSession:
         positive = caption_to_image[None, :] == np.arange(n_images)[:, None]              # (N, M) own pairs
         also = truth & ~positive                                                           # true, not own
         others = [level for level in self.levels if level != "final"]
-        # per level: the rank of the first item true of each query (ties against the query)
-        valid = {level: complete_positive_ranks(self.scores[level], self.positives) for level in self.levels}
 
         captions = np.arange(n_captions)
         preferred_image = np.where(positive, -np.inf, final).argmax(axis=0)               # (M,)
@@ -303,8 +300,8 @@ class WorkbenchSession:
             "direction": "t2i", "query": captions, "query_text": split.captions,
             "rank": ranks["final_t2i_rank"],
             **{f"rank_{level}": ranks[f"{level}_t2i_rank"] for level in others},
-            "valid_rank": valid["final"]["t2i_first_rank"],
-            **{f"valid_rank_{level}": valid[level]["t2i_first_rank"] for level in others},
+            "valid_rank": ranks["final_t2i_first_valid_rank"],
+            **{f"valid_rank_{level}": ranks[f"{level}_t2i_first_valid_rank"] for level in others},
             "n_valid": truth.sum(axis=0),
             "preferred": preferred_image, "preferred_valid": truth[preferred_image, captions],
             "preferred_text": [split.image_ids[i] for i in preferred_image],
@@ -319,8 +316,8 @@ class WorkbenchSession:
             "direction": "i2t", "query": images, "query_text": [split.image_ids[i] for i in images],
             "rank": ranks["final_i2t_rank"][images],
             **{f"rank_{level}": ranks[f"{level}_i2t_rank"][images] for level in others},
-            "valid_rank": valid["final"]["i2t_first_rank"][images],
-            **{f"valid_rank_{level}": valid[level]["i2t_first_rank"][images] for level in others},
+            "valid_rank": ranks["final_i2t_first_valid_rank"][images],
+            **{f"valid_rank_{level}": ranks[f"{level}_i2t_first_valid_rank"][images] for level in others},
             "n_valid": truth.sum(axis=1)[images],
             "preferred": preferred_caption, "preferred_valid": truth[images, preferred_caption],
             "preferred_text": [split.captions[c] for c in preferred_caption],

@@ -33,7 +33,21 @@ class PositiveSets:
             raise DataError("PositiveSets: indptr must start at 0, never decrease and end at len(indices)")
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= self.n_images):
             raise DataError(f"PositiveSets: image indices must lie in [0, {self.n_images})")
+        if (np.diff(self._keys()) <= 0).any():
+            raise DataError("PositiveSets: each caption's images must be listed once, in ascending order")
         self._by_image: PositiveSets | None = None
+
+    def _keys(self) -> np.ndarray:
+        """caption * n_images + image for every entry: ascending over the whole array when rows are sorted."""
+        return np.repeat(np.arange(self.n_captions), np.diff(self.indptr)) * self.n_images + self.indices
+
+    def contains(self, captions, images) -> np.ndarray:
+        """Elementwise (broadcast): is caption ``captions[k]`` true of image ``images[k]``?"""
+        captions, images = np.broadcast_arrays(np.asarray(captions, np.int64), np.asarray(images, np.int64))
+        keys = self._keys()
+        wanted = captions * self.n_images + images
+        at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+        return keys[at] == wanted if keys.size else np.zeros(wanted.shape, bool)
 
     # --- construction ------------------------------------------------------------------
 
@@ -95,16 +109,7 @@ class PositiveSets:
 
     def mask(self, image_ids: Sequence[int], caption_ids: Sequence[int]) -> np.ndarray:
         """(len(image_ids), len(caption_ids)) bool: is caption_ids[j] true of image_ids[i]? (a batch's positives)"""
-        image_ids = np.asarray(image_ids, dtype=np.int64)
-        caption_ids = np.asarray(caption_ids, dtype=np.int64)
-        starts, stops = self.indptr[caption_ids], self.indptr[caption_ids + 1]
-        # search each image among each caption's sorted row: (I, C) positions
-        result = np.zeros((image_ids.size, caption_ids.size), bool)
-        for j, (start, stop) in enumerate(zip(starts, stops)):
-            row = self.indices[start:stop]
-            at = np.searchsorted(row, image_ids)
-            result[:, j] = row[np.minimum(at, row.size - 1)] == image_ids if row.size else False
-        return result
+        return self.contains(np.asarray(caption_ids)[None, :], np.asarray(image_ids)[:, None])
 
     def subset(self, images: np.ndarray, captions: np.ndarray) -> "PositiveSets":
         """The sets restricted to ``captions`` (in that order) and ``images``, renumbered as positions in it."""
@@ -122,15 +127,11 @@ class PositiveSets:
         if caption_to_image.size != self.n_captions:
             raise DataError(f"{source}: {self.n_captions} lines for {caption_to_image.size} captions "
                             f"(expected one line per caption)")
-        own = self.mask_diagonal(caption_to_image)
+        own = self.contains(np.arange(self.n_captions), caption_to_image)
         if not own.all():
             c = int(np.flatnonzero(~own)[0])
             raise DataError(f"{source}: line {c + 1} (caption {c}) does not list its own image "
                             f"{int(caption_to_image[c])}")
-
-    def mask_diagonal(self, caption_to_image: np.ndarray) -> np.ndarray:
-        """(M,) bool: is each caption true of image ``caption_to_image[c]``?"""
-        return np.array([np.any(self.images_of(c) == i) for c, i in enumerate(caption_to_image)], bool)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, PositiveSets) and self.n_images == other.n_images

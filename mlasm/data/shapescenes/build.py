@@ -45,6 +45,7 @@ DEFAULT_SIZES = {"train": 4000, "dev": 500, "test": 1000}
 MIN_UNIQUE_CAPTIONS = 2   # captions per image that are true of that image alone within its split
 RICH_CANDIDATES = 80      # most rich captions drawn per image when its own are too generic
 _PACKAGE = Path(__file__).parent
+_WRITERS = ("positives.py", "precomp.py")  # beside the package: they write the cached files
 
 def _description_words(objects: list[dict], texture: str) -> list[str]:
     """The words of a scene's full description that carry no order: attributes, counts, texture."""
@@ -142,13 +143,15 @@ def choose_captions(images: list[_Generated], seed: int, split: str) -> tuple[li
     for i, image in enumerate(images):
         captions = list(image.captions)
         sets = [np.flatnonzero(truth(meaning, table)) for _, meaning in captions]
+        if not all(i in s for s in sets):
+            raise RuntimeError(f"{image.scene['id']}: a caption is false of its own scene")
         unique = sum(len(s) == 1 for s in sets)
         if unique < MIN_UNIQUE_CAPTIONS:
             rng = np.random.default_rng([seed, SPLITS.index(split), i, 1])
             candidates = _rich_candidates(image.scene, rng, {text_of(words) for words, _ in captions})
         while unique < MIN_UNIQUE_CAPTIONS:
             found = next(((c, s) for c in candidates
-                          for s in [np.flatnonzero(truth(c[1], table))] if len(s) == 1), None)
+                          for s in [np.flatnonzero(truth(c[1], table))] if s.tolist() == [i]), None)
             if found is None:
                 break
             generic = max((k for k in range(len(captions)) if len(sets[k]) > 1), key=lambda k: (len(sets[k]), k))
@@ -216,10 +219,10 @@ def shapescenes_folder(seed: int = 0, sizes: dict | None = None, cache: str | os
 
 def _producer(seed: int, sizes: dict[str, int]) -> dict:
     """What a cache must match to be reused; ``generator`` changes with any edit of the generator's
-    own files (this package), so that a cache built by code under development is never mistaken
-    for a current one."""
+    own files (this package, and the modules that write its files), so that a cache built by code
+    under development is never mistaken for a current one."""
     digest = hashlib.sha256()
-    for path in sorted(_PACKAGE.glob("*.py")):
+    for path in [*sorted(_PACKAGE.glob("*.py")), *(_PACKAGE.parent / name for name in _WRITERS)]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     generator = digest.hexdigest()[:12]
     return {"name": "shapescenes", "version": VERSION, "generator": generator, "seed": seed, "sizes": sizes}

@@ -2,8 +2,8 @@
 
 A caption is built as a list of (word, objects): ``objects`` is the tuple of object indices that
 an attribute word (colour, shape, size) names, None for every other word; its meaning (see
-``truth``) is built beside it. Templates ask ``truth`` what is clear enough to say, so a caption is
-true of its own scene by construction. ``rich`` phrases name every attribute (size, colour, shape):
+``truth``) is built beside it. Templates ask ``truth`` what is clear enough to say, and every
+caption drawn is checked against its own scene. ``rich`` phrases name every attribute (size, colour, shape):
 they are what the generator adds when an image's captions are true of other pictures too.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlasm.data.shapescenes.scenes import NUMBER_WORDS, PLURALS, pick
-from mlasm.data.shapescenes.truth import EXTREMES, PLACES, RELATION_MARGIN, RELATIONS, SceneTable, at_place, offset
+from mlasm.data.shapescenes.truth import EXTREMES, PLACES, RELATIONS, SceneTable, at_place, is_true, related
 
 Words = list  # [(word, objects tuple | None), ...]
 Caption = tuple  # (words, meaning)
@@ -42,6 +42,8 @@ def _phrase(objects: list[dict], group: list[int], rng: np.random.Generator, ric
     else:
         detail = pick(rng, tuple(_DETAILS), (0.3, 0.45, 0.1, 0.07, 0.08))
     keys = [k for k in _DETAILS[detail] if shared(k)] or ["shape" if shared("shape") else "colour"]
+    if len(group) > 1 and shared("shape") and "shape" not in keys:
+        keys.append("shape")  # a group is all the objects of one shape: "two green shapes" could count others
     ids = tuple(group)
     words = [(first[k], ids) for k in ("size", "colour") if k in keys]
     plural = len(group) > 1
@@ -67,7 +69,7 @@ def _join(phrases: list[Words]) -> Words:
 
 def _relations(a: dict, b: dict) -> list[str]:
     """Every relation of a to b that is true by truth's rule (above and to the left, say)."""
-    return [r for r in RELATIONS if offset(a["cx"], a["cy"], b["cx"], b["cy"], r) >= RELATION_MARGIN]
+    return [r for r in RELATIONS if related(a["cx"], a["cy"], b["cx"], b["cy"], r)]
 
 
 def places_of(obj: dict) -> list[str]:
@@ -204,12 +206,15 @@ def text_of(words: Words) -> str:
 
 def draw_captions(scene: dict, rng: np.random.Generator, count: int, rich: bool = False,
                   avoid: set[str] = frozenset()) -> list[Caption]:
-    """``count`` distinct captions (texts not in ``avoid``), each template used once before any twice."""
+    """``count`` distinct captions (texts not in ``avoid``), each template used once before any twice.
+
+    A caption that ``truth`` finds false of its own scene is drawn again: the templates aim to say
+    only what is true, and this makes sure of it."""
     captions, texts, order = [], set(avoid), []
     for _ in range(40 * count):
         order = order or list(rng.permutation(len(CAPTION_TEMPLATES)))
         caption = CAPTION_TEMPLATES[order.pop()](scene, rng, rich)
-        if caption is not None and text_of(caption[0]) not in texts:
+        if caption is not None and text_of(caption[0]) not in texts and is_true(caption[1], scene):
             captions.append(caption)
             texts.add(text_of(caption[0]))
             if len(captions) == count:

@@ -231,5 +231,3 @@ def tight_box(obj: dict) -> list[float]:
     points = outline(obj)
     return _clip_box(*points.min(axis=0), *points.max(axis=0))
 
-
-# float64 throughout: a sine's last-bit differences between CPUs cannot move a pixel's rounding.

@@ -4,11 +4,13 @@ Every caption the generator writes carries its meaning as a JSON-able dict, and 
 it against any number of scenes at once (a ``SceneTable``: the objects of N scenes as arrays), so
 that a split's complete positive sets cost one vectorised check per caption. ``is_true`` checks
 one scene through the same code. The generator asks these same rules what it may say, so a
-caption is always true of its own picture (tested on every caption).
+caption is true of its own picture (the generator also checks each one, and the tests check
+every caption of a split against its own scene).
 
 Meanings. An object description ``desc`` is {"shape", "colour", "size"}, each a word or None
 (None: not said; "a red shape" has no shape), and may add a "place" where the object is ("a red
-star on the left"). The kinds:
+star on the left"). An article means at least one, a number exactly that many, in every kind,
+so that two templates that write the same text mean the same thing. The kinds:
     single    {"object": desc, "place": PLACE | None, "texture": TEXTURE | None}
               some object fits desc (and is at that place); the background has that texture
     relation  {"subject": desc, "count": k, "relation": RELATION, "object": desc}
@@ -16,7 +18,8 @@ star on the left"). The kinds:
               the subject desc and stand in the relation to b number: at least one (k = 1,
               "a red star left of ..."), exactly k (k >= 2, "two stars left of ...")
     count     {"total": n | None, "groups": [{"object": desc, "count": k}, ...]}
-              exactly k objects fit each group's desc; the scene holds n objects in all
+              objects fit each group's desc: at least one (k = 1, "a circle"), exactly k
+              (k >= 2, "two stars"); the scene holds n objects in all
     list      {"objects": [desc, ...]}  distinct objects fit the descs, one each
     extreme   {"extreme": EXTREME, "object": desc}
               one object clearly leads along the axis, and it fits desc
@@ -74,6 +77,11 @@ def offset(a_cx, a_cy, b_cx, b_cy, relation: str):
     return sign * ((a_cx - b_cx) if axis == "cx" else (a_cy - b_cy))
 
 
+def related(a_cx, a_cy, b_cx, b_cy, relation: str):
+    """Is a ``relation`` b ("a to the left of b")? Works on numbers and on arrays alike."""
+    return offset(a_cx, a_cy, b_cx, b_cy, relation) >= RELATION_MARGIN
+
+
 class SceneTable:
     """The objects of N scenes as (N, K) arrays (K = most objects in a scene), for checking meanings."""
 
@@ -109,8 +117,8 @@ class SceneTable:
     @cached_property
     def _relations(self) -> dict[str, np.ndarray]:
         both = self.valid[:, :, None] & self.valid[:, None, :] & ~np.eye(self.max_objects, dtype=bool)
-        return {relation: both & (offset(self.cx[:, :, None], self.cy[:, :, None], self.cx[:, None, :],
-                                         self.cy[:, None, :], relation) >= RELATION_MARGIN)
+        return {relation: both & related(self.cx[:, :, None], self.cy[:, :, None], self.cx[:, None, :],
+                                         self.cy[:, None, :], relation)
                 for relation in RELATIONS}
 
     def related(self, relation: str) -> np.ndarray:
@@ -150,7 +158,8 @@ def truth(meaning: Mapping, table: SceneTable) -> np.ndarray:
         if meaning.get("total") is not None:
             result &= table.n_objects == meaning["total"]
         for group in meaning["groups"]:
-            result &= table.fits(group["object"]).sum(axis=1) == group["count"]
+            number = table.fits(group["object"]).sum(axis=1)
+            result &= number >= 1 if group["count"] == 1 else number == group["count"]
         return result
     if kind == "list":
         # distinct objects, one per desc, exist iff every group of descs is fitted by at least as
