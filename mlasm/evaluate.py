@@ -26,6 +26,7 @@ from mlasm.metrics import (
     complete_positive_ranks,
     fold_indices,
     folded_retrieval_metrics,
+    summarize_complete_ranks,
     i2t_ranks,
     pointing_accuracy,
     retrieval_metrics,
@@ -86,12 +87,14 @@ def _complete_metrics(scores, caption_to_image: np.ndarray, positives: PositiveS
 
 
 def level_metrics(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndarray,
-                  protocol: str = "full", positives: PositiveSets | None = None) -> dict:
+                  protocol: str = "full", positives: PositiveSets | None = None,
+                  complete_ranks: dict[str, dict] | None = None) -> dict:
     """The protocol on the final level (top-level fields) and on every level alone (``levels``).
 
     With ``positives`` (the split's complete positive sets), every level also gets ``complete``:
     recall where any image a caption is true of counts (and, for an image, any caption true of
-    it), R-Precision and mAP@R; the top-level ``complete`` is the final level's.
+    it), R-Precision and mAP@R; the top-level ``complete`` is the final level's. ``complete_ranks``
+    (level -> ``complete_positive_ranks``, under the full protocol) saves sorting the scores again.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -102,18 +105,21 @@ def level_metrics(level_scores: dict[str, torch.Tensor], caption_to_image: np.nd
             continue
         check_finite(scores, f"level {level!r}")
         levels[level] = measure(scores, caption_to_image)
-        if positives is not None:
+        if positives is not None and complete_ranks is not None and protocol == "full":
+            levels[level]["complete"] = summarize_complete_ranks(complete_ranks[level])
+        elif positives is not None:
             levels[level]["complete"] = _complete_metrics(scores.numpy(), caption_to_image, positives, protocol)
     return {"protocol": protocol, **levels["final"], "levels": levels}
 
 
 def level_ranks(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndarray,
-                positives: PositiveSets | None = None) -> dict[str, np.ndarray]:
+                positives: PositiveSets | None = None,
+                complete_ranks: dict[str, dict] | None = None) -> dict[str, np.ndarray]:
     """Per level and direction: each query's rank and its top results, for error analysis.
 
     With ``positives``, also the rank of the first item the query is true of
     (``{level}_{direction}_first_valid_rank``), and for the final level its R-Precision and mAP@R
-    and the number of valid items per query.
+    and the number of valid items per query (from ``complete_ranks`` where given, as in level_metrics).
     """
     arrays = {}
     for level, scores in level_scores.items():
@@ -125,7 +131,7 @@ def level_ranks(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndar
         arrays[f"{level}_i2t_top"] = scores.topk(k, dim=1).indices.numpy()       # (N, k) caption indices
         arrays[f"{level}_t2i_top"] = scores.topk(k, dim=0).indices.T.numpy()     # (M, k) image indices
         if positives is not None:
-            complete = complete_positive_ranks(scores.numpy(), positives)
+            complete = complete_ranks[level] if complete_ranks else complete_positive_ranks(scores.numpy(), positives)
             for direction in ("i2t", "t2i"):
                 arrays[f"{level}_{direction}_first_valid_rank"] = complete[f"{direction}_first_rank"]
                 if level == "final":
@@ -179,12 +185,20 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         per_model.append(model.score_all(img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
         grounding.append(grounding_accuracy(model, split, vocab, img, cap))
     scores = per_model[0] if len(per_model) == 1 else average_levels(per_model)
+    complete = None  # the complete-positive ranks of every level, sorted once for the metrics and ranks.npz
+    if split.positives is not None:
+        complete = {}
+        for level, level_scores in scores.items():
+            if level == "global" and torch.isnan(level_scores).all():  # a local-only model's
+                continue
+            check_finite(level_scores, f"level {level!r}")
+            complete[level] = complete_positive_ranks(level_scores.numpy(), split.positives)
     result = {
         "split": split.name,
         "n_images": split.n_images,
         "n_captions": split.n_captions,
         "checkpoints": [str(p) for p in checkpoints],
-        **level_metrics(scores, split.caption_to_image, protocol, positives=split.positives),
+        **level_metrics(scores, split.caption_to_image, protocol, positives=split.positives, complete_ranks=complete),
         "chance": _chance(split, protocol),
     }
     result["score_separation"] = score_separation(scores["final"], split.positive_sets())
@@ -202,7 +216,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         with atomic_path(out_dir / "ranks.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, caption_to_image=split.caption_to_image,
-                                    **level_ranks(scores, split.caption_to_image, split.positives))
+                                    **level_ranks(scores, split.caption_to_image, split.positives, complete))
     return result
 
 

@@ -262,7 +262,11 @@ def complete_positive_metrics(scores, positives, i2t_positives=None) -> dict:
     ``PositiveSets.strict(caption_to_image, n_images)`` the recalls equal ``retrieval_metrics``'s.
     ``i2t_positives``: see ``complete_positive_ranks``.
     """
-    ranks = complete_positive_ranks(scores, positives, i2t_positives)
+    return summarize_complete_ranks(complete_positive_ranks(scores, positives, i2t_positives))
+
+
+def summarize_complete_ranks(ranks: dict[str, np.ndarray]) -> dict:
+    """``complete_positive_metrics`` from ranks already computed by ``complete_positive_ranks``."""
     result: dict = {}
     for direction in ("i2t", "t2i"):
         first = ranks[f"{direction}_first_rank"]
