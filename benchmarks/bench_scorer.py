@@ -1,19 +1,26 @@
 """Pairs per second of MLASM's all-pairs scorer against the reference code's naive loop.
 
-    python benchmarks/bench_scorer.py            # 1,000 images x 5,000 captions (Flickr30K test size)
-    python benchmarks/bench_scorer.py --quick    # 100 x 500
+    python benchmarks/bench_scorer.py                   # 1,000 images x 5,000 captions, Flickr30K-like lengths
+    python benchmarks/bench_scorer.py --lengths coco    # COCO-like lengths; fixed:12 for every caption at 12
+    python benchmarks/bench_scorer.py --quick           # 100 x 500
+    python benchmarks/bench_scorer.py --sweep           # pairs/s against a fixed length L from 8 to 80
+
+Caption lengths are drawn from a log-normal with the mean and 99th percentile of NLTK tokens on
+the real test captions (Flickr30K: mean 13.5, 99th pct 33, longest 75; COCO 1K: 11.3, 20, 38),
+clipped to [3, longest] with one caption at the longest.
 
 (a) fast: MLASM.score_all, every level (both attention directions + global level);
-(b) naive: the reference code's way, each caption repeated against every image with the
-    d-dim attended contexts built and projected (timed on a subset of the captions and
-    extrapolated to pairs/s);
-(c) bare: only the matrix product of all words against all regions, the floor any
+(b) naive: the reference code's way, each caption at its own length repeated against every
+    image with the d-dim attended contexts built and projected (timed on a subset of the
+    captions spread over the lengths, and extrapolated to pairs/s);
+(c) bare: only the matrix product of every real word against every region, the floor any
     cross-attention scorer pays.
 Random unit-length encodings stand in for encoded data; weights are the model's initial ones.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -30,16 +37,37 @@ from mlasm.model import EPS, LEAKY_SLOPE, MLASM, CaptionEncoding, ImageEncoding,
 SIZES = {"full": (1000, 5000), "quick": (100, 500)}
 
 
-def random_encodings(n_images: int, n_captions: int, n_regions: int, n_words: int, d: int,
+# (mean, 99th percentile, longest) of NLTK tokens per caption on the real test splits
+LENGTH_STATISTICS = {"f30k": (13.5, 33, 75), "coco": (11.3, 20, 38)}
+
+
+def caption_lengths(kind: str, n_captions: int, seed: int = 0) -> torch.Tensor:
+    """``f30k``, ``coco`` (log-normal with that mean and 99th percentile) or ``fixed:L``."""
+    if kind.startswith("fixed:"):
+        return torch.full((n_captions,), int(kind.split(":")[1]))
+    mean, p99, longest = LENGTH_STATISTICS[kind]
+    # log-normal: mean = exp(mu + s^2 / 2), p99 = exp(mu + 2.326 s); solve the quadratic for s
+    z99 = 2.3263
+    gap = math.log(p99) - math.log(mean)
+    sigma = z99 - math.sqrt(z99**2 - 2 * gap)
+    mu = math.log(mean) - sigma**2 / 2
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.exp(mu + sigma * torch.randn(n_captions, generator=generator)).round().clamp(3, longest).long()
+    lengths[torch.randint(n_captions, (1,), generator=generator)] = longest
+    return lengths
+
+
+def random_encodings(n_images: int, lengths: torch.Tensor, n_regions: int, d: int,
                      device: torch.device) -> tuple[ImageEncoding, CaptionEncoding]:
-    """All regions real and every caption n_words long (a 36-box release, captions padded to 12)."""
+    """All regions real (a 36-box release); captions of the given lengths, padded to the longest."""
     generator = torch.Generator().manual_seed(0)
     regions = l2norm(torch.randn(n_images, n_regions, d, generator=generator))
     glob = torch.randn(n_images, d, generator=generator)
-    words = l2norm(torch.randn(n_captions, n_words, d, generator=generator))
+    words = l2norm(torch.randn(len(lengths), int(lengths.max()), d, generator=generator))
+    words = words * (torch.arange(words.shape[1]) < lengths[:, None])[..., None]
     img = ImageEncoding(regions.to(device), torch.ones(n_images, n_regions, dtype=torch.bool, device=device),
                         glob.to(device))
-    return img, CaptionEncoding(words.to(device), torch.full((n_captions,), n_words, device=device))
+    return img, CaptionEncoding(words.to(device), lengths.to(device))
 
 
 def naive_attend(queries: torch.Tensor, keys: torch.Tensor, lambda_softmax: float):
@@ -71,15 +99,16 @@ def naive_scores(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, caption
     return {level: torch.stack(values, dim=1).cpu() for level, values in columns.items()}
 
 
-def bare_similarities(img: ImageEncoding, cap: CaptionEncoding, block_images: int, block_captions: int) -> None:
-    """All words x all regions, block by block (the whole (N R, M L) matrix would not fit)."""
+def bare_similarities(img: ImageEncoding, cap: CaptionEncoding, block_images: int = 128,
+                      block_words: int = 2048) -> None:
+    """Every real word against every region, block by block (the whole matrix would not fit)."""
     n_images, n_regions, d = img.regions.shape
-    all_words = cap.words.reshape(-1, d)
-    n_words = cap.words.shape[1]
+    real = torch.arange(cap.words.shape[1], device=cap.words.device) < cap.lengths[:, None]
+    all_words = cap.words[real]                                                  # (sum of lengths, d)
     for i in range(0, n_images, block_images):
         block_regions = img.regions[i:i + block_images].reshape(-1, d)
-        for j in range(0, cap.words.shape[0], block_captions):
-            block_regions @ all_words[j * n_words:(j + block_captions) * n_words].T
+        for j in range(0, all_words.shape[0], block_words):
+            block_regions @ all_words[j:j + block_words].T
 
 
 def timed(fn, repeats: int = 1) -> float:
@@ -92,50 +121,77 @@ def timed(fn, repeats: int = 1) -> float:
     return best
 
 
+def spread_subset(lengths: torch.Tensor, size: int) -> list[int]:
+    """``size`` captions at evenly spaced quantiles of the length (the loop's cost grows with it)."""
+    order = torch.argsort(lengths, stable=True)
+    return [int(order[round(q)]) for q in torch.linspace(0, len(lengths) - 1, size).tolist()]
+
+
+def sweep(model: MLASM, n_images: int, n_captions: int, n_regions: int, d: int, device, budget: float) -> None:
+    """Pairs/s of the scorer and of the bare product against a fixed caption length."""
+    print(f"\n{n_images} images x {n_captions} captions, every caption of length L:")
+    print(f"{'L':>4} {'score_all pairs/s':>18} {'bare pairs/s':>14} {'score_all / bare':>17}")
+    for length in (8, 12, 20, 33, 50, 80):
+        img, cap = random_encodings(n_images, caption_lengths(f"fixed:{length}", n_captions), n_regions, d, device)
+        with torch.no_grad():
+            fast_s = timed(lambda: model.score_all(img, cap, memory_budget_mb=budget, progress=False))
+            bare_s = timed(lambda: (bare_similarities(img, cap), device.type == "cuda" and torch.cuda.synchronize()))
+        pairs = n_images * n_captions
+        print(f"{length:>4} {pairs / fast_s:>18,.0f} {pairs / bare_s:>14,.0f} {bare_s / fast_s:>17.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 images x 500 captions")
+    parser.add_argument("--lengths", default="f30k", help="f30k (default), coco, or fixed:L")
+    parser.add_argument("--sweep", action="store_true", help="pairs/s against L = 8 ... 80 (200 x 1,000)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--naive-captions", type=int, default=20,
-                        help="captions the naive loop is timed on (against every image)")
+                        help="captions the naive loop is timed on (against every image), spread over the lengths")
     parser.add_argument("--memory-budget-mb", type=float, default=512)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    n_images, n_captions = SIZES["quick" if args.quick else "full"]
-    n_regions, n_words, d = 36, 12, 1024
+    n_regions, d = 36, 1024
     config = MLASMConfig(region_dim=2048, global_dim=2048, vocab_size=4, embed_size=d)
     torch.manual_seed(0)
     model = MLASM(config).to(device).eval()
-    img, cap = random_encodings(n_images, n_captions, n_regions, n_words, d, device)
-    subset = range(args.naive_captions)
+    print(f"device {device}, {torch.get_num_threads()} threads, float32, R={n_regions}, d={d}, "
+          f"pooling {config.pooling}, rho {config.rho}; load average before: {os.getloadavg()[0]:.1f}")
+    if args.sweep:
+        sweep(model, 200, 1000, n_regions, d, device, args.memory_budget_mb)
+        return
+    n_images, n_captions = SIZES["quick" if args.quick else "full"]
+    lengths = caption_lengths(args.lengths, n_captions)
+    img, cap = random_encodings(n_images, lengths, n_regions, d, device)
+    subset = spread_subset(lengths, args.naive_captions)
     n_pairs, n_subset_pairs = n_images * n_captions, n_images * len(subset)
-    print(f"device {device}, {torch.get_num_threads()} threads, float32; {n_images} images x {n_captions} captions, "
-          f"R={n_regions}, L={n_words}, d={d}, pooling {config.pooling}, rho {config.rho}; "
-          f"load average before: {os.getloadavg()[0]:.1f}")
+    print(f"{n_images} images x {n_captions} captions, lengths {args.lengths}: mean {lengths.float().mean():.1f}, "
+          f"99th pct {int(lengths.float().quantile(0.99))}, longest {int(lengths.max())}")
 
     with torch.no_grad():
         model.score_all(img, CaptionEncoding(cap.words[:50], cap.lengths[:50]), progress=False)  # warm-up
         fast_s = timed(lambda: model.score_all(img, cap, memory_budget_mb=args.memory_budget_mb, progress=False))
         naive_s = timed(lambda: naive_scores(model, img, cap, subset), repeats=3)
-        bare_s = timed(lambda: (bare_similarities(img, cap, block_images=128, block_captions=128),
-                                device.type == "cuda" and torch.cuda.synchronize()))
+        bare_s = timed(lambda: (bare_similarities(img, cap), device.type == "cuda" and torch.cuda.synchronize()))
+    # the loop's time per caption grows with its length: scale the subset's time by the lengths' mean
+    naive_s *= float(lengths.float().mean() / lengths[subset].float().mean())
     fast, naive, bare = n_pairs / fast_s, n_subset_pairs / naive_s, n_pairs / bare_s
     print(f"(a) fast scorer, score_all, every level : {fast:12,.0f} pairs/s  ({n_pairs:,} pairs in {fast_s:.1f} s)")
-    print(f"(b) naive per-caption loop              : {naive:12,.0f} pairs/s  (timed on {len(subset)} captions x "
-          f"{n_images} images = {n_subset_pairs:,} pairs in {naive_s:.1f} s, best of 3, extrapolated)")
-    print(f"(c) bare matmul, all words x all regions: {bare:12,.0f} pairs/s  ({n_pairs:,} pairs in {bare_s:.1f} s)")
+    print(f"(b) naive per-caption loop, own lengths : {naive:12,.0f} pairs/s  (timed on {len(subset)} captions x "
+          f"{n_images} images, best of 3, extrapolated)")
+    print(f"(c) bare matmul, real words x regions   : {bare:12,.0f} pairs/s  ({n_pairs:,} pairs in {bare_s:.1f} s)")
     print(f"fast / naive = {fast / naive:.1f}x; fast / bare matmul = {fast / bare:.2f}x")
 
     # agreement on the subset, in float64 so that float32 rounding does not hide a real difference
     model.double()
     img64 = ImageEncoding(img.regions.double(), img.mask, img.glob.double())
-    cap64 = CaptionEncoding(cap.words[:len(subset)].double(), cap.lengths[:len(subset)])
+    cap64 = CaptionEncoding(cap.words[subset].double(), cap.lengths[subset])
     with torch.no_grad():
         fast_levels = model.score_all(img64, cap64, progress=False)
-        naive_levels = naive_scores(model, img64, cap64, subset)
+        naive_levels = naive_scores(model, img64, cap64, range(len(subset)))
     worst = max((fast_levels[level] - naive_levels[level]).abs().max().item() for level in naive_levels)
     print(f"max |fast - naive| over t2i, i2t, global, final on the {len(subset)}-caption subset (float64): {worst:.2e}")
 

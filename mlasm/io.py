@@ -1,28 +1,155 @@
-"""Atomic writes: a crash mid-write never leaves a half-written checkpoint, cache or JSON."""
+"""Safe writes: a crash mid-write never leaves a half-written checkpoint, cache or JSON.
+
+Every file is first written to a hidden temporary beside it, ``.NAME.PID.RANDOM.tmp``, and
+renamed over ``NAME`` only when complete. The temporary is removed on every exit path Python
+sees (an error, Ctrl-C, SIGTERM); one left by a process killed outright (kill -9, power loss)
+carries that process's id, so the next run finds it stale and removes it
+(:func:`remove_stale_temporaries`). Files are created with the user's permissions (umask), as
+``open`` would create them, so a shared cache or run folder stays readable by colleagues.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import re
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
+
+# .NAME.PID.RANDOM.tmp, and the .NAME.RANDOM.tmp of mkstemp that earlier versions wrote
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?(?P<random>[A-Za-z0-9_]{6,16})\.tmp$")
+
+
+class UnusableFolder(ValueError):
+    """An output folder that cannot be used: a file is in the way, or it cannot be created or written."""
+
+
+def _new_temporary(path: Path) -> Path:
+    """Create an empty temporary beside ``path``: mode 0666 minus the umask, like any new file."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # a name drawn twice: draw again
+            continue
+
+
+def _with_file_name(error: OSError, path: Path) -> OSError:
+    """The same error, naming the file the user knows (not the temporary), and saying the old one is intact."""
+    strerror = error.strerror or str(error)
+    return OSError(error.errno or errno.EIO, f"{strerror} (nothing was changed)", str(path))
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    An OSError inside the block (a full disk, a read-only file system) is raised again naming
+    ``path``; ``path`` keeps its previous content and the temporary is gone.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temporary(path)
+    except OSError as error:
+        raise _with_file_name(error, path) from None
+    try:
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as error:
+            raise _with_file_name(error, path) from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def write_together(writers: Mapping[str | os.PathLike, Callable[[Path], None]]) -> None:
+    """Write several files as one unit: all of them, or none changed.
+
+    Each writer fills its temporary; only when every one succeeded are they renamed into place,
+    the last one named last. That last file is removed before the others are replaced, so a
+    crash between the renames leaves it absent rather than beside files of another unit: its
+    presence means the files before it belong to it (evaluate names metrics.json last).
+    """
+    paths = [Path(p) for p in writers]
+    temporaries: list[Path] = []
+    try:
+        for path, write in zip(paths, writers.values()):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temporaries.append(_new_temporary(path))
+                write(temporaries[-1])
+            except OSError as error:
+                raise _with_file_name(error, path) from None
+        paths[-1].unlink(missing_ok=True)
+        for tmp, path in zip(temporaries, paths):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temporaries:
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that processes no longer running left in ``folder``; return them.
+
+    A temporary of a live process (another writer at work) is left alone; one without a process
+    id was written by an earlier version of mlasm and is stale too.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if not match or not entry.is_file():
+            continue
+        pid = match.group("pid")
+        if pid is not None and (int(pid) == os.getpid() or _process_alive(int(pid))):
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except FileNotFoundError:  # another process cleaned it first
+            pass
+    return removed
+
+
+def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create ``path`` if needed and prove that files can be written in it, before any work starts.
+
+    Raises UnusableFolder naming ``option`` and the folder: a file in the way, a folder that
+    cannot be created, or one where nothing can be written (read-only, full, no permission).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UnusableFolder(f"{option} {path}: is a file, expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        in_the_way = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{in_the_way} is a file" if in_the_way else (error.strerror or str(error))
+        raise UnusableFolder(f"{option} {path}: cannot create the folder ({reason})") from None
+    try:
+        probe = _new_temporary(path / "mlasm-write-test")
+        probe.unlink()
+    except OSError as error:
+        raise UnusableFolder(f"{option} {path}: cannot write files in it ({error.strerror})") from None
+    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

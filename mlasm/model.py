@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -122,6 +122,31 @@ def _word_terms(words: Tensor, lengths: Tensor) -> _WordTerms:
 
 def _slice(items: NamedTuple, start: int, stop: int) -> NamedTuple:
     return type(items)._make(None if t is None else t[start:stop] for t in items)
+
+
+def _take(items: NamedTuple, index: Tensor) -> NamedTuple:
+    return type(items)._make(None if t is None else t[index.to(t.device)] for t in items)
+
+
+def _trim(words: _WordTerms, length: int) -> _WordTerms:
+    """Word terms cut to their first ``length`` positions (the block's longest caption)."""
+    return _WordTerms._make(None if t is None else
+                            t[:, :length, :length] if name.endswith("gram") else t[:, :length]
+                            for name, t in zip(_WordTerms._fields, words))
+
+
+def _length_chunks(sorted_lengths: Tensor, captions_fitting: Callable[[int], int]) -> list[tuple[int, int]]:
+    """Consecutive [start, stop) runs of length-sorted captions, each as wide as its longest caption allows."""
+    chunks, start, n = [], 0, len(sorted_lengths)
+    lengths = sorted_lengths.tolist()
+    while start < n:
+        stop = start + 1
+        # the run's longest caption is its last; widen while the run still fits at that length
+        while stop < n and stop - start < captions_fitting(lengths[stop]):
+            stop += 1
+        chunks.append((start, stop))
+        start = stop
+    return chunks
 
 
 def _to(items: NamedTuple, device: torch.device) -> NamedTuple:
@@ -374,29 +399,39 @@ class MLASM(nn.Module):
                   progress: Optional[bool] = None, device=None) -> dict[str, Tensor]:
         """Every level for every image x caption of a gallery: (N, M) CPU tensors.
 
-        Works through blocks of images x captions sized so that one block's intermediates
-        take about ``memory_budget_mb``. Runs on ``device`` (default: the model's); the
-        encodings may live elsewhere (e.g. in CPU memory) and travel one block at a time.
-        Besides the budget, the terms of all captions are held at once (about twice the
-        size of ``cap.words``). ``progress``: a tqdm bar; None shows one for large jobs.
+        Captions are taken shortest first, and each block of them is trimmed to its own longest
+        caption: the work of a pair grows with its padded length, and real captions vary from a
+        few words to dozens. Blocks of images x captions are sized so that one block's
+        intermediates take about ``memory_budget_mb``, short captions in wider blocks. Runs on
+        ``device`` (default: the model's); the encodings may live elsewhere (e.g. in CPU memory)
+        and travel one block at a time. Besides the budget, the terms of all captions are held at
+        once (about twice the size of ``cap.words``). ``progress``: a tqdm bar; None shows one
+        for large jobs. Scores come back in the captions' own order.
         """
         device = self.device if device is None else torch.device(device)
         n_images, n_regions, d = img.regions.shape
-        n_captions, n_words, _ = cap.words.shape
-        block_images, block_captions = _block_shape(
-            n_images, n_captions, n_regions, n_words, d, img.regions.element_size(), memory_budget_mb)
-        words = _to(self._caption_terms(_to(cap, self.device)), device)
+        n_captions = cap.words.shape[0]
+        order = torch.argsort(cap.lengths.cpu(), stable=True)                     # shortest first
+        sorted_lengths = cap.lengths.cpu()[order]
+        words = _to(self._caption_terms(_to(_take(cap, order), self.device)), device)
+        element_size = img.regions.element_size()
+        budget = int(memory_budget_mb * 2**20)
+        typical = int(sorted_lengths.float().mean().ceil())
+        block_images, _ = _block_shape(n_images, n_captions, n_regions, typical, d, element_size, memory_budget_mb)
+        chunks = _length_chunks(sorted_lengths, lambda length: max(1, budget // (
+            block_images * _bytes_per_pair(n_regions, length, d, element_size))))
         scores = {level: torch.empty(n_images, n_captions, dtype=img.regions.dtype) for level in LEVELS}
         show = progress if progress is not None else n_images * n_captions >= LARGE_JOB_PAIRS
         with tqdm(total=n_images * n_captions, unit="pair", unit_scale=True, desc="scoring pairs",
                   disable=not show) as bar:
             for i in range(0, n_images, block_images):
                 regions = _to(self._image_terms(_to(_slice(img, i, i + block_images), self.device)), device)
-                for j in range(0, n_captions, block_captions):
-                    block = self._score_block(regions, _slice(words, j, j + block_captions),
-                                              self.config.lambda_t2i, self.config.lambda_i2t)
+                for start, stop in chunks:
+                    block_words = _trim(_slice(words, start, stop), int(sorted_lengths[stop - 1]))
+                    block = self._score_block(regions, block_words, self.config.lambda_t2i, self.config.lambda_i2t)
+                    columns = order[start:stop]
                     for level, value in block.levels.items():
-                        scores[level][i:i + value.shape[0], j:j + value.shape[1]] = value
+                        scores[level][i:i + value.shape[0], columns] = value.to(scores[level].device)
                     bar.update(value.numel())
         return scores
 
@@ -441,16 +476,19 @@ class MLASM(nn.Module):
         )
 
 
+def _bytes_per_pair(n_regions: int, n_words: int, d: int, element_size: int) -> int:
+    """A pair holds about six (R, L) grids (similarities, attention weights, products) and
+    five d-vectors (the global level) at once."""
+    return element_size * (6 * n_regions * n_words + 5 * d)
+
+
 def _block_shape(n_images: int, n_captions: int, n_regions: int, n_words: int, d: int,
                  element_size: int, memory_budget_mb: float) -> tuple[int, int]:
     """Images x captions per block so that a block's intermediates take about the budget.
 
-    A pair holds about six (R, L) grids (similarities, attention weights, products) and
-    five d-vectors (the global level) at once. Blocks are kept near square, which keeps
-    the similarity matrix product efficient.
+    Blocks are kept near square, which keeps the similarity matrix product efficient.
     """
-    bytes_per_pair = element_size * (6 * n_regions * n_words + 5 * d)
-    pairs = max(1, int(memory_budget_mb * 2**20) // bytes_per_pair)
+    pairs = max(1, int(memory_budget_mb * 2**20) // _bytes_per_pair(n_regions, n_words, d, element_size))
     block_captions = min(n_captions, max(1, pairs // min(n_images, max(1, math.isqrt(pairs)))))
     block_images = min(n_images, max(1, pairs // block_captions))
     return block_images, block_captions

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from mlasm.config import PAPER_OBJECTIVE_CAVEAT
+
 LEVEL_NAMES = {"final": "final (MLASM)", "local": "local level", "global": "global level",
                "t2i": "text-to-image", "i2t": "image-to-text"}
 
@@ -71,6 +73,8 @@ def format_result(result: Mapping) -> str:
                                              for d in ("i2t", "t2i")))
     elif isinstance(eccv, Mapping) and "skipped" in eccv:
         lines.append(f"ECCV Caption / CxC not computed: {eccv['skipped']}")
+    if "paper" in result.get("objectives", ()):
+        lines.append(f"levels: {PAPER_OBJECTIVE_CAVEAT}")
     grounding = result.get("grounding")
     if isinstance(grounding, Mapping):
         lines.append(f"pointing game (grounding): {grounding['accuracy']:.1f} % of "

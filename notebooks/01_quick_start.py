@@ -29,7 +29,7 @@
 import matplotlib.pyplot as plt
 
 from mlasm.demo import demo_checkpoint
-from mlasm.evaluate import encode_split
+from mlasm.evaluate import encode_split, score_separation
 from mlasm.plots import draw_gallery
 from mlasm.sources import fast_mode, open_split
 from mlasm.checkpoint import load_model
@@ -79,5 +79,19 @@ plt.show()
 # %% [markdown]
 # Green frames the picture the caption was written for; "also true" marks another picture the
 # caption is true of (ShapeScenes checks every caption against every scene), which is a right
-# answer even though the standard protocol counts only the caption's own picture. Next: `02_training` trains a model,
-# `03_evaluation` measures it, `04_attention_maps` shows where each word looks.
+# answer even though the standard protocol counts only the caption's own picture.
+
+# %% [markdown]
+# ## Do true pairs score above false ones?
+# Ranking needs only the order of the scores; a score shown to a person should also say
+# something on its own. Over the whole test split, the pairs a caption is true of should score
+# clearly above the others, not by a hair.
+
+# %% tags=["nbval-ignore-output"]
+separation = score_separation(scores["final"], test.positive_sets())
+print(f"final score of true pairs {separation['positive']:.3f} on average, of false pairs {separation['negative']:.3f}")
+assert separation["gap"] > 0.05, "a trained model scores its true pairs clearly above the false ones"
+
+# %% [markdown]
+# Next: `02_training` trains a model, `03_evaluation` measures it, `04_attention_maps` shows
+# where each word looks.

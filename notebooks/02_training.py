@@ -32,6 +32,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from mlasm.demo import demo_config
+from mlasm.evaluate import chance_metrics
 from mlasm.plots import draw_training_log
 from mlasm.sources import fast_mode, open_split
 from mlasm.train import train
@@ -39,7 +40,7 @@ from mlasm.train import train
 fast = fast_mode()
 train_split = open_split("shapescenes", "train", progress=False)
 dev_split = open_split("shapescenes", "dev", progress=False)
-config = demo_config(fast=fast, epochs=2)
+config = demo_config(fast=fast, epochs=None if fast else 2)
 print({k: v for k, v in config.to_dict().items() if k in ("embed_size", "batch_size", "epochs", "learning_rate", "rho")})
 
 # %% [markdown]
@@ -47,13 +48,14 @@ print({k: v for k, v in config.to_dict().items() if k in ("embed_size", "batch_s
 # The paper's values are the defaults (`MLASMConfig.paper()`); `MLASMConfig.cpu()` is a smaller
 # preset for laptops. The sizes that belong to the data are filled in when training starts.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
-# (a trained model's numbers vary in their last digits from machine to machine)
+# %% tags=["nbval-ignore-output"]
 run_dir = Path(tempfile.mkdtemp(prefix="mlasm-notebook-run-"))
 summary = train(config, train_split, dev_split, run_dir, progress=False)
-print(f"best validation rSum {summary['best_rsum']:.1f} at epoch {summary['best_epoch'] + 1}")
+chance = chance_metrics(dev_split.n_images, dev_split.caption_to_image)["rsum"]
+print(f"best validation rSum {summary['best_rsum']:.1f} at epoch {summary['best_epoch'] + 1} "
+      f"(a random ranking: {chance:.1f})")
 print(sorted(p.name for p in run_dir.iterdir()))
+assert summary["best_rsum"] > 2 * chance, "the model should rank far better than chance after training"
 
 # %% [markdown]
 # ## The log

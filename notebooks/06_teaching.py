@@ -113,9 +113,7 @@ plt.show()
 #
 # Every level of a real pair, from a trained model:
 
-# %%
-# NBVAL_IGNORE_OUTPUT
-# (a trained model's numbers vary in their last digits from machine to machine)
+# %% tags=["nbval-ignore-output"]
 from mlasm.demo import demo_checkpoint  # noqa: E402
 from mlasm.evaluate import encode_split  # noqa: E402
 from mlasm.sources import open_split  # noqa: E402
@@ -128,3 +126,6 @@ explanation = model.explain(images, captions, 0, 0)
 print(pair.captions[0])
 print({level: round(value, 3) for level, value in explanation.scores.items()})
 print(f"mean gate (share of the global image vector): {explanation.gate.mean():.2f}")
+levels, rho = explanation.scores, model.config.rho
+assert abs(levels["local"] - (levels["t2i"] + levels["i2t"]) / 2) < 1e-5
+assert abs(levels["final"] - (rho * levels["local"] + (1 - rho) * levels["global"])) < 1e-5

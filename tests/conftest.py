@@ -28,3 +28,31 @@ def coco_mini() -> Path:
             pytest.fail(message + "; MLASM_REQUIRE_DATA=1 makes it required")
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny trainings: they gain nothing from a second, and lose
+    much when the other core is busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    """Tiny ShapeScenes train and dev splits (tests/cli_support.py)."""
+    from cli_support import tiny_splits
+
+    return tiny_splits(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def data_folder(splits, tmp_path_factory):
+    """The tiny splits as a precomp folder, for the command line's --data."""
+    from cli_support import tiny_folder
+
+    return tiny_folder(splits, tmp_path_factory.mktemp("data"))

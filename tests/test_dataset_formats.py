@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from mlasm.data import (DataError, RetrievalSplit, TsvRecord, Vocabulary, captio
                         list_splits, read_coco_captions, read_karpathy_split, read_split, read_tsv, write_split,
                         write_tsv)
 from mlasm.data import dataset as dataset_module
+from mlasm.data.dataset import RegionMeans, check_features
 
 N, R, D = 4, 3, 5
 
@@ -33,7 +35,7 @@ def make_split(with_extras: bool = True, tmp_path=None) -> RetrievalSplit:
             image_sizes=np.full((N, 2), 64, np.int32),
             image_ids=[f"img{i}" for i in range(N)],
             image_paths=paths,
-            grounding=[[[1, [0]], [3, [1, 2]]] if c % 2 else [] for c in range(len(captions))],
+            grounding=[[[1, [0]], [3, [0, 1]]] if c % 2 else [] for c in range(len(captions))],
             image_attributes=[{"n": i, "colours": ["red"]} for i in range(N)],
             region_scores=rng.uniform(size=(N, R)).astype(np.float32),
             region_labels=rng.integers(0, 3, (N, R)).astype(np.int32),
@@ -190,7 +192,6 @@ def _break_file(folder, name, content):
     ("test_ims.npy", b"not an array", "test_ims.npy: not a readable .npy array"),
     ("test_mask.npy", np.ones((4, 2), bool), r"test_mask.npy: expected shape \(4, 3\), got \(4, 2\)"),
     ("test_mask.npy", np.zeros((4, 3), bool), "test_mask.npy: image 0 has no real region"),
-    ("test_global.npy", np.full((4, 7), np.inf, np.float32), "test_global.npy: image 0 has NaN or infinite"),
     ("test_boxes.npy", np.zeros((4, 3, 2), np.float32), r"test_boxes.npy: expected shape \(4, 3, 4\)"),
     ("test_cap2img.npy", np.full(20, 9), r"test_cap2img.npy: image indices must lie in \[0, 4\)"),
     ("test_cap2img.npy", np.zeros(19, int), r"test_cap2img.npy: expected shape \(20,\)"),
@@ -210,13 +211,56 @@ def test_read_split_names_the_bad_file_and_what_was_expected(folder, name, conte
         read_split(folder, "test")
 
 
-def test_read_split_finds_nan_in_a_later_chunk(folder, monkeypatch):
+def test_nan_features_are_reported_when_read_naming_the_file_and_the_image(folder, monkeypatch):
     regions = np.ones((4, 3, 5), np.float32)
     regions[2, 1, 3] = np.nan
     _break_file(folder, "test_ims.npy", regions)
-    monkeypatch.setattr(dataset_module, "CHUNK_BYTES", 60)  # one image per chunk
-    with pytest.raises(DataError, match="test_ims.npy: image 2 has NaN or infinite region features"):
-        read_split(folder, "test")
+    split = read_split(folder, "test")  # opening reads no feature
+    image_tensors(split, [0, 1, 3])     # batches without the bad image are fine
+    expected = f"{folder / 'test_ims.npy'}: image 2 has NaN or infinite region features"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        image_tensors(split, [3, 2])
+    with pytest.raises(DataError, match=re.escape(expected)):
+        split.subset([1, 2])
+    monkeypatch.setattr(dataset_module, "CHUNK_BYTES", 60)  # one image per chunk: found in a later chunk
+    with pytest.raises(DataError, match=re.escape(expected)):
+        check_features(split)
+
+    (folder / "test_global.npy").unlink()  # the global vector is then the mean of the regions, read alike
+    split = read_split(folder, "test")
+    assert isinstance(split.global_features, RegionMeans) and split.global_dim == 5
+    np.testing.assert_allclose(split.global_features[[0, 3]], 1.0)
+    with pytest.raises(DataError, match=re.escape(expected)):
+        split.global_features[2]
+    with pytest.raises(DataError, match=re.escape(expected)):
+        image_tensors(split, [2])
+
+
+def test_nan_global_features_are_reported_when_read(folder):
+    global_features = np.ones((4, 7), np.float32)
+    global_features[1, 6] = np.inf
+    _break_file(folder, "test_global.npy", global_features)
+    split = read_split(folder, "test")
+    assert isinstance(split.global_features, np.memmap)
+    image_tensors(split, [0, 2])
+    expected = f"{folder / 'test_global.npy'}: image 1 has NaN or infinite global features"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        image_tensors(split, [0, 1])
+    with pytest.raises(DataError, match=re.escape(expected)):
+        check_features(split)
+
+
+def test_region_means_of_a_memory_map_match_the_eager_mean(tmp_path):
+    split = make_split(with_extras=False)
+    write_split(tmp_path, "test", split)
+    (tmp_path / "test_global.npy").unlink()
+    lazy = read_split(tmp_path, "test")
+    eager = read_split(tmp_path, "test", mmap=False)  # in memory: computed when the split is made
+    assert isinstance(eager.global_features, np.ndarray)
+    np.testing.assert_allclose(np.asarray(lazy.global_features), eager.global_features, rtol=1e-6)
+    np.testing.assert_allclose(lazy.global_features[3], split.regions[3, :2].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(image_tensors(lazy, [3, 0])[2].numpy(), eager.global_features[[3, 0]], rtol=1e-6)
+    np.testing.assert_allclose(lazy.subset([3]).global_features, eager.global_features[[3]], rtol=1e-6)
 
 
 def test_read_split_missing_things(folder, tmp_path):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from mlasm.config import MLASMConfig
 from mlasm.loss import triplet_loss
-from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, cross_attention_scores
+from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, _length_chunks, cross_attention_scores
 
 D = 12
 LEVELS = ("t2i", "i2t", "local", "global", "final")
@@ -251,6 +251,34 @@ def test_score_all_in_many_small_blocks_equals_one_block():
     one_pair_per_block = model.score_all(img, cap, memory_budget_mb=1e-6, progress=True)
     for level in LEVELS:
         assert_close(one_pair_per_block[level], one_block[level], atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-6)])
+def test_captions_of_very_different_lengths_score_as_if_each_were_alone(dtype, atol):
+    """score_all takes captions shortest first and trims each block to its longest caption."""
+    model = make_model().to(dtype)
+    img, cap = random_gallery(n_images=5, n_captions=12, n_words=60, seed=3)
+    lengths = torch.tensor([1, 60, 3, 17, 2, 45, 8, 60, 5, 30, 1, 12])
+    img = ImageEncoding(*(t.to(dtype) if t.is_floating_point() else t for t in img))
+    cap = CaptionEncoding(cap.words.to(dtype), lengths)
+    for budget in (1024, 2e-3):  # one block, or blocks of a few captions each
+        gallery = model.score_all(img, cap, memory_budget_mb=budget)
+        for j, length in enumerate(lengths.tolist()):
+            with torch.no_grad():
+                alone = model.pair_levels(img, CaptionEncoding(cap.words[j:j + 1, :length], lengths[j:j + 1]))
+            for level in LEVELS:
+                assert_close(gallery[level][:, j], alone[level][:, 0], atol=atol)
+
+
+def test_length_chunks_cover_every_caption_once_within_the_budget():
+    lengths = torch.tensor([1, 1, 2, 3, 3, 3, 8, 20, 20, 40])
+    fitting = lambda length: max(1, 24 // length)  # noqa: E731  captions of this length that fit a block
+    chunks = _length_chunks(lengths, fitting)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths)
+    assert all(stop == start for (_, stop), (start, _) in zip(chunks, chunks[1:]))
+    assert all(stop - start <= fitting(int(lengths[stop - 1])) for start, stop in chunks)
+    # 1,1,2,3,3,3 (6 x 3 <= 24; adding 8 makes 7 x 8 > 24), then 8 alone (2 x 20 > 24), then one by one
+    assert chunks == [(0, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
 
 
 # --- hand-computed cases ----------------------------------------------------------------

@@ -122,7 +122,12 @@ def test_evaluation_writes_metrics_ranks_and_grounding(trained, tiny_data, tmp_p
         assert set(saved["levels"][level]["complete"]["t2i"]) == {"r1", "r5", "r10", "r_precision", "map_at_r"}
     assert saved["rsum"] == saved["levels"]["final"]["rsum"]
     assert saved["complete"] == saved["levels"]["final"]["complete"]
-    assert 0 <= saved["grounding"]["accuracy"] <= 100 and saved["grounding"]["words"] > 0
+    # the pointing game, counted here from the split: every object-naming word, its boxes, its image's regions
+    split, grounding = tiny_data["test"], saved["grounding"]
+    words = [(c, len(set(regions))) for c, caption in enumerate(split.grounding) for _, regions in caption or ()]
+    regions_of = split.region_mask.sum(axis=1)[split.caption_to_image]
+    assert grounding["words"] == len(words) > 0
+    assert grounding["chance"] == pytest.approx(100 * np.mean([n / regions_of[c] for c, n in words]))
     ranks = np.load(tmp_path / "ranks.npz")
     assert ranks["final_t2i_rank"].shape == (tiny_data["test"].n_captions,)
     assert ranks["final_i2t_top"].shape == (tiny_data["test"].n_images, 5)
@@ -183,7 +188,7 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_best(tiny_data, tmp_p
         train(config, tiny_data["train"], tiny_data["dev"], tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "best.pt").exists()
     monkeypatch.setenv("MLASM_FAST", "1")
-    code = main(["train", "--data", "shapescenes", "--out", str(tmp_path / "cli"), "--learning-rate", "inf",
+    code = main(["train", "--data", "shapescenes", "--out", str(tmp_path / "cli"), "--learning-rate", "1e30",
                  "--epochs", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "has diverged" in err[-1] and "Traceback" not in "".join(err)

@@ -21,7 +21,8 @@ from mlasm.data.vocab import Vocabulary  # noqa: E402
 from mlasm.evaluate import evaluate_checkpoints  # noqa: E402
 from mlasm.metrics import i2t_ranks, t2i_ranks  # noqa: E402
 from mlasm.model import MLASM  # noqa: E402
-from mlasm.checkpoint import load_model  # noqa: E402
+from mlasm.checkpoint import load_model, save_checkpoint  # noqa: E402
+from mlasm.report import format_result  # noqa: E402
 from mlasm.train import config_for_data, train  # noqa: E402
 from widgets import (  # noqa: E402
     AttentionExplorer,
@@ -314,6 +315,22 @@ def test_a_local_only_model_has_no_global_level_nor_gate(tiny_data):
     expected = regions.sum(1) / local.images.mask.sum(1, keepdim=True)
     np.testing.assert_allclose(images, torch.nn.functional.normalize(expected, dim=1).numpy(), atol=1e-5)
     assert "rank_global" not in FailureExplorer(local).table.columns
+
+
+@pytest.mark.parametrize("level_weight, objective", [(0.0, "paper"), (0.5, "level-wise")])
+def test_the_checkpoint_records_its_objective_and_the_workbench_warns_for_the_papers(
+        tiny_data, tmp_path, level_weight, objective):
+    vocab = Vocabulary.build(tiny_data["train"].captions)
+    config = config_for_data(MLASMConfig.cpu(**TINY, level_weight=level_weight), tiny_data["train"], vocab)
+    save_checkpoint(tmp_path / "model.pt", MLASM(config), vocab, {})
+    model, _, state = load_model(tmp_path / "model.pt", "cpu")
+    assert state["objective"] == objective and model.config.level_weight == level_weight
+    result = evaluate_checkpoints([tmp_path / "model.pt"], tiny_data["test"], progress=False)
+    assert result["objectives"] == [objective]
+    session = WorkbenchSession(model, vocab, tiny_data["test"])
+    shown = [LevelPanel(session).summary.value, FailureExplorer(session).level_caveat.value, format_result(result)]
+    warned = ["never trained to rank on their own" in text for text in shown]
+    assert warned == [objective == "paper"] * 3
 
 
 # ------------------------------------------------------------------------------ ranking

@@ -4,6 +4,8 @@ Choose a word: the regions light up by its text-to-image attention (heat over th
 Choose a region: the words light up by its image-to-text attention. The word-by-region
 matrix beside it shows every weight at once; clicking a cell chooses that word and region.
 The lambda sliders change the softmax temperatures and recompute the attention live.
+A model trained with <start> and <end> (the config's ``start_end_tokens``, as SCAN) reads them as
+words, and they take part in the attention: they are listed, and drawn, as words.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import plotly.graph_objects as go
 
+from mlasm.data.vocab import START
 from mlasm.model import PairExplanation
 from widgets.drawing import draw_pair_attention, region_names, shaded_words_html, show_figure, show_message
 from widgets.selection import Selection, SelectionControls, query_notice, toggle_buttons
@@ -25,6 +28,11 @@ MATRICES = {
     "i2t": "i2t: each region's weights over the words (columns sum to 1)",
 }
 LAMBDA_RANGE = (0.5, 30.0)  # widened to twice a model's own lambda when that is larger
+
+
+def plotly_label(word: str) -> str:
+    """A word as plotly shows it: its text labels read a few HTML tags, so <start> must be escaped."""
+    return word.replace("<", "&lt;").replace(">", "&gt;")
 
 
 class AttentionExplorer(widgets.VBox):
@@ -203,7 +211,8 @@ class AttentionExplorer(widgets.VBox):
         """The first grounded word (one that names an object) where the split says, else the most focused word."""
         text_side, grounding = self._pair[1], self.session.split.grounding
         if not isinstance(text_side, str) and grounding is not None and grounding[text_side]:
-            return int(grounding[text_side][0][0])
+            # grounding counts the caption's own tokens; <start>, where the model reads it, is row 0
+            return int(grounding[text_side][0][0]) + int(self.words[:1] == [START])
         return int(self.explanation.t2i_attention.max(axis=1).argmax())
 
     def _draw_header(self) -> None:
@@ -236,7 +245,7 @@ class AttentionExplorer(widgets.VBox):
         explanation, image = self.explanation, self._pair[0]
         names = region_names(self.session, image, explanation.region_indices)
         matrix = self.matrix
-        hover = [[f"“{word}” · {name}: {weight:.3f}" for name, weight in zip(names, row)]
+        hover = [[f"“{plotly_label(word)}” · {name}: {weight:.3f}" for name, weight in zip(names, row)]
                  for word, row in zip(self.words, matrix)]
         direction = self.matrix_choice.value
         with self.heatmap.batch_update():
@@ -245,7 +254,8 @@ class AttentionExplorer(widgets.VBox):
             trace.x, trace.y = list(range(matrix.shape[1])), list(range(matrix.shape[0]))
             trace.text, trace.hovertemplate = hover, "%{text}<extra></extra>"
             self.heatmap.layout.xaxis.update(tickvals=list(range(len(names))), ticktext=names)
-            self.heatmap.layout.yaxis.update(tickvals=list(range(len(self.words))), ticktext=self.words)
+            self.heatmap.layout.yaxis.update(tickvals=list(range(len(self.words))),
+                                             ticktext=[plotly_label(word) for word in self.words])
             self.heatmap.layout.title.text = f"{MATRICES[direction]}, λ = " + \
                 f"{explanation.lambda_t2i if direction == 't2i' else explanation.lambda_i2t:g}"
             self.heatmap.layout.height = max(320, 140 + 24 * len(self.words))

@@ -67,6 +67,10 @@ class FailureExplorer(widgets.VBox):
             value=include_valid, description="include valid alternatives", indent=False,
             layout=widgets.Layout(width="220px"),
             tooltip="also list the queries whose top k holds another item true of them, not their own")
+        # "right under" reads each level as a retriever: say so when the levels were not trained as one
+        self.level_caveat = widgets.HTML(
+            f"<div style='color:#a60;font-size:12px'>⚠ “right under” asks each level alone. "
+            f"{html.escape(session.level_caveat)}</div>" if session.level_caveat else "")
         self.summary = widgets.HTML()
         self.rows = widgets.Select(rows=12, layout=widgets.Layout(width="100%"))
         self.rows.add_class("mlasm-failure-rows")
@@ -79,7 +83,7 @@ class FailureExplorer(widgets.VBox):
             widgets.HTML(ROW_STYLE),
             widgets.HBox([self.k, self.direction, self.include_valid]),
             widgets.HBox([self.right_under, self.ranks]),
-            self.summary, self.rows, self.detail, self.word_choice, self.comparison,
+            self.level_caveat, self.summary, self.rows, self.detail, self.word_choice, self.comparison,
         ])
         self.k.observe(self._k_changed, names="value")
         self.include_valid.observe(self._k_changed, names="value")

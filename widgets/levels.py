@@ -84,6 +84,8 @@ class LevelPanel(widgets.VBox):
             pairing = f"caption {text_side} of image {split.caption_to_image[text_side]}, not a matching pair"
         missing = "" if "global" in session.levels else \
             "<div style='color:#666'>This model is local only (ρ = 1): it has no semantic level and no gate.</div>"
+        caveat = session.level_caveat and \
+            f"<div class='mlasm-level-caveat' style='color:#a60'>⚠ {html.escape(session.level_caveat)}</div>"
         return (
             f"<div style='font-size:15px'><b>“{caption}”</b> with image {image} "
             f"({html.escape(split.image_ids[image])})</div><div style='color:#555'>{pairing}</div>"
@@ -95,7 +97,7 @@ class LevelPanel(widgets.VBox):
             + "".join(rows) + "</table>"
             "<div style='color:#666;font-size:12px;margin-top:4px'>Ranks count from 0 (0 = retrieved first; "
             "R@k counts rank &lt; k). Image rank: the text as a query among all images. Text rank: the image "
-            "as a query among all captions (other captions of the image count too).</div>" + missing)
+            "as a query among all captions (other captions of the image count too).</div>" + missing + caveat)
 
     def _draw_gate(self, image: int, text_side) -> None:
         if "global" not in self.session.levels:

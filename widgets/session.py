@@ -66,10 +66,11 @@ class WorkbenchSession:
         check_model_fits(model, split, "the model")
         vocab.check_fits(model.config.vocab_size, "the model")
         self.model = model.eval()
-        self.vocab = vocab
+        # captions read as the model was trained: with <start> and <end> where its config says
+        self.vocab = vocab.with_boundaries(model.config.start_end_tokens)
         self.split = split
         self.memory_budget_mb = memory_budget_mb
-        self.images, self.captions = encode_split(model, split, vocab)
+        self.images, self.captions = encode_split(model, split, self.vocab)
         self._scores = None if scores is None else self._checked_scores(scores)
         self._ranks: dict[str, np.ndarray] | None = None
         self.positives: PositiveSets = split.positive_sets()
@@ -103,6 +104,12 @@ class WorkbenchSession:
     def levels(self) -> tuple[str, ...]:
         """The levels this model scores, in the order they build up (no global level when rho = 1)."""
         return tuple(level for level in LEVELS if level != "global" or self.model.config.uses_global_level)
+
+    @property
+    def level_caveat(self) -> str:
+        """What a reader of a single level's ranks must know: empty when every level was trained to rank."""
+        config = self.model.config
+        return "" if config.levels_trained_alone else "This model was " + config.describe_objective() + "."
 
     def _checked_scores(self, scores: dict) -> dict[str, np.ndarray]:
         shape = (self.split.n_images, self.split.n_captions)
@@ -187,7 +194,7 @@ class WorkbenchSession:
     def _encode_text(self, text: str) -> TextQuery:
         """A typed text encoded as a one-caption batch, with its unknown words; cached (``encode_text``)."""
         encoded = self.vocab.encode(text)
-        if not encoded.ids:
+        if not encoded.words:  # <start> and <end> alone are no words
             raise ValueError(f"the query {text!r} has no words")
         tokens, lengths = caption_tensors(self.vocab, [text])
         with torch.no_grad():

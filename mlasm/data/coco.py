@@ -52,7 +52,10 @@ def read_coco_captions(path: str | os.PathLike) -> list[CaptionedImage]:
     Images keep the file's order; an image without any caption is an error, as is an empty caption.
     """
     path = Path(path)
-    content = load_json(path, "annotation file")
+    return _coco_images(path, load_json(path, "annotation file"))
+
+
+def _coco_images(path: Path, content: Any) -> list[CaptionedImage]:
     images = _entries(path, content, "images")
     annotations = _entries(path, content, "annotations")
     captions: dict[int, list[str]] = defaultdict(list)
@@ -87,7 +90,10 @@ def read_karpathy_split(path: str | os.PathLike, splits: str | Iterable[str] | N
     present (``cocoid``), else ``imgid``.
     """
     path = Path(path)
-    content = load_json(path, "annotation file")
+    return _karpathy_images(path, load_json(path, "annotation file"), splits)
+
+
+def _karpathy_images(path: Path, content: Any, splits: str | Iterable[str] | None) -> list[CaptionedImage]:
     entries = _entries(path, content, "images")
     wanted = {splits} if isinstance(splits, str) else None if splits is None else set(splits)
     if wanted is not None:
@@ -122,3 +128,16 @@ def read_karpathy_split(path: str | os.PathLike, splits: str | Iterable[str] | N
         result.append(CaptionedImage(image_id=str(image_id), file_name=f"{folder}/{file_name}" if folder else file_name,
                                      captions=captions, split=split, tokens=tokens))
     return result
+
+
+def read_caption_file(path: str | os.PathLike) -> list[CaptionedImage]:
+    """A Karpathy split file (every split) or a COCO caption file (split None), told apart by its
+    content: COCO's has "annotations", Karpathy's has "images" with "sentences"."""
+    path = Path(path)
+    content = load_json(path, "annotation file")
+    if isinstance(content, dict) and "annotations" in content:
+        return _coco_images(path, content)
+    if isinstance(content, dict) and isinstance(content.get("images"), list):
+        return _karpathy_images(path, content, None)
+    raise DataError(f"{path}: neither a COCO caption file (\"images\" and \"annotations\") nor a Karpathy "
+                    f"split file (\"images\" with \"sentences\")")

@@ -1,7 +1,10 @@
 """RetrievalSplit: one in-memory view of a split, whatever its source (precomp, TSV, ShapeScenes).
 
-Region features may be a read-only memory map of a file of many gigabytes: nothing here reads
-all of them at once; the checks that must see every value go through them in chunks.
+Region features may be a read-only memory map of a file of many gigabytes (COCO's training
+split: 33 GB). Opening one reads none of them: features already in memory are checked when the
+split is made, memory-mapped ones when a batch is read (``image_tensors``: a NaN names the file
+and the image) or all at once by ``check_features`` (``mlasm check``), in chunks. Without a global
+vector, each image's is the masked mean of its regions, computed for the rows read (``RegionMeans``).
 """
 from __future__ import annotations
 
@@ -10,31 +13,126 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+from tqdm.auto import tqdm
 
 from mlasm.data.errors import DataError
+from mlasm.data.pictures import as_rgb
 from mlasm.data.positives import PositiveSets
-from mlasm.data.vocab import Vocabulary
+from mlasm.data.vocab import Vocabulary, tokenize
 
 CHUNK_BYTES = 64 * 2**20
 
 
+def _chunk_rows(array_shape: tuple) -> int:
+    """Images per chunk of about CHUNK_BYTES of float32."""
+    return max(1, CHUNK_BYTES // max(1, 4 * int(np.prod(array_shape[1:]))))
+
+
 def scan_regions(regions: np.ndarray, region_mask: np.ndarray, source: str,
-                 with_mean: bool) -> np.ndarray | None:
+                 with_mean: bool, progress: bool = False) -> np.ndarray | None:
     """One chunked pass over region features: fail on NaN/inf, and return the masked mean if asked."""
-    n_images, n_regions, dim = regions.shape
-    rows = max(1, CHUNK_BYTES // max(1, 4 * n_regions * dim))
+    n_images, _, dim = regions.shape
+    rows = _chunk_rows(regions.shape)
     means = np.empty((n_images, dim), np.float32) if with_mean else None
-    for start in range(0, n_images, rows):
-        chunk = np.asarray(regions[start:start + rows], dtype=np.float32)
-        finite = np.isfinite(chunk).all(axis=(1, 2))
-        if not finite.all():
-            bad = start + int(np.flatnonzero(~finite)[0])
-            raise DataError(f"{source}: image {bad} has NaN or infinite region features")
+    for start in tqdm(range(0, n_images, rows), desc=f"reading {source}", unit="chunk", disable=not progress):
+        chunk = checked_rows(regions, np.arange(start, min(start + rows, n_images)), source, "region features")
         if with_mean:
-            mask = np.asarray(region_mask[start:start + rows], dtype=np.float32)[..., None]
-            means[start:start + rows] = (chunk * mask).sum(axis=1) / mask.sum(axis=1)
+            means[start:start + rows] = _masked_mean(chunk, region_mask[start:start + rows])
     return means
+
+
+def checked_rows(array, indices: np.ndarray, source: str, what: str) -> np.ndarray:
+    """Rows ``indices`` of ``array`` as float32, read from disk if it is a memory map; a row holding NaN
+    or infinity is a DataError naming ``source`` (the file) and the image."""
+    rows = np.asarray(array[indices], dtype=np.float32)
+    finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+    if not finite.all():
+        bad = int(np.asarray(indices).reshape(-1)[int(np.flatnonzero(~finite)[0])])
+        raise DataError(f"{source}: image {bad} has NaN or infinite {what}")
+    return rows
+
+
+def _masked_mean(regions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(B, R, D) regions, (B, R) mask -> (B, D) the mean of each image's real regions."""
+    weights = np.asarray(mask, dtype=np.float32)[..., None]
+    return (regions * weights).sum(axis=1) / weights.sum(axis=1)
+
+
+class RegionMeans:
+    """The global vector of images that have none: the masked mean of their regions (spec section 1).
+
+    Array-like, (N, Dr) float32, computed for the rows asked for, so that a memory-mapped split
+    of any size opens without reading its features; ``np.asarray`` computes every row, in chunks.
+    """
+
+    def __init__(self, regions: np.ndarray, region_mask: np.ndarray, source: str):
+        self.regions, self.region_mask, self.source = regions, region_mask, source
+        self.shape = (int(regions.shape[0]), int(regions.shape[2]))
+        self.ndim, self.dtype = 2, np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        indices = np.arange(self.shape[0])[key]
+        rows = checked_rows(self.regions, np.atleast_1d(indices), self.source, "region features")
+        means = _masked_mean(rows, self.region_mask[np.atleast_1d(indices)])
+        return means[0] if np.ndim(indices) == 0 else means
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        means = scan_regions(self.regions, self.region_mask, self.source, with_mean=True)
+        return means if dtype is None else means.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"RegionMeans(shape={self.shape}, of {self.source})"
+
+
+def _is_index(value: Any) -> bool:
+    """A whole number; True and False are ints to Python, but as indices they are a mistake."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_boxes(boxes: np.ndarray, where: str) -> None:
+    """Boxes x1 y1 x2 y2 must be finite: a NaN box would silently never be pointed at, nor drawn."""
+    boxes = np.asarray(boxes)
+    finite = np.isfinite(boxes).all(axis=2)
+    if not finite.all():
+        image, region = (int(i) for i in np.argwhere(~finite)[0])
+        coordinates = ", ".join(f"{value:g}" for value in boxes[image, region])
+        raise DataError(f"{where}: image {image}, region {region} has NaN or infinite box coordinates "
+                        f"[{coordinates}]; expected pixels x1 y1 x2 y2")
+
+
+def check_grounding(grounding: Any, captions: Sequence[str], region_mask: np.ndarray,
+                    caption_to_image: np.ndarray, where: str) -> None:
+    """Per caption a list of [token position, [region indices]]: positions among its tokens, indices of
+    real regions of its own image (a word cannot name padding)."""
+    if not isinstance(grounding, list) or len(grounding) != len(captions):
+        got = f"{len(grounding)} entries" if isinstance(grounding, list) else type(grounding).__name__
+        raise DataError(f"{where}: expected a list with one entry per caption ({len(captions)}), got {got}")
+    n_regions = region_mask.shape[1]
+    for k, entry in enumerate(grounding):
+        if not entry:
+            continue
+        n_tokens = len(tokenize(captions[k]))
+        pairs_ok = isinstance(entry, list) and all(
+            isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], list) for pair in entry)
+        values = [] if not pairs_ok else [value for pair in entry for value in (pair[0], *pair[1])]
+        if any(isinstance(value, (bool, np.bool_)) for value in values):
+            raise DataError(f"{where}: entry {k} (caption {captions[k]!r}) uses true or false as an index; "
+                            f"token positions and region indices must be whole numbers")
+        if not pairs_ok or not all(
+                _is_index(pair[0]) and 0 <= pair[0] < n_tokens
+                and all(_is_index(i) and 0 <= i < n_regions for i in pair[1]) for pair in entry):
+            raise DataError(f"{where}: entry {k} (caption {captions[k]!r}) must be a list of "
+                            f"[token position < {n_tokens}, [region indices < {n_regions}]]")
+        image = int(caption_to_image[k])
+        padding = [i for pair in entry for i in pair[1] if not region_mask[image, i]]
+        if padding:
+            raise DataError(f"{where}: entry {k} (caption {captions[k]!r}) points at region {padding[0]} of "
+                            f"image {image}, which is padding (its mask is False); a word can only name a "
+                            f"real region")
 
 
 @dataclass(repr=False)
@@ -42,7 +140,8 @@ class RetrievalSplit:
     """N images (R region vectors each, a mask, a global vector) and M captions, each of one image.
 
     ``region_mask`` None means every region is real; ``global_features`` None means the masked
-    mean of the regions (spec section 1); ``image_ids`` None means "0".."N-1".
+    mean of the regions (spec section 1); ``image_ids`` None means "0".."N-1". Region features
+    in memory are checked here; memory-mapped ones (a ``np.memmap``) when read (module docstring).
     """
 
     name: str
@@ -62,6 +161,8 @@ class RetrievalSplit:
     region_labels: np.ndarray | None = None  # (N, R) int label ids into label_names
     label_names: list[str] | None = None
     positives: PositiveSets | None = None    # per caption, every image it is true of (complete positives)
+    regions_file: str | None = None          # the files memory-mapped features are read from, named in errors
+    global_file: str | None = None
 
     def __post_init__(self) -> None:
         where = f"split {self.name!r}"
@@ -78,7 +179,9 @@ class RetrievalSplit:
         if empty.size:
             raise DataError(f"{where}: image {int(empty[0])} has no real region (region_mask all False)")
         if self.global_features is None:
-            self.global_features = scan_regions(self.regions, self.region_mask, f"{where} regions", with_mean=True)
+            source = self.regions_file or f"{where} regions"
+            self.global_features = RegionMeans(self.regions, self.region_mask, source) \
+                if isinstance(self.regions, np.memmap) else scan_regions(self.regions, self.region_mask, source, True)
         if getattr(self.global_features, "ndim", None) != 2 or self.global_features.shape[0] != n:
             raise DataError(f"{where}: global_features must be (N={n}, Dg), "
                             f"got {getattr(self.global_features, 'shape', None)}")
@@ -116,6 +219,11 @@ class RetrievalSplit:
             value = getattr(self, field)
             if value is not None and len(value) != expected:
                 raise DataError(f"split {self.name!r}: {field} must have {expected} entries, got {len(value)}")
+        if self.boxes is not None:
+            check_boxes(self.boxes, f"split {self.name!r} boxes")
+        if self.grounding is not None:
+            check_grounding(self.grounding, self.captions, self.region_mask, self.caption_to_image,
+                            f"split {self.name!r} grounding")
 
     def __repr__(self) -> str:
         extras = [f for f in ("boxes", "image_sizes", "image_paths", "grounding", "image_attributes", "renderer",
@@ -156,7 +264,7 @@ class RetrievalSplit:
             return None
         try:
             with Image.open(path) as image:  # upright as extraction saw it, so boxes line up
-                return ImageOps.exif_transpose(image).convert("RGB")
+                return as_rgb(image)
         except OSError as e:
             raise DataError(f"split {self.name!r}: cannot open the picture of image {i} at {path} ({e})") from None
 
@@ -177,11 +285,14 @@ class RetrievalSplit:
                 return None
             return values[images] if isinstance(values, np.ndarray) else [values[i] for i in images]
 
+        regions, mask, global_features = _read_images(self, images)
         return replace(
             self,
-            regions=np.asarray(self.regions[images]),
-            region_mask=self.region_mask[images],
-            global_features=np.asarray(self.global_features[images]),
+            regions=regions,
+            region_mask=mask,
+            global_features=global_features,
+            regions_file=None,  # in memory now, and numbered anew
+            global_file=None,
             captions=[self.captions[c] for c in captions],
             caption_to_image=new_index[self.caption_to_image[captions]],
             boxes=pick(self.boxes), image_sizes=pick(self.image_sizes), image_ids=pick(self.image_ids),
@@ -209,24 +320,91 @@ class _SubsetRenderer:
         return self.parent(self.images[j])
 
 
+def _read_images(split: RetrievalSplit, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Regions (B, R, Dr), mask (B, R) and global vectors (B, Dg) of some images, read and checked."""
+    regions = checked_rows(split.regions, indices, split.regions_file or f"split {split.name!r} regions",
+                           "region features")
+    mask = np.ascontiguousarray(split.region_mask[indices])
+    if isinstance(split.global_features, RegionMeans):  # from the rows just read, not read again
+        global_features = _masked_mean(regions, mask)
+    else:
+        global_features = checked_rows(split.global_features, indices,
+                                       split.global_file or f"split {split.name!r} global features", "global features")
+    return regions, mask, global_features
+
+
 def image_tensors(split: RetrievalSplit, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch of images: regions float32 (B, R, Dr), mask bool (B, R), global float32 (B, Dg)."""
-    indices = np.asarray(indices, dtype=np.int64)
-    return (torch.from_numpy(np.asarray(split.regions[indices], dtype=np.float32)),
-            torch.from_numpy(np.ascontiguousarray(split.region_mask[indices])),
-            torch.from_numpy(np.asarray(split.global_features[indices], dtype=np.float32)))
+    """A batch of images: regions float32 (B, R, Dr), mask bool (B, R), global float32 (B, Dg).
+
+    Only these rows are read (from the memory map, where the split is one); a NaN or infinite
+    value among them is a DataError naming the file and the image.
+    """
+    regions, mask, global_features = _read_images(split, np.asarray(indices, dtype=np.int64))
+    return torch.from_numpy(regions), torch.from_numpy(mask), torch.from_numpy(global_features)
+
+
+def check_features(split: RetrievalSplit, progress: bool = False) -> None:
+    """Read every feature of ``split`` once, in chunks, and fail on the first NaN or infinite value
+    (what ``mlasm check`` does; training and evaluation check only the batches they read)."""
+    scan_regions(split.regions, split.region_mask, split.regions_file or f"split {split.name!r} regions",
+                 with_mean=False, progress=progress)
+    if not isinstance(split.global_features, RegionMeans):
+        source = split.global_file or f"split {split.name!r} global features"
+        rows = _chunk_rows(split.global_features.shape)
+        for start in tqdm(range(0, split.n_images, rows), desc=f"reading {source}", unit="chunk",
+                          disable=not progress):
+            checked_rows(split.global_features, np.arange(start, min(start + rows, split.n_images)), source,
+                         "global features")
+
+
+@dataclass(frozen=True)
+class EncodedCaptions:
+    """Captions as word ids, tokenised once: ``ids`` of every caption one after another, caption c
+    at ``ids[offsets[c]:offsets[c + 1]]``. NLTK's tokenizer takes a fraction of a millisecond a
+    caption, so a trainer encodes its captions once rather than every epoch."""
+
+    ids: np.ndarray      # int32, all captions' ids
+    offsets: np.ndarray  # (M + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids long (B, L) padded with 0 (<pad>), lengths long (B,)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        starts, stops = self.offsets[indices], self.offsets[indices + 1]
+        lengths = stops - starts
+        tokens = np.zeros((len(indices), int(lengths.max())), np.int64)
+        for row, (start, stop) in enumerate(zip(starts, stops)):
+            tokens[row, : stop - start] = self.ids[start:stop]
+        return torch.from_numpy(tokens), torch.from_numpy(lengths)
+
+
+def encode_captions(vocab: Vocabulary, texts: Sequence[str], progress: bool = False,
+                    where: str = "") -> EncodedCaptions:
+    """Every caption as ids (with <start> and <end> where the vocabulary adds them); a caption
+    without a word is a DataError naming it (``where`` follows its number in the message)."""
+    if not len(texts):
+        raise DataError("no caption to encode")
+    ids, lengths = [], np.empty(len(texts), np.int64)
+    for c, text in enumerate(tqdm(texts, desc="tokenising captions", unit="caption", disable=not progress,
+                                  mininterval=1.0)):
+        encoded = vocab.encode(text)
+        if not encoded.words:
+            raise DataError(f"caption {c} {where}has no tokens: {text!r}")
+        ids.extend(encoded.ids)
+        lengths[c] = len(encoded.ids)
+    offsets = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return EncodedCaptions(np.asarray(ids, dtype=np.int32), offsets)
 
 
 def caption_tensors(vocab: Vocabulary, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of captions: ids long (B, L) padded with 0 (<pad>), lengths long (B,), each >= 1."""
+    """A batch of captions: ids long (B, L) padded with 0 (<pad>), lengths long (B,), each >= 1.
+
+    <start> and <end> are added where the vocabulary says (``Vocabulary.with_boundaries``, from
+    the config's ``start_end_tokens``), so training, evaluation and the widgets read a caption alike.
+    """
     if not texts:
         raise DataError("caption_tensors needs at least one caption")
-    encoded = [vocab.encode(text).ids for text in texts]
-    empty = [i for i, ids in enumerate(encoded) if not ids]
-    if empty:
-        raise DataError(f"caption {empty[0]} of the batch has no tokens: {texts[empty[0]]!r}")
-    lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.long)
-    tokens = torch.zeros((len(encoded), int(lengths.max())), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return tokens, lengths
+    return encode_captions(vocab, texts, where="of the batch ").batch(np.arange(len(texts)))

@@ -12,11 +12,15 @@ class DataError(ValueError):
 
 def load_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """json.load with a missing file, bad encoding and bad syntax reported as DataError naming the file."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, expected a {what}")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         raise DataError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the {what} ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:

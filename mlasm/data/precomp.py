@@ -1,7 +1,10 @@
 """SCAN "precomp" folders plus the optional extras of docs/architecture.md, read and written.
 
-``{split}_ims.npy`` is opened as a read-only memory map, so a 20 GB file costs no memory until
-its rows are used; the NaN/inf check reads it once, in chunks. Every file is written atomically.
+``{split}_ims.npy`` (and ``{split}_global.npy``) are opened as read-only memory maps and not read:
+opening COCO's 33 GB training split takes the time of reading its captions and small extras, and
+its features cost memory only as batches are read. Their NaN/inf check happens per batch as they
+are read (``image_tensors``), or all at once with ``check_features`` (``mlasm check``). Every file
+is written atomically.
 """
 from __future__ import annotations
 
@@ -11,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlasm.data.dataset import RetrievalSplit, scan_regions
+from mlasm.data.dataset import RetrievalSplit, check_boxes, check_grounding
 from mlasm.data.errors import DataError, load_json
 from mlasm.data.positives import read_positives, write_positives
-from mlasm.data.vocab import tokenize
 from mlasm.io import atomic_path, write_json, write_text
 
 FORMAT = "mlasm-precomp"
@@ -22,6 +24,13 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 DEFAULT_CAPTIONS_PER_IMAGE = 5
 STANDARD_SPLITS = ("train", "dev", "test", "testall")
+
+
+# the optional files of a split (docs/architecture.md): a producer replacing a split removes those it
+# does not write, or they would be read back with the new content
+EXTRA_SUFFIXES = ("mask.npy", "boxes.npy", "global.npy", "cap2img.npy", "ids.txt", "image_paths.txt", "sizes.npy",
+                  "scores.npy", "labels.npy", "grounding.json", "attributes.json", "positives.txt", "meanings.json",
+                  "scenes.json")
 
 
 def list_splits(folder: str | os.PathLike) -> list[str]:
@@ -42,6 +51,13 @@ def read_meta(folder: str | os.PathLike) -> dict:
     if meta.get("format", FORMAT) != FORMAT or meta.get("version", FORMAT_VERSION) != FORMAT_VERSION:
         raise DataError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
                         f"expected {FORMAT!r} version {FORMAT_VERSION}")
+    cpi = meta.get("captions_per_image")
+    if cpi is not None and not (isinstance(cpi, int) and not isinstance(cpi, bool) and cpi >= 1):
+        raise DataError(f"{path}: field \"captions_per_image\" must be a whole number >= 1 (or null when it "
+                        f"varies), got {json.dumps(cpi)}" + (" (a string)" if isinstance(cpi, str) else ""))
+    names = meta.get("label_names")
+    if names is not None and not (isinstance(names, list) and all(n is None or isinstance(n, str) for n in names)):
+        raise DataError(f"{path}: field \"label_names\" must be a list of strings (null for an unused id)")
     return meta
 
 
@@ -50,7 +66,8 @@ def read_split(folder: str | os.PathLike, split: str, captions_per_image: int | 
     """Read split ``split`` of a precomp folder, with every optional extra that is present.
 
     Captions belong to images by ``{split}_cap2img.npy`` when present, else caption k to image
-    k // captions_per_image (argument, else meta ``captions_per_image``, else 5).
+    k // captions_per_image (argument, else meta ``captions_per_image``, else 5). With ``mmap``
+    (the default) no feature is read here (module docstring).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -74,30 +91,32 @@ def read_split(folder: str | os.PathLike, split: str, captions_per_image: int | 
     if empty.size:
         raise DataError(f"{file('mask.npy')}: image {int(empty[0])} has no real region (all False)")
     captions = _read_lines(file("caps.txt"), required=True, allow_empty=False)
+    if not captions:
+        raise DataError(f"{file('caps.txt')}: holds no caption (the file is empty); expected one caption per line")
     caption_to_image = _caption_to_image(file, meta, captions_per_image, n, len(captions))
     paths = _read_lines(file("image_paths.txt"), expected=n)
     labels = _optional_array(file("labels.npy"), (n, r), kind="i")
+    boxes = _optional_array(file("boxes.npy"), (n, r, 4), kind="f")
+    if boxes is not None:
+        check_boxes(boxes, str(file("boxes.npy")))
     extras = dict(
-        boxes=_optional_array(file("boxes.npy"), (n, r, 4), kind="f"),
+        boxes=boxes,
         image_sizes=_optional_array(file("sizes.npy"), (n, 2), kind="i"),
         image_ids=_read_lines(file("ids.txt"), expected=n),
         image_paths=None if paths is None else [str(folder / p) if p else None for p in paths],
-        grounding=_read_grounding(file("grounding.json"), captions, r),
+        grounding=_read_grounding(file("grounding.json"), captions, mask, caption_to_image),
         image_attributes=_read_attributes(file("attributes.json"), n),
         region_scores=_optional_array(file("scores.npy"), (n, r), kind="f"),
         region_labels=labels,
         label_names=meta.get("label_names") if labels is not None else None,
         positives=read_positives(file("positives.txt"), n, caption_to_image) if file("positives.txt").exists() else None,
     )
-    global_features = _optional_array(file("global.npy"), (n, None), kind="f")
-    if global_features is not None and not np.isfinite(global_features).all():
-        bad = int(np.flatnonzero(~np.isfinite(global_features).all(axis=1))[0])
-        raise DataError(f"{file('global.npy')}: image {bad} has NaN or infinite features")
-    # Last, once every cheap check has passed: the one pass that reads all the region features.
-    mean = scan_regions(regions, mask, str(file("ims.npy")), with_mean=global_features is None)
-    return RetrievalSplit(name=split, regions=regions, region_mask=mask,
-                          global_features=mean if global_features is None else global_features,
-                          captions=captions, caption_to_image=caption_to_image, **extras)
+    global_features = _optional_array(file("global.npy"), (n, None), kind="f", mmap=mmap)
+    # None: the masked mean of the regions, computed as they are read (RetrievalSplit)
+    return RetrievalSplit(name=split, regions=regions, region_mask=mask, global_features=global_features,
+                          captions=captions, caption_to_image=caption_to_image,
+                          regions_file=str(file("ims.npy")),
+                          global_file=None if global_features is None else str(file("global.npy")), **extras)
 
 
 def write_split(folder: str | os.PathLike, split_name: str, split: RetrievalSplit,
@@ -161,6 +180,8 @@ _KINDS = {"f": "floating-point", "i": "integer", "b": "boolean"}
 
 def _load_array(path: Path, mmap: bool, ndim: int, kind: str) -> np.ndarray:
     """np.load with the failure modes turned into messages that name the file."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a .npy file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -174,20 +195,31 @@ def _load_array(path: Path, mmap: bool, ndim: int, kind: str) -> np.ndarray:
     return array
 
 
-def _optional_array(path: Path, shape: tuple, kind: str) -> np.ndarray | None:
-    """An optional extra, loaded into memory; ``shape`` entries None accept any size."""
+def _optional_array(path: Path, shape: tuple, kind: str, mmap: bool = False) -> np.ndarray | None:
+    """An optional extra, loaded into memory unless ``mmap``; ``shape`` entries None accept any size."""
     if not path.exists():
         return None
-    array = _load_array(path, mmap=False, ndim=len(shape), kind=kind)
+    array = _load_array(path, mmap=mmap, ndim=len(shape), kind=kind)
     if any(want is not None and got != want for got, want in zip(array.shape, shape)):
         expected = tuple("any" if s is None else s for s in shape)
         raise DataError(f"{path}: expected shape {expected}, got {array.shape}")
     return array
 
 
+def read_caption_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a captions file (or any one-entry-per-line file), stripped; an empty line or text
+    that is not UTF-8 is an error naming the line."""
+    lines = _read_lines(Path(path), required=True, allow_empty=False)
+    if not lines:
+        raise DataError(f"{path}: the file is empty; expected one entry per line")
+    return lines
+
+
 def _read_lines(path: Path, required: bool = False, expected: int | None = None,
                 allow_empty: bool = True) -> list[str] | None:
     """The stripped lines of a UTF-8 text file; errors name the line (1-based)."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a text file")
     if not path.is_file():
         if required:
             raise DataError(f"{path}: file not found")
@@ -218,7 +250,9 @@ def _caption_to_image(file, meta: dict, captions_per_image: int | None, n: int, 
             raise DataError(f"{file('cap2img.npy')}: image indices must lie in [0, {n}), "
                             f"got [{explicit.min()}, {explicit.max()}]")
         return explicit.astype(np.int64)
-    cpi = captions_per_image or meta.get("captions_per_image", DEFAULT_CAPTIONS_PER_IMAGE)
+    if captions_per_image is not None and not (isinstance(captions_per_image, int) and captions_per_image >= 1):
+        raise ValueError(f"captions_per_image must be a whole number >= 1, got {captions_per_image!r}")
+    cpi = captions_per_image or meta.get("captions_per_image") or DEFAULT_CAPTIONS_PER_IMAGE
     if m != cpi * n:
         repeated = " (one feature row per caption, as in old VSE++ releases: keep every 5th row)" if m == n else ""
         raise DataError(f"{file('caps.txt')}: {m} captions for the {n} images of {file('ims.npy').name}; "
@@ -227,23 +261,13 @@ def _caption_to_image(file, meta: dict, captions_per_image: int | None, n: int, 
     return np.arange(m, dtype=np.int64) // cpi
 
 
-def _read_grounding(path: Path, captions: list[str], n_regions: int) -> list | None:
-    """Per caption a list of [token position, [region indices]], checked against tokens and R."""
+def _read_grounding(path: Path, captions: list[str], region_mask: np.ndarray,
+                    caption_to_image: np.ndarray) -> list | None:
+    """Per caption a list of [token position, [region indices]], checked against its tokens and real regions."""
     if not path.exists():
         return None
-    grounding = load_json(path)
-    if not isinstance(grounding, list) or len(grounding) != len(captions):
-        got = f"{len(grounding)} entries" if isinstance(grounding, list) else type(grounding).__name__
-        raise DataError(f"{path}: expected a list with one entry per caption ({len(captions)}), got {got}")
-    for k, entry in enumerate(grounding):
-        n_tokens = len(tokenize(captions[k]))
-        ok = isinstance(entry, list) and all(
-            isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], int) and 0 <= pair[0] < n_tokens
-            and isinstance(pair[1], list) and all(isinstance(i, int) and 0 <= i < n_regions for i in pair[1])
-            for pair in entry)
-        if not ok:
-            raise DataError(f"{path}: entry {k} (caption {captions[k]!r}) must be a list of "
-                            f"[token position < {n_tokens}, [region indices < {n_regions}]]")
+    grounding = load_json(path, "grounding file")
+    check_grounding(grounding, captions, region_mask, caption_to_image, str(path))
     return grounding
 
 

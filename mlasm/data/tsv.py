@@ -66,7 +66,8 @@ def _decode_floats(text: str, path: Path, line: int, field: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.float32)
 
 
-def _parse_row(row: list[str], path: Path, line: int) -> TsvRecord:
+def parse_tsv_row(row: list[str], path: Path, line: int) -> TsvRecord:
+    """One line's fields as a record, checked; errors name the file, the line and the field."""
     if len(row) < len(FIELDS):
         raise DataError(f"{path}: line {line} has {len(row)} tab-separated fields, expected {len(FIELDS)}: {FIELDS}")
     image_id, width, height, num_boxes, boxes, features = row[: len(FIELDS)]
@@ -103,11 +104,33 @@ def iter_tsv(path: str | os.PathLike) -> Iterator[TsvRecord]:
             for row in reader:
                 line = reader.line_num
                 if row:
-                    yield _parse_row(row, path, line)
+                    yield parse_tsv_row(row, path, line)
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: line {line + 1} is not valid UTF-8 ({e.reason})") from None
         except csv.Error as e:
             raise DataError(f"{path}: line {reader.line_num}: {e}") from None
+
+
+def iter_tsv_from(path: str | os.PathLike, offset: int = 0, line: int = 0) -> Iterator[tuple[TsvRecord, int, int]]:
+    """(record, its line number, the byte offset after it) from byte ``offset`` (the start of line
+    ``line + 1``) on: what a resumable conversion needs to continue where it stopped.
+
+    Lines are split on tabs as bottom-up-attention writes them (no quoting, which base64 never needs).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: TSV file not found")
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for raw in f:
+            line += 1
+            offset += len(raw)
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: line {line} is not valid UTF-8 ({e.reason})") from None
+            if text:
+                yield parse_tsv_row(text.split("\t"), path, line), line, offset
 
 
 def read_tsv(path: str | os.PathLike, max_regions: int | None = None) -> TsvFeatures:

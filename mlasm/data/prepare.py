@@ -1,0 +1,483 @@
+"""``mlasm prepare``: the files researchers download, turned into the precomp folder the workbench reads.
+
+Two sources:
+
+- bottom-up-attention TSV (region features and boxes of every image, e.g. ``trainval_36.tsv``)
+  with a caption file: Karpathy's ``dataset_coco.json`` / ``dataset_flickr30k.json`` (its
+  splits become ours) or a COCO ``captions_*.json`` (one split, ``all``): :func:`prepare_from_tsv`;
+- a SCAN precomp folder (``data/f30k_precomp``) with its vocabulary
+  (``vocab/f30k_precomp_vocab.json``): :func:`prepare_from_scan`.
+
+Both work in bounded memory: the TSV is read one line at a time and each image's rows are
+written in place into the output ``.npy`` files (no memory map, so written pages never count
+against the process); memory holds only per-image metadata. Both resume: run the same command
+again after a stop (Ctrl-C, a kill, a full disk) and it continues from its last checkpoint.
+Large files are written as hidden ``.NAME.partial`` files and renamed when complete;
+``meta.json`` is written after every split is in place.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mlasm.data.coco import CaptionedImage, read_caption_file
+from mlasm.data.errors import DataError, load_json
+from mlasm.data.precomp import (DEFAULT_CAPTIONS_PER_IMAGE, EXTRA_SUFFIXES, FORMAT, FORMAT_VERSION, META_FILE,
+                                list_splits, read_caption_lines, read_meta, read_split)
+from mlasm.data.tsv import iter_tsv_from
+from mlasm.data.vocab import Vocabulary, tokenize
+from mlasm.io import check_output_folder, remove_stale_temporaries, write_json, write_text, write_together
+
+STATE_FILE = ".prepare-state.json"
+FILLED_FILE = ".prepare-filled.npz"
+STATE_VERSION = 1
+# SCAN's names for Karpathy's splits: COCO's train includes restval (absent from Flickr30K's file)
+KARPATHY_SPLITS = {"train": ("train", "restval"), "dev": ("val",), "test": ("test",)}
+COCO_FILE_SPLIT = "all"  # a COCO caption file has no splits: all its images are this one
+MATCHES = ("auto", "id", "file")
+COPY_CHUNK = 64 * 2**20
+COVERAGE_SAMPLE = 10_000  # captions per split whose tokens are looked up in the vocabulary
+
+
+def parse_split_mapping(text: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME=PART[,PART...]``: output split NAME made of these splits of the caption file."""
+    name, _, parts = text.partition("=")
+    parts = tuple(p.strip() for p in parts.split(",") if p.strip())
+    if not name.strip() or not parts or "/" in name:
+        raise ValueError(f"expected NAME=SPLIT[,SPLIT...], e.g. train=train,restval or testall=test; got {text!r}")
+    return name.strip(), parts
+
+
+# ----------------------------------------------------------------------------- writing rows in place
+
+class _RowFile:
+    """A .npy file of a fixed shape whose rows are written in place, in any order (os.pwrite)."""
+
+    def __init__(self, path: Path, dtype, shape: tuple, create: bool):
+        if create:  # the header and a sparse file of the full size: no byte of data is written yet
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            del array
+        array = np.load(path, mmap_mode="r")
+        if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
+            raise DataError(f"{path}: an unfinished conversion left shape {array.shape} {array.dtype}, expected "
+                            f"{tuple(shape)} {np.dtype(dtype)}; start again with --restart")
+        self.path, self.dtype, self.offset = path, np.dtype(dtype), int(array.offset)
+        self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        del array
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        data = np.ascontiguousarray(values, dtype=self.dtype).tobytes()
+        if os.pwrite(self.fd, data, self.offset + row * self.row_bytes) != len(data):
+            raise OSError(errno.EIO, "short write", str(self.path))
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial")
+
+
+def _file_identity(path: Path) -> dict:
+    """What tells a changed input from the one a conversion began on."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _read_state(out: Path) -> dict | None:
+    path = out / STATE_FILE
+    return load_json(path, "conversion state") if path.is_file() else None
+
+
+def _remove_unfinished(out: Path) -> None:
+    for path in out.glob(".*.partial"):
+        path.unlink()
+    for name in (STATE_FILE, FILLED_FILE):
+        (out / name).unlink(missing_ok=True)
+
+
+def _refuse_other_conversion(out: Path, state: dict, settings: dict) -> None:
+    differences = sorted(key for key in set(state.get("settings", {})) | set(settings)
+                         if state.get("settings", {}).get(key) != settings.get(key))
+    raise DataError(f"{out}: holds an unfinished conversion with other inputs or settings "
+                    f"({', '.join(differences)} differ); run the same command to continue it, or pass "
+                    f"--restart to begin again")
+
+
+def _finish_split_files(out: Path, name: str, captions: list[str], image_ids: list[str],
+                        image_paths: list[str] | None, keep: Sequence[str] = ()) -> None:
+    """Remove the extras an earlier content of the folder left for a split (but those in ``keep``,
+    about to be replaced), then write its text files."""
+    for suffix in EXTRA_SUFFIXES:
+        if suffix not in keep:
+            (out / f"{name}_{suffix}").unlink(missing_ok=True)
+    write_text(out / f"{name}_caps.txt", "".join(c + "\n" for c in captions))
+    write_text(out / f"{name}_ids.txt", "".join(i + "\n" for i in image_ids))
+    if image_paths is not None:
+        write_text(out / f"{name}_image_paths.txt", "".join(p + "\n" for p in image_paths))
+
+
+def _write_meta(out: Path, producer: dict, captions_per_image: int, extra: dict | None = None) -> None:
+    try:
+        meta = read_meta(out)
+    except DataError:  # an unreadable meta.json of an earlier content is replaced
+        meta = {}
+    meta.update(extra or {})
+    meta.update({"format": FORMAT, "version": FORMAT_VERSION, "captions_per_image": captions_per_image,
+                 "producer": producer})
+    write_json(out / META_FILE, meta)
+
+
+def _normalised(caption: str) -> str:
+    """One line: a caption's whitespace (line breaks included) as single spaces."""
+    return " ".join(caption.split())
+
+
+# ----------------------------------------------------------------------------- TSV + captions
+
+@dataclass
+class _Split:
+    """An output split: the splits of the caption file it is made of, and its images in the file's order."""
+
+    name: str
+    parts: list[str]
+    images: list[CaptionedImage]
+
+
+def _default_mapping(parts: set[str]) -> dict[str, list[str]]:
+    """SCAN's names for the Karpathy splits the file has; a COCO caption file's one split as it is."""
+    mapping = {name: [p for p in wanted if p in parts] for name, wanted in KARPATHY_SPLITS.items()}
+    mapping = {name: wanted for name, wanted in mapping.items() if wanted}
+    return mapping or {COCO_FILE_SPLIT: [COCO_FILE_SPLIT]}
+
+
+def _plan(captions_path: Path, images: list[CaptionedImage], mapping: dict[str, Sequence[str]] | None,
+          captions_per_image: int) -> list[_Split]:
+    parts = {image.split or COCO_FILE_SPLIT for image in images}
+    mapping = _default_mapping(parts) if mapping is None else mapping
+    unknown = sorted({p for wanted in mapping.values() for p in wanted} - parts)
+    if unknown:
+        raise DataError(f"{captions_path}: no split {unknown}; it has {sorted(parts)}")
+    taken: dict[str, str] = {}
+    for name, wanted in mapping.items():
+        for part in wanted:
+            if part in taken:
+                raise DataError(f"--split: {part!r} of {captions_path.name} is given to both {taken[part]!r} "
+                                f"and {name!r}")
+            taken[part] = name
+    splits = {name: _Split(name, list(wanted), []) for name, wanted in mapping.items()}
+    for image in images:
+        name = taken.get(image.split or COCO_FILE_SPLIT)
+        if name is None:
+            continue
+        if len(image.captions) < captions_per_image:
+            raise DataError(f"{captions_path}: image {image.image_id} ({image.file_name}) has "
+                            f"{len(image.captions)} captions, fewer than --captions-per-image {captions_per_image}")
+        splits[name].images.append(image)
+    return list(splits.values())
+
+
+def _index(splits: list[_Split], key: Callable[[CaptionedImage], str]) -> dict[str, tuple[str, int] | None]:
+    """key -> (split, row); None for a key two images share (an error only if the TSV uses it)."""
+    index: dict[str, tuple[str, int] | None] = {}
+    for split in splits:
+        for row, image in enumerate(split.images):
+            k = key(image)
+            index[k] = None if k in index else (split.name, row)
+    return index
+
+
+def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: str | os.PathLike,
+                     splits: dict[str, Sequence[str]] | None = None, max_regions: int = 36,
+                     captions_per_image: int = DEFAULT_CAPTIONS_PER_IMAGE, match: str = "auto",
+                     images_root: str | os.PathLike | None = None, restart: bool = False,
+                     checkpoint_every: int = 1000, progress: bool = True,
+                     on_record: Callable[[int], None] | None = None) -> dict:
+    """Convert a bottom-up-attention TSV and a caption file into precomp splits in ``out``.
+
+    ``splits`` maps output splits to splits of the caption file (default: SCAN's names for
+    Karpathy's, train = train + restval, dev = val, test = test; a COCO caption file: ``all``).
+    Each image keeps its first ``captions_per_image`` captions and up to ``max_regions`` boxes
+    (fewer are padded, with a mask). TSV lines are matched to images by ``match``: ``id`` (COCO
+    ids: the TSV's image_id is the caption file's image id), ``file`` (the TSV's image_id is the
+    picture's file name without extension, as for Flickr30K), or ``auto`` (whichever the first
+    line matches). TSV images in no chosen split are skipped and counted. ``images_root`` (the
+    folder the caption file's file names are relative to) records each picture's path, for
+    display. ``on_record`` is called after each TSV line with the number read (tests use it).
+    Returns a summary: per split its images and captions, the TSV lines skipped, the match used.
+    """
+    tsv, captions_path, out = Path(tsv), Path(captions), Path(out)
+    if match not in MATCHES:
+        raise ValueError(f"match must be one of {MATCHES}, got {match!r}")
+    if not tsv.is_file():
+        raise DataError(f"{tsv}: TSV file not found")
+    plan = _plan(captions_path, read_caption_file(captions_path), splits, captions_per_image)
+    settings = {"tsv": _file_identity(tsv), "captions": _file_identity(captions_path),
+                "splits": {s.name: {"parts": s.parts, "images": len(s.images)} for s in plan},
+                "max_regions": max_regions,
+                "captions_per_image": captions_per_image, "match": match}
+    settings = json.loads(json.dumps(settings))  # as it reads back from the state file
+    out = check_output_folder(out, "--out")
+    remove_stale_temporaries(out)
+    state = _read_state(out)
+    if state is not None and (restart or state.get("kind") != "tsv" or state.get("settings") != settings):
+        if not restart:
+            _refuse_other_conversion(out, state, settings)
+        state = None
+    if state is None:
+        _remove_unfinished(out)
+        state = {"version": STATE_VERSION, "kind": "tsv", "settings": settings, "offset": 0, "line": 0,
+                 "records": 0, "skipped": 0, "match": None if match == "auto" else match, "dim": None}
+        filled = {s.name: np.zeros(len(s.images), bool) for s in plan}
+    else:
+        with np.load(out / FILLED_FILE) as saved:
+            filled = {s.name: saved[s.name].copy() for s in plan}
+
+    by_key = {"id": _index(plan, lambda image: image.image_id),
+              "file": _index(plan, lambda image: Path(image.file_name).stem)}
+    sizes = {s.name: len(s.images) for s in plan}
+    files: dict[str, dict[str, _RowFile]] = {}
+
+    def open_files(dim: int, create: bool) -> None:
+        for name, n in sizes.items():
+            files[name] = {
+                "ims": _RowFile(_partial(out / f"{name}_ims.npy"), np.float32, (n, max_regions, dim), create),
+                "boxes": _RowFile(_partial(out / f"{name}_boxes.npy"), np.float32, (n, max_regions, 4), create),
+                "mask": _RowFile(_partial(out / f"{name}_mask.npy"), np.bool_, (n, max_regions), create),
+                "sizes": _RowFile(_partial(out / f"{name}_sizes.npy"), np.int32, (n, 2), create),
+            }
+
+    def checkpoint() -> None:
+        for row_files in files.values():
+            for row_file in row_files.values():
+                row_file.sync()
+
+        def save_filled(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **filled)
+
+        def save_state(tmp: Path) -> None:
+            tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+
+        write_together({out / FILLED_FILE: save_filled, out / STATE_FILE: save_state})
+
+    if state["dim"] is not None:
+        open_files(state["dim"], create=False)
+    bar = tqdm(total=settings["tsv"]["size"], initial=state["offset"], unit="B", unit_scale=True,
+               desc=f"reading {tsv.name}", disable=not progress)
+    since_checkpoint = 0
+    try:
+        for record, line, offset in iter_tsv_from(tsv, state["offset"], state["line"]):
+            if state["match"] is None:  # auto: the first line decides
+                state["match"] = "id" if record.image_id in by_key["id"] else \
+                    "file" if record.image_id in by_key["file"] else None
+                if state["match"] is None:
+                    raise DataError(f"{tsv}: line {line}: image_id {record.image_id!r} is neither an image id nor "
+                                    f"a file name (without extension) of an image of {captions_path.name} in the "
+                                    f"chosen splits; check the pairing of TSV and caption file, or give --match")
+            index = by_key[state["match"]]
+            if record.image_id not in index:
+                state["skipped"] += 1
+            else:
+                target = index[record.image_id]
+                if target is None:
+                    raise DataError(f"{tsv}: line {line}: image_id {record.image_id!r} names two images of "
+                                    f"{captions_path.name} (by {state['match']}); give --match id or file")
+                name, row = target
+                k, dim = record.features.shape
+                if state["dim"] is None:
+                    state["dim"] = dim
+                    open_files(dim, create=True)
+                if k > max_regions:
+                    raise DataError(f"{tsv}: line {line} (image {record.image_id}): {k} boxes, more than "
+                                    f"--max-regions {max_regions}; give a larger --max-regions (images with "
+                                    f"fewer boxes are padded, with a mask)")
+                if dim != state["dim"]:
+                    raise DataError(f"{tsv}: line {line} (image {record.image_id}), field features: {dim}-d "
+                                    f"region features, where the first image had {state['dim']}-d")
+                if filled[name][row]:
+                    raise DataError(f"{tsv}: line {line}: image {record.image_id} appears a second time in the TSV")
+                padded = np.zeros((max_regions, dim), np.float32)
+                padded[:k] = record.features
+                boxes = np.zeros((max_regions, 4), np.float32)
+                boxes[:k] = record.boxes
+                files[name]["ims"].write(row, padded)
+                files[name]["boxes"].write(row, boxes)
+                files[name]["mask"].write(row, np.arange(max_regions) < k)
+                files[name]["sizes"].write(row, np.array([record.width, record.height], np.int32))
+                filled[name][row] = True
+            bar.update(offset - state["offset"])
+            state.update(offset=offset, line=line, records=state["records"] + 1)
+            since_checkpoint += 1
+            if since_checkpoint >= checkpoint_every:
+                checkpoint()
+                since_checkpoint = 0
+            if on_record is not None:
+                on_record(state["records"])
+        checkpoint()
+    finally:
+        bar.close()
+        for row_files in files.values():
+            for row_file in row_files.values():
+                row_file.close()
+
+    for split in plan:
+        missing = np.flatnonzero(~filled[split.name])
+        if missing.size:
+            examples = ", ".join(split.images[i].image_id for i in missing[:5])
+            raise DataError(f"{tsv}: {missing.size} of the {len(split.images)} images of split {split.name!r} are not "
+                            f"in the TSV (ids {examples}{', ...' if missing.size > 5 else ''}); the TSV must hold "
+                            f"every image of the chosen splits of {captions_path.name}")
+    for split in plan:
+        texts = [_normalised(c) for image in split.images for c in image.captions[:captions_per_image]]
+        paths = None if images_root is None else \
+            [str(Path(images_root).resolve() / image.file_name) for image in split.images]
+        moved = ("ims.npy", "boxes.npy", "mask.npy", "sizes.npy")
+        _finish_split_files(out, split.name, texts, [image.image_id for image in split.images], paths, keep=moved)
+        for suffix in moved:  # a run stopped among these renames finds some already done
+            if _partial(out / f"{split.name}_{suffix}").exists():
+                os.replace(_partial(out / f"{split.name}_{suffix}"), out / f"{split.name}_{suffix}")
+    producer = {"name": "mlasm prepare", "from": "bottom-up-attention TSV", "tsv": str(tsv.resolve()),
+                "captions": str(captions_path.resolve()), "match": state["match"],
+                "splits": {s.name: s.parts for s in plan}}
+    _write_meta(out, producer, captions_per_image)
+    _remove_unfinished(out)
+    summary = {"splits": {}, "skipped_tsv_images": state["skipped"], "match": state["match"], "out": str(out)}
+    for split in plan:
+        data = read_split(out, split.name)  # cheap: reads no feature; proves the folder reads back
+        summary["splits"][split.name] = {"images": data.n_images, "captions": data.n_captions}
+    return summary
+
+
+# ----------------------------------------------------------------------------- SCAN precomp + vocabulary
+
+def _link_or_copy(source: Path, target: Path, progress: bool) -> str:
+    """``target`` as the same file as ``source``: a hard link where the file system allows, else a
+    copy in chunks that a second run continues from where the first stopped."""
+    partial = _partial(target)
+    if not partial.exists():  # no copy under way: a hard link costs neither time nor space
+        try:
+            os.link(source, partial)
+            os.replace(partial, target)
+            return "linked"
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+    size = source.stat().st_size
+    done = partial.stat().st_size if partial.exists() else 0
+    with open(source, "rb") as reader, open(partial, "ab") as writer, \
+            tqdm(total=size, initial=done, unit="B", unit_scale=True, desc=f"copying {source.name}",
+                 disable=not progress) as bar:
+        reader.seek(done)
+        while chunk := reader.read(COPY_CHUNK):
+            writer.write(chunk)
+            bar.update(len(chunk))
+        writer.flush()
+        os.fsync(writer.fileno())
+    os.replace(partial, target)
+    return "copied"
+
+
+def _every_kth_row(source: Path, target: Path, k: int, progress: bool) -> None:
+    """Keep row 0, k, 2k... of ``source`` (an old VSE++ layout with one feature row per caption);
+    resumable: rows already written (counted in a sidecar file after each chunk) are kept."""
+    array = np.load(source, mmap_mode="r")
+    n = array.shape[0] // k
+    partial, done_file = _partial(target), target.with_name(f".{target.name}.rows")
+    done = int(done_file.read_text()) if done_file.is_file() and partial.is_file() else 0
+    rows = _RowFile(partial, array.dtype, (n,) + array.shape[1:], create=done == 0)
+    step = max(1, COPY_CHUNK // max(1, rows.row_bytes))
+    try:
+        for start in tqdm(range(done, n, step), desc=f"keeping every {k}th row of {source.name}",
+                          disable=not progress):
+            stop = min(start + step, n)
+            block = np.asarray(array[start * k:stop * k:k])
+            os.pwrite(rows.fd, np.ascontiguousarray(block).tobytes(), rows.offset + start * rows.row_bytes)
+            rows.sync()
+            write_text(done_file, str(stop))
+    finally:
+        rows.close()
+    os.replace(partial, target)
+    done_file.unlink(missing_ok=True)
+
+
+def vocabulary_coverage(vocab: Vocabulary, captions: Sequence[str], sample: int = COVERAGE_SAMPLE) -> float:
+    """Share of the tokens of (the first ``sample``) captions that the vocabulary knows."""
+    tokens = [token for caption in captions[:sample] for token in tokenize(caption)]
+    return float(np.mean([token in vocab for token in tokens])) if tokens else 0.0
+
+
+def prepare_from_scan(source: str | os.PathLike, vocab: str | os.PathLike, out: str | os.PathLike,
+                      splits: Sequence[str] | None = None, captions_per_image: int = DEFAULT_CAPTIONS_PER_IMAGE,
+                      progress: bool = True) -> dict:
+    """A SCAN precomp folder and its vocabulary file as a folder the workbench reads, ``vocab.json`` included.
+
+    Features are hard-linked where possible (else copied, resumably): a SCAN release is already
+    the precomp format. An old VSE++ release that repeats each image's row once per caption is
+    reduced to one row per image. ``out`` may be ``source`` itself (then only ``meta.json`` and
+    ``vocab.json`` are written). The vocabulary (SCAN's JSON or ours) keeps its ids; the summary
+    gives, per split, the share of caption tokens it knows (on the first 10,000 captions).
+    """
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise DataError(f"{source}: SCAN precomp folder not found")
+    available = list_splits(source)
+    names = list(splits) if splits else available
+    if not names:
+        raise DataError(f"{source}: no split (no *_ims.npy file); expected SCAN's data/f30k_precomp or coco_precomp")
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise DataError(f"{source}: no split {unknown}; available: {available}")
+    vocabulary = Vocabulary.load(vocab)
+    out = check_output_folder(out, "--out")
+    in_place = out.resolve() == source.resolve()
+    summary = {"splits": {}, "vocabulary": {"file": str(out / "vocab.json"), "words": len(vocabulary)},
+               "out": str(out)}
+    for name in names:
+        ims = source / f"{name}_ims.npy"
+        try:
+            shape = np.load(ims, mmap_mode="r").shape
+        except (ValueError, OSError) as e:
+            raise DataError(f"{ims}: not a readable .npy array ({e})") from None
+        if len(shape) != 3:
+            raise DataError(f"{ims}: expected (images, regions, dim), got shape {shape}")
+        captions = read_caption_lines(source / f"{name}_caps.txt")
+        ids_path = source / f"{name}_ids.txt"
+        ids = read_caption_lines(ids_path) if ids_path.is_file() else None
+        repeated = len(captions) == shape[0] != captions_per_image * shape[0]
+        if not repeated and len(captions) != captions_per_image * shape[0]:
+            raise DataError(f"{source / f'{name}_caps.txt'}: {len(captions)} captions for the {shape[0]} images of "
+                            f"{ims.name}; expected {captions_per_image} per image (or one per row, as old VSE++)")
+        if repeated and shape[0] % captions_per_image:
+            raise DataError(f"{ims}: {shape[0]} rows, one per caption, is not a multiple of {captions_per_image}")
+        if repeated and in_place:
+            raise DataError(f"{ims}: one row per caption (old VSE++ layout) cannot be reduced in place; "
+                            f"give another --out")
+        how = "in place"
+        if repeated:
+            _every_kth_row(ims, out / ims.name, captions_per_image, progress)
+            how = f"every {captions_per_image}th row kept"
+            ids = None if ids is None else ids[::captions_per_image] if len(ids) == shape[0] else ids
+        elif not in_place:
+            how = _link_or_copy(ims, out / ims.name, progress)
+        if not in_place:
+            _finish_split_files(out, name, captions, ids if ids is not None else
+                                [str(i) for i in range(len(captions) // captions_per_image)], None)
+        data = read_split(out, name, captions_per_image=captions_per_image)
+        summary["splits"][name] = {"images": data.n_images, "captions": data.n_captions, "features": how,
+                                   "vocabulary_coverage": vocabulary_coverage(vocabulary, data.captions)}
+    vocabulary.save(out / "vocab.json")
+    _write_meta(out, {"name": "mlasm prepare", "from": "SCAN precomp", "source": str(source.resolve()),
+                      "vocabulary": str(Path(vocab).resolve())}, captions_per_image, {"vocabulary": "vocab.json"})
+    return summary

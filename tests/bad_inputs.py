@@ -1,0 +1,235 @@
+"""Every bad input and fault the tests cover: what it is, how it is given, what the user sees.
+
+The tests take their cases from this table (tests/test_reliability.py, tests/test_resume.py);
+``test_every_case_in_the_table_has_a_test`` checks that each case is a parameter of some
+test, and ``test_the_documented_table_is_this_one`` that docs/bad-inputs.md is this table as
+``python tests/bad_inputs.py`` writes it. Add a case here, give it to a test, regenerate.
+
+``shows`` is what the one line a user reads contains; the tests assert it, with the
+upper-case placeholders (RUN, OUT, FILE, ...) replaced by the real paths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    section: str
+    input: str    # the bad input or the fault, in words
+    command: str  # how it reaches mlasm
+    shows: str    # what the user sees: the one line (exit status 2 unless said otherwise), or the outcome
+
+    def __str__(self) -> str:  # the pytest id
+        return self.key
+
+    def expected(self, **paths) -> str:
+        """``shows`` with its placeholders (RUN, OUT, ...) replaced by real paths."""
+        text = self.shows
+        for name, value in paths.items():
+            text = text.replace(name, str(value))
+        return text
+
+
+SECTIONS = {
+    "values": "Option values, checked where they are parsed (nothing is read before)",
+    "folders": "Output folders, checked before any work starts",
+    "runs": "Run folders and training",
+    "data": "Data, checkpoints and word vectors",
+    "extract": "Extraction of one's own photos",
+    "files": "Files written",
+    "interrupts": "Interrupted training (Ctrl-C, SIGTERM), then `--resume`",
+}
+
+_TRAIN = "mlasm train"
+_EVALUATE = "mlasm evaluate"
+_EXTRACT = "mlasm extract"
+_ARG = "{option}: expected {what}, got '{value}'"
+
+
+def _value(key, command, option, value, what):
+    return Case(key, "values", f"`{option} {value}`", command,
+                f"argument {_ARG.format(option=option, what=what, value=value)}")
+
+
+_CASES = [
+    _value("train_checkpoint_every_0", _TRAIN, "--checkpoint-every", "0", "a whole number >= 1"),
+    Case("train_device_gpu0", "values", "`--device gpu0`", _TRAIN,
+         "argument --device: device 'gpu0': not a device name torch knows; expected cpu, cuda, cuda:N or mps"),
+    Case("train_device_cpu1", "values", "`--device cpu1`", _TRAIN,
+         "argument --device: device 'cpu1': not a device name torch knows; expected cpu, cuda, cuda:N or mps"),
+    Case("train_device_absent_gpu", "values", "`--device cuda:99`", _TRAIN,
+         "argument --device: device 'cuda:99': no such CUDA device here (this machine has"),
+    _value("train_learning_rate_inf", _TRAIN, "--learning-rate", "inf", "a finite number"),
+    _value("train_learning_rate_zero", _TRAIN, "--learning-rate", "0", "a finite number > 0"),
+    _value("train_lambda_t2i_inf", _TRAIN, "--lambda-t2i", "inf", "a finite number"),
+    _value("train_margin_nan", _TRAIN, "--margin", "nan", "a finite number"),
+    _value("train_rho_above_one", _TRAIN, "--rho", "1.5", "a number from 0 to 1"),
+    _value("train_batch_size_1", _TRAIN, "--batch-size", "1", "a whole number >= 2"),
+    _value("train_epochs_zero", _TRAIN, "--epochs", "0", "a whole number >= 1"),
+    _value("train_seed_negative", _TRAIN, "--seed", "-1", "a whole number >= 0"),
+    _value("train_min_word_count_zero", _TRAIN, "--min-word-count", "0", "a whole number >= 1"),
+    _value("train_level_weight_text", _TRAIN, "--level-weight", "heavy", "a number"),
+    _value("evaluate_memory_budget_nan", _EVALUATE, "--memory-budget-mb", "nan", "a finite number"),
+    Case("evaluate_device_gpu0", "values", "`--device gpu0`", _EVALUATE,
+         "argument --device: device 'gpu0': not a device name torch knows"),
+    _value("extract_threads_negative", _EXTRACT, "--threads", "-1", "a whole number >= 1"),
+    _value("extract_limit_negative", _EXTRACT, "--limit", "-1", "a whole number >= 1"),
+    _value("extract_short_side_zero", _EXTRACT, "--short-side", "0", "a whole number >= 32"),
+    _value("extract_max_regions_zero", _EXTRACT, "--max-regions", "0", "a whole number >= 1"),
+    _value("extract_score_threshold_above_one", _EXTRACT, "--score-threshold", "2", "a number from 0 to 1"),
+    _value("demo_epochs_zero", "mlasm demo", "--epochs", "0", "a whole number >= 1"),
+
+    Case("train_out_is_a_file", "folders", "`--out` names a file", _TRAIN, "--out OUT: is a file, expected a folder"),
+    Case("evaluate_out_is_a_file", "folders", "`--out` names a file", _EVALUATE,
+         "--out OUT: is a file, expected a folder"),
+    Case("extract_out_is_a_file", "folders", "`--out` names a file", _EXTRACT,
+         "--out OUT: is a file, expected a folder"),
+    Case("train_out_under_a_file", "folders", "`--out FILE/run`, below a file", _TRAIN,
+         "--out OUT: cannot create the folder (FILE is a file)"),
+    Case("train_out_read_only", "folders", "`--out` on a read-only file system", _TRAIN,
+         "--out OUT: cannot write files in it (Read-only file system)"),
+    Case("evaluate_out_read_only", "folders", "`--out` on a read-only file system", _EVALUATE,
+         "--out OUT: cannot write files in it (Read-only file system)"),
+    Case("extract_out_read_only", "folders", "`--out` on a read-only file system", _EXTRACT,
+         "--out OUT: cannot write files in it (Read-only file system)"),
+
+    Case("train_into_a_finished_run", "runs", "training again into a folder that holds a run, without `--resume`",
+         _TRAIN, "RUN: already holds a run (last.pt, best.pt, train_log.jsonl); continue it with --resume, "
+                 "replace it with --overwrite, or choose another --out"),
+    Case("train_overwrite", "runs", "the same, with `--overwrite`", _TRAIN,
+         "exit 0: the old run's files are removed first, then a new run is trained"),
+    Case("train_resume_and_overwrite", "runs", "`--resume --overwrite`", _TRAIN,
+         "--resume and --overwrite exclude each other: continue the run, or replace it"),
+    Case("train_resume_without_a_run", "runs", "`--resume` in an empty folder", _TRAIN,
+         "RUN/last.pt: nothing to resume (no checkpoint in RUN)"),
+    Case("train_resume_with_other_options", "runs", "`--resume --margin 0.3 --embed-size 48` (the run: 0.2, 32)",
+         _TRAIN, "a resumed run keeps its settings, and these differ: --embed-size: 32 in the run, 48 given; "
+                 "--margin: 0.2 in the run, 0.3 given. Only epochs may change"),
+    Case("train_resume_with_other_seed", "runs", "`--resume --seed 5` (the run: 0)", _TRAIN,
+         "--seed: 0 in the run, 5 given"),
+    Case("train_resume_with_other_data", "runs", "`--resume --train-split dev` (other training data)", _TRAIN,
+         "training data: 48 images and 240 captions in the run, 16 and 80 given"),
+    Case("train_resume_with_other_min_word_count", "runs", "`--resume --min-word-count 1` (the run: 4)", _TRAIN,
+         "given (--min-word-count builds another)"),
+    Case("train_resume_more_epochs", "runs", "`--resume --epochs 2` after a 1-epoch run", _TRAIN,
+         "exit 0, trains epoch 2 and prints: resumed with --epochs 2 (the run had 1); recorded in config.json"),
+    Case("train_two_at_once", "runs", "a second training into a folder where one is running", _TRAIN,
+         "another training is running in this folder (process PID"),
+    Case("train_lock_of_a_killed_training", "runs", "the lock file of a training killed with kill -9", _TRAIN,
+         "exit 0: the lock is the kernel's (flock) and ended with its process; the new training runs"),
+    Case("train_min_word_count_huge", "runs", "`--min-word-count 100000`", _TRAIN,
+         "--min-word-count 100000: no word occurs that often in the 240 training captions, so every word would "
+         "read as <unk>; give a lower count (the default is 4)"),
+    Case("train_diverges", "runs", "`--learning-rate 1e30` (finite, but the model diverges)", _TRAIN,
+         "the model has diverged (lower the learning rate, or train without --amp); no checkpoint was written"),
+    Case("train_nan_gradient", "runs", "a finite loss whose gradients are NaN", "train(...)",
+         "NonFiniteScores: training gradient norm is nan at epoch 1, step 6; the model has diverged "
+         "(lower the learning rate, or train without --amp); last.pt holds the last good state"),
+    Case("train_disk_full", "runs", "the disk fills up while a checkpoint is written", _TRAIN,
+         "RUN/last.pt: No space left on device (nothing was changed)"),
+    Case("evaluate_disk_full", "runs", "the disk fills up while ranks.npz is written", _EVALUATE,
+         "OUT/ranks.npz: No space left on device (nothing was changed)"),
+
+    Case("evaluate_zero_byte_checkpoint", "data", "a checkpoint of 0 bytes", _EVALUATE,
+         "FILE: not a readable checkpoint: the file is empty (0 bytes)"),
+    Case("evaluate_text_checkpoint", "data", "a text file named .pt", _EVALUATE,
+         "FILE: not a readable checkpoint: it is a text file ('hello'...), where a checkpoint written by "
+         "torch.save is a zip archive"),
+    Case("evaluate_checkpoint_is_a_folder", "data", "`--checkpoint` names a folder", _EVALUATE,
+         "FILE: is a folder, expected a checkpoint file (.pt)"),
+    Case("data_grounding_is_a_folder", "data", "`test_grounding.json` is a folder", "mlasm evaluate --data DIR",
+         "FILE: is a folder, expected a grounding file"),
+    Case("data_grounding_masked_region", "data", "grounding points at a padding region (mask False)",
+         "mlasm evaluate --data DIR",
+         "FILE: entry 15 (caption 'image 3 caption 0 .') points at region 2 of image 3, which is padding "
+         "(its mask is False); a word can only name a real region"),
+    Case("data_grounding_true_index", "data", "`true` used as a region index in grounding", "mlasm evaluate --data DIR",
+         "FILE: entry 1 (caption 'image 0 caption 1 .') uses true or false as an index; token positions and "
+         "region indices must be whole numbers"),
+    Case("data_boxes_nan", "data", "a NaN in `test_boxes.npy`", "mlasm evaluate --data DIR",
+         "FILE: image 1, region 2 has NaN or infinite box coordinates"),
+    Case("data_empty_captions_with_cap2img", "data", "an empty `test_caps.txt` beside `test_cap2img.npy`",
+         "mlasm evaluate --data DIR",
+         "FILE: holds no caption (the file is empty); expected one caption per line"),
+    Case("data_captions_per_image_string", "data", "`\"captions_per_image\": \"5\"` in meta.json",
+         "mlasm evaluate --data DIR",
+         "FILE: field \"captions_per_image\" must be a whole number >= 1 (or null when it varies), "
+         "got \"5\" (a string)"),
+    Case("train_glove_nan", "data", "a NaN in a GloVe file", f"{_TRAIN} --glove FILE",
+         "FILE:2: the vector of 'square' holds nan; expected finite numbers"),
+    Case("train_glove_latin1", "data", "a Latin-1 GloVe file", f"{_TRAIN} --glove FILE",
+         "FILE:2: not UTF-8 text (invalid continuation byte); GloVe files are UTF-8"),
+
+    Case("extract_16_bit_png", "extract", "a 16-bit greyscale PNG", "extract_dataset / mlasm extract",
+         "the picture the models see is its grey (128 for 32768 of 65535), not white"),
+    Case("extract_palette_with_transparency", "extract", "a palette PNG with a transparent colour",
+         "extract_dataset / mlasm extract", "transparent pixels are white, the others their palette colour"),
+    Case("extract_cmyk_jpeg", "extract", "a CMYK JPEG", "extract_dataset / mlasm extract",
+         "converted to its RGB colours"),
+    Case("extract_rgba_transparent", "extract", "an RGBA PNG with transparent pixels",
+         "extract_dataset / mlasm extract", "transparent pixels are white (over white, as a viewer shows them)"),
+    Case("extract_nan_boxes_from_a_detector", "extract", "a region proposer that returns a NaN box",
+         "extract_dataset", "FILE: NanProposer.propose returned NaN or infinite box coordinates"),
+    Case("extract_images_not_a_folder", "extract", "`--images` names no folder", _EXTRACT,
+         "DIR: no such folder of pictures"),
+
+    Case("stale_temporaries_of_a_killed_run", "files", "temporaries left by a run killed with kill -9",
+         "mlasm train / evaluate", "removed at the next start; those of a running process are left alone"),
+    Case("files_follow_the_umask", "files", "umask 022 or 002", "any write",
+         "files are 0644 or 0664 (the umask), not 0600"),
+    Case("sigterm_during_a_write", "files", "SIGTERM while a file is written", "any command",
+         "exit 143 'terminated'; the temporary is removed and the previous file is intact"),
+    Case("evaluate_pair_both_or_neither", "files", "a failure while metrics.json or ranks.npz is written",
+         "mlasm evaluate", "neither file changes: the earlier pair stays, whole"),
+]
+
+INTERRUPT_OUTCOME = ("exit 130 'interrupted (resume with --resume)'; the resumed run ends with exactly the "
+                     "tensors (weights, optimiser, scheduler, random state) and log of an uninterrupted run")
+_INTERRUPTS = [
+    ("interrupt_between_steps", "Ctrl-C between two steps"),
+    ("interrupt_in_the_loss", "Ctrl-C in the loss, after dropout drew its masks"),
+    ("interrupt_in_the_forward_pass", "Ctrl-C inside the model's forward pass, first step of epoch 2"),
+    ("sigint_in_the_loss", "a real SIGINT delivered in the middle of a step"),
+    ("sigint_in_the_optimiser_step", "a real SIGINT during the weight update (held to its end)"),
+    ("interrupt_inside_the_optimiser_step", "KeyboardInterrupt raised inside the weight update"),
+    ("interrupt_in_validation", "Ctrl-C during validation at the end of epoch 1"),
+    ("interrupt_while_writing_a_checkpoint", "Ctrl-C while last.pt is written"),
+    ("sigterm_in_the_loss", "SIGTERM in the middle of a step (exit 143 'terminated')"),
+]
+_CASES += [Case(key, "interrupts", text, "mlasm train, then mlasm train --resume", INTERRUPT_OUTCOME)
+           for key, text in _INTERRUPTS]
+
+CASES: dict[str, Case] = {case.key: case for case in _CASES}
+assert len(CASES) == len(_CASES), "case keys must be unique"
+
+
+def cases(section: str) -> list[Case]:
+    return [case for case in _CASES if case.section == section]
+
+
+def render() -> str:
+    """docs/bad-inputs.md: one table per section."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["# Bad inputs and faults, and what the user sees", "",
+             "Every row is a test case (`tests/bad_inputs.py`, used by `tests/test_reliability.py` and",
+             "`tests/test_resume.py`). A user error ends with exit status 2 and one line,",
+             "`mlasm COMMAND: error: ...`, naming the file, option or field and what was expected; the",
+             "table shows what that line says (upper-case words stand for the paths given). Generated by",
+             "`python tests/bad_inputs.py`; a test fails when this file and the cases differ.", ""]
+    for section, title in SECTIONS.items():
+        lines += [f"## {title}", "", "| input | command | what the user sees |", "|---|---|---|"]
+        lines += [f"| {cell(c.input)} | `{cell(c.command)}` | {cell(c.shows)} |" for c in cases(section)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    DOC.write_text(render(), encoding="utf-8")
+    print(f"wrote {DOC} ({len(CASES)} cases)")
