@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from cli_support import TINY, answer
 from mlasm.config import MLASMConfig
@@ -22,12 +21,7 @@ DIM = 6
 WORDS = ["red", "blue", "green", "dog", "cat", "ball", "car", "tree"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _records(n: int, seed: int = 0) -> list[TsvRecord]:

@@ -10,9 +10,8 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
-from cli_support import TINY, TINY_OPTIONS, answer, tiny_folder, tiny_splits
+from cli_support import TINY, TINY_OPTIONS, answer
 from mlasm.cli import main
 from mlasm.config import MLASMConfig
 from mlasm.data.dataset import caption_tensors
@@ -21,23 +20,7 @@ from mlasm.evaluate import evaluate_model
 from mlasm.train import train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread: the other core may be busy, and two threads then run far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    return tiny_splits(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def data_folder(splits, tmp_path_factory):
-    return tiny_folder(splits, tmp_path_factory.mktemp("data"))
+pytestmark = pytest.mark.usefixtures("one_thread")  # splits, data_folder: tests/conftest.py
 
 
 # ----------------------------------------------------------------------------- bounded memory
