@@ -144,12 +144,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None) -> tuple[MLASM, Vocabulary, dict]:
-    """The model (in eval mode, on ``device``), its vocabulary and the raw checkpoint."""
+    """The model (in eval mode, on ``device``), its vocabulary and the raw checkpoint.
+
+    The vocabulary encodes captions as training did: with <start> and <end> when the model's
+    config says ``start_end_tokens``."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     state = load_checkpoint(path, map_location=device)
     try:
         config = MLASMConfig.from_dict(state["config"])
-        vocab = Vocabulary(state["vocab"])
+        vocab = Vocabulary(state["vocab"], boundaries=config.start_end_tokens)
         model = MLASM(config)
         model.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError) as e:

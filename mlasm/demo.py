@@ -57,11 +57,12 @@ def attention_figure(checkpoint: Path, split, image_index: int = 0, max_words: i
     tokens = tokenize(caption)
     grounded = [position for position, _ in one_image.grounding[0]] if one_image.grounding else []
     positions = (grounded or list(range(len(tokens))))[:max_words]
+    first_word = int(model.config.start_end_tokens)  # attention row of the caption's first token
     boxes = one_image.boxes[0][explanation.region_indices]
     picture = one_image.get_image(0)
     fig, axes = plt.subplots(1, len(positions), figsize=(3 * len(positions), 3.4))
     for ax, position in zip(np.atleast_1d(axes), positions):
-        draw_attention(picture, boxes, explanation.t2i_attention[position], ax=ax, top_k=3,
+        draw_attention(picture, boxes, explanation.t2i_attention[position + first_word], ax=ax, top_k=3,
                        title=f"\u201c{tokens[position]}\u201d")
     fig.suptitle(f"{caption}  (final score {explanation.scores['final']:.3f})", fontsize=9)
     fig.tight_layout()

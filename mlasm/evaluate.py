@@ -152,13 +152,14 @@ def grounding_accuracy(model: MLASM, split: RetrievalSplit, vocab: Vocabulary,
         return None
     if img is None or cap is None:
         img, cap = encode_split(model, split, vocab)
+    first_word = int(model.config.start_end_tokens)  # grounding counts caption tokens; <start> is row 0
     top_regions = []
     for c, words in enumerate(split.grounding):
         if not words:
             top_regions.append([])
             continue
         explanation = model.explain(img, cap, int(split.caption_to_image[c]), c)
-        top = explanation.t2i_attention.argmax(axis=1)                           # (L,) among kept regions
+        top = explanation.t2i_attention.argmax(axis=1)[first_word:]              # (L,) among kept regions
         top_regions.append(explanation.region_indices[top].tolist())
     n_regions = split.region_mask.sum(axis=1)[split.caption_to_image]
     return pointing_accuracy(top_regions, split.grounding, n_regions)

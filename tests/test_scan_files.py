@@ -153,18 +153,20 @@ def test_start_and_end_reach_training_validation_and_the_widgets(splits, tmp_pat
     config = MLASMConfig.cpu(**{**TINY, "epochs": 1, "start_end_tokens": True})
     summary = train(config, splits["train"], splits["dev"], tmp_path / "run", progress=False)
     model, vocab, _ = load_model(summary["best"], "cpu")
+    assert vocab.boundaries  # the checkpoint's vocabulary reads captions as training did
+    bare = vocab.with_boundaries(False)
     dev = splits["dev"]
-    tokens, lengths = caption_tensors(vocab.with_boundaries(True), dev.captions[:2])
+    tokens, lengths = caption_tensors(vocab, dev.captions[:2])
     assert tokens[:, 0].tolist() == [1, 1] and tokens[0, lengths[0] - 1] == 2  # <start> ... <end>
-    with_boundaries = evaluate_model(model, dev, vocab.with_boundaries(True), progress=False)
+    with_boundaries = evaluate_model(model, dev, vocab, progress=False)
     assert with_boundaries["rsum"] == pytest.approx(summary["best_rsum"])  # validation read them too
-    without = evaluate_model(model, dev, vocab, progress=False)
+    without = evaluate_model(model, dev, bare, progress=False)
     assert without["rsum"] != pytest.approx(summary["best_rsum"])  # so the option matters
 
     session = WorkbenchSession(model, vocab, dev)
     caption = 0
     words = session.tokens(caption)
-    assert words[0] == "<start>" and words[-1] == "<end>" and words[1:-1] == vocab.encode(dev.captions[0]).tokens
+    assert words[0] == "<start>" and words[-1] == "<end>" and words[1:-1] == bare.encode(dev.captions[0]).tokens
     image = int(dev.caption_to_image[caption])
     explorer = AttentionExplorer(session, Selection(image=image, caption=caption))
     assert explorer.words == words and explorer.explanation.t2i_attention.shape[0] == len(words)
@@ -172,16 +174,28 @@ def test_start_and_end_reach_training_validation_and_the_widgets(splits, tmp_pat
     assert "&lt;start&gt;" in explorer.word_row.value  # the word row shows it as a word
     grounded = dev.grounding[caption][0][0]
     assert explorer.word == grounded + 1  # the first grounded word, one row down behind <start>
-    assert words[explorer.word] == vocab.encode(dev.captions[caption]).tokens[grounded]
+    assert words[explorer.word] == bare.encode(dev.captions[caption]).tokens[grounded]
+    # the pointing game reads the row of each grounded word, one below <start>: counted by hand here
+    from mlasm.evaluate import encode_split, grounding_accuracy
+    img, cap = encode_split(model, dev, vocab)
+    hits = words_counted = 0
+    for c, grounded_words in enumerate(dev.grounding):
+        if not grounded_words:
+            continue
+        explanation = model.explain(img, cap, int(dev.caption_to_image[c]), c)
+        for position, regions in grounded_words:
+            top = explanation.region_indices[explanation.t2i_attention[position + 1].argmax()]
+            hits += int(top in set(regions))
+            words_counted += 1
+    pointing = grounding_accuracy(model, dev, vocab, img, cap)
+    assert (pointing["hits"], pointing["words"]) == (hits, words_counted) and words_counted > 0
+
     typed = session.encode_text("a red square")
     assert typed.tokens == ["<start>", "a", "red", "square", "<end>"]
     with pytest.raises(ValueError, match="has no words"):
         session.encode_text("   ")
 
 
-@pytest.mark.xfail(strict=True, reason="mlasm.checkpoint.load_model returns the vocabulary without the model's "
-                                       "start_end_tokens (checkpoint.py is outside this change): evaluate "
-                                       "encodes captions without <start>/<end>. Remove this mark once it does.")
 def test_evaluating_a_checkpoint_reads_captions_as_training_did(splits, tmp_path):
     from mlasm.evaluate import evaluate_checkpoints
 
