@@ -4,6 +4,7 @@
     python benchmarks/bench_scorer.py --lengths coco    # COCO-like lengths; fixed:12 for every caption at 12
     python benchmarks/bench_scorer.py --quick           # 100 x 500
     python benchmarks/bench_scorer.py --sweep           # pairs/s against a fixed length L from 8 to 80
+    python benchmarks/bench_scorer.py --budgets 32,64,512   # pairs/s against the block memory budget
 
 Caption lengths are drawn from a log-normal with the mean and 99th percentile of NLTK tokens on
 the real test captions (Flickr30K: mean 13.5, 99th pct 33, longest 75; COCO 1K: 11.3, 20, 38),
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mlasm.config import MLASMConfig  # noqa: E402
 from mlasm.model import EPS, LEAKY_SLOPE, MLASM, CaptionEncoding, ImageEncoding, l2norm  # noqa: E402
+from mlasm.threads import set_threads  # noqa: E402
 
 SIZES = {"full": (1000, 5000), "quick": (100, 500)}
 
@@ -140,6 +142,17 @@ def sweep(model: MLASM, n_images: int, n_captions: int, n_regions: int, d: int, 
         print(f"{length:>4} {pairs / fast_s:>18,.0f} {pairs / bare_s:>14,.0f} {bare_s / fast_s:>17.2f}", flush=True)
 
 
+def budgets(model: MLASM, lengths_kind: str, sizes_mb: list[float], n_regions: int, d: int, device) -> None:
+    """Pairs/s of the scorer against its block memory budget (200 x 1,000, the given lengths)."""
+    n_images, n_captions = 200, 1000
+    img, cap = random_encodings(n_images, caption_lengths(lengths_kind, n_captions), n_regions, d, device)
+    print(f"\n{n_images} images x {n_captions} captions, lengths {lengths_kind}, against memory_budget_mb:")
+    with torch.no_grad():
+        for budget in sizes_mb:
+            seconds = timed(lambda: model.score_all(img, cap, memory_budget_mb=budget, progress=False), repeats=2)
+            print(f"{budget:>8.0f} MB {n_images * n_captions / seconds:>12,.0f} pairs/s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 images x 500 captions")
@@ -148,11 +161,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--naive-captions", type=int, default=20,
                         help="captions the naive loop is timed on (against every image), spread over the lengths")
-    parser.add_argument("--memory-budget-mb", type=float, default=512)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    parser.add_argument("--budgets", help="comma-separated block memory budgets in MB to compare")
+    parser.add_argument("--memory-budget-mb", type=float, default=None, help="default: the scorer's own")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the usable cores that are not busy, as the mlasm commands)")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     n_regions, d = 36, 1024
     config = MLASMConfig(region_dim=2048, global_dim=2048, vocab_size=4, embed_size=d)
@@ -162,6 +177,9 @@ def main() -> None:
           f"pooling {config.pooling}, rho {config.rho}; load average before: {os.getloadavg()[0]:.1f}")
     if args.sweep:
         sweep(model, 200, 1000, n_regions, d, device, args.memory_budget_mb)
+        return
+    if args.budgets:
+        budgets(model, args.lengths, [float(b) for b in args.budgets.split(",")], n_regions, d, device)
         return
     n_images, n_captions = SIZES["quick" if args.quick else "full"]
     lengths = caption_lengths(args.lengths, n_captions)

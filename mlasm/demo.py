@@ -18,6 +18,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from mlasm.config import MLASMConfig
 from mlasm.data.shapescenes import bag_of_words_scores
@@ -77,19 +78,35 @@ def _save(fig, path: Path) -> None:
 
 def _train_and_evaluate(config: MLASMConfig, splits: dict, run_dir: Path, eval_dir: Path,
                         device, seed: int) -> dict:
+    started = time.time()
     summary = train(config, splits["train"], splits["dev"], run_dir, device=device, seed=seed)
+    trained = time.time()
     result = evaluate_checkpoints([summary["best"]], splits["test"], out_dir=eval_dir, device=device)
-    return {"train": summary, "result": result}
+    validation = sum(row.get("validation_seconds", 0.0) for row in summary["log"])
+    seconds = {"training steps": trained - started - validation, "validation": validation,
+               "test evaluation": time.time() - trained}
+    return {"train": summary, "result": result, "seconds": seconds}
 
 
-def demo_checkpoint(fast: bool | None = None, progress: bool = False) -> Path:
+def time_breakdown(seconds: dict[str, float]) -> str:
+    """One line: where the demo's time went."""
+    total = sum(seconds.values())
+    return "time: " + ", ".join(f"{name} {value:.0f} s ({100 * value / total:.0f} %)" for name, value in seconds.items())
+
+
+def demo_checkpoint(fast: bool | None = None, progress: bool = False, local_only: bool = False) -> Path:
     """The demo's best checkpoint, for notebooks: ``runs/demo`` where ``mlasm demo`` ran,
-    else (and always in fast mode) a tiny model trained now in seconds and cached."""
+    else (and always in fast mode) a tiny model trained now in seconds and cached.
+
+    ``local_only``: the demo's local-only baseline instead (``mlasm demo --compare``; rho = 1), to compare with.
+    """
     fast = fast_mode() if fast is None else fast
-    demo_best = runs_dir() / "demo" / "mlasm" / "best.pt"
+    demo_best = runs_dir() / "demo" / ("local_only" if local_only else "mlasm") / "best.pt"
     if not fast and demo_best.is_file():
         return demo_best
     config = demo_config(fast=True)
+    if local_only:  # as run_demo's comparison: the final score is the local level alone
+        config = dataclasses.replace(config, rho=1.0, level_weight=0.0)
     # keyed by the settings and by the code that makes the model: an edit of any of it retrains
     digest = hashlib.sha256(json.dumps([config.to_dict(), FAST_SIZES]).encode())
     package = Path(__file__).parent
@@ -103,30 +120,49 @@ def demo_checkpoint(fast: bool | None = None, progress: bool = False) -> Path:
     return tiny_run / "best.pt"
 
 
+def demo_pair(fast: bool | None = None, progress: bool = False) -> dict[str, Path]:
+    """Two models that differ in one thing, for comparing: {"local-only": ..., "MLASM": ...}.
+
+    Both from ``runs/demo`` where ``mlasm demo --compare`` wrote them, else both tiny (never one of
+    each, which would compare sizes, not objectives).
+    """
+    fast = fast_mode() if fast is None else fast
+    both_run = all((runs_dir() / "demo" / name / "best.pt").is_file() for name in ("mlasm", "local_only"))
+    tiny = fast or not both_run
+    return {"local-only": demo_checkpoint(tiny, progress, local_only=True), "MLASM": demo_checkpoint(tiny, progress)}
+
+
 def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = False,
              epochs: int | None = None, device: str | None = None, seed: int = 0) -> dict:
     """Run the main job; return the test result (also written to OUT/metrics.json)."""
     out = Path(out)
     device = resolve_device(device)
     started = time.time()
-    print(f"mlasm demo: ShapeScenes{' (fast, tiny)' if fast else ''} on {device}; output in {out}")
+    n_threads = torch.get_num_threads()
+    threads = f", {n_threads} thread{'s' if n_threads != 1 else ''}" if device.type == "cpu" else ""
+    print(f"mlasm demo: ShapeScenes{' (fast, tiny)' if fast else ''} on {device}{threads}; output in {out}")
     splits = {name: open_split(EMBEDDED, name, fast=fast) for name in ("train", "dev", "test")}
+    seconds = {"data": time.time() - started}
     print(", ".join(f"{name} {s.n_images} images / {s.n_captions} captions" for name, s in splits.items())
-          + f" ({time.time() - started:.0f} s)")
+          + f" ({seconds['data']:.0f} s)")
 
     config = demo_config(fast, epochs)
     mlasm_run = _train_and_evaluate(config, splits, out / "mlasm", out, device, seed)
     result = mlasm_run["result"]
+    seconds.update(mlasm_run["seconds"])
+    drawing_started = time.time()
     test = splits["test"]
     with open(out / "mlasm" / "train_log.jsonl", encoding="utf-8") as f:
         log = [json.loads(line) for line in f if line.strip()]
     _save(draw_training_log(log), out / "figures" / "training.png")
     _save(draw_level_recalls(result, title="ShapeScenes test: recall per level"), out / "figures" / "recall_per_level.png")
     _save(attention_figure(Path(mlasm_run["train"]["best"]), test), out / "figures" / "attention.png")
+    seconds["figures"] = time.time() - drawing_started
 
     main_seconds = time.time() - started
     print()
     print(format_result(result))
+    print(time_breakdown(seconds))
     if compare:
         local_config = dataclasses.replace(config, rho=1.0, level_weight=0.0)  # SCAN-style: its final score alone
         local_run = _train_and_evaluate(local_config, splits, out / "local_only", out / "local_only", device, seed)
@@ -152,7 +188,8 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
         print(complete_table({name: row["complete"] for name, row in rows.items() if "complete" in row}))
     elapsed = time.time() - started
     write_json(out / "demo.json", {"seconds": round(elapsed, 1), "main_job_seconds": round(main_seconds, 1),
-                                   "device": str(device), "fast": fast,
+                                   "main_job_breakdown": {name: round(value, 1) for name, value in seconds.items()},
+                                   "threads": torch.get_num_threads(), "device": str(device), "fast": fast,
                                    "config": config.to_dict()})
     print(f"\ndone in {elapsed / 60:.1f} min: {out}/metrics.json, {out}/figures/, checkpoint {mlasm_run['train']['best']}")
     return result

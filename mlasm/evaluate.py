@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mlasm.attention_stats import attention_statistics, knows_word_and_region_kinds
+from mlasm import distributed
 from mlasm.checkpoint import check_model_fits, load_model
 from mlasm.data.dataset import RetrievalSplit, caption_tensors, image_tensors
 from mlasm.data.errors import DataError
@@ -34,6 +36,7 @@ from mlasm.metrics import (
     t2i_ranks,
 )
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
+from mlasm.saved_scores import SCORES_FILE, scores_fingerprint, write_scores
 
 PROTOCOLS = {
     "full": "the whole split is one gallery (Flickr30K 1K test, COCO 5K on testall, ShapeScenes test)",
@@ -66,11 +69,13 @@ def encode_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, batch_s
     return img, CaptionEncoding(words, lengths.to(device))
 
 
-def score_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, memory_budget_mb: float = 512,
+def score_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, memory_budget_mb: float | None = None,
                 progress: bool = False) -> dict[str, torch.Tensor]:
-    """Every level's (N, M) score matrix for one model."""
+    """Every level's (N, M) score matrix for one model (in a process group: the ranks share the
+    blocks of pairs; rank 0 gets the matrices, the other ranks None)."""
+    progress = progress and distributed.is_main()  # one set of progress bars
     img, cap = encode_split(model, split, vocab, progress=progress)
-    return model.score_all(img, cap, memory_budget_mb=memory_budget_mb, progress=progress)
+    return distributed.score_all(model, img, cap, memory_budget_mb=memory_budget_mb, progress=progress)
 
 
 def average_levels(per_model: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -166,36 +171,60 @@ def grounding_accuracy(model: MLASM, split: RetrievalSplit, vocab: Vocabulary,
 
 
 def evaluate_model(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, protocol: str = "full",
-                   levels_only: Iterable[str] | None = None, memory_budget_mb: float = 512,
+                   levels_only: Iterable[str] | None = None, memory_budget_mb: float | None = None,
                    progress: bool = True) -> dict:
-    """Metrics of one model on one split (``levels_only`` trims the result, e.g. for validation)."""
+    """Metrics of one model on one split (``levels_only`` trims the result, e.g. for validation).
+
+    In a process group every rank scores its share and returns the same metrics (rank 0's)."""
     scores = score_split(model, split, vocab, memory_budget_mb=memory_budget_mb, progress=progress)
-    if levels_only is not None:
-        scores = {level: scores[level] for level in levels_only}
-    return level_metrics(scores, split.caption_to_image, protocol, positives=split.positives)
+
+    def measure() -> dict:
+        kept = scores if levels_only is None else {level: scores[level] for level in levels_only}
+        return level_metrics(kept, split.caption_to_image, protocol, positives=split.positives)
+
+    return distributed.on_rank_zero(measure)
 
 
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSplit, protocol: str = "full",
                          out_dir: str | Path | None = None, device: str | torch.device | None = None,
-                         memory_budget_mb: float = 512, progress: bool = True) -> dict:
-    """Evaluate one checkpoint, or the ensemble of several; write ``metrics.json`` and ``ranks.npz``.
+                         memory_budget_mb: float | None = None, progress: bool = True) -> dict:
+    """Evaluate one checkpoint, or the ensemble of several; write ``metrics.json``, ``ranks.npz`` and
+    ``scores.npz`` (every level's score matrix, which the workbench reuses: mlasm.saved_scores).
 
-    The two files are written as one unit (both or neither; metrics.json last, so its presence
-    means the ranks.npz beside it is its own), after the output folder was found usable.
+    The files are written as one unit (all or none; metrics.json last, so its presence means the
+    files beside it are its own), after the output folder was found usable.
+
+    In a process group (torchrun) the ranks share the scoring of every pair; rank 0 alone then
+    measures, writes and returns the result (the same numbers as one process: ``world_size``
+    records how many scored), the other ranks return None once their share is done.
     """
-    if not (isinstance(memory_budget_mb, (int, float)) and np.isfinite(memory_budget_mb) and memory_budget_mb > 0):
+    if memory_budget_mb is not None and not (isinstance(memory_budget_mb, (int, float))
+                                             and np.isfinite(memory_budget_mb) and memory_budget_mb > 0):
         raise ValueError(f"memory_budget_mb must be a finite number > 0, got {memory_budget_mb!r}")
-    if out_dir is not None:  # before every pair is scored, not after
-        out_dir = check_output_folder(out_dir, "out_dir")
-        remove_stale_temporaries(out_dir)
-    per_model, grounding, objectives = [], [], []
+    progress = progress and distributed.is_main()  # one set of progress bars
+    if out_dir is not None:  # before every pair is scored, not after; rank 0's, which writes there
+        def usable_folder() -> Path:
+            folder = check_output_folder(out_dir, "out_dir")
+            remove_stale_temporaries(folder)
+            return folder
+
+        out_dir = distributed.on_rank_zero(usable_folder)
+    if protocol == "5fold":
+        return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress)
+    per_model, grounding, objectives, attention = [], [], [], []
     for path in checkpoints:
         model, vocab, _ = load_model(path, device)
         objectives.append(model.config.objective)
         check_model_fits(model, split, str(path))
         img, cap = encode_split(model, split, vocab, progress=progress)
-        per_model.append(model.score_all(img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
+        per_model.append(distributed.score_all(model, img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
+        if not distributed.is_main():  # its share of the pairs is scored; rank 0 measures the rest
+            continue
         grounding.append(grounding_accuracy(model, split, vocab, img, cap))
+        if knows_word_and_region_kinds(split):  # per word kind: pointing, entropy, where it looks
+            attention.append(attention_statistics(model, split, vocab, img, cap))
+    if not distributed.is_main():
+        return None
     scores = per_model[0] if len(per_model) == 1 else average_levels(per_model)
     complete = None  # the complete-positive ranks of every level, sorted once for the metrics and ranks.npz
     if split.positives is not None:
@@ -211,8 +240,9 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         "n_captions": split.n_captions,
         "checkpoints": [str(p) for p in checkpoints],
         "objectives": objectives,  # per checkpoint: "paper" (final score only) or "level-wise"
+        "world_size": distributed.world_size(),  # the processes that scored it (torchrun); 1 alone
         **level_metrics(scores, split.caption_to_image, protocol, positives=split.positives, complete_ranks=complete),
-        "chance": _chance(split, protocol),
+        "chance": chance_metrics(split.n_images, split.caption_to_image, split.positives),
     }
     result["score_separation"] = score_separation(scores["final"], split.positive_sets())
     if (split.n_images, split.n_captions) == (COCO_5K_IMAGES, COCO_5K_CAPTIONS):
@@ -223,6 +253,8 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
                                    "captions_true_of_one_image": int((sizes == 1).sum())}
     if grounding[0] is not None:
         result["grounding"] = grounding[0] if len(grounding) == 1 else grounding
+    if attention:
+        result["attention_statistics"] = attention[0] if len(attention) == 1 else attention
     if out_dir is not None:
         ranks = level_ranks(scores, split.caption_to_image, split.positives, complete)
 
@@ -233,8 +265,55 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         def write_metrics(tmp: Path) -> None:
             tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-        write_together({out_dir / "ranks.npz": write_ranks, out_dir / "metrics.json": write_metrics})
+        fingerprint = scores_fingerprint(checkpoints, split)  # the workbench reuses the matrices (saved_scores)
+        write_together({out_dir / "ranks.npz": write_ranks,
+                        out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint),
+                        out_dir / "metrics.json": write_metrics})
     return result
+
+
+def _evaluate_folds(checkpoints: Sequence[str | Path], split: RetrievalSplit, out_dir: Path | None,
+                    device, memory_budget_mb: float | None, progress: bool) -> dict | None:
+    """COCO 1K: each fold of images is evaluated alone with its own captions, so only the five
+    fold blocks are scored (a fifth of the 5K x 25K pairs); every metric is the mean over folds,
+    every count (words, captions) their sum.
+
+    Each fold's files go to ``OUT/fold1`` ... ``fold5``; OUT/metrics.json holds the means and,
+    under ``folds``, each fold's metrics.
+    """
+    folds = []
+    for k, (images, _) in enumerate(fold_indices(split.n_images, split.caption_to_image, FOLDS), start=1):
+        fold_dir = None if out_dir is None else out_dir / f"fold{k}"
+        folds.append(evaluate_checkpoints(checkpoints, split.subset(images), "full", fold_dir, device,
+                                          memory_budget_mb, progress))
+    if not distributed.is_main():
+        return None
+    result = {**_mean_over_folds(folds), "protocol": "5fold", "split": split.name, "n_images": split.n_images,
+              "n_captions": split.n_captions, "folds": folds}
+    if out_dir is not None:
+        write_together({out_dir / "metrics.json": lambda tmp: tmp.write_text(
+            json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")})
+    return result
+
+
+def _mean_over_folds(values: Sequence):
+    """Measures (floats) averaged, counts (ints) summed, nested dicts key by key; what is not a
+    number is kept where every fold agrees on it (a checkpoint path) and left out where not."""
+    first = values[0]
+    if isinstance(first, dict):
+        if not all(isinstance(v, dict) and v.keys() == first.keys() for v in values):
+            return _DIFFERS
+        means = {key: _mean_over_folds([v[key] for v in values]) for key in first}
+        return {key: mean for key, mean in means.items() if mean is not _DIFFERS}
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return int(sum(values))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return float(np.mean(values))
+    return first if all(v == first for v in values) else _DIFFERS
+
+
+_DIFFERS = object()
+FOLDS = 5
 
 
 def _eccv_caption(scores: torch.Tensor, split: RetrievalSplit) -> dict:
@@ -280,15 +359,6 @@ def score_separation(scores, positives: PositiveSets) -> dict:
     return {"positive": positive, "negative": negative, "gap": positive - negative}
 
 
-def _chance(split: RetrievalSplit, protocol: str) -> dict:
-    """Chance level under the protocol: on the whole gallery, or per fold of 1,000 images, averaged."""
-    if protocol == "full":
-        return chance_metrics(split.n_images, split.caption_to_image, split.positives)
-    per_fold = []
-    for images, captions in fold_indices(split.n_images, split.caption_to_image, 5):
-        positives = None if split.positives is None else split.positives.subset(images, captions)
-        per_fold.append(chance_metrics(len(images), split.caption_to_image[captions] - images[0], positives))
-    return average_metrics(per_fold)
 
 
 def _chance_recall(n_items: int, positives_per_query: np.ndarray, k: int) -> float:

@@ -34,6 +34,14 @@ LEAKY_SLOPE = 0.1
 LEVELS = ("t2i", "i2t", "local", "global", "final")
 MAX_BOUND_SHIFTED_LAMBDA = 40.0  # see _attend
 LARGE_JOB_PAIRS = 1_000_000  # score_all shows a progress bar from this many pairs on, unless told
+TRAINING_LENGTH_GROUPS = 4  # pair_levels: 56 % of one padded block's word positions on ShapeScenes batches
+
+
+def default_memory_budget_mb(device: torch.device | str) -> float:
+    """Memory for one block of pairs in score_all. On the CPU a block that stays near the caches
+    is faster: 64 MB scored 1.5-2x faster than 512 MB at every caption length measured
+    (benchmarks/bench_scorer.py --budgets); a GPU needs large blocks to stay busy."""
+    return 1024.0 if torch.device(device).type == "cuda" else 64.0
 
 
 def l2norm(x: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
@@ -368,7 +376,7 @@ class MLASM(nn.Module):
         x = torch.bmm(region_weights, regions.context_rows)                       # (n, m, d) W_x abar + b_x
         gate = torch.bmm(region_weights, regions.gate_rows).sigmoid_()            # (n, m, d) t; in place is
         # safe for autograd (bmm keeps no copy of its output) and saves a (n, m, d) allocation
-        image_side = torch.lerp(x, regions.glob[:, None, :], gate)                # t * h + (1 - t) * x
+        image_side = torch.lerp(x, regions.glob[:, None, :].to(x.dtype), gate)    # t * h + (1 - t) * x
         word_weights = masked_mean(beta, region_mask[..., None], 1)               # (n, m, L) mean_r beta_rl
         # the text side sum_l wbar_l (W_t u_l + b_t) is never built: only its dot and norm are needed
         dot = (word_weights * torch.einsum("nmd,mld->nml", image_side, words.context_rows)).sum(-1)
@@ -381,11 +389,27 @@ class MLASM(nn.Module):
 
     # --- public scoring ----------------------------------------------------------------
 
-    def pair_levels(self, img: ImageEncoding, cap: CaptionEncoding) -> dict[str, Tensor]:
-        """Every level for every image x caption of a batch, (n, m) each; differentiable (training)."""
+    def pair_levels(self, img: ImageEncoding, cap: CaptionEncoding,
+                    length_groups: int = TRAINING_LENGTH_GROUPS) -> dict[str, Tensor]:
+        """Every level for every image x caption of a batch, (n, m) each; differentiable (training).
+
+        The captions are scored in ``length_groups`` groups of similar length, each padded only to
+        its own longest caption (as score_all's blocks): a batch is otherwise padded to its longest
+        caption, about twice the mean on real data. Padding never changes a score, so the groups
+        give the same scores and gradients as one block.
+        """
         config = self.config
-        return self._score_block(self._image_terms(img), self._caption_terms(cap),
-                                 config.lambda_t2i, config.lambda_i2t).levels
+        regions, words = self._image_terms(img), self._caption_terms(cap)
+        n_captions = words.vectors.shape[0]
+        if length_groups <= 1 or n_captions < 2 * length_groups:
+            return self._score_block(regions, words, config.lambda_t2i, config.lambda_i2t).levels
+        order = torch.argsort(cap.lengths, stable=True)                            # shortest first
+        parts = []
+        for group in torch.tensor_split(order, length_groups):
+            group_words = _trim(_take(words, group), int(cap.lengths[group].max()))
+            parts.append(self._score_block(regions, group_words, config.lambda_t2i, config.lambda_i2t).levels)
+        back = torch.argsort(order)                                                # to the batch's order
+        return {level: torch.cat([part[level] for part in parts], dim=1)[:, back] for level in parts[0]}
 
     def forward(self, regions: Tensor, region_mask: Tensor, global_features: Tensor,
                 tokens: Tensor, lengths: Tensor, all_levels: bool = False):
@@ -395,20 +419,26 @@ class MLASM(nn.Module):
         return levels if all_levels else levels["final"]
 
     @torch.no_grad()
-    def score_all(self, img: ImageEncoding, cap: CaptionEncoding, memory_budget_mb: float = 512,
-                  progress: Optional[bool] = None, device=None) -> dict[str, Tensor]:
+    def score_all(self, img: ImageEncoding, cap: CaptionEncoding, memory_budget_mb: Optional[float] = None,
+                  progress: Optional[bool] = None, device=None,
+                  blocks: Optional[tuple[int, int]] = None) -> dict[str, Tensor]:
         """Every level for every image x caption of a gallery: (N, M) CPU tensors.
 
         Captions are taken shortest first, and each block of them is trimmed to its own longest
         caption: the work of a pair grows with its padded length, and real captions vary from a
         few words to dozens. Blocks of images x captions are sized so that one block's
-        intermediates take about ``memory_budget_mb``, short captions in wider blocks. Runs on
+        intermediates take about ``memory_budget_mb`` (default: ``default_memory_budget_mb``), short
+        captions in wider blocks. Runs on
         ``device`` (default: the model's); the encodings may live elsewhere (e.g. in CPU memory)
         and travel one block at a time. Besides the budget, the terms of all captions are held at
         once (about twice the size of ``cap.words``). ``progress``: a tqdm bar; None shows one
-        for large jobs. Scores come back in the captions' own order.
+        for large jobs. Scores come back in the captions' own order. ``blocks = (first, step)``
+        scores only blocks first, first + step, ... of this plan and leaves the others zero: the
+        share of one of ``step`` processes (mlasm.distributed), whose sum is the whole.
         """
         device = self.device if device is None else torch.device(device)
+        if memory_budget_mb is None:
+            memory_budget_mb = default_memory_budget_mb(device)
         n_images, n_regions, d = img.regions.shape
         n_captions = cap.words.shape[0]
         order = torch.argsort(cap.lengths.cpu(), stable=True)                     # shortest first
@@ -420,18 +450,25 @@ class MLASM(nn.Module):
         block_images, _ = _block_shape(n_images, n_captions, n_regions, typical, d, element_size, memory_budget_mb)
         chunks = _length_chunks(sorted_lengths, lambda length: max(1, budget // (
             block_images * _bytes_per_pair(n_regions, length, d, element_size))))
-        scores = {level: torch.empty(n_images, n_captions, dtype=img.regions.dtype) for level in LEVELS}
+        allocate = torch.empty if blocks is None else torch.zeros
+        scores = {level: allocate(n_images, n_captions, dtype=img.regions.dtype) for level in LEVELS}
+        block_index = -1
         show = progress if progress is not None else n_images * n_captions >= LARGE_JOB_PAIRS
         with tqdm(total=n_images * n_captions, unit="pair", unit_scale=True, desc="scoring pairs",
                   disable=not show) as bar:
             for i in range(0, n_images, block_images):
                 regions = _to(self._image_terms(_to(_slice(img, i, i + block_images), self.device)), device)
                 for start, stop in chunks:
+                    block_index += 1
+                    if blocks is not None and block_index % blocks[1] != blocks[0]:  # another process's
+                        bar.update(regions.vectors.shape[0] * (stop - start))
+                        continue
                     block_words = _trim(_slice(words, start, stop), int(sorted_lengths[stop - 1]))
                     block = self._score_block(regions, block_words, self.config.lambda_t2i, self.config.lambda_i2t)
                     columns = order[start:stop]
                     for level, value in block.levels.items():
-                        scores[level][i:i + value.shape[0], columns] = value.to(scores[level].device)
+                        scores[level][i:i + value.shape[0], columns] = value.to(scores[level].device,
+                                                                                scores[level].dtype)
                     bar.update(value.numel())
         return scores
 

@@ -80,6 +80,16 @@ def format_result(result: Mapping) -> str:
         lines.append(f"pointing game (grounding): {grounding['accuracy']:.1f} % of "
                      f"{grounding['words']} object-naming words attend most to their object's box"
                      + (f" (random region: {grounding['chance']:.1f} %)" if "chance" in grounding else ""))
+    attention = result.get("attention_statistics")
+    if attention:
+        from mlasm.attention_stats import attention_table
+
+        per_model = [attention] if isinstance(attention, Mapping) else list(attention)  # an ensemble: each model
+        for index, stats in enumerate(per_model):
+            whose = f" of {result['checkpoints'][index]}" if len(per_model) > 1 else ""
+            lines += [f"attention per word kind{whose}, over the {stats['captions']} captions with their own images "
+                      "(point% = pointing game on grounded words; H = entropy of the word's attention, H/logR = 1 "
+                      "when uniform; last columns: mean share of attention per region kind):", attention_table(stats)]
     return "\n".join(lines)
 
 

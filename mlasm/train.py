@@ -19,6 +19,13 @@ an exception raised inside a commit anyway leaves the last written checkpoint as
 
 One training at a time holds a run folder (a lock file recording its process id); a folder
 that already holds a run is continued only with ``resume`` and replaced only with ``overwrite``.
+
+Under torchrun (``mlasm.distributed``) each of N processes takes its slice of every batch of
+N x ``batch_size`` captions, in the one order of (seed, epoch); DistributedDataParallel keeps the
+weights equal on every rank. Rank 0 alone holds the folder and writes checkpoints and the log;
+each rank's dropout is seeded by (seed, step, rank), so a resumed run (with as many processes,
+which is checked) continues exactly. ``gather_negatives`` makes every rank's images and captions
+negatives for all: N processes of batch B then train as one process of batch N x B.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import os
 import socket
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,6 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mlasm import distributed
 from mlasm.config import MLASMConfig
 from mlasm.data.dataset import RetrievalSplit, encode_captions, image_tensors
 from mlasm.data.errors import DataError
@@ -57,6 +65,7 @@ RUN_FILES = ("last.pt", "best.pt", "train_log.jsonl", "vocab.json", "config.json
 LOCK_FILE = ".mlasm-train.lock"
 # settings that may change when a run is resumed, and are then recorded; every other one must match
 CHANGEABLE_ON_RESUME = ("epochs",)
+VALIDATION_IMAGES = 1000  # as SCAN validates COCO: the dev split's first 1,000 images and their captions
 
 
 class RunFolderError(ValueError):
@@ -85,6 +94,8 @@ class Progress:
     seed: int | None = None      # the caption order depends on it: a resumed run must keep it
     data: dict = field(default_factory=dict)      # which training data the run began on (data_identity)
     changes: list = field(default_factory=list)   # settings changed on resume: {"global_step", name: [old, new]}
+    world_size: int = 1           # processes that trained the run; a resumed run needs as many
+    gather_negatives: bool = False  # every rank's batch slice was a negative for all (a setting of the run)
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -226,7 +237,8 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
           vocab: Vocabulary | None = None, word_vectors: torch.Tensor | None = None,
           device: str | torch.device | None = None, seed: int | None = None, resume: bool = False,
           overwrite: bool = True, amp: bool = False, checkpoint_every: int = 200, progress: bool = True,
-          on_step: Callable[[int], None] | None = None) -> dict:
+          on_step: Callable[[int], None] | None = None, gather_negatives: bool | None = None,
+          validation_images: int | None = VALIDATION_IMAGES) -> dict:
     """Train MLASM; return a summary with the best validation rSum and the paths written.
 
     ``vocab`` defaults to one built from the training captions (SCAN's threshold of 4); a
@@ -234,7 +246,9 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
     where ``config.start_end_tokens`` says, whatever ``vocab.boundaries`` is.
     ``word_vectors`` (V, word_dim) initialises the word embedding. ``seed`` (default 0) fixes
     the initial weights and the caption order. ``on_step`` is called after every optimisation
-    step with the global step (tests use it to simulate a kill).
+    step with the global step (tests use it to simulate a kill). ``validation_images``: a dev
+    split larger than this is validated on its first that many images and their captions (SCAN's
+    1,000 for COCO; None: the whole split); the summary's ``validation`` says which.
 
     ``resume`` continues the run in ``out_dir`` from its last.pt: ``config`` (with the data's
     sizes), ``vocab`` and ``seed`` must then match the run's, except the settings in
@@ -242,32 +256,63 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
     ``changed_on_resume``, config.json and the checkpoint. Without ``resume``, a run already
     in ``out_dir`` is replaced when ``overwrite`` (its files removed first, the default for
     notebooks and scripts), and is an error otherwise (the command line's default).
+
+    In a process group (``mlasm.distributed``, under torchrun) ``config.batch_size`` is each
+    process's share of a batch; ``gather_negatives`` (default: off, or the resumed run's) scores
+    every rank's slice against every other's. Training runs on the process's device.
     """
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
         raise ValueError(f"checkpoint_every must be a whole number of steps >= 1, got {checkpoint_every!r}")
     _check_finite_settings(config)
-    check_run_folder(out_dir, resume, overwrite and not resume)  # before anything is created
-    out_dir = check_output_folder(out_dir, "out_dir")
-    device = resolve_device(device)
-    with run_lock(out_dir):  # and again once the folder is ours
-        check_run_folder(out_dir, resume, overwrite and not resume)
-        remove_stale_temporaries(out_dir)
-        if not resume:
-            for name in RUN_FILES:  # a new run: nothing of an earlier one may stay beside it
-                (out_dir / name).unlink(missing_ok=True)
-        return _train_in_folder(config, train_split, dev_split, out_dir, vocab=vocab, word_vectors=word_vectors,
-                                device=device, seed=seed, resume=resume, amp=amp,
-                                checkpoint_every=checkpoint_every, progress=progress, on_step=on_step)
+    dev_split, validation_note = validation_subset(dev_split, validation_images)
+    if validation_note and progress and distributed.is_main():
+        print(f"mlasm train: {validation_note}", flush=True)
+    processes = distributed.current()
+    device = processes.device if processes is not None else resolve_device(device)
+
+    with ExitStack() as held:
+        def hold_folder() -> Path:  # rank 0 alone holds the folder; every rank gets its refusal
+            check_run_folder(out_dir, resume, overwrite and not resume)  # before anything is created
+            folder = check_output_folder(out_dir, "out_dir")
+            held.enter_context(run_lock(folder))  # and again once the folder is ours
+            check_run_folder(folder, resume, overwrite and not resume)
+            remove_stale_temporaries(folder)
+            if not resume:
+                for name in RUN_FILES:  # a new run: nothing of an earlier one may stay beside it
+                    (folder / name).unlink(missing_ok=True)
+            return folder
+
+        out_dir = distributed.on_rank_zero(hold_folder)
+        summary = _train_in_folder(config, train_split, dev_split, out_dir, vocab=vocab, word_vectors=word_vectors,
+                                   device=device, seed=seed, resume=resume, amp=amp,
+                                   checkpoint_every=checkpoint_every, progress=progress, on_step=on_step,
+                                   gather_negatives=gather_negatives)
+        summary["validation"] = validation_note or f"the whole {dev_split.name} split"
+        return summary
+
+
+def validation_subset(dev_split: RetrievalSplit, validation_images: int | None) -> tuple[RetrievalSplit, str | None]:
+    """The part of the dev split that validation scores every epoch, and a line saying so when
+    it is not the whole split (scoring all 5,000 COCO dev images each epoch costs 25x 1,000's)."""
+    if validation_images is None or dev_split.n_images <= validation_images:
+        return dev_split, None
+    if not (isinstance(validation_images, int) and validation_images >= 1):
+        raise ValueError(f"validation_images must be a whole number >= 1 or None, got {validation_images!r}")
+    note = (f"validation on the first {validation_images:,} of the {dev_split.n_images:,} {dev_split.name} images "
+            f"and their captions, as SCAN validates COCO (--validation-images 0: all)")
+    return dev_split.subset(np.arange(validation_images)), note
 
 
 def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split: RetrievalSplit, out_dir: Path, *,
                      vocab: Vocabulary | None, word_vectors: torch.Tensor | None, device: torch.device,
                      seed: int | None, resume: bool, amp: bool, checkpoint_every: int, progress: bool,
-                     on_step: Callable[[int], None] | None) -> dict:
-    """The training itself, in a folder this process holds."""
+                     on_step: Callable[[int], None] | None, gather_negatives: bool | None) -> dict:
+    """The training itself, in a folder this process (or rank 0 of its group) holds."""
     last_path, best_path, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "train_log.jsonl"
     use_amp = amp and device.type == "cuda"
     changed: dict[str, tuple] = {}
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    progress = progress and main  # one set of progress bars, rank 0's
 
     if resume:
         state = load_checkpoint(last_path, map_location=device)
@@ -281,6 +326,14 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
                            f"(--min-word-count builds another)")
         if seed is not None and run.seed is not None and seed != run.seed:
             refused.append(f"--seed: {run.seed} in the run, {seed} given")
+        if run.world_size != world:
+            refused.append(f"number of processes: {run.world_size} in the run, {world} now (the batches and each "
+                           f"process's share of them depend on it; start {run.world_size} in all, e.g. torchrun "
+                           f"--nproc_per_node {run.world_size})")
+        if gather_negatives is not None and gather_negatives != run.gather_negatives:
+            refused.append(f"--gather-negatives: {'on' if run.gather_negatives else 'off'} in the run, "
+                           f"{'on' if gather_negatives else 'off'} given")
+        gather_negatives = run.gather_negatives
         given_data = data_identity(train_split)
         if run.data and run.data != given_data:
             refused.append(f"training data: {run.data['n_images']} images and {run.data['n_captions']} captions "
@@ -295,7 +348,8 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
         run.seed = seed
         if changed:
             run.changes.append({"global_step": run.global_step, **{k: list(v) for k, v in changed.items()}})
-            write_json(out_dir / "config.json", config.to_dict())
+            if main:
+                write_json(out_dir / "config.json", config.to_dict())
     else:
         state = None
         vocab = vocab or Vocabulary.build(train_split.captions)
@@ -305,7 +359,8 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
                             f"lower minimum count")
         config = config_for_data(config, train_split, vocab)
         seed = 0 if seed is None else seed
-        run = Progress(seed=seed, data=data_identity(train_split))
+        gather_negatives = bool(gather_negatives)
+        run = Progress(seed=seed, data=data_identity(train_split), world_size=world, gather_negatives=gather_negatives)
         torch.manual_seed(seed)
 
     vocab = vocab.with_boundaries(config.start_end_tokens)  # validation encodes the dev captions alike
@@ -326,15 +381,21 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
     else:
         if word_vectors is not None:
             model.init_word_embeddings(word_vectors)
-        vocab.save(out_dir / "vocab.json")
-        write_json(out_dir / "config.json", config.to_dict())
+        if main:
+            vocab.save(out_dir / "vocab.json")
+            write_json(out_dir / "config.json", config.to_dict())
         log = []
+    # in a process group: DDP over the model, or over the scorer of every rank's batch slice
+    trainer = distributed.wrap_for_training(model, gather_negatives) if world > 1 else None
 
-    batch_size = config.batch_size
-    n_batches = len(train_split.captions) // batch_size  # the last partial batch is dropped, as SCAN
+    batch_size = config.batch_size  # each process's share of a batch of batch_size x world captions
+    n_batches = len(train_split.captions) // (batch_size * world)  # the last partial batch is dropped, as SCAN
     if n_batches == 0:
+        processes = f" ({world} processes x {batch_size})" if world > 1 else ""
         raise DataError(f"split {train_split.name!r}: {train_split.n_captions} captions are fewer than "
-                        f"one batch of {batch_size}; lower batch_size")
+                        f"one batch of {batch_size * world}{processes}; lower batch_size")
+    caption_lengths = np.diff(captions.offsets)
+    negatives_per_pair = batch_size * (world if gather_negatives else 1) - 1
 
     # Pairs that are in truth positive (another image the caption is true of) are never negatives.
     known_positives = train_split.positive_sets() if config.mask_false_negatives else \
@@ -343,8 +404,47 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
     supervised_levels = [] if config.level_weight == 0 else \
         ["t2i", "i2t"] + (["global"] if config.uses_global_level else [])
 
+    def losses_across_ranks(batch_ids, regions, mask, global_features, tokens, lengths, hardest):
+        """A step's loss in a process group: (what this rank backpropagates, the loss of the whole
+        batch, its statistics). The loss is a sum over the batch (VSE++) and DDP averages the ranks'
+        gradients, so each rank backpropagates world x its share: the weights then move as those of
+        one process given the whole batch (with every rank's negatives when gathered)."""
+        offset = rank * batch_size
+        batch_positives = torch.from_numpy(
+            known_positives.mask(train_split.caption_to_image[batch_ids], batch_ids)).to(device)
+        if gather_negatives:
+            longest = int(caption_lengths[batch_ids].max())  # equal shapes to gather: the batch's longest
+            tokens = torch.nn.functional.pad(tokens, (0, longest - tokens.shape[1]))
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                rows, columns = trainer(regions, mask, global_features, tokens.to(device), lengths.to(device))
+            row_positives = batch_positives[offset:offset + batch_size]
+            column_positives = batch_positives[:, offset:offset + batch_size]
+        else:  # each rank's own slice is its batch: rows and columns are the same (b, b) matrix
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                rows = columns = trainer(regions, mask, global_features, tokens.to(device), lengths.to(device),
+                                         all_levels=True)
+            row_positives = column_positives = batch_positives[offset:offset + batch_size, offset:offset + batch_size]
+            offset = 0
+
+        def share(level: str) -> torch.Tensor:
+            return distributed.rows_and_columns_loss(rows[level].float(), columns[level].float(), offset,
+                                                     config.margin, hardest, row_positives, column_positives)
+
+        loss = share("final")
+        for level in supervised_levels:  # level-wise supervision, as in one process
+            loss = loss + config.level_weight * share(level)
+        sums = distributed.rows_and_columns_statistics(rows["final"], columns["final"], offset, config.margin,
+                                                       row_positives, column_positives)
+        total = distributed.sum_over_ranks(torch.cat([loss.detach().float()[None], sums]))
+        positive, hardest_sum, hardest_count, inside, comparisons = total[1:].tolist()
+        statistics = {"positive": positive / (batch_size * world),
+                      "hardest_negative": hardest_sum / hardest_count if hardest_count else math.nan,
+                      "inside_margin": inside / max(comparisons, 1)}
+        return loss * world, total[0], statistics
+
     def save_last(rng=None) -> None:
-        save_checkpoint(last_path, model, vocab, dataclasses.asdict(run), optimizer, scheduler, rng=rng)
+        if main:  # every rank holds the same state; one writes it
+            save_checkpoint(last_path, model, vocab, dataclasses.asdict(run), optimizer, scheduler, rng=rng)
 
     def kept() -> str:
         return f"{last_path.name} holds the last good state" if last_path.is_file() else "no checkpoint was written"
@@ -371,32 +471,41 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
             try:
                 for step in batches:
                     phase, boundary_rng = "compute", random_state()
-                    caption_ids = order[step * batch_size:(step + 1) * batch_size]
+                    if world > 1:  # each rank's draws (dropout) follow from (seed, step, rank)
+                        torch.manual_seed(distributed.step_seed(seed, run.global_step, rank))
+                    batch_ids = order[step * batch_size * world:(step + 1) * batch_size * world]
+                    caption_ids = batch_ids[rank * batch_size:(rank + 1) * batch_size]  # this process's slice
                     image_ids = train_split.caption_to_image[caption_ids]
                     regions, mask, global_features = (t.to(device) for t in image_tensors(train_split, image_ids))
                     tokens, lengths = captions.batch(caption_ids)
-                    positives = torch.from_numpy(known_positives.mask(image_ids, caption_ids)).to(device)
-                    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        levels = model(regions, mask, global_features, tokens.to(device), lengths.to(device),
-                                       all_levels=True)
-                    scores = levels["final"]
-                    loss = triplet_loss(scores.float(), margin=config.margin, hardest=hardest,
-                                        positive_mask=positives)
-                    for level in supervised_levels:  # level-wise supervision: each level must rank on its own too
-                        loss = loss + config.level_weight * triplet_loss(
-                            levels[level].float(), margin=config.margin, hardest=hardest, positive_mask=positives)
-                    if not torch.isfinite(loss):  # stop before a step can spread NaN into the weights
-                        raise diverged(f"loss is {loss.item()}", epoch, step)
+                    if trainer is None:
+                        positives = torch.from_numpy(known_positives.mask(image_ids, caption_ids)).to(device)
+                        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                            levels = model(regions, mask, global_features, tokens.to(device), lengths.to(device),
+                                           all_levels=True)
+                        scores = levels["final"]
+                        loss = triplet_loss(scores.float(), margin=config.margin, hardest=hardest,
+                                            positive_mask=positives)
+                        for level in supervised_levels:  # level-wise supervision: each level must rank on its own
+                            loss = loss + config.level_weight * triplet_loss(
+                                levels[level].float(), margin=config.margin, hardest=hardest, positive_mask=positives)
+                        batch_loss = loss
+                    else:
+                        loss, batch_loss, statistics = losses_across_ranks(batch_ids, regions, mask, global_features,
+                                                                           tokens, lengths, hardest)
+                    if not torch.isfinite(batch_loss):  # stop before a step can spread NaN into the weights
+                        raise diverged(f"loss is {batch_loss.item()}", epoch, step)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     gradient_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                     if not torch.isfinite(gradient_norm):  # a finite loss can still have NaN gradients
                         raise diverged(f"gradient norm is {gradient_norm.item()}", epoch, step)
-                    statistics = batch_statistics(scores, config.margin, positives)
+                    if trainer is None:
+                        statistics = batch_statistics(scores, config.margin, positives)
                     phase = "commit"
                     with guard.critical():
                         optimizer.step()
-                        run.epoch_loss_sum += loss.item()
+                        run.epoch_loss_sum += batch_loss.item()
                         run.epoch_positive_sum += statistics["positive"]
                         run.epoch_hardest_sum += statistics["hardest_negative"]
                         run.epoch_inside_sum += statistics["inside_margin"]
@@ -404,11 +513,12 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
                         if run.step_in_epoch < n_batches and run.step_in_epoch % checkpoint_every == 0:
                             save_last()
                         phase, boundary_rng = "boundary", None
-                    batches.set_postfix(loss=f"{loss.item():.3f}")
+                    batches.set_postfix(loss=f"{batch_loss.item():.3f}")
                     if on_step is not None:
                         on_step(run.global_step)
 
                 boundary_rng = random_state()  # validation draws nothing, but the boundary is here
+                validation_started = time.time()
                 try:
                     validation = evaluate_model(model, dev_split, vocab, levels_only=("final",), progress=False)
                 except NonFiniteScores as e:
@@ -419,16 +529,18 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
                     "steps": run.global_step,
                     "loss": run.epoch_loss_sum / n_batches,
                     # the loss as a share of its value when every hinge sits at the margin: 2 x batch x margin
-                    # with hardest negatives, 2 x batch x (batch - 1) x margin when summing over all of them
+                    # with hardest negatives, 2 x batch x negatives x margin when summing over all of them
+                    # (the batch of all processes; each pair's negatives: its own slice's, or all with a gather)
                     "loss_share_of_collapse": run.epoch_loss_sum / n_batches
-                    / (2 * batch_size * (1 if hardest else batch_size - 1) * config.margin)
+                    / (2 * batch_size * world * (1 if hardest else negatives_per_pair) * config.margin)
                     if config.margin > 0 else math.nan,
                     "mean_positive": run.epoch_positive_sum / n_batches,
                     "mean_hardest_negative": run.epoch_hardest_sum / n_batches,
                     "inside_margin": run.epoch_inside_sum / n_batches,
                     "lr": learning_rate,
                     "hardest_negatives": hardest,
-                    "seconds": round(time.time() - started, 2),
+                    "seconds": round(time.time() - started, 2),  # the whole epoch, its validation included
+                    "validation_seconds": round(time.time() - validation_started, 2),
                     "val_rsum": validation["rsum"],
                     "val_i2t": validation["i2t"],
                     "val_t2i": validation["t2i"],
@@ -441,12 +553,14 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
                         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                         scheduler.step()
                     log.append(row)
-                    _write_log(log_path, log)
+                    if main:
+                        _write_log(log_path, log)
                     run.epoch, run.step_in_epoch = epoch + 1, 0
                     run.epoch_loss_sum = run.epoch_positive_sum = run.epoch_hardest_sum = run.epoch_inside_sum = 0.0
                     if validation["rsum"] > run.best_rsum:
                         run.best_rsum, run.best_epoch = validation["rsum"], epoch
-                        save_checkpoint(best_path, model, vocab, dataclasses.asdict(run))
+                        if main:
+                            save_checkpoint(best_path, model, vocab, dataclasses.asdict(run))
                     save_last()
                     phase, boundary_rng = "boundary", None
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated)
@@ -460,4 +574,5 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
     epochs.close()
     return {"best_rsum": run.best_rsum, "best_epoch": run.best_epoch, "epochs": run.epoch,
             "best": str(best_path), "last": str(last_path), "log": log, "unknown_token_share": unknown_share,
-            "changed_on_resume": {name: list(values) for name, values in changed.items()}}
+            "changed_on_resume": {name: list(values) for name, values in changed.items()},
+            "world_size": world, "gather_negatives": gather_negatives}

@@ -27,12 +27,13 @@
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 
 from mlasm.demo import demo_checkpoint
-from mlasm.evaluate import encode_split, score_separation
+from mlasm.evaluate import score_separation
 from mlasm.plots import draw_gallery
 from mlasm.sources import fast_mode, open_split
-from mlasm.checkpoint import load_model
+from widgets import WorkbenchSession
 
 test = open_split("shapescenes", "test", progress=False)
 print(f"fast mode: {fast_mode()}; test split: {test.n_images} images, {test.n_captions} captions")
@@ -50,22 +51,25 @@ plt.show()
 
 # %% [markdown]
 # ## A trained model
-# `load_model` reads a checkpoint safely (`weights_only=True`) on the CPU or a GPU.
+# A `WorkbenchSession` loads a checkpoint safely (`weights_only=True`, on the CPU or a GPU) and
+# encodes the test split. Where `mlasm demo` (or `mlasm evaluate`) already scored this very
+# checkpoint on this split, the session reads the saved score matrices (`scores.npz`) instead of
+# scoring 5 million pairs again; otherwise it scores them when first asked.
 
 # %%
-checkpoint = demo_checkpoint()
-model, vocab, _ = load_model(checkpoint, "cpu")
+session = WorkbenchSession.from_checkpoint(demo_checkpoint())
+model, vocab = session.model, session.vocab
 print(f"{sum(p.numel() for p in model.parameters()):,} parameters; vocabulary of {len(vocab)} words")
 
 # %% [markdown]
 # ## Retrieval: a caption finds its picture
-# `score_all` scores every picture against every caption, level by level.
+# `session.scores` holds every level's score of every picture against every caption (computed by
+# `model.score_all`, or read from the run).
 
 # %%
-images, captions = encode_split(model, test, vocab)
-scores = model.score_all(images, captions)
+scores = session.scores
 caption = 0
-top = scores["final"][:, caption].topk(4).indices.tolist()
+top = np.argsort(-scores["final"][:, caption], kind="stable")[:4].tolist()
 truth = int(test.caption_to_image[caption])
 valid = set(test.positive_sets().images_of(caption).tolist())  # every picture the caption is true of
 print("query:", test.captions[caption], f"(true of {len(valid)} test pictures)")

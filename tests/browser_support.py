@@ -223,7 +223,18 @@ def start_kernel_session(
     client.load_connection_file(server.runtime_dir / f"kernel-{kernel_id}.json")
     client.start_channels()
     try:
-        client.wait_for_ready(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.wait_for_ready(timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except RuntimeError:
+                # A kernel starting on busy cores can miss its first heartbeats, and the client
+                # then calls it dead: ask again while the server still lists it (seen 2 runs in 4).
+                server.api("GET", f"/api/kernels/{kernel_id}")  # raises once the kernel is gone
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
         # The server learns the kernel's state from status messages on its own iopub link, which
         # may connect after our first request: ask again until the server has seen one.
         deadline = time.monotonic() + timeout
@@ -293,6 +304,12 @@ def open_notebook(page: Page, server: LabServer, notebook: str, timeout: float =
     """
     kernel_id = start_kernel_session(server, notebook, timeout=timeout)
     page.goto(f"{server.url}/lab/tree/{notebook}?token={server.token}", timeout=timeout * 1000)
+    wait_for_kernel(page, notebook, kernel_id, timeout)
+    return kernel_id
+
+
+def wait_for_kernel(page: Page, notebook: str, kernel_id: str, timeout: float = 90) -> None:
+    """Wait until the page's panel for ``notebook`` is attached to kernel ``kernel_id`` and that kernel is idle."""
     page.wait_for_function(
         f"""([path, kernelId]) => {{
             if (!window.jupyterapp) return false;
@@ -304,7 +321,23 @@ def open_notebook(page: Page, server: LabServer, notebook: str, timeout: float =
         arg=[notebook, kernel_id],
         timeout=timeout * 1000,
     )
-    return kernel_id
+
+
+def save_notebook(page: Page, notebook: str) -> None:
+    """Save the open notebook (its outputs then name the live kernel's widgets, as autosave would)."""
+    page.evaluate(
+        f"""async path => {{
+            const panel = ({_FIND_PANEL})(path);
+            await panel.context.save();
+        }}""",
+        notebook,
+    )
+
+
+def reload_page(page: Page, notebook: str, kernel_id: str, timeout: float = 90) -> None:
+    """Reload the page, as a user would, and wait until the notebook is back on the same, still running kernel."""
+    page.reload(timeout=timeout * 1000)
+    wait_for_kernel(page, notebook, kernel_id, timeout)
 
 
 def run_all_cells(page: Page, notebook: str, timeout: float = 120) -> None:

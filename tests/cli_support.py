@@ -72,3 +72,8 @@ def count_tensors(state) -> int:
     if isinstance(state, (list, tuple)):
         return sum(count_tensors(v) for v in state)
     return 0
+
+
+def without_times(log: list[dict]) -> list[dict]:
+    """Training log rows without their wall times (``seconds``, ``validation_seconds``), which no rerun repeats."""
+    return [{key: value for key, value in row.items() if not key.endswith("seconds")} for row in log]

@@ -56,3 +56,15 @@ def data_folder(splits, tmp_path_factory):
     from cli_support import tiny_folder
 
     return tiny_folder(splits, tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def short_tmp():
+    """A temporary folder with a short path, for the browser tests: Chromium's singleton socket
+    path must fit in 108 bytes, which pytest's tmp_path can exceed."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="mlasm-browser-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

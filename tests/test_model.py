@@ -211,6 +211,30 @@ def test_gradients_match_reference():
         assert_close(actual, wanted, atol=1e-8)
 
 
+def test_training_scores_in_length_groups_equal_one_padded_block_with_their_gradients():
+    """pair_levels scores a batch's captions in groups of similar length: the same values and
+    gradients as one block padded to the longest caption."""
+    model = make_model()
+    img, cap = random_gallery(n_images=5, n_captions=9, n_words=8, seed=3)
+    assert len(set(cap.lengths.tolist())) >= 4  # lengths spread over the groups
+
+    def levels_and_gradients(groups):
+        model.zero_grad()
+        words = cap.words.clone().requires_grad_()
+        levels = model.pair_levels(img, CaptionEncoding(words, cap.lengths), length_groups=groups)
+        weights = torch.arange(1.0, 46.0, dtype=torch.float64).view(5, 9).cos()
+        sum((levels[level] * weights).sum() for level in ("t2i", "i2t", "global", "final")).backward()
+        return levels, [words.grad] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    grouped, grouped_grads = levels_and_gradients(3)
+    whole, whole_grads = levels_and_gradients(1)
+    for level in LEVELS:
+        assert_close(grouped[level], whole[level], atol=1e-12)
+    assert len(grouped_grads) == len(whole_grads) > 1
+    for actual, wanted in zip(grouped_grads, whole_grads):
+        assert_close(actual, wanted, atol=1e-10)
+
+
 # --- invariances ------------------------------------------------------------------------
 
 def test_padding_never_changes_a_score():
@@ -251,6 +275,22 @@ def test_score_all_in_many_small_blocks_equals_one_block():
     one_pair_per_block = model.score_all(img, cap, memory_budget_mb=1e-6, progress=True)
     for level in LEVELS:
         assert_close(one_pair_per_block[level], one_block[level], atol=1e-10)
+
+
+def test_score_all_under_bfloat16_autocast_returns_the_float32_scores_roughly():
+    """Mixed precision (torch.autocast) must run and keep the matrices' dtype; bfloat16 keeps about
+    three digits, which is why the project does not score in it (README, Speed)."""
+    model = make_model().float()
+    img, cap = random_gallery(n_images=5, n_captions=7)
+    img = ImageEncoding(img.regions.float(), img.mask, img.glob.float())
+    cap = CaptionEncoding(cap.words.float(), cap.lengths)
+    exact = model.score_all(img, cap)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.score_all(img, cap)
+    for level in LEVELS:
+        assert mixed[level].dtype == torch.float32
+        assert_close(mixed[level], exact[level], atol=0.05)
+        assert not torch.equal(mixed[level], exact[level])  # it did run in bfloat16
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-6)])

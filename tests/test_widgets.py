@@ -4,6 +4,8 @@ Every expectation is computed independently of the widget (from the model, the s
 matrices or mlasm.metrics), on a tiny ShapeScenes model trained in seconds.
 """
 import dataclasses
+import io
+from concurrent.futures import ThreadPoolExecutor
 
 import matplotlib
 
@@ -13,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from mlasm.config import MLASMConfig  # noqa: E402
 from mlasm.data.positives import PositiveSets  # noqa: E402
@@ -21,6 +24,7 @@ from mlasm.data.vocab import Vocabulary  # noqa: E402
 from mlasm.evaluate import evaluate_checkpoints  # noqa: E402
 from mlasm.metrics import i2t_ranks, t2i_ranks  # noqa: E402
 from mlasm.model import MLASM  # noqa: E402
+from mlasm.plots import draw_attention  # noqa: E402
 from mlasm.checkpoint import load_model, save_checkpoint  # noqa: E402
 from mlasm.report import format_result  # noqa: E402
 from mlasm.train import config_for_data, train  # noqa: E402
@@ -36,7 +40,8 @@ from widgets import (  # noqa: E402
     WorkbenchSession,
 )
 from widgets import failures as failures_module  # noqa: E402
-from widgets.embedding import embedding_vectors, principal_components_2d  # noqa: E402
+from widgets.drawing import PictureView, draw_pair_attention, new_figure, spread_labels  # noqa: E402
+from widgets.embedding import attribute_options, embedding_vectors, principal_components_2d  # noqa: E402
 from widgets.ranking import ALSO_TRUE, TRUTH  # noqa: E402
 
 TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
@@ -101,14 +106,19 @@ def test_scores_are_computed_once_and_ranks_agree_with_ranks_npz(session, checkp
     fresh = WorkbenchSession(session.model, session.vocab, session.split)
     calls = []
     score_all = session.model.score_all
-    monkeypatch.setattr(session.model, "score_all", lambda *a, **k: calls.append(1) or score_all(*a, **k))
+    monkeypatch.setattr(session.model, "score_all",  # records images x captions of each call
+                        lambda img, cap, **k: calls.append((len(img.regions), len(cap.words))) or score_all(img, cap, **k))
     selection = Selection()
     AttentionExplorer(fresh, selection)
     assert calls == []  # explaining one pair needs no score matrix
     browser = RankingBrowser(fresh, selection)
     for caption in range(4):
         selection.select(caption=caption)
-    assert calls == [1] and fresh.scores is browser.session.scores
+    n_images = tiny_data["test"].n_images
+    assert set(calls) == {(n_images, 1)} and fresh._scores is None  # one caption at a time, never the gallery
+    calls.clear()
+    assert fresh.scores is browser.session.scores and calls == [(n_images, tiny_data["test"].n_captions)]
+    assert fresh.scores is fresh.scores and len(calls) == 1  # scored once
     assert fresh.scores["final"].shape == (tiny_data["test"].n_images, tiny_data["test"].n_captions)
     np.testing.assert_array_equal(fresh.scores["final"], session.scores["final"])
 
@@ -270,9 +280,11 @@ def test_a_typed_query_is_explained_and_its_unknown_words_listed(session):
     explorer = AttentionExplorer(session, selection)
     selection.select(text="a red zebra", query="text")
     assert explorer.words == ["a", "red", "zebra"]
-    assert "zebra" in explorer.header.value and "Unknown" in explorer.header.value
-    controls = explorer.children[0]
-    assert "zebra" in controls.notice.value
+    assert explorer.word == 1  # the first word that names something, not "a"
+    assert "zebra" in explorer.controls.notice.value and "Unknown" in explorer.controls.notice.value
+    assert "Unknown" not in explorer.header.value  # the notice is shown once, in the bar of controls
+    assert ("2: zebra (unknown)", 2) in explorer.word_choice.options
+    assert int(explorer.word_choice.layout.width[:-2]) >= 110 + 8 * len("2: zebra (unknown)")
 
 
 def test_a_split_without_boxes_shows_the_matrix_only(session, tiny_data):
@@ -401,7 +413,7 @@ def test_choosing_a_failure_opens_it_everywhere(session):
     row = failures.table[failures.table.direction == "t2i"].iloc[0]
     failures.open_row(row.name)
     assert (selection.image, selection.caption, selection.query) == (row["image"], row["caption"], "caption")
-    assert attention._pair == (row["image"], row["caption"])
+    assert attention.shown_pair == (row["image"], row["caption"])
     assert attention.words == session.tokens(int(row["caption"]))
     assert ranking.results[0].index == row["preferred"]
     assert [ax.get_title().split(":")[0] for ax in failures.figure.axes] == ["ground truth", "preferred instead"]
@@ -598,12 +610,19 @@ def test_embedding_map_points_select_images_and_captions(session):
     expected = principal_components_2d(np.concatenate([images, captions]))
     np.testing.assert_allclose(embedding.coordinates["image"], expected[:len(images)], atol=1e-5)
 
+    split = session.split
     click(embedding.figure, 0, *embedding.coordinates["image"][3], point_index=3)
-    assert selection.image == 3
+    assert selection.image == 3 and selection.caption == split.image_to_captions(3)[0]  # a matching pair
     click(embedding.figure, 1, *embedding.coordinates["caption"][9], point_index=9)
-    assert selection.caption == 9
+    image = int(split.caption_to_image[9])
+    assert (selection.image, selection.caption) == (image, 9)  # a caption comes with its own image
     ringed = embedding.figure.data[2]
-    assert (ringed.x[0], ringed.x[1]) == (embedding.coordinates["image"][3][0], embedding.coordinates["caption"][9][0])
+    assert (ringed.x[0], ringed.x[1]) == (embedding.coordinates["image"][image][0],
+                                          embedding.coordinates["caption"][9][0])
+    assert embedding.figure.layout.title.text.startswith("images and captions")
+    embedding.show_choice.value = "images"
+    assert embedding.figure.layout.title.text.startswith("images,")  # the title says what is shown
+    embedding.show_choice.value = "images and captions"
 
     embedding.colour_choice.value = "colours"  # a list attribute: coloured by "contains the chosen colour"
     colour = embedding.value_choice.value
@@ -639,5 +658,104 @@ def test_workbench_builds_tabs_on_demand_and_links_them(session):
     assert bench.tabs.children[3] is failures
     row = failures.table.iloc[0]
     failures.open_row(row.name)
-    assert bench.explorer._pair[0] == row["image"]
+    assert bench.explorer.shown_pair[0] == row["image"]
     assert bench.levels.table.equals(session.pair_levels(int(row["image"]), int(row["caption"])))
+    statistics = bench.attention_statistics  # its chosen word opens in the Attention tab's explorer
+    examples = statistics.open_cell("shape", "object")
+    statistics.open_example(examples.index[0])
+    record = examples.iloc[0]
+    assert bench.explorer.shown_pair == (int(record["image"]), int(record["caption"]))
+    assert bench.explorer.word == int(record["position"])
+
+
+# ------------------------------------------------------------------------------ drawing and plumbing
+
+def _pixel_spread(png: bytes) -> float:
+    """Standard deviation of the picture's pixel values: about 0 for a blank picture."""
+    with Image.open(io.BytesIO(png)) as picture:
+        return float(np.asarray(picture.convert("L"), dtype=float).std())
+
+
+def test_pictures_drawn_from_many_threads_equal_those_drawn_one_at_a_time(session):
+    explorer = AttentionExplorer(session)
+    image, explanation = explorer.shown_pair[0], explorer.explanation
+
+    def picture(word: int) -> bytes:
+        view = PictureView(width=440)
+        view.draw((4.4, 4.4), lambda ax: draw_pair_attention(
+            session, image, explanation.region_indices, explanation.t2i_attention[word], ax, f"word {word}"))
+        return view.png
+
+    words = list(range(len(explorer.words)))
+    one_at_a_time = [picture(word) for word in words]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # widget callbacks may run on several threads
+        at_once = list(pool.map(picture, words * 4))
+    assert at_once == one_at_a_time * 4
+    assert min(_pixel_spread(png) for png in one_at_a_time) > 10
+    assert plt.get_fignums() == []  # no figure went through pyplot
+
+
+def test_box_labels_that_would_overlap_are_moved_or_hidden():
+    fig, (ax,) = new_figure((3, 3))
+    boxes = np.array([[10, 10, 30, 30], [11, 11, 29, 29], [12, 10, 31, 28], [60, 60, 90, 90]], np.float32)
+    weights = np.array([0.4, 0.3, 0.2, 0.1], np.float32)
+    draw_attention(np.zeros((100, 100, 3), np.uint8), boxes, weights, ax=ax, top_k=4,
+                   labels=["r0 dog", "r1 dog", "r2 cat", "r3 bench"])
+    before = [text.get_position() for text in ax.texts]
+    spread_labels(ax)
+    renderer = fig.canvas.get_renderer()
+    shown = [text for text in ax.texts if text.get_visible()]
+    extents = [text.get_window_extent(renderer) for text in shown]
+    assert not any(a.overlaps(b) for n, a in enumerate(extents) for b in extents[n + 1:])
+    assert ax.texts[0].get_position() == before[0]  # the strongest box keeps its label in place
+    assert ax.texts[3].get_visible() and ax.texts[3].get_position() == before[3]  # an uncrowded box too
+    assert ax.texts[1].get_position() != before[1] or not ax.texts[1].get_visible()
+
+
+VIEWS = (AttentionExplorer, LevelPanel, RankingBrowser, FailureExplorer, EmbeddingMap)
+
+
+@pytest.mark.parametrize("view_class", VIEWS, ids=lambda cls: cls.__name__)
+def test_every_view_takes_controls_and_draws_once_per_choice(session, view_class, monkeypatch):
+    bare = view_class(session, Selection(), controls=False)
+    assert bare.controls is None and not any(isinstance(c, SelectionControls) for c in bare.children)
+    selection = Selection()
+    view = view_class(session, selection, controls=True)
+    assert isinstance(view.controls, SelectionControls) and view.children[0] is view.controls
+    drawn = []
+    monkeypatch.setattr(view, "show_selection", lambda: drawn.append(view.selection_key()))
+    image = 3
+    selection.select(image=image, caption=int(session.split.image_to_captions(image)[1]), query="image")
+    follows = view_class is not FailureExplorer  # the failure list writes to the selection, never follows it
+    assert len(drawn) == int(follows)  # three traits changed, one redraw
+    view.controls.image_index.value = 5  # the bar is linked to the selection
+    assert selection.image == 5 and len(drawn) == 2 * int(follows)
+
+
+def test_selection_controls_link_the_query_kind_both_ways(session):
+    selection = Selection()
+    controls = SelectionControls(session, selection)
+    controls.query_kind.value = "image"
+    assert selection.query == "image"
+    selection.select(query="caption")
+    assert controls.query_kind.value == "caption"
+
+
+def test_id_attributes_are_groups_coloured_by_the_chosen_one(session):
+    synthetic = [{"family": n // 2, "n_objects": n % 3, "area": n * 0.5} for n in range(40)]
+    assert attribute_options(synthetic) == {"family": "group", "n_objects": "category", "area": "number"}
+    n_images = session.split.n_images
+    families = [{"family": 200 + n} for n in range(n_images)]  # more ids than colours, as ShapeScenes' 250
+    split = dataclasses.replace(session.split, image_attributes=families)
+    embedding = EmbeddingMap(WorkbenchSession(session.model, session.vocab, split), Selection(image=5),
+                             controls=False)
+    embedding.colour_choice.value = "family"
+    assert embedding.value_choice.value == 205  # starts on the selected image's own
+    members = [n == 5 for n in range(n_images)]
+    assert list(embedding.figure.data[0].marker.color) == ["#d62728" if m else "#c7c7c7" for m in members]
+    assert not any(trace.marker.showscale for trace in embedding.figure.data)  # no colour scale on ids
+
+
+def test_failure_explorer_starts_at_k_5_as_notebook_05_and_the_workbench_passes_k(session):
+    assert FailureExplorer(session, controls=False).k.value == 5
+    assert Workbench(session, k=3).failures.k.value == 3

@@ -10,17 +10,16 @@ words, and they take part in the attention: they are listed, and drawn, as words
 from __future__ import annotations
 
 import html
-from contextlib import contextmanager
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import numpy as np
 import plotly.graph_objects as go
 
 from mlasm.data.vocab import START
 from mlasm.model import PairExplanation
-from widgets.drawing import draw_pair_attention, region_names, shaded_words_html, show_figure, show_message
-from widgets.selection import Selection, SelectionControls, query_notice, toggle_buttons
+from widgets.base import LinkedView
+from widgets.drawing import PictureView, draw_pair_attention, keep_plotly_state, region_names, shaded_words_html
+from widgets.selection import Selection, toggle_buttons
 from widgets.session import WorkbenchSession
 
 MATRICES = {
@@ -28,6 +27,11 @@ MATRICES = {
     "i2t": "i2t: each region's weights over the words (columns sum to 1)",
 }
 LAMBDA_RANGE = (0.5, 30.0)  # widened to twice a model's own lambda when that is larger
+# Words that name nothing: a typed query starts on its first word that is not one of them.
+FUNCTION_WORDS = frozenset(
+    "a an the this that these those some any one two three of on in at to from by with without and or but "
+    "is are was were be been being has have had there here it its their his her they he she we you i "
+    "next near above below under over behind beside between into onto while who which".split())
 
 
 def plotly_label(word: str) -> str:
@@ -35,25 +39,22 @@ def plotly_label(word: str) -> str:
     return word.replace("<", "&lt;").replace(">", "&gt;")
 
 
-class AttentionExplorer(widgets.VBox):
+class AttentionExplorer(LinkedView):
     """The attention of the selected pair (image, caption or typed text), explored word by word.
 
     State a program can read: ``explanation`` (the current PairExplanation), ``word`` (a
     position in ``words``), ``region`` (an index into the image's boxes and features),
     ``region_weights`` (the word's t2i weights, aligned with ``explanation.region_indices``),
     ``word_weights`` (the region's i2t weights over ``words``), ``matrix`` (what the heatmap
-    shows), ``figure`` (the last matplotlib picture, closed; None without boxes).
+    shows), ``figure`` (the last matplotlib picture; None without boxes), ``shown_pair``
+    ((image, text side) of the explanation).
     """
 
     def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True):
-        self.session = session
-        self.selection = selection if selection is not None else Selection.start(session)
         config = session.model.config
         self.explanation: PairExplanation | None = None
         self.words: list[str] = []
-        self.figure = None
-        self._pair = None        # (image, text side) of the explanation shown
-        self._quiet = False      # True while controls are set by the explorer itself
+        self.shown_pair = None
 
         self.header = widgets.HTML()
         self.word_choice = widgets.Dropdown(description="word", layout=widgets.Layout(width="230px"))
@@ -66,39 +67,41 @@ class AttentionExplorer(widgets.VBox):
             for direction, value in (("t2i", config.lambda_t2i), ("i2t", config.lambda_i2t)))
         self.reset_lambdas = widgets.Button(description="trained λ", tooltip="back to the model's temperatures",
                                             layout=widgets.Layout(width="100px"))
-        self.picture = widgets.Output(layout=widgets.Layout(width="440px", min_height="420px"))
+        self.picture = PictureView(width=380, min_height=380, save_as="attention")
         self.heatmap = go.FigureWidget(go.Heatmap(z=[[0.0]], colorscale="Viridis", zmin=0,
-                                                  colorbar=dict(title=dict(text="weight", side="right"),
-                                                                thickness=12)))
-        self.heatmap.update_layout(width=520, height=420, margin=dict(l=90, r=20, t=50, b=60),
-                                   xaxis=dict(title="region", tickangle=-60),
-                                   yaxis=dict(autorange="reversed"), title=dict(font=dict(size=12)))
+                                                  colorbar=dict(thickness=12)))  # the title says "weights"
+        # the title on the left and plotly's toolbar upright on the right, so the toolbar covers no title
+        self.heatmap.update_layout(width=540, height=420, margin=dict(l=90, r=90, t=64, b=60),
+                                   xaxis=dict(title="region", tickangle=-60), modebar=dict(orientation="v"),
+                                   yaxis=dict(autorange="reversed"),
+                                   title=dict(font=dict(size=12), x=0.01, xanchor="left"))
         self.word_row = widgets.HTML()
         help_text = widgets.HTML(
             "<small>λ sharpens each softmax: high λ puts the weight on the best few regions (words), low λ "
             "spreads it. Scores change with λ; the ranking uses the trained λ. Click a matrix cell to choose "
             "its word and region.</small>")
 
-        children = [SelectionControls(session, self.selection)] if controls else []
-        children += [
+        super().__init__(session, selection, controls, [
             self.header,
             widgets.HBox([self.word_choice, self.region_choice, self.matrix_choice]),
             widgets.HBox([self.lambda_t2i, self.lambda_i2t, self.reset_lambdas]),
-            widgets.HBox([self.picture, self.heatmap]),
+            widgets.HBox([self.picture, self.heatmap], layout=widgets.Layout(flex_flow="row wrap")),
             self.word_row,
             help_text,
-        ]
-        super().__init__(children)
-
-        self.word_choice.observe(self._focus_changed, names="value")
-        self.region_choice.observe(self._focus_changed, names="value")
+        ])
+        self.on_user_change(self.word_choice, lambda value: self._draw_focus())
+        self.on_user_change(self.region_choice, lambda value: self._draw_focus())
         self.matrix_choice.observe(lambda change: self._draw_matrix(), names="value")
-        self.lambda_t2i.observe(self._lambdas_changed, names="value")
-        self.lambda_i2t.observe(self._lambdas_changed, names="value")
+        self.on_user_change(self.lambda_t2i, lambda value: self._reload(keep_focus=True))
+        self.on_user_change(self.lambda_i2t, lambda value: self._reload(keep_focus=True))
         self.reset_lambdas.on_click(lambda button: self.set_lambdas(config.lambda_t2i, config.lambda_i2t))
         self.heatmap.data[0].on_click(self._cell_clicked)
-        self.selection.observe(self._selection_changed, names=["image", "caption", "text", "query"])
-        self._selection_changed()
+        self.refresh()
+
+    @property
+    def figure(self):
+        """The last matplotlib picture drawn; None without boxes."""
+        return self.picture.figure
 
     # --- what is shown -----------------------------------------------------------------
 
@@ -136,7 +139,7 @@ class AttentionExplorer(widgets.VBox):
 
     def select(self, word: int | None = None, region: int | None = None) -> None:
         """Choose a word (position) and/or a region (index in the image), redrawing once."""
-        with self._quietly():
+        with self.quietly():
             if word is not None:
                 self.word_choice.value = int(word)
             if region is not None:
@@ -145,31 +148,13 @@ class AttentionExplorer(widgets.VBox):
 
     def set_lambdas(self, lambda_t2i: float, lambda_i2t: float) -> None:
         """Set both temperatures, recomputing the attention once."""
-        with self._quietly():
+        with self.quietly():
             self.lambda_t2i.value, self.lambda_i2t.value = lambda_t2i, lambda_i2t
         self._reload(keep_focus=True)
 
-    @contextmanager
-    def _quietly(self):
-        self._quiet = True
-        try:
-            yield
-        finally:
-            self._quiet = False
-
-    def _selection_changed(self, change=None) -> None:
-        pair = (self.selection.image, self.selection.text_side)
-        if pair != self._pair:  # several traits change in one select(): redraw once
-            self._pair = pair
-            self._reload(keep_focus=False)
-
-    def _lambdas_changed(self, change) -> None:
-        if not self._quiet:
-            self._reload(keep_focus=True)
-
-    def _focus_changed(self, change) -> None:
-        if not self._quiet and change["new"] is not None:
-            self._draw_focus()
+    def show_selection(self) -> None:
+        self.shown_pair = self.pair
+        self._reload(keep_focus=False)
 
     def _cell_clicked(self, trace, points, state) -> None:
         if points.point_inds:
@@ -179,13 +164,13 @@ class AttentionExplorer(widgets.VBox):
     # --- computing and drawing ---------------------------------------------------------
 
     def _reload(self, keep_focus: bool) -> None:
-        image, text_side = self._pair
+        image, text_side = self.shown_pair
         try:
             self.explanation = self.session.explain(image, text_side, self.lambda_t2i.value, self.lambda_i2t.value)
         except ValueError as error:  # a typed query with no words
             self.explanation = None
             self.header.value = f"<span style='color:#b00'>{html.escape(str(error))}</span>"
-            show_message(self.picture, "Nothing to explain.")
+            self.picture.show_message("Nothing to explain.")
             return
         self.words = self.session.tokens(text_side)
         if not keep_focus:
@@ -200,23 +185,28 @@ class AttentionExplorer(widgets.VBox):
         names = region_names(self.session, image, explanation.region_indices)
         word = self._first_word()
         region = int(explanation.region_indices[explanation.t2i_attention[word].argmax()])
-        unknown = set(self.session.unknown_words(self._pair[1]))
-        with self._quietly():
-            self.word_choice.options = [(f"{p}: {w}" + (" (unknown)" if w in unknown else ""), p)
-                                        for p, w in enumerate(self.words)]
+        unknown = set(self.session.unknown_words(self.shown_pair[1]))
+        word_labels = [f"{p}: {w}" + (" (unknown)" if w in unknown else "") for p, w in enumerate(self.words)]
+        with self.quietly():
+            self.word_choice.options = list(zip(word_labels, range(len(self.words))))
             self.region_choice.options = [(name, int(r)) for name, r in zip(names, explanation.region_indices)]
             self.word_choice.value, self.region_choice.value = word, region
+        # wide enough for the longest label: a cut label hides "(unknown)" or the detector's label
+        for menu, labels in ((self.word_choice, word_labels), (self.region_choice, names)):
+            menu.layout.width = f"{max(230, 110 + 8 * max(map(len, labels), default=0))}px"
 
     def _first_word(self) -> int:
-        """The first grounded word (one that names an object) where the split says, else the most focused word."""
-        text_side, grounding = self._pair[1], self.session.split.grounding
+        """The first word that names something: the split's first grounded word (one that names an object),
+        else, for a typed text, its first word that is not a function word ("a", "on", ...)."""
+        text_side, grounding = self.shown_pair[1], self.session.split.grounding
         if not isinstance(text_side, str) and grounding is not None and grounding[text_side]:
             # grounding counts the caption's own tokens; <start>, where the model reads it, is row 0
             return int(grounding[text_side][0][0]) + int(self.words[:1] == [START])
-        return int(self.explanation.t2i_attention.max(axis=1).argmax())
+        naming = [p for p, w in enumerate(self.words) if w.isalnum() and w.lower() not in FUNCTION_WORDS]
+        return naming[0] if naming else int(self.explanation.t2i_attention.max(axis=1).argmax())
 
     def _draw_header(self) -> None:
-        image, text_side = self._pair
+        image, text_side = self.shown_pair
         session, explanation = self.session, self.explanation
         config = session.model.config
         split = session.split
@@ -236,13 +226,12 @@ class AttentionExplorer(widgets.VBox):
         self.header.value = (
             f"<div style='font-size:16px'><b>“{text}”</b></div>"
             f"<div style='color:#555'>{source} · image {image} ({html.escape(split.image_ids[image])})</div>"
-            f"<div>scores at {at}: {scores}</div>"
-            f"<div>{query_notice(session, self.selection)}</div>")
+            f"<div>scores at {at}: {scores}</div>")
 
     def _draw_matrix(self) -> None:
         if self.explanation is None:
             return
-        explanation, image = self.explanation, self._pair[0]
+        explanation, image = self.explanation, self.shown_pair[0]
         names = region_names(self.session, image, explanation.region_indices)
         matrix = self.matrix
         hover = [[f"“{plotly_label(word)}” · {name}: {weight:.3f}" for name, weight in zip(names, row)]
@@ -256,36 +245,35 @@ class AttentionExplorer(widgets.VBox):
             self.heatmap.layout.xaxis.update(tickvals=list(range(len(names))), ticktext=names)
             self.heatmap.layout.yaxis.update(tickvals=list(range(len(self.words))),
                                              ticktext=[plotly_label(word) for word in self.words])
-            self.heatmap.layout.title.text = f"{MATRICES[direction]}, λ = " + \
+            # on two lines: a narrow heatmap (few regions) would cut one long line
+            self.heatmap.layout.title.text = MATRICES[direction].replace(" (", "<br>(") + ", λ = " + \
                 f"{explanation.lambda_t2i if direction == 't2i' else explanation.lambda_i2t:g}"
             self.heatmap.layout.height = max(320, 140 + 24 * len(self.words))
+            self.heatmap.layout.width = min(640, max(420, 200 + 26 * len(names)))
+        keep_plotly_state(self.heatmap)
 
     def _draw_cell_marker(self) -> None:
         x, y = self._region_position(self.region), self.word
         self.heatmap.layout.shapes = [dict(type="rect", x0=x - 0.5, x1=x + 0.5, y0=y - 0.5, y1=y + 0.5,
                                            line=dict(color="#ff2d55", width=3))]
+        keep_plotly_state(self.heatmap)
 
     def _draw_focus(self) -> None:
         """Redraw what depends on the chosen word and region: picture, word row, matrix marker."""
         if self.explanation is None:
             return
-        word, region, image = self.word, self.region, self._pair[0]
+        word, region, image = self.word, self.region, self.shown_pair[0]
         explanation = self.explanation
         self.word_row.value = (
             f"<div style='margin-top:6px'><b>region r{region}</b> reads the words (image-to-text, "
             f"λ = {explanation.lambda_i2t:g}):</div>"
             + shaded_words_html(self.words, self.word_weights, selected=word,
-                                unknown=set(self.session.unknown_words(self._pair[1]))))
+                                unknown=set(self.session.unknown_words(self.shown_pair[1]))))
         self._draw_cell_marker()
         if self.session.split.boxes is None:
-            self.figure = None
-            show_message(self.picture, "This split has no region boxes, so the attention cannot be placed on a "
-                                       "picture: the matrix on the right shows every weight.")
+            self.picture.show_message("This split has no region boxes, so the attention cannot be placed on a "
+                                      "picture: the matrix on the right shows every weight.")
             return
-        fig, ax = plt.subplots(figsize=(4.4, 4.4))
-        draw_pair_attention(self.session, image, explanation.region_indices, self.region_weights, ax,
-                            f"“{self.words[word]}” looks at (text-to-image, λ = {explanation.lambda_t2i:g})",
-                            highlight=region)
-        fig.tight_layout()
-        self.figure = fig
-        show_figure(self.picture, fig)
+        self.picture.draw((3.8, 3.8), lambda ax: draw_pair_attention(
+            self.session, image, explanation.region_indices, self.region_weights, ax,
+            f"“{self.words[word]}” looks at (text-to-image, λ = {explanation.lambda_t2i:g})", highlight=region))

@@ -1,19 +1,32 @@
-"""Drawing shared by the widgets: attention on a picture, shaded words, the gate, thumbnails.
+"""Drawing shared by the widgets: one way to draw a picture, attention on it, shaded words, the gate, thumbnails.
+
+Every matplotlib picture a widget shows goes through ``PictureView.draw``: a new
+``matplotlib.figure.Figure`` per drawing (never pyplot's global state), drawn and turned into
+PNG bytes under one lock, then handed to an ``Image`` widget as its value. ipykernel may run
+widget callbacks on more than one thread, and matplotlib does not promise thread safety: the
+lock makes it one drawing at a time, whichever thread asks. No figure is known to pyplot, so
+the inline backend never shows or closes one behind a widget's back, and setting an Image's
+bytes needs no display output captured inside a callback (an Output widget's ``with`` block).
 
 Pictures with attention go through ``mlasm.plots.draw_attention`` so that the widgets,
 the demo and the notebooks draw the same thing; what is here only adds what a widget
 needs around it (a blank canvas when a split has boxes but no pictures, the outline of a
-chosen region, words as HTML).
+chosen region, labels that do not overlap, words as HTML).
 """
 from __future__ import annotations
 
 import html
 import io
+import threading
+from copy import deepcopy
+from typing import Callable
 
-import matplotlib.pyplot as plt
+import ipywidgets as widgets
 import numpy as np
-from IPython.display import HTML, display
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.transforms import Bbox
 from PIL import Image
 
 from mlasm.plots import draw_attention
@@ -22,21 +35,85 @@ from widgets.session import WorkbenchSession
 CANVAS_GREY = 235
 HIGHLIGHT = "#00d5ff"   # the chosen region's outline, apart from draw_attention's viridis boxes
 WORD_SHADE = (255, 127, 14)  # orange: a word's share of a region's attention
+DPI = 100               # a figure of w inches is w * 100 pixels wide
+DRAW_LOCK = threading.RLock()  # one drawing at a time, whichever thread a callback runs on
 
 
-def show_figure(output, fig) -> None:
-    """Replace what ``output`` shows with the figure, then close it (no pyplot leak)."""
-    with output:
-        output.clear_output(wait=True)
-        display(fig)
-    plt.close(fig)
+def render_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (drawn under the drawing lock)."""
+    buffer = io.BytesIO()
+    with DRAW_LOCK:
+        fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
 
 
-def show_message(output, message: str) -> None:
-    """Replace what ``output`` shows with a short HTML message (e.g. why nothing is drawn)."""
-    with output:
-        output.clear_output(wait=True)
-        display(HTML(f"<div style='color:#555;padding:8px'>{message}</div>"))
+def new_figure(size: tuple[float, float], columns: int = 1) -> tuple[Figure, list]:
+    """A Figure of ``size`` inches with ``columns`` axes in a row, laid out by matplotlib's constrained layout.
+
+    The figure is not known to pyplot: nothing needs closing, nothing is shared between threads.
+    """
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(1, columns, squeeze=False)[0])
+
+
+def keep_plotly_state(figure) -> None:
+    """Write a plotly FigureWidget's current data and layout into its synced widget state.
+
+    A FigureWidget sends each change to the page as a one-off message and keeps its synced
+    state (``_widget_data``, ``_widget_layout``) as it was when first shown; a page reloaded
+    while the kernel runs rebuilds the figure from that state, so without this it would come
+    back as first drawn. The page ignores changes of that state otherwise: nothing is redrawn.
+    """
+    figure._widget_data = deepcopy(figure._data)
+    figure._widget_layout = deepcopy(figure._layout_obj._props)
+
+
+class PictureView(widgets.VBox):
+    """A matplotlib picture as an Image widget, or a short message in its place.
+
+    ``draw(size, paint)`` makes the figure, lets ``paint(*axes)`` draw on it, renders it and
+    shows it: the one drawing path of every widget. ``figure`` is the last figure drawn (None
+    after a message), ``png`` its bytes. ``save`` (PNG and SVG buttons under the picture,
+    ``widgets.saving``) writes the figure to ``figures/<save_as>.png`` or ``.svg``.
+    """
+
+    def __init__(self, width: int, min_height: int = 0, save_as: str = "picture"):
+        from widgets.saving import SaveButtons  # (saving draws under this module's lock)
+
+        self.figure: Figure | None = None
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
+        self.message = widgets.HTML()
+        self.save = SaveButtons(lambda: self.figure, f"figures/{save_as}", compact=True)
+        # its own width, never squeezed by its neighbours in a row (a row of views wraps instead)
+        super().__init__([self.image, self.message, self.save],
+                         layout=widgets.Layout(width=f"{width}px", min_height=f"{min_height}px", overflow="hidden",
+                                               flex="0 0 auto"))
+        self.add_class("mlasm-picture")
+        self.show_message("")
+
+    @property
+    def png(self) -> bytes:
+        return self.image.value
+
+    def draw(self, size: tuple[float, float], paint: Callable[..., None], columns: int = 1) -> Figure:
+        """Draw a new figure with ``paint(*axes)``, show it, and return it."""
+        with DRAW_LOCK:  # one figure made, drawn and rendered at a time
+            fig, axes = new_figure(size, columns)
+            paint(*axes)
+            png = render_png(fig)
+        self.figure = fig
+        self.image.value = png
+        self.message.layout.display = "none"
+        self.image.layout.display = None
+        return fig
+
+    def show_message(self, message: str) -> None:
+        """Show a short HTML message (e.g. why nothing is drawn) instead of the picture."""
+        self.figure = None
+        self.message.value = f"<div style='color:#555;padding:8px'>{message}</div>"
+        self.message.layout.display = None
+        self.image.layout.display = "none"
 
 
 def region_names(session: WorkbenchSession, image: int, region_indices: np.ndarray) -> list[str]:
@@ -80,6 +157,27 @@ def draw_pair_attention(session: WorkbenchSession, image: int, region_indices: n
     if highlight is not None:
         x1, y1, x2, y2 = boxes[highlight]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2.2, ls="--", edgecolor=HIGHLIGHT))
+    spread_labels(ax)
+
+
+def spread_labels(ax, tries: int = 3) -> None:
+    """Move each box label that overlaps an earlier one down below it, or hide it after ``tries``.
+
+    draw_attention labels the strongest box first, so on small, crowded boxes the strongest
+    labels stay readable and the weakest give way.
+    """
+    renderer = ax.figure.canvas.get_renderer()
+    kept: list[Bbox] = []
+    for text in ax.texts:
+        for _ in range(tries + 1):
+            extent = text.get_window_extent(renderer).padded(1)
+            if not any(extent.overlaps(other) for other in kept):
+                kept.append(extent)
+                break
+            x, y = ax.transData.transform(text.get_position())
+            text.set_position(ax.transData.inverted().transform((x, y - extent.height)))
+        else:
+            text.set_visible(False)
 
 
 def shaded_words_html(words: list[str], weights: np.ndarray, selected: int | None = None,

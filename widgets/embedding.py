@@ -23,6 +23,8 @@ import plotly.graph_objects as go
 import torch
 
 from mlasm.model import l2norm, masked_mean
+from widgets.base import LinkedView
+from widgets.drawing import keep_plotly_state
 from widgets.selection import Selection, toggle_buttons
 from widgets.session import WorkbenchSession
 
@@ -32,6 +34,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 IMAGES, CAPTIONS, SELECTED = 0, 1, 2  # trace order; the traces after them are legend entries only
 MAX_CATEGORIES = len(PALETTE)
 SHOW = {"images and captions": ("image", "caption"), "images": ("image",), "captions": ("caption",)}
+PICKED = ("list", "group")  # attribute kinds coloured by one chosen value: has it, or not
 
 
 @torch.no_grad()
@@ -60,8 +63,11 @@ def principal_components_2d(vectors: np.ndarray) -> np.ndarray:
 def attribute_options(attributes: list[dict] | None) -> dict[str, str]:
     """Attribute name -> how to colour by it, for the keys every image has.
 
-    "number": a colour scale (numbers with more than MAX_CATEGORIES values); "category": one
-    colour per value; "list" (e.g. the colours in a scene): whether it contains a chosen value.
+    "number": a colour scale (fractional numbers with more than MAX_CATEGORIES values);
+    "category": one colour per value (at most MAX_CATEGORIES values); "group" (whole numbers with
+    more values, such as ShapeScenes' 250 family ids: labels, not quantities, so a colour scale
+    would suggest an order that is not there): whether it is the chosen value; "list" (e.g. the
+    colours in a scene): whether it contains a chosen value.
     """
     if not attributes:
         return {}
@@ -69,7 +75,8 @@ def attribute_options(attributes: list[dict] | None) -> dict[str, str]:
     for key in attributes[0]:
         values = [a.get(key) for a in attributes]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            kinds[key] = "number" if len(set(values)) > MAX_CATEGORIES else "category"
+            whole = all(float(v).is_integer() for v in values)
+            kinds[key] = "category" if len(set(values)) <= MAX_CATEGORIES else "group" if whole else "number"
         elif all(isinstance(v, (str, bool)) for v in values):
             kinds[key] = "category"
         elif all(isinstance(v, (list, tuple)) and all(isinstance(x, (str, int)) for x in v) for v in values):
@@ -77,16 +84,14 @@ def attribute_options(attributes: list[dict] | None) -> dict[str, str]:
     return kinds
 
 
-class EmbeddingMap(widgets.VBox):
+class EmbeddingMap(LinkedView):
     """A scatter of images (squares) and captions (dots); clicking a point selects it everywhere.
 
     ``coordinates``: kind -> (n, 2) of the points shown ("image", "caption"); the selected
     image and caption are ringed.
     """
 
-    def __init__(self, session: WorkbenchSession, selection: Selection | None = None):
-        self.session = session
-        self.selection = selection if selection is not None else Selection.start(session)
+    def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True):
         split = session.split
         self.vectors = dict(zip(("image", "caption"), embedding_vectors(session)))
         self.attribute_kinds = attribute_options(split.image_attributes)
@@ -97,50 +102,57 @@ class EmbeddingMap(widgets.VBox):
             "caption": [f"caption {c} (image {i})<br>{html.escape(text)}"
                         for c, (i, text) in enumerate(zip(split.caption_to_image, split.captions))],
         }
-        self._quiet = False  # True while the value menu is refilled
         self._projection = lru_cache(maxsize=None)(self._project)
 
         self.show_choice = toggle_buttons(list(SHOW), "show", "150px")
         self.colour_choice = widgets.Dropdown(options=["image or caption"] + list(self.attribute_kinds),
                                               description="colour by", layout=widgets.Layout(width="260px"))
-        self.value_choice = widgets.Dropdown(description="contains", layout=widgets.Layout(width="240px"))
+        self.value_choice = widgets.Dropdown(layout=widgets.Layout(width="240px"))
         self.note = widgets.HTML(
             "<small>Squares: images (global vector h); dots: captions (text vector of the semantic level, words "
-            "weighted equally). Click a point to select it everywhere; the ringed points are the selected image "
-            "and caption. With both kinds shown, the first component often just parts images from captions: "
-            "show one kind to see its own structure.</small>")
+            "weighted equally). Click a point to select it everywhere (a caption selects its image too); the "
+            "ringed points are the selected image and caption. Overlapping points: zoom in (drag a box) to pick "
+            "one; the hover label names the point a click picks. With both kinds shown, the first component "
+            "often just parts images from captions: show one kind to see its own structure.</small>")
         self.figure = go.FigureWidget()
-        self.figure.update_layout(width=760, height=600, margin=dict(l=40, r=20, t=40, b=40),
-                                  title="images and captions, first two principal components",
+        # the title on the left and plotly's toolbar upright on the right, so the toolbar covers no title;
+        # a click picks the point under the pointer only (hoverdistance in pixels), not a near neighbour
+        self.figure.update_layout(width=760, height=600, margin=dict(l=40, r=50, t=40, b=40),
+                                  title=dict(x=0.01, xanchor="left"), modebar=dict(orientation="v"),
                                   xaxis=dict(title="PC 1", zeroline=False), yaxis=dict(title="PC 2", zeroline=False),
-                                  legend=dict(itemclick=False, itemdoubleclick=False), hovermode="closest")
-        super().__init__([widgets.HBox([self.show_choice]),
-                          widgets.HBox([self.colour_choice, self.value_choice]), self.note, self.figure])
+                                  legend=dict(itemclick=False, itemdoubleclick=False), hovermode="closest",
+                                  hoverdistance=6)
+        super().__init__(session, selection, controls, [widgets.HBox([self.show_choice]),
+                                                        widgets.HBox([self.colour_choice, self.value_choice]),
+                                                        self.note, self.figure])
         self.show_choice.observe(lambda change: self._draw(), names="value")
         self.colour_choice.observe(self._colour_changed, names="value")
-        self.value_choice.observe(self._value_changed, names="value")
-        self.selection.observe(lambda change: self._draw_selected(), names=["image", "caption"])
+        self.on_user_change(self.value_choice, lambda value: self._draw())
         self._colour_changed()
+        self.refresh()
+
+    def selection_key(self):
+        return self.selection.image, self.selection.caption
+
+    def show_selection(self) -> None:
+        self._draw_selected()
 
     # --- colouring ---------------------------------------------------------------------
 
     def _colour_changed(self, change=None) -> None:
         key = self.colour_choice.value
-        is_list = self.attribute_kinds.get(key) == "list"
-        self.value_choice.layout.display = None if is_list else "none"
-        if is_list:
-            values = sorted({v for a in self.session.split.image_attributes for v in a[key]}, key=str)
-            self._quiet = True
-            try:
+        kind = self.attribute_kinds.get(key)
+        self.value_choice.layout.display = None if kind in PICKED else "none"
+        if kind in PICKED:
+            attributes = self.session.split.image_attributes
+            values = _sorted({v for a in attributes for v in (a[key] if kind == "list" else [a[key]])})
+            # a group starts on the selected image's own (its family, say)
+            start = attributes[self.selection.image][key] if kind == "group" else values[0]
+            with self.quietly():
+                self.value_choice.description = "contains" if kind == "list" else "is"
                 self.value_choice.options = values
-                self.value_choice.value = values[0]
-            finally:
-                self._quiet = False
+                self.value_choice.value = start
         self._draw()
-
-    def _value_changed(self, change) -> None:
-        if not self._quiet:
-            self._draw()
 
     def image_values(self) -> np.ndarray | None:
         """(N,) what colours each image (its captions take their image's): None when colouring by kind."""
@@ -151,6 +163,8 @@ class EmbeddingMap(widgets.VBox):
         attributes = self.session.split.image_attributes
         if kind == "list":
             return np.array([self.value_choice.value in a[key] for a in attributes])
+        if kind == "group":
+            return np.array([a[key] == self.value_choice.value for a in attributes])
         return np.array([a[key] for a in attributes])
 
     # --- drawing -----------------------------------------------------------------------
@@ -164,12 +178,14 @@ class EmbeddingMap(widgets.VBox):
     def _draw(self) -> None:
         shown = SHOW[self.show_choice.value]
         self.coordinates = self._projection(self.show_choice.value)
+        self.figure.layout.title.text = f"{self.show_choice.value}, first two principal components"
         values = self.image_values()
         colours, legend, colour_bar = self._colours(values)
         hover = self._hover
         if values is not None:
             name = self.colour_choice.value
-            hover = {kind: [f"{text}<br>{name}: {values[i]}" for text, i in zip(texts, self._owner[kind])]
+            raw = [a[name] for a in self.session.split.image_attributes]
+            hover = {kind: [f"{text}<br>{name}: {raw[i]}" for text, i in zip(texts, self._owner[kind])]
                      for kind, texts in hover.items()}
         with self.figure.batch_update():
             self.figure.data = []
@@ -191,6 +207,7 @@ class EmbeddingMap(widgets.VBox):
             for trace in self.figure.data[:SELECTED]:
                 trace.on_click(self._point_clicked)
         self._draw_selected()
+        keep_plotly_state(self.figure)  # the ring alone is not kept: a reloaded page rings the points of this draw
 
     def _colours(self, values):
         """Per kind, the marker colours; the legend entries (label, colour); a colour-bar title or None."""
@@ -200,9 +217,11 @@ class EmbeddingMap(widgets.VBox):
         if kind_of_attribute == "number":
             return ({kind: values[owner].astype(float) for kind, owner in self._owner.items()}, [],
                     self.colour_choice.value)
-        if kind_of_attribute == "list":
+        if kind_of_attribute in PICKED:
             palette = {True: PALETTE[3], False: ABSENT_COLOUR}
-            legend = [(f"has {self.value_choice.value}", palette[True]), ("has not", palette[False])]
+            key, value = self.colour_choice.value, self.value_choice.value
+            legend = ([(f"has {value}", palette[True]), ("has not", palette[False])] if kind_of_attribute == "list"
+                      else [(f"{key} {value}", palette[True]), (f"other {key}", palette[False])])
         else:  # categories; colours repeat past MAX_CATEGORIES
             categories = _sorted(set(values.tolist()))
             palette = {c: PALETTE[n % len(PALETTE)] for n, c in enumerate(categories)}
@@ -222,10 +241,13 @@ class EmbeddingMap(widgets.VBox):
         if not points.point_inds:
             return
         index = int(points.point_inds[0])
-        if points.trace_index == IMAGES:
-            self.selection.select(image=index)
-        else:
-            self.selection.select(caption=index)
+        split = self.session.split
+        if points.trace_index == IMAGES:  # the image, with its first caption unless one of its own is selected
+            own = split.image_to_captions(index)
+            keep = self.selection.caption in own or not len(own)
+            self.selection.select(image=index, caption=None if keep else int(own[0]))
+        else:  # the caption and its own image: a matching pair, as everywhere else a caption is chosen
+            self.selection.select(caption=index, image=int(split.caption_to_image[index]))
 
 
 def _sorted(values) -> list:

@@ -16,15 +16,16 @@ import html
 import textwrap
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from widgets.drawing import draw_pair_attention, png_thumbnail, show_figure, show_message
+from widgets.base import LinkedView
+from widgets.drawing import PictureView, draw_pair_attention, png_thumbnail
 from widgets.ranking import ALSO_TRUE_TEXT, TRUTH
 from widgets.selection import Selection, toggle_buttons
 from widgets.session import DIRECTIONS, FAILURE, VALID_ALTERNATIVE, WorkbenchSession
 
+DEFAULT_K = 5     # as notebook 05 and R@5: a query fails when nothing true of it is in the top 5
 SHOWN_ROWS = 500  # the list shows the worst rows first; the full table is ``table``
 EVERY_WORD = -1
 VALID_SHOWN = 8   # the detail shows the first few items true of the query, and how many there are
@@ -33,20 +34,18 @@ OWN_COLOUR, ALSO_TRUE_COLOUR, FAILURE_COLOUR = TRUTH, ALSO_TRUE_TEXT, "#b00"
 ROW_STYLE = "<style>.mlasm-failure-rows select {font-family: monospace; font-size: 12px}</style>"
 
 
-class FailureExplorer(widgets.VBox):
+class FailureExplorer(LinkedView):
     """Failed queries, filterable, each opened in the shared selection and compared with what won.
 
     ``table``: the rows passing the filters (WorkbenchSession.failures columns), worst first.
     ``row``: the chosen row or None. ``valid``: what is true of the chosen query
     (WorkbenchSession.valid_items), or None. ``figure``: the last comparison picture (closed).
     ``include_valid``: the toggle that lists the valid alternatives too (off by default).
+    It writes to the selection and does not follow it: its list is of failures, not of the selection.
     """
 
-    def __init__(self, session: WorkbenchSession, selection: Selection | None = None, k: int = 1,
-                 include_valid: bool = False):
-        self.session = session
-        self.selection = selection if selection is not None else Selection.start(session)
-        self.figure = None
+    def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True,
+                 k: int = DEFAULT_K, include_valid: bool = False):
         self.valid: pd.DataFrame | None = None
         self._failures = session.failures(k, include_valid=include_valid)
         others = [level for level in session.levels if level != "final"]
@@ -76,10 +75,9 @@ class FailureExplorer(widgets.VBox):
         self.rows.add_class("mlasm-failure-rows")
         self.detail = widgets.HTML()
         self.word_choice = widgets.Dropdown(description="word", layout=widgets.Layout(width="260px"))
-        self.comparison = widgets.Output()
+        self.comparison = PictureView(width=760, save_as="failure")
         self.row: pd.Series | None = None
-        self._quiet = False  # True while the list and the word menu are refilled
-        super().__init__([
+        super().__init__(session, selection, controls, [
             widgets.HTML(ROW_STYLE),
             widgets.HBox([self.k, self.direction, self.include_valid]),
             widgets.HBox([self.right_under, self.ranks]),
@@ -89,9 +87,17 @@ class FailureExplorer(widgets.VBox):
         self.include_valid.observe(self._k_changed, names="value")
         for control in (self.direction, self.right_under, self.ranks):
             control.observe(lambda change: self._list_rows(), names="value")
-        self.rows.observe(self._row_chosen, names="value")
-        self.word_choice.observe(self._word_chosen, names="value")
+        self.on_user_change(self.rows, self._row_chosen)
+        self.on_user_change(self.word_choice, lambda value: self._draw_comparison())
         self._list_rows()
+
+    def selection_key(self):
+        return None  # the list does not follow the selection
+
+    @property
+    def figure(self):
+        """The last comparison picture drawn, or None."""
+        return self.comparison.figure
 
     @property
     def table(self) -> pd.DataFrame:
@@ -140,35 +146,27 @@ class FailureExplorer(widgets.VBox):
             + (f"; the list shows the worst {SHOWN_ROWS}." if len(table) > SHOWN_ROWS else "."))
         shown = table.head(SHOWN_ROWS)
         chosen = self.rows.value
-        self._quiet = True
-        try:  # a Select given new options jumps to the first one unless its value is None
+        with self.quietly():  # a Select given new options jumps to the first one unless its value is None
             self.rows.value = None
             self.rows.options = [(_row_label(row), label) for label, row in shown.iterrows()]
             if chosen in shown.index:
                 self.rows.value = chosen
-        finally:
-            self._quiet = False
         if self.row is not None and chosen not in shown.index:
             self.row, self.valid = None, None
             self.detail.value = ""
-            show_message(self.comparison, "")
+            self.comparison.show_message("")
 
-    def _row_chosen(self, change) -> None:
-        if self._quiet or change["new"] is None:
-            return
-        row = self._failures.loc[change["new"]]
+    def _row_chosen(self, label) -> None:
+        row = self._failures.loc[label]
         self.row = row
         self.valid = self.session.valid_items(row["direction"], int(row["query"]))
         self.selection.select(image=int(row["image"]), caption=int(row["caption"]),
                               query="caption" if row["direction"] == "t2i" else "image")
         words = self.session.tokens(int(row["caption"]))
-        self._quiet = True
-        try:
+        with self.quietly():
             self.word_choice.options = [("every word (mean)", EVERY_WORD)] + [(f"{p}: {w}", p)
                                                                              for p, w in enumerate(words)]
             self.word_choice.value = EVERY_WORD
-        finally:
-            self._quiet = False
         self.word_choice.layout.display = None if row["direction"] == "t2i" else "none"
         self.detail.value = self._detail_html(row)
         self._draw_comparison()
@@ -250,20 +248,18 @@ class FailureExplorer(widgets.VBox):
         return (f"<div style='border:3px solid {colour};padding:2px;font-size:11px;text-align:center'>{face}"
                 f"image {image}<br>{_mark(own)} rank {rank}</div>")
 
-    def _word_chosen(self, change) -> None:
-        if not self._quiet:
-            self._draw_comparison()
-
     def _draw_comparison(self) -> None:
         """Two attention pictures: the ground-truth pair and the preferred pair (regions by t2i weight)."""
         if self.row is None:
             return
-        session, word = self.session, self.word_choice.value
+        session = self.session
         if session.split.boxes is None:
-            self.figure = None
-            show_message(self.comparison, "This split has no region boxes: no pictures to compare.")
+            self.comparison.show_message("This split has no region boxes: no pictures to compare.")
             return
-        fig, axes = plt.subplots(1, 2, figsize=(7.2, 4.0))
+        self.comparison.draw((7.4, 4.0), self._paint_comparison, columns=2)
+
+    def _paint_comparison(self, *axes) -> None:
+        session, word = self.session, self.word_choice.value
         for ax, (image, caption), role in zip(axes, self.pairs(), ("ground truth", "preferred instead")):
             explanation = session.explain(image, caption)
             also = " (also true)" if role != "ground truth" and self.row["preferred_valid"] else ""
@@ -276,9 +272,6 @@ class FailureExplorer(widgets.VBox):
                 title += textwrap.fill(f"“{session.split.captions[caption]}”", 48) + "\n"
             draw_pair_attention(session, image, explanation.region_indices, weights, ax,
                                 title + f"regions looked at by {about}")
-        fig.tight_layout()
-        self.figure = fig
-        show_figure(self.comparison, fig)
 
 
 def _mark(own: bool) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import html
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from mlasm.plots import LEVEL_COLOURS
-from widgets.drawing import draw_gate, show_figure, show_message
-from widgets.selection import Selection, SelectionControls
+from widgets.base import LinkedView
+from widgets.drawing import PictureView, draw_gate
+from widgets.selection import Selection
 from widgets.session import WorkbenchSession
 
 
@@ -29,34 +29,28 @@ def level_meanings(rho: float) -> dict[str, str]:
     }
 
 
-class LevelPanel(widgets.VBox):
-    """The selected pair under every level; ``table`` holds what is shown (WorkbenchSession.pair_levels)."""
+class LevelPanel(LinkedView):
+    """The selected pair under every level; ``table`` holds what is shown (WorkbenchSession.pair_levels).
+
+    ``gate_plot`` shows the gate's histogram, ``gate_mean`` its mean (None without a semantic level).
+    """
 
     def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True):
-        self.session = session
-        self.selection = selection if selection is not None else Selection.start(session)
         self.table: pd.DataFrame | None = None
         self.gate_mean: float | None = None
-        self._pair = None
         self.summary = widgets.HTML()
-        self.gate_plot = widgets.Output()
-        children = [SelectionControls(session, self.selection)] if controls else []
-        super().__init__(children + [self.summary, self.gate_plot])
-        self.selection.observe(self._selection_changed, names=["image", "caption", "text", "query"])
-        self._selection_changed()
+        self.gate_plot = PictureView(width=440, save_as="gate")
+        super().__init__(session, selection, controls, [self.summary, self.gate_plot])
+        self.refresh()
 
-    def _selection_changed(self, change=None) -> None:
-        pair = (self.selection.image, self.selection.text_side)
-        if pair == self._pair:
-            return
-        self._pair = pair
-        image, text_side = pair
+    def show_selection(self) -> None:
+        image, text_side = self.pair
         try:
             self.table = self.session.pair_levels(image, text_side)
         except ValueError as error:  # a typed query with no words
             self.table, self.gate_mean = None, None
             self.summary.value = f"<span style='color:#b00'>{html.escape(str(error))}</span>"
-            show_message(self.gate_plot, "")
+            self.gate_plot.show_message("")
             return
         self.summary.value = self._table_html(image, text_side)
         self._draw_gate(image, text_side)
@@ -102,14 +96,11 @@ class LevelPanel(widgets.VBox):
     def _draw_gate(self, image: int, text_side) -> None:
         if "global" not in self.session.levels:
             self.gate_mean = None
-            show_message(self.gate_plot, "No gate: the model has no semantic level.")
+            self.gate_plot.show_message("No gate: the model has no semantic level.")
             return
         gate = self.session.explain(image, text_side).gate
         self.gate_mean = float(gate.mean())
-        fig, ax = plt.subplots(figsize=(4.4, 2.8))
-        draw_gate(gate, ax)
-        fig.tight_layout()
-        show_figure(self.gate_plot, fig)
+        self.gate_plot.draw((4.4, 2.8), lambda ax: draw_gate(gate, ax))
 
 
 def _rank_html(rank: int) -> str:

@@ -16,8 +16,9 @@ from functools import lru_cache
 import ipywidgets as widgets
 import numpy as np
 
+from widgets.base import LinkedView
 from widgets.drawing import png_thumbnail
-from widgets.selection import Selection, SelectionControls, query_notice
+from widgets.selection import Selection
 from widgets.session import WorkbenchSession
 
 THUMBNAIL = 128
@@ -53,12 +54,14 @@ class _ImageTile(widgets.VBox):
     def __init__(self, on_select):
         self.picture = widgets.Image(format="png", width=THUMBNAIL, height=THUMBNAIL)
         self.no_picture = widgets.HTML(layout=widgets.Layout(width=f"{THUMBNAIL}px", height=f"{THUMBNAIL}px"))
-        self.label = widgets.HTML()
-        self.button = widgets.Button(description="select", layout=widgets.Layout(width=f"{THUMBNAIL}px"))
+        # every part as wide as the thumbnail, the label wrapping inside it: nothing overflows the tile
+        self.label = widgets.HTML(layout=widgets.Layout(width=f"{THUMBNAIL}px", margin="0"))
+        self.button = widgets.Button(description="select", layout=widgets.Layout(width=f"{THUMBNAIL}px", margin="0"))
         self.button.on_click(lambda button: on_select(self.index))
         self.index = -1
         super().__init__([self.picture, self.no_picture, self.label, self.button],
-                         layout=widgets.Layout(padding="4px", width=f"{THUMBNAIL + 16}px"))
+                         layout=widgets.Layout(padding="4px", margin="2px", width=f"{THUMBNAIL + 16}px",
+                                               overflow="hidden"))
 
     def show(self, item: RankedItem, png: bytes | None, image_id: str, selected: bool) -> None:
         self.index = item.index
@@ -68,7 +71,8 @@ class _ImageTile(widgets.VBox):
         self.no_picture.layout.display = "none" if png is not None else None
         self.no_picture.value = (f"<div style='background:#eee;height:{THUMBNAIL}px;display:flex;"
                                  f"align-items:center;justify-content:center'>{html.escape(image_id)}</div>")
-        self.label.value = _item_label(item, f"image {item.index}", selected, separator="<br>")
+        self.label.value = ("<div style='white-space:normal;width:%dpx'>%s</div>"
+                            % (THUMBNAIL, _item_label(item, f"image {item.index}", selected, separator="<br>")))
         self.layout.border = f"3px solid {_colour(item, selected)}"
         self.button.tooltip = f"select image {item.index} ({image_id}) everywhere"
 
@@ -104,7 +108,7 @@ def _item_label(item: RankedItem, name: str, selected: bool, separator: str = " 
             f"score {item.score:.3f}{marks}</span>")
 
 
-class RankingBrowser(widgets.VBox):
+class RankingBrowser(LinkedView):
     """The selection's query ranked under a chosen level; ``results``, ``truths`` and ``also_true`` hold what is shown.
 
     ``truths`` lists every ground-truth item with its rank, inside the top k or not (none for
@@ -115,8 +119,6 @@ class RankingBrowser(widgets.VBox):
 
     def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True,
                  top_k: int = 8):
-        self.session = session
-        self.selection = selection if selection is not None else Selection.start(session)
         self.results: list[RankedItem] = []
         self.truths: list[RankedItem] = []
         self.also_true: list[RankedItem] = []
@@ -133,14 +135,17 @@ class RankingBrowser(widgets.VBox):
         self.result_view = widgets.Box(layout=widgets.Layout(flex_flow="row wrap"))
         self.truth_title = widgets.HTML()
         self.truth_view = widgets.VBox()
-        children = [SelectionControls(session, self.selection)] if controls else []
-        super().__init__(children + [widgets.HBox([self.level_choice, self.top_k]),
-                                     widgets.HBox([self.query_picture, self.query_view]),
-                                     self.result_view, self.truth_view])
+        super().__init__(session, selection, controls, [widgets.HBox([self.level_choice, self.top_k]),
+                                                        widgets.HBox([self.query_picture, self.query_view]),
+                                                        self.result_view, self.truth_view])
         for control in (self.level_choice, self.top_k):
-            control.observe(self._refresh, names="value")
-        self.selection.observe(self._refresh, names=["image", "caption", "text", "query"])
-        self._refresh()
+            control.observe(lambda change: self.refresh(), names="value")
+        self.refresh()
+
+    def selection_key(self):
+        """Everything: the query, and which image and caption are marked selected among the results."""
+        selection = self.selection
+        return selection.image, selection.caption, selection.text, selection.query
 
     # --- ranking ---------------------------------------------------------------------
 
@@ -168,12 +173,12 @@ class RankingBrowser(widgets.VBox):
         own = int(session.split.caption_to_image[selection.caption])
         return set(session.valid_images(selection.caption).tolist()) - {own}
 
-    def _refresh(self, change=None) -> None:
+    def show_selection(self) -> None:
         selection = self.selection
         if selection.query == "text" and not (selection.text and self.session.tokens(selection.text)):
             self.results, self.truths, self.also_true = [], [], []
             self.query_picture.layout.display = "none"
-            self.query_view.value = query_notice(self.session, selection)
+            self.query_view.value = "<i>Nothing to rank yet: type a query that has words, then Enter.</i>"
             self.result_view.children, self.truth_view.children = (), ()
             return
         order, scores, truth = self.ranking()
@@ -213,8 +218,8 @@ class RankingBrowser(widgets.VBox):
             return
         self.query_picture.layout.display = "none"
         text = html.escape(session.caption_text(selection.text_side))
-        if selection.query == "text":
-            known = query_notice(session, selection)
+        if selection.query == "text":  # its unknown words are listed by the selection bar
+            known = "a typed query: the results are not judged right or wrong"
         else:
             truth = self.truths[0]
             known = f"ground truth: image {truth.index}, rank <b>{truth.rank}</b>" + self._also_true_line("image")

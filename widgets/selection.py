@@ -1,7 +1,8 @@
-"""The selection every widget shares, and the bar of controls that sets it.
+"""The selection every widget shares.
 
 Choosing something in one widget selects it in all the others (as in LIT or FiftyOne):
-each widget observes one ``Selection`` and writes to it through ``select``.
+each widget observes one ``Selection`` and writes to it through ``select``. The bar of
+controls that sets it, and the base of every view of it, are in ``widgets.base``.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class Selection(HasTraits):
     text = Unicode("")
     query = Enum(tuple(QUERY_KINDS), default_value="caption")
 
+    #: the traits a view of the selection observes
+    TRAITS = ("image", "caption", "text", "query")
+
     @classmethod
     def start(cls, session: WorkbenchSession) -> "Selection":
         """The first caption of the split with its own image."""
@@ -56,58 +60,6 @@ class Selection(HasTraits):
             for name, value in (("image", image), ("caption", caption), ("text", text), ("query", query)):
                 if value is not None:
                     setattr(self, name, int(value) if name in ("image", "caption") else value)
-
-
-class SelectionControls(widgets.VBox):
-    """Image and caption indices, the captions of the image, the query kind and a typed query."""
-
-    def __init__(self, session: WorkbenchSession, selection: Selection):
-        self.session, self.selection = session, selection
-        split = session.split
-        self.image_index = widgets.BoundedIntText(min=0, max=split.n_images - 1, description="image",
-                                                  layout=widgets.Layout(width="150px"))
-        self.caption_index = widgets.BoundedIntText(min=0, max=split.n_captions - 1, description="caption",
-                                                    layout=widgets.Layout(width="160px"))
-        self.own_captions = widgets.Dropdown(description="its captions", layout=widgets.Layout(width="420px"),
-                                             style={"description_width": "80px"})
-        self.query_kind = toggle_buttons([("caption", "caption"), ("image", "image"), ("typed text", "text")],
-                                         "query", "90px", tooltips=list(QUERY_KINDS.values()))
-        self.text_box = widgets.Text(placeholder="type a query, then Enter", description="text",
-                                     continuous_update=False, layout=widgets.Layout(width="420px"))
-        self.notice = widgets.HTML()
-        super().__init__([widgets.HBox([self.image_index, self.caption_index, self.own_captions]),
-                          widgets.HBox([self.query_kind, self.text_box]), self.notice])
-
-        self._syncing = False  # True while the controls are being set from the selection
-        for control, choose in ((self.image_index, lambda value: selection.select(image=value)),
-                                (self.caption_index, lambda value: selection.select(caption=value)),
-                                (self.own_captions, lambda value: selection.select(caption=value)),
-                                (self.query_kind, lambda value: selection.select(query=value)),
-                                (self.text_box, lambda value: selection.select(text=value.strip(), query="text"))):
-            control.observe(self._user_choice(choose), names="value")
-        selection.observe(self._refresh, names=["image", "caption", "text", "query"])
-        self._refresh()
-
-    def _user_choice(self, choose):
-        def observer(change) -> None:
-            if not self._syncing and change["new"] is not None:
-                choose(change["new"])
-        return observer
-
-    def _refresh(self, change=None) -> None:
-        selection, split = self.selection, self.session.split
-        own = split.image_to_captions(selection.image)
-        self._syncing = True
-        try:
-            self.image_index.value = selection.image
-            self.caption_index.value = selection.caption
-            self.own_captions.options = [(f"{c}: {split.captions[c]}", int(c)) for c in own]
-            self.own_captions.value = selection.caption if selection.caption in own else None
-            self.query_kind.value = selection.query
-            self.text_box.value = selection.text
-        finally:
-            self._syncing = False
-        self.notice.value = query_notice(self.session, selection)
 
 
 def query_notice(session: WorkbenchSession, selection: Selection) -> str:

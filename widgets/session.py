@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Union
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,8 @@ from mlasm.data.dataset import RetrievalSplit, caption_tensors
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
 from mlasm.evaluate import encode_split, level_ranks
-from mlasm.model import LEVELS, MLASM, CaptionEncoding, PairExplanation
+from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding, PairExplanation
+from mlasm.saved_scores import find_saved_scores
 from mlasm.sources import EMBEDDED, open_split
 from mlasm.checkpoint import check_model_fits, load_model
 
@@ -60,7 +61,7 @@ class WorkbenchSession:
     """A model, its vocabulary and a split, with encodings, score matrices, ranks and explanations."""
 
     def __init__(self, model: MLASM, vocab: Vocabulary, split: RetrievalSplit,
-                 scores: dict | None = None, memory_budget_mb: float = 512, cache_size: int = 512):
+                 scores: dict | None = None, memory_budget_mb: float | None = None, cache_size: int = 512):
         """``scores``: the (N, M) matrices of every level if already computed (e.g. by
         ``mlasm.evaluate.score_split``, or an ensemble's ``average_levels``), so they are not computed again."""
         check_model_fits(model, split, "the model")
@@ -72,6 +73,7 @@ class WorkbenchSession:
         self.memory_budget_mb = memory_budget_mb
         self.images, self.captions = encode_split(model, split, self.vocab)
         self._scores = None if scores is None else self._checked_scores(scores)
+        self.scores_source: Path | str | None = None if scores is None else "given"  # or the file they came from
         self._ranks: dict[str, np.ndarray] | None = None
         self.positives: PositiveSets = split.positive_sets()
         self._truth: np.ndarray | None = None
@@ -82,20 +84,34 @@ class WorkbenchSession:
         self.encode_text = lru_cache(maxsize=cache_size)(self._encode_text)
         self.text_scores = lru_cache(maxsize=cache_size)(self._text_scores)
         self.picture = lru_cache(maxsize=cache_size)(self._picture)
+        # before the whole gallery is scored, one caption or one image is scored alone
+        self._caption_column = lru_cache(maxsize=cache_size)(self._score_one_caption)
+        self._image_row = lru_cache(maxsize=cache_size)(self._score_one_image)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, source: str = EMBEDDED, split: str = "test",
                         device: str | torch.device | None = None, fast: bool | None = None,
-                        **options) -> "WorkbenchSession":
+                        saved_scores: bool | Iterable[str | Path] = True, **options) -> "WorkbenchSession":
         """Load a checkpoint and open a split of ``source`` (``shapescenes`` or a precomp folder).
 
         ``fast`` picks tiny ShapeScenes (default: the MLASM_FAST environment variable).
+        ``saved_scores``: reuse the score matrices that ``mlasm evaluate`` or ``mlasm demo`` saved
+        for this very checkpoint and split (looked for beside the checkpoint and one folder up, or
+        in the folders given; ``mlasm.saved_scores``), instead of scoring every pair again.
         """
         model, vocab, _ = load_model(path, device)
-        return cls(model, vocab, open_split(source, split, fast=fast, progress=False), **options)
+        opened = open_split(source, split, fast=fast, progress=False)
+        found = where = None
+        if saved_scores is not False and "scores" not in options:
+            folders = None if saved_scores is True else saved_scores
+            found, where = find_saved_scores(path, opened, folders)
+        session = cls(model, vocab, opened, **({"scores": found} if found is not None else {}), **options)
+        if where is not None:
+            session.scores_source = where
+        return session
 
     def __repr__(self) -> str:
-        scored = "scored" if self._scores is not None else "not scored yet"
+        scored = "not scored yet" if self._scores is None else f"scores {self.scores_source}"
         return f"WorkbenchSession({self.split!r}, levels={self.levels}, {scored})"
 
     # --- levels, scores and ranks of the whole split ------------------------------------
@@ -126,7 +142,20 @@ class WorkbenchSession:
         if self._scores is None:
             all_levels = self.model.score_all(self.images, self.captions, memory_budget_mb=self.memory_budget_mb)
             self._scores = {level: all_levels[level].numpy() for level in self.levels}
+            self.scores_source = "computed"
         return self._scores
+
+    def _score_one_caption(self, caption: int) -> dict[str, np.ndarray]:
+        """Level -> (N,): one caption of the split against every image."""
+        one = CaptionEncoding(self.captions.words[caption:caption + 1], self.captions.lengths[caption:caption + 1])
+        scores = self.model.score_all(self.images, one, memory_budget_mb=self.memory_budget_mb, progress=False)
+        return {level: scores[level][:, 0].numpy() for level in self.levels}
+
+    def _score_one_image(self, image: int) -> dict[str, np.ndarray]:
+        """Level -> (M,): one image against every caption of the split."""
+        one = ImageEncoding(*(None if t is None else t[image:image + 1] for t in self.images))
+        scores = self.model.score_all(one, self.captions, memory_budget_mb=self.memory_budget_mb, progress=False)
+        return {level: scores[level][0].numpy() for level in self.levels}
 
     @property
     def ranks(self) -> dict[str, np.ndarray]:
@@ -233,10 +262,14 @@ class WorkbenchSession:
         """(N,) score of every image for a caption of the split or a typed text."""
         if isinstance(caption, str):
             return self.text_scores(caption)[level]
+        if self._scores is None:  # one caption, not the whole gallery
+            return self._caption_column(int(caption))[level]
         return self.scores[level][:, int(caption)]
 
     def caption_scores(self, image: int, level: str = "final") -> np.ndarray:
         """(M,) score of every caption of the split for an image."""
+        if self._scores is None:  # one image, not the whole gallery
+            return self._image_row(int(image))[level]
         return self.scores[level][int(image)]
 
     def pair_levels(self, image: int, caption: CaptionRef) -> pd.DataFrame:

@@ -10,28 +10,45 @@ import html
 
 import ipywidgets as widgets
 
+from mlasm.attention_stats import knows_word_and_region_kinds
 from widgets.attention import AttentionExplorer
+from widgets.attention_stats import AttentionStatsView
+from widgets.base import SelectionControls, widget_placeholder
 from widgets.embedding import EmbeddingMap
-from widgets.failures import FailureExplorer
+from widgets.failures import DEFAULT_K, FailureExplorer
 from widgets.levels import LevelPanel
 from widgets.ranking import RankingBrowser
-from widgets.selection import Selection, SelectionControls
+from widgets.selection import Selection
 from widgets.session import WorkbenchSession
 
+# Every tab's view shares the bench's selection; the one bar of controls sits above the tabs.
 TABS = {
     "Attention": lambda bench: AttentionExplorer(bench.session, bench.selection, controls=False),
     "Levels": lambda bench: LevelPanel(bench.session, bench.selection, controls=False),
     "Ranking": lambda bench: RankingBrowser(bench.session, bench.selection, controls=False),
-    "Failures": lambda bench: FailureExplorer(bench.session, bench.selection),
-    "Embedding map": lambda bench: EmbeddingMap(bench.session, bench.selection),
+    "Failures": lambda bench: FailureExplorer(bench.session, bench.selection, controls=False, k=bench.k),
+    "Embedding map": lambda bench: EmbeddingMap(bench.session, bench.selection, controls=False),
+    "Attention statistics": lambda bench: _attention_statistics(bench),
 }
 
 
-class Workbench(widgets.VBox):
-    """The attention explorer, level scores, ranking browser, failure explorer and embedding map, linked."""
+def _attention_statistics(bench: "Workbench") -> widgets.Widget:
+    """Per word kind, over the split; a chosen word opens in the Attention tab's explorer."""
+    if not knows_word_and_region_kinds(bench.session.split):
+        return widgets.HTML("<p>This split does not say which kind each word and region is (ShapeScenes does, "
+                            "and so does detector data with region labels), so there are no statistics per kind.</p>")
+    return AttentionStatsView(bench.session, bench.selection, explorer=bench.explorer)
 
-    def __init__(self, session: WorkbenchSession, selection: Selection | None = None):
-        self.session = session
+
+class Workbench(widgets.VBox):
+    """The attention explorer, level scores, ranking browser, failure explorer, embedding map and
+    attention statistics per kind of word, linked.
+
+    ``k``: where the failure explorer starts (a query fails when nothing true of it is in the top k).
+    """
+
+    def __init__(self, session: WorkbenchSession, selection: Selection | None = None, k: int = DEFAULT_K):
+        self.session, self.k = session, k
         self.selection = selection if selection is not None else Selection.start(session)
         self._built: dict[str, widgets.Widget] = {}
         split = session.split
@@ -40,6 +57,7 @@ class Workbench(widgets.VBox):
             f"<h3 style='margin:4px 0'>MLASM workbench · split {html.escape(split.name)}: {split.n_images} images, "
             f"{split.n_captions} captions · levels {', '.join(session.levels)}</h3>")
         super().__init__([title, SelectionControls(session, self.selection), self.tabs])
+        self.add_class("mlasm-workbench")
         self.tabs.observe(self._tab_opened, names="selected_index")
         self.component("Attention")
 
@@ -52,14 +70,19 @@ class Workbench(widgets.VBox):
         if tab not in self._built:
             index = tuple(TABS).index(tab)
             placeholder = self.tabs.children[index]
+            # built inside the placeholder: what building prints (a progress bar while every pair is
+            # scored) shows there, and goes with it, instead of staying above the workbench
             with placeholder:
                 print("Preparing... (the first tab that needs them scores every image-caption pair once)")
-            self._built[tab] = TABS[tab](self)
+                self._built[tab] = TABS[tab](self)
             children = list(self.tabs.children)
             children[index] = self._built[tab]
             self.tabs.children = children
             placeholder.close()
         return self._built[tab]
+
+    def __repr__(self) -> str:
+        return widget_placeholder(self)
 
     @property
     def explorer(self) -> AttentionExplorer:
@@ -80,3 +103,7 @@ class Workbench(widgets.VBox):
     @property
     def embedding(self) -> EmbeddingMap:
         return self.component("Embedding map")
+
+    @property
+    def attention_statistics(self) -> widgets.Widget:
+        return self.component("Attention statistics")

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from mlasm.arguments import at_least, device_name, fraction
 from mlasm.extract.backbone import MIN_SHORT_SIDE
 from mlasm.extract.pipeline import check_split_fractions, extract_dataset
@@ -44,9 +42,6 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
                              f"at least {MIN_SHORT_SIDE}, one cell of its feature map)")
     parser.add_argument("--device", type=device_name, default=None,
                         help="torch device for the backbone (default: cuda if available)")
-    parser.add_argument("--threads", type=at_least(1), default=None,
-                        help="torch CPU threads (default: torch's choice); 1 avoids heavy slowdowns "
-                             "when other programs share the cores")
     parser.add_argument("--limit", type=at_least(1), default=None, help="extract only the first N pictures")
     parser.add_argument("--clean-work", action="store_true",
                         help="delete OUT/.work (the per-picture cache used for resuming) when done")
@@ -56,8 +51,6 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
 def run_extract(args: argparse.Namespace) -> int:
     """Run the extraction the parsed arguments describe; print a summary; exit status 0."""
     check_output_folder(args.out, "--out")  # before the models are loaded
-    if args.threads:
-        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     result = extract_dataset(
         args.images, args.captions, args.out, max_regions=args.max_regions, split_fractions=args.split,

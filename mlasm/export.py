@@ -1,0 +1,189 @@
+"""``mlasm export-notebooks``: run notebooks and write each as static HTML that a class opens without a kernel.
+
+Each notebook is executed (``--fast``: tiny data and model, as CI runs them) with its widgets'
+state kept, then written as HTML with that state embedded. Jupyter's widget manager for static
+pages and require.js, which the page needs to draw the widgets, are copied beside the HTML
+(``widget-assets/``) and the page loads them from there, so the export opens from disk with no
+server and no network. They come from the npm registry at install time
+(``scripts/install_widget_assets.sh``), never at run time.
+
+What shows without a kernel: every ipywidgets control in the state it was left in, pictures
+(Image widgets), HTML, printed output, and plotly's FigureWidgets (an anywidget: the project's own
+``export_assets/anywidget.js`` runs the widget's saved module in the page). What cannot: anything a
+Python callback would compute (choosing another word redraws nothing).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from mlasm.paths import REPO_ROOT, cache_dir
+
+# name beside the HTML -> (npm package, pinned version, file inside its tarball)
+ASSETS = {
+    "require.js": ("requirejs", "2.3.8", "package/require.js"),
+    "embed-amd.js": ("@jupyter-widgets/html-manager", "1.0.15", "package/dist/embed-amd.js"),
+}
+ASSETS_FOLDER = "widget-assets"
+# ours, shipped with the package: the front end of anywidget models (plotly's FigureWidget) in a static page
+OWN_ASSETS = {"anywidget.js": Path(__file__).parent / "export_assets" / "anywidget.js"}
+# after require.js: where the page finds the anywidget module (else it would ask a CDN)
+REQUIRE_CONFIG = (f'<script>require.config({{paths: {{"anywidget": "{ASSETS_FOLDER}/anywidget"}}}});</script>')
+NOTEBOOKS = REPO_ROOT / "notebooks"
+
+
+class ExportError(ValueError):
+    """An export that cannot be made (assets missing, a notebook that fails): one line for the user."""
+
+
+def assets_dir() -> Path:
+    """Where ``scripts/install_widget_assets.sh`` puts the page's scripts (under the cache folder)."""
+    return Path(os.environ.get("MLASM_WIDGET_ASSETS", cache_dir() / ASSETS_FOLDER))
+
+
+def missing_assets(folder: Path | None = None) -> list[str]:
+    """The scripts a static page needs that are not installed."""
+    folder = assets_dir() if folder is None else folder
+    return [name for name in ASSETS if not (folder / name).is_file()]
+
+
+def default_notebooks() -> list[Path]:
+    """Every numbered notebook of the project, as its py:percent source."""
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+def read_notebook(path: Path):
+    """A notebook from its .ipynb or its jupytext .py (the cells, not the stored outputs)."""
+    import jupytext
+
+    if not path.is_file():
+        raise ExportError(f"{path}: no such notebook")
+    return jupytext.read(path)
+
+
+@contextmanager
+def _environment(changes: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the kernels started inside, then put them back."""
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def execute(notebook, folder: Path, fast: bool = False, timeout: int = 600, name: str = "the notebook"):
+    """Run every cell in a fresh kernel started in ``folder``; the widgets' state is kept in the metadata."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    changes = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    if fast:
+        changes["MLASM_FAST"] = "1"
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(folder)}}, store_widget_state=True)
+    with _environment(changes):
+        try:
+            client.execute()
+        except CellExecutionError as error:
+            raise ExportError(f"{name}: a cell failed: {error.ename}: {error.evalue}") from None
+    return notebook
+
+
+def to_html(notebook) -> str:
+    """The executed notebook as one HTML page that loads its widget scripts from ``widget-assets/``."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", require_js_url=f"{ASSETS_FOLDER}/require.js",
+                            widget_renderer_url=f"{ASSETS_FOLDER}/embed-amd.js", mathjax_url="", embed_images=True)
+    body, _ = exporter.from_notebook_node(notebook)
+    loader = f'<script src="{ASSETS_FOLDER}/require.js"></script>'
+    if loader not in body:
+        raise ExportError("nbconvert's page template no longer loads require.js where expected")
+    return body.replace(loader, loader + "\n" + REQUIRE_CONFIG, 1)
+
+
+def widget_state(notebook) -> dict:
+    """The widget models an executed notebook holds (model id -> state): what its HTML embeds."""
+    return notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+
+
+def copy_assets(out: Path) -> Path:
+    """Put the page's scripts in ``out/widget-assets`` (from the installed copy)."""
+    missing = missing_assets()
+    if missing:
+        raise ExportError(f"the static pages' scripts are not installed ({', '.join(missing)} missing in "
+                          f"{assets_dir()}): run bash scripts/install_widget_assets.sh")
+    target = out / ASSETS_FOLDER
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ASSETS:
+        shutil.copyfile(assets_dir() / name, target / name)
+    for name, source in OWN_ASSETS.items():
+        shutil.copyfile(source, target / name)
+    return target
+
+
+def export_notebooks(out: str | Path, notebooks: Sequence[str | Path] = (), fast: bool = False,
+                     timeout: int = 600, progress: bool = True) -> list[Path]:
+    """Execute each notebook (default: every numbered one) and write OUT/<name>.html beside the scripts.
+
+    Notebooks run in their own folder (their relative paths work as in Jupyter). Returns the pages written.
+    """
+    out = Path(out)
+    paths = [Path(p) for p in notebooks] or default_notebooks()
+    for path in paths:
+        if not path.is_file():
+            raise ExportError(f"{path}: no such notebook")
+    out.mkdir(parents=True, exist_ok=True)
+    copy_assets(out)
+    written = []
+    for path in paths:
+        if progress:
+            print(f"running {path.name}{' (fast)' if fast else ''}", flush=True)
+        notebook = execute(read_notebook(path), path.resolve().parent, fast=fast, timeout=timeout, name=path.name)
+        page = out / f"{path.stem}.html"
+        page.write_text(to_html(notebook), encoding="utf-8")
+        written.append(page)
+        if progress:
+            print(f"wrote {page} ({page.stat().st_size / 1e6:.1f} MB, {len(widget_state(notebook))} widgets)",
+                  flush=True)
+    return written
+
+
+def install_assets(folder: Path | None = None, packages: Iterable[str] | None = None) -> Path:
+    """Fetch the pinned scripts with ``npm pack`` (an install step: scripts/install_widget_assets.sh calls it)."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    folder = assets_dir() if folder is None else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.which("npm") is None:
+        raise ExportError("npm is not installed: it fetches the static pages' scripts from the npm registry")
+    with tempfile.TemporaryDirectory() as work:
+        for name, (package, version, member) in ASSETS.items():
+            if packages is not None and name not in packages:
+                continue
+            packed = subprocess.run(["npm", "pack", "--silent", f"{package}@{version}"], cwd=work, check=True,
+                                    capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            with tarfile.open(Path(work) / packed) as archive:
+                source = archive.extractfile(member)
+                if source is None:
+                    raise ExportError(f"{package}@{version} has no {member}")
+                (folder / name).write_bytes(source.read())
+    return folder
+
+
+if __name__ == "__main__":  # python -m mlasm.export --install-assets
+    import sys
+
+    if sys.argv[1:] != ["--install-assets"]:
+        raise SystemExit("usage: python -m mlasm.export --install-assets")
+    print(f"installed {', '.join(ASSETS)} in {install_assets()}")

@@ -1,0 +1,82 @@
+"""Saving a view's picture as PNG or SVG, from Python (``save_figure``) and from buttons (``SaveButtons``).
+
+Pictures for papers (SVG: scalable, editable) and for slides (PNG). The figure saved is the
+matplotlib Figure the view drew last, drawn again at the file's own format, not a screenshot.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Callable
+
+import ipywidgets as widgets
+from matplotlib.figure import Figure
+
+from widgets.drawing import DRAW_LOCK
+
+FORMATS = ("png", "svg")
+
+
+def save_figure(fig: Figure | None, path: str | Path, dpi: int = 150) -> Path:
+    """Write ``fig`` to ``path``; the format is the suffix (.png or .svg). Returns the path."""
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: save as .png or .svg, not {path.suffix or 'no suffix'!r}")
+    if fig is None:
+        raise ValueError("nothing is drawn yet: there is no picture to save")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with DRAW_LOCK:
+        fig.savefig(path, format=suffix, dpi=dpi)
+    return path
+
+
+class SaveButtons(widgets.HBox):
+    """A file stem and one button per format; each click writes the current figure (``figure()``) there.
+
+    ``compact``: a narrow row, to sit under a picture of its own width.
+    """
+
+    def __init__(self, figure: Callable[[], Figure | None], stem: str = "figures/picture", compact: bool = False):
+        self.figure = figure
+        self.stem = widgets.Text(value=stem, description="save as",
+                                 layout=widgets.Layout(width="55%" if compact else "300px"),
+                                 style={"description_width": "60px"})
+        self.buttons = {fmt: widgets.Button(description=fmt.upper(), tooltip=f"save the picture as {fmt.upper()}",
+                                            layout=widgets.Layout(width="60px")) for fmt in FORMATS}
+        self.status = widgets.HTML()
+        self.saved: Path | None = None
+        for fmt, button in self.buttons.items():
+            button.on_click(lambda _button, fmt=fmt: self.save(fmt))
+        super().__init__([self.stem, *self.buttons.values(), self.status],
+                         **({"layout": widgets.Layout(flex_flow="row wrap", align_items="center")} if compact else {}))
+
+    def save(self, fmt: str) -> Path | None:
+        """What a click does: write STEM.fmt, and say where (or why not)."""
+        try:
+            self.saved = save_figure(self.figure(), f"{self.stem.value}.{fmt}")
+        except (ValueError, OSError) as error:
+            self.status.value = f"<span style='color:#b00'>{html.escape(str(error))}</span>"
+            return None
+        self.status.value = f"<span style='color:#2a7'>wrote {html.escape(str(self.saved))}</span>"
+        return self.saved
+
+
+def pictures_of(view) -> dict:
+    """The matplotlib pictures a view shows (its ``PictureView`` attributes), by attribute name."""
+    from widgets.drawing import PictureView
+
+    return {name: value for name, value in vars(view).items() if isinstance(value, PictureView)}
+
+
+def save_view(view, path: str | Path, picture: str | None = None, dpi: int = 150) -> Path:
+    """Save the picture a view shows (any view drawn through PictureView: explorer, levels, failures...).
+
+    ``picture`` names the PictureView attribute when the view has more than one.
+    """
+    pictures = pictures_of(view)
+    if picture is None and len(pictures) == 1:
+        picture = next(iter(pictures))
+    if picture not in pictures:
+        raise ValueError(f"{type(view).__name__} shows the pictures {sorted(pictures)}; name one (picture=...)")
+    return save_figure(pictures[picture].figure, path, dpi=dpi)
