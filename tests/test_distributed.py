@@ -165,8 +165,11 @@ def test_gathered_negatives_make_two_processes_of_8_take_the_step_of_one_process
                       own_slice["optimizer"]["state"][k]["exp_avg"]) for k in alone["optimizer"]["state"]]
     for two, one, _ in first_moments:
         torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-7)
+    # Adam's first step moves each weight by about lr * g / |g|: where a gradient is near Adam's eps
+    # (1e-8), float32 sums taken in another order (one process scores its 16 captions in length groups,
+    # each rank its 8) move it by a part of lr = 1e-3; 1 % of a step is allowed
     for name in alone["model"]:
-        torch.testing.assert_close(gathered["model"][name], alone["model"][name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gathered["model"][name], alone["model"][name], rtol=1e-5, atol=1e-5)
     # without the gather, each process's negatives are its own 8: another loss, another step
     assert own_slice["progress"]["epoch_loss_sum"] < 0.9 * alone["progress"]["epoch_loss_sum"]
     assert any(not torch.allclose(own, one, rtol=1e-2, atol=1e-5) for _, one, own in first_moments)
@@ -183,12 +186,14 @@ def test_a_distributed_run_interrupted_and_resumed_equals_one_never_interrupted(
 
 def test_a_distributed_run_with_a_rank_killed_resumes_from_its_last_checkpoint_exactly(two_rank_run, data_folder,
                                                                                        tmp_path):
-    """kill -9 of rank 1 at step 10: the run fails; last.pt (step 8, every 4) is where a new launch resumes."""
+    """kill -9 of rank 1 after step 10: the run fails; last.pt is where a new launch resumes: the
+    step-8 checkpoint (every 4), or step 10's boundary when the SIGTERM that torchrun then sends
+    reaches rank 0 between steps (both seen, by timing: rank 1 finished step 10 before it died)."""
     out = str(tmp_path / "run")
     failed = train_on_two_ranks(data_folder, {"out": out, "gather": True, "stop": [10, "kill", 1]})
     assert failed.returncode != 0
     progress = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
-    assert (progress["epoch"], progress["step_in_epoch"]) == (0, 8)
+    assert (progress["epoch"], progress["step_in_epoch"]) in {(0, 8), (0, 10)}
     assert not list((tmp_path / "run").glob(".*.tmp"))
     succeeded(train_on_two_ranks(data_folder, {"out": out, "resume": True}))  # the run's own gather setting
     _assert_same_run(two_rank_run / "run", tmp_path / "run")
