@@ -39,7 +39,7 @@ TRAINING_LENGTH_GROUPS = 4  # pair_levels: 56 % of one padded block's word posit
 
 def default_memory_budget_mb(device: torch.device | str) -> float:
     """Memory for one block of pairs in score_all. On the CPU a block that stays near the caches
-    is faster: 64 MB scored 1.5-2x faster than 512 MB at every caption length measured
+    is faster: 64 MB scored 1.2x faster than 512 MB on 2 idle cores and 1.5-2x on busy ones
     (benchmarks/bench_scorer.py --budgets); a GPU needs large blocks to stay busy."""
     return 1024.0 if torch.device(device).type == "cuda" else 64.0
 
@@ -428,13 +428,13 @@ class MLASM(nn.Module):
         caption: the work of a pair grows with its padded length, and real captions vary from a
         few words to dozens. Blocks of images x captions are sized so that one block's
         intermediates take about ``memory_budget_mb`` (default: ``default_memory_budget_mb``), short
-        captions in wider blocks. Runs on
-        ``device`` (default: the model's); the encodings may live elsewhere (e.g. in CPU memory)
-        and travel one block at a time. Besides the budget, the terms of all captions are held at
-        once (about twice the size of ``cap.words``). ``progress``: a tqdm bar; None shows one
-        for large jobs. Scores come back in the captions' own order. ``blocks = (first, step)``
-        scores only blocks first, first + step, ... of this plan and leaves the others zero: the
-        share of one of ``step`` processes (mlasm.distributed), whose sum is the whole.
+        captions in wider blocks. Runs on ``device`` (default: the model's); the encodings may live
+        elsewhere (e.g. in CPU memory) and travel one block at a time. Besides the budget, the
+        terms of all captions are held at once (about twice the size of ``cap.words``).
+        ``progress``: a tqdm bar; None shows one for large jobs. Scores come back in the captions'
+        own order. ``blocks = (first, step)`` scores only blocks first, first + step, ... of this
+        plan and leaves the others zero: the share of one of ``step`` processes
+        (mlasm.distributed), whose sum is the whole.
         """
         device = self.device if device is None else torch.device(device)
         if memory_budget_mb is None:
