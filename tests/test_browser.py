@@ -278,7 +278,7 @@ def test_workbench_pictures_never_come_up_blank(short_tmp: Path) -> None:
         # failure list, a native list box whose long rows may be scrolled).
         for title, view in (("Ranking", ".mlasm-rankingbrowser"), ("Failures", ".mlasm-failureexplorer"),
                             ("Embedding map", ".mlasm-embeddingmap"), ("Levels", ".mlasm-levelpanel"),
-                            ("Attention", EXPLORER)):
+                            ("Attention statistics", ".mlasm-attentionstatsview"), ("Attention", EXPLORER)):
             tab(title).click()
             page.locator(view).first.wait_for(state="visible", timeout=60_000)
             if title == "Failures":
