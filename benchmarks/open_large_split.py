@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from table import print_markdown_table  # benchmarks/table.py, beside this script
+
 MEASURE = textwrap.dedent("""
     import json, resource, sys, time
     import numpy as np
@@ -69,9 +71,7 @@ def main() -> None:
                    **{k: round(v, 2) for k, v in json.loads(result.stdout).items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row.values()) + " |")
+    print_markdown_table(rows)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from mlasm.evaluate import grounding_accuracy, level_metrics, score_separation, 
 from mlasm.sources import open_split
 from mlasm.train import train
 
+from table import print_markdown_table  # benchmarks/table.py, beside this script
+
 VARIANTS = {
     "preset": {},                                             # the CPU preset: false negatives masked
     "no_mask": {"mask_false_negatives": False},               # every other image a negative (as before)
@@ -66,9 +68,7 @@ def main() -> None:
                    **{k: round(v, 4) for k, v in score_separation(scores["final"], split.positives).items()}}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row.values()) + " |")
+    print_markdown_table(rows)
 
 
 if __name__ == "__main__":

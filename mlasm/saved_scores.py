@@ -34,13 +34,7 @@ def file_digest(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
 
 def scores_fingerprint(checkpoints: Iterable[str | Path], split) -> dict:
     """What the score matrices of ``checkpoints`` on ``split`` depend on."""
-    return {
-        "checkpoints": [file_digest(path) for path in checkpoints],
-        "split": split.name,
-        "n_images": int(split.n_images),
-        "n_captions": int(split.n_captions),
-        "captions": hashlib.sha256("\n".join(split.captions).encode("utf-8")).hexdigest(),
-    }
+    return {"checkpoints": [file_digest(path) for path in checkpoints], **split.identity()}
 
 
 def write_scores(path: str | Path, scores: Mapping[str, torch.Tensor | np.ndarray], fingerprint: dict) -> None:

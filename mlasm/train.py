@@ -30,7 +30,6 @@ negatives for all: N processes of batch B then train as one process of batch N x
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -92,18 +91,13 @@ class Progress:
     epoch_hardest_sum: float = 0.0
     epoch_inside_sum: float = 0.0
     seed: int | None = None      # the caption order depends on it: a resumed run must keep it
-    data: dict = field(default_factory=dict)      # which training data the run began on (data_identity)
+    data: dict = field(default_factory=dict)      # which training data the run began on (RetrievalSplit.identity)
     changes: list = field(default_factory=list)   # settings changed on resume: {"global_step", name: [old, new]}
     world_size: int = 1           # processes that trained the run; a resumed run needs as many
     gather_negatives: bool = False  # every rank's batch slice was a negative for all (a setting of the run)
 
 
 # ----------------------------------------------------------------------------- the run folder
-
-def data_identity(split: RetrievalSplit) -> dict:
-    """A short description of the training data, to notice a run resumed on other data."""
-    digest = hashlib.sha256("\n".join(split.captions).encode("utf-8")).hexdigest()[:16]
-    return {"split": split.name, "n_images": split.n_images, "n_captions": split.n_captions, "captions": digest}
 
 
 def holds_run(out_dir: str | os.PathLike) -> list[str]:
@@ -334,7 +328,7 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
             refused.append(f"--gather-negatives: {'on' if run.gather_negatives else 'off'} in the run, "
                            f"{'on' if gather_negatives else 'off'} given")
         gather_negatives = run.gather_negatives
-        given_data = data_identity(train_split)
+        given_data = train_split.identity()
         if run.data and run.data != given_data:
             refused.append(f"training data: {run.data['n_images']} images and {run.data['n_captions']} captions "
                            f"in the run, {given_data['n_images']} and {given_data['n_captions']} given"
@@ -360,7 +354,7 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
         config = config_for_data(config, train_split, vocab)
         seed = 0 if seed is None else seed
         gather_negatives = bool(gather_negatives)
-        run = Progress(seed=seed, data=data_identity(train_split), world_size=world, gather_negatives=gather_negatives)
+        run = Progress(seed=seed, data=train_split.identity(), world_size=world, gather_negatives=gather_negatives)
         torch.manual_seed(seed)
 
     vocab = vocab.with_boundaries(config.start_end_tokens)  # validation encodes the dev captions alike

@@ -145,11 +145,15 @@ class WorkbenchSession:
             self.scores_source = "computed"
         return self._scores
 
-    def _score_one_caption(self, caption: int) -> dict[str, np.ndarray]:
-        """Level -> (N,): one caption of the split against every image."""
-        one = CaptionEncoding(self.captions.words[caption:caption + 1], self.captions.lengths[caption:caption + 1])
+    def _against_every_image(self, one: CaptionEncoding) -> dict[str, np.ndarray]:
+        """Level -> (N,): a one-caption encoding against every image."""
         scores = self.model.score_all(self.images, one, memory_budget_mb=self.memory_budget_mb, progress=False)
         return {level: scores[level][:, 0].numpy() for level in self.levels}
+
+    def _score_one_caption(self, caption: int) -> dict[str, np.ndarray]:
+        """Level -> (N,): one caption of the split against every image."""
+        return self._against_every_image(
+            CaptionEncoding(self.captions.words[caption:caption + 1], self.captions.lengths[caption:caption + 1]))
 
     def _score_one_image(self, image: int) -> dict[str, np.ndarray]:
         """Level -> (M,): one image against every caption of the split."""
@@ -231,10 +235,8 @@ class WorkbenchSession:
         return TextQuery(text, encoded.tokens, encoded.unknown, encoding)
 
     def _text_scores(self, text: str) -> dict[str, np.ndarray]:
-        """Level -> (N,) score of every image for a typed text (score_all on a one-caption encoding); cached."""
-        scores = self.model.score_all(self.images, self.encode_text(text).encoding,
-                                      memory_budget_mb=self.memory_budget_mb)
-        return {level: scores[level][:, 0].numpy() for level in self.levels}
+        """Level -> (N,) score of every image for a typed text; cached."""
+        return self._against_every_image(self.encode_text(text).encoding)
 
     # --- one pair ----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ vector, each image's is the masked mean of its regions, computed for the rows re
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -267,6 +268,12 @@ class RetrievalSplit:
                 return as_rgb(image)
         except OSError as e:
             raise DataError(f"split {self.name!r}: cannot open the picture of image {i} at {path} ({e})") from None
+
+    def identity(self) -> dict:
+        """Name, sizes and a digest of the captions: enough to notice other data under the same name
+        (a resumed training run, saved score matrices)."""
+        digest = hashlib.sha256("\n".join(self.captions).encode("utf-8")).hexdigest()[:16]
+        return {"split": self.name, "n_images": self.n_images, "n_captions": self.n_captions, "captions": digest}
 
     def subset(self, image_indices: Sequence[int]) -> "RetrievalSplit":
         """The split restricted to these images (in this order) and their captions, indices remapped."""
