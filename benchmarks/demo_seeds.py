@@ -60,7 +60,7 @@ def table(folders: list[Path]) -> str:
     logs = [[json.loads(line) for line in (f / "mlasm" / "train_log.jsonl").read_text().splitlines() if line.strip()]
             for f in folders]
     lines.append("MLASM last epoch: loss at "
-                 f"{_spread(100 * log[-1]['loss_share_of_collapse'] for log in logs)} % of 2 x batch x margin, "
+                 f"{_spread(100 * log[-1]['loss_share_of_collapse'] for log in logs)} % of its value at collapse (every pair scored alike), "
                  f"{_spread(100 * log[-1]['inside_margin'] for log in logs)} % of in-batch comparisons inside the margin.")
     demo = [json.loads((f / "demo.json").read_text()) for f in folders]
     lines.append(f"Time per seed (both models): {_spread(d['seconds'] / 60 for d in demo)} min.")

@@ -48,14 +48,23 @@ def triplet_loss(scores: Tensor, margin: float = 0.2, hardest: bool = True,
     return caption_violations.sum() + image_violations.sum()
 
 
+def loss_at_collapse(margin: float, hardest: bool, hinges_with_a_negative: int, negative_comparisons: int) -> float:
+    """What :func:`triplet_loss` is when every pair scores the same: each hinge sits at the margin,
+    one per (pair, direction) that has a negative with hardest negatives, one per (pair, negative,
+    direction) when summing. The yardstick of ``loss_share_of_collapse`` (1.0: collapsed)."""
+    return margin * (hinges_with_a_negative if hardest else negative_comparisons)
+
+
 @torch.no_grad()
-def batch_statistics(scores: Tensor, margin: float, positive_mask: Optional[Tensor] = None) -> dict[str, float]:
+def batch_statistics(scores: Tensor, margin: float, positive_mask: Optional[Tensor] = None,
+                     hardest: bool = True) -> dict[str, float]:
     """What the hinge sees in one batch, to tell a model that separates from one that has collapsed.
 
     positive: mean score of the training pairs (the diagonal);
     hardest_negative: mean over both directions of each pair's hardest (highest-scored) negative;
     inside_margin: share of (pair, negative) comparisons, both directions, with the negative
         scored above positive - margin (where the hinge is active). A collapsed model sits near 1.
+    collapse_loss: ``triplet_loss(scores, margin, hardest, positive_mask)`` had every pair scored the same.
     Pairs in ``positive_mask`` are not negatives, as in ``triplet_loss``.
     """
     scores = scores.detach().float()
@@ -64,10 +73,11 @@ def batch_statistics(scores: Tensor, margin: float, positive_mask: Optional[Tens
     positive_mask = positive_mask.to(device=scores.device, dtype=torch.bool)
     caption_violations, image_violations = _violations(scores, margin, positive_mask)
     negatives = scores.masked_fill(positive_mask, -math.inf)
-    hardest = torch.cat([negatives.max(dim=1).values, negatives.max(dim=0).values])
-    hardest = hardest[torch.isfinite(hardest)]
+    hardest_negatives = torch.cat([negatives.max(dim=1).values, negatives.max(dim=0).values])
+    hardest_negatives = hardest_negatives[torch.isfinite(hardest_negatives)]
     comparisons = 2 * int((~positive_mask).sum())
     inside = int((caption_violations > 0).sum() + (image_violations > 0).sum())  # where the hinge is active
     return {"positive": float(scores.diagonal().mean()),
-            "hardest_negative": float(hardest.mean()) if hardest.numel() else math.nan,
-            "inside_margin": inside / max(comparisons, 1)}
+            "hardest_negative": float(hardest_negatives.mean()) if hardest_negatives.numel() else math.nan,
+            "inside_margin": inside / max(comparisons, 1),
+            "collapse_loss": loss_at_collapse(margin, hardest, hardest_negatives.numel(), comparisons)}

@@ -104,9 +104,18 @@ def draw_training_log(rows: Sequence[dict], axes=None):
     else:
         fig = axes[0].figure
     epochs = [row["epoch"] + 1 for row in rows]
-    axes[0].plot(epochs, [row["loss"] for row in rows], marker="o")
+    if all("loss_share_of_collapse" in row for row in rows):
+        # the loss against its value had every pair scored the same: comparable across the warm-up
+        # (summed negatives) and hardest-negative epochs, and across presets
+        axes[0].plot(epochs, [row["loss_share_of_collapse"] for row in rows], marker="o")
+        axes[0].axhline(1.0, color="tab:red", linestyle="--", linewidth=1, label="collapse (every pair alike)")
+        axes[0].set_ylim(bottom=0)
+        axes[0].set_ylabel("training loss / loss at collapse")
+        axes[0].legend(fontsize=7, loc="upper right")
+    else:
+        axes[0].plot(epochs, [row["loss"] for row in rows], marker="o")
+        axes[0].set_ylabel("training loss")
     axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("training loss")
     axes[1].plot(epochs, [row["val_rsum"] for row in rows], marker="o", color="tab:green")
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("validation rSum")

@@ -56,7 +56,7 @@ from mlasm.checkpoint import (CheckpointError, check_model_fits, load_checkpoint
 from mlasm.evaluate import evaluate_model
 from mlasm.interrupts import InterruptGuard
 from mlasm.io import atomic_path, check_output_folder, remove_stale_temporaries, write_json
-from mlasm.loss import batch_statistics, triplet_loss
+from mlasm.loss import batch_statistics, loss_at_collapse, triplet_loss
 from mlasm.metrics import NonFiniteScores
 from mlasm.model import MLASM
 
@@ -90,6 +90,7 @@ class Progress:
     epoch_positive_sum: float = 0.0
     epoch_hardest_sum: float = 0.0
     epoch_inside_sum: float = 0.0
+    epoch_collapse_sum: float = 0.0  # what the epoch's loss would have been had every pair scored the same
     seed: int | None = None      # the caption order depends on it: a resumed run must keep it
     data: dict = field(default_factory=dict)      # which training data the run began on (RetrievalSplit.identity)
     changes: list = field(default_factory=list)   # settings changed on resume: {"global_step", name: [old, new]}
@@ -389,7 +390,6 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
         raise DataError(f"split {train_split.name!r}: {train_split.n_captions} captions are fewer than "
                         f"one batch of {batch_size * world}{processes}; lower batch_size")
     caption_lengths = np.diff(captions.offsets)
-    negatives_per_pair = batch_size * (world if gather_negatives else 1) - 1
 
     # Pairs that are in truth positive (another image the caption is true of) are never negatives.
     known_positives = train_split.positive_sets() if config.mask_false_negatives else \
@@ -397,6 +397,7 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
 
     supervised_levels = [] if config.level_weight == 0 else \
         ["t2i", "i2t"] + (["global"] if config.uses_global_level else [])
+    hinge_weights = 1 + config.level_weight * len(supervised_levels)  # the final score's hinge, then the levels'
 
     def losses_across_ranks(batch_ids, regions, mask, global_features, tokens, lengths, hardest):
         """A step's loss in a process group: (what this rank backpropagates, the loss of the whole
@@ -433,7 +434,8 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
         positive, hardest_sum, hardest_count, inside, comparisons = total[1:].tolist()
         statistics = {"positive": positive / (batch_size * world),
                       "hardest_negative": hardest_sum / hardest_count if hardest_count else math.nan,
-                      "inside_margin": inside / max(comparisons, 1)}
+                      "inside_margin": inside / max(comparisons, 1),
+                      "collapse_loss": loss_at_collapse(config.margin, hardest, hardest_count, comparisons)}
         return loss * world, total[0], statistics
 
     def save_last(rng=None) -> None:
@@ -495,7 +497,7 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
                     if not torch.isfinite(gradient_norm):  # a finite loss can still have NaN gradients
                         raise diverged(f"gradient norm is {gradient_norm.item()}", epoch, step)
                     if trainer is None:
-                        statistics = batch_statistics(scores, config.margin, positives)
+                        statistics = batch_statistics(scores, config.margin, positives, hardest=hardest)
                     phase = "commit"
                     with guard.critical():
                         optimizer.step()
@@ -503,6 +505,8 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
                         run.epoch_positive_sum += statistics["positive"]
                         run.epoch_hardest_sum += statistics["hardest_negative"]
                         run.epoch_inside_sum += statistics["inside_margin"]
+                        # every hinge the loss holds collapses alike: the final score's and each supervised level's
+                        run.epoch_collapse_sum += statistics["collapse_loss"] * hinge_weights
                         run.step_in_epoch, run.global_step = step + 1, run.global_step + 1
                         if run.step_in_epoch < n_batches and run.step_in_epoch % checkpoint_every == 0:
                             save_last()
@@ -522,12 +526,10 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
                     "epoch": epoch,
                     "steps": run.global_step,
                     "loss": run.epoch_loss_sum / n_batches,
-                    # the loss as a share of its value when every hinge sits at the margin: 2 x batch x margin
-                    # with hardest negatives, 2 x batch x negatives x margin when summing over all of them
-                    # (the batch of all processes; each pair's negatives: its own slice's, or all with a gather)
-                    "loss_share_of_collapse": run.epoch_loss_sum / n_batches
-                    / (2 * batch_size * world * (1 if hardest else negatives_per_pair) * config.margin)
-                    if config.margin > 0 else math.nan,
+                    # the loss as a share of its value had every pair scored the same (1.0: collapsed), over
+                    # every hinge it holds: hardest or summed negatives, levels, gathered negatives
+                    "loss_share_of_collapse": run.epoch_loss_sum / run.epoch_collapse_sum
+                    if run.epoch_collapse_sum > 0 else math.nan,
                     "mean_positive": run.epoch_positive_sum / n_batches,
                     "mean_hardest_negative": run.epoch_hardest_sum / n_batches,
                     "inside_margin": run.epoch_inside_sum / n_batches,
@@ -551,6 +553,7 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
                         _write_log(log_path, log)
                     run.epoch, run.step_in_epoch = epoch + 1, 0
                     run.epoch_loss_sum = run.epoch_positive_sum = run.epoch_hardest_sum = run.epoch_inside_sum = 0.0
+                    run.epoch_collapse_sum = 0.0
                     if validation["rsum"] > run.best_rsum:
                         run.best_rsum, run.best_epoch = validation["rsum"], epoch
                         if main:

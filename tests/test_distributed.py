@@ -26,7 +26,7 @@ from mlasm.config import MLASMConfig
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.vocab import Vocabulary
 from mlasm.evaluate import encode_split, evaluate_checkpoints
-from mlasm.loss import batch_statistics, triplet_loss
+from mlasm.loss import batch_statistics, loss_at_collapse, triplet_loss
 from mlasm.model import MLASM
 from mlasm.sources import open_split
 from mlasm.train import RunFolderError, config_for_data, train
@@ -107,6 +107,8 @@ def test_the_ranks_shares_of_the_loss_add_up_to_the_loss_of_the_whole_batch(hard
     assert sums[0].item() / n == pytest.approx(expected["positive"])
     assert sums[1].item() / sums[2].item() == pytest.approx(expected["hardest_negative"])
     assert sums[3].item() / sums[4].item() == pytest.approx(expected["inside_margin"])
+    expected = batch_statistics(scores, 0.2, positives, hardest=hardest)
+    assert loss_at_collapse(0.2, hardest, sums[2].item(), sums[4].item()) == pytest.approx(expected["collapse_loss"])
 
 
 def test_without_torchrun_everything_is_one_process():

@@ -258,3 +258,38 @@ def test_a_model_trains_and_evaluates_on_extracted_photos(extracted, tmp_path):
     ranks = np.load(tmp_path / "eval" / "ranks.npz")  # the recalls, counted again from each query's rank
     recount = sum(100 * (ranks[f"final_{d}_rank"] < k).mean() for d in ("i2t", "t2i") for k in (1, 5, 10))
     assert saved["rsum"] == pytest.approx(recount) and ranks["final_t2i_rank"].shape == (photos.n_captions,)
+
+
+# --- the detector on a fresh install ---------------------------------------------------------
+
+def test_the_detector_finds_what_it_found_when_its_versions_were_pinned(coco_mini):
+    """The top detections of two coco-mini photos, as measured with opencv-python-headless 4.14
+    (constraints.txt): a new OpenCV that reads the graph differently fails here, not in a user's
+    extraction."""
+    pytest.importorskip("cv2")
+    from mlasm.extract.detector import COCO_LABEL_NAMES, SSDMobileNetV2Proposer
+
+    expected = {
+        "000000493652.jpg": [("couch", 0.9688, [7.0, 238.4, 245.2, 391.6]),
+                             ("wine glass", 0.5164, [422.0, 213.0, 434.3, 228.7]),
+                             ("potted plant", 0.3871, [478.5, 233.5, 562.6, 350.3])],
+        "000000535506.jpg": [("person", 0.9798, [119.4, 136.8, 322.0, 638.1]),
+                             ("oven", 0.6768, [1.6, 387.8, 168.2, 621.4]),
+                             ("book", 0.615, [82.0, 75.1, 98.0, 152.7])],
+    }
+    proposer = SSDMobileNetV2Proposer()
+    for name, top in expected.items():
+        found = proposer.propose(Image.open(coco_mini / "train2017" / name))
+        order = np.argsort(-found.scores, kind="stable")[:3]
+        assert [COCO_LABEL_NAMES[found.labels[i]] for i in order] == [label for label, _, _ in top], name
+        np.testing.assert_allclose(found.scores[order], [score for _, score, _ in top], atol=0.01)
+        np.testing.assert_allclose(found.boxes[order], [box for _, _, box in top], atol=2.0)
+
+
+def test_an_opencv_without_the_tensorflow_importer_is_named_in_one_line(monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    from mlasm.extract.detector import SSDMobileNetV2Proposer
+
+    monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow")  # as in OpenCV 5
+    with pytest.raises(ImportError, match=r"cannot read the detector's TensorFlow graph.*opencv-python-headless>=4.8,<5"):
+        SSDMobileNetV2Proposer()

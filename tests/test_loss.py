@@ -92,3 +92,17 @@ def test_batch_statistics_by_hand():
     assert batch_statistics(scores, 0.27, truth)["inside_margin"] == pytest.approx(1 / 10)
     collapsed = batch_statistics(torch.full((4, 4), 0.3), 0.2)
     assert collapsed["inside_margin"] == 1.0 and collapsed["positive"] == pytest.approx(collapsed["hardest_negative"])
+
+
+@pytest.mark.parametrize("hardest", [True, False])
+def test_the_collapsed_loss_is_the_loss_of_scores_all_equal(hardest):
+    """The yardstick of loss_share_of_collapse: triplet_loss itself on a matrix of one value,
+    known positives included (they are no negatives, so they add no hinge)."""
+    truth = torch.eye(5, dtype=torch.bool)
+    truth[0, 3] = truth[2, 1] = True
+    flat = torch.full((5, 5), 0.42)
+    loss = triplet_loss(flat, 0.2, hardest=hardest, positive_mask=truth).item()
+    stats = batch_statistics(flat, 0.2, truth, hardest=hardest)
+    assert stats["collapse_loss"] == pytest.approx(loss)
+    # by hand: 18 negatives in each direction (25 - 7 known positives); every row and column has one
+    assert loss == pytest.approx(0.2 * (10 if hardest else 36))

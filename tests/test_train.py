@@ -270,3 +270,22 @@ def test_a_large_dev_split_is_validated_on_its_first_images_and_says_so(tiny_dat
     assert whole["validation"] == "the whole dev split"
     with pytest.raises(ValueError, match="validation_images"):
         train(MLASMConfig.cpu(**TINY), tiny_data["train"], dev, tmp_path / "bad", validation_images=0)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_a_model_that_scores_every_pair_alike_logs_a_collapse_share_of_one(preset, tiny_data, tmp_path, monkeypatch):
+    """1.0 means collapse whatever the loss holds: warm-up sums, hardest negatives, level-wise hinges."""
+    from mlasm.model import MLASM
+
+    def flat(self, regions, region_mask, global_features, tokens, lengths, all_levels=False):
+        anchor = sum(p.sum() for p in self.parameters()) * 0  # in the graph, with zero gradient
+        same = anchor + torch.full((regions.shape[0], tokens.shape[0]), 0.3)
+        levels = {level: same for level in ("final", "t2i", "i2t", "global")}
+        return levels if all_levels else same
+
+    monkeypatch.setattr(MLASM, "forward", flat)
+    config = getattr(MLASMConfig, preset)(**{**TINY, "epochs": 2, "warmup_epochs": 1 if preset == "cpu" else 0})
+    train(config, tiny_data["train"], tiny_data["dev"], tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [row["hardest_negatives"] for row in log] == ([False, True] if preset == "cpu" else [True, True])
+    assert [row["loss_share_of_collapse"] for row in log] == pytest.approx([1.0, 1.0], rel=1e-6)

@@ -69,6 +69,10 @@ class SSDMobileNetV2Proposer:
     def __init__(self) -> None:
         import cv2  # imported here so that mlasm.extract loads without the [extract] extra
 
+        if not hasattr(cv2.dnn, "readNetFromTensorflow"):  # OpenCV 5 removed its TensorFlow importer
+            raise ImportError(f"OpenCV {cv2.__version__} cannot read the detector's TensorFlow graph (OpenCV 5 "
+                              "removed that importer): pip install 'opencv-python-headless>=4.8,<5', or "
+                              "bash scripts/setup.sh extract, which installs the tested versions")
         self._cv2 = cv2
         self._net = cv2.dnn.readNetFromTensorflow(str(detector_file(GRAPH_FILE)),
                                                   str(detector_file(GRAPH_TEXT_FILE)))
