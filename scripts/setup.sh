@@ -48,6 +48,8 @@ else
             exit 1
         fi
         echo "setup: made the virtual environment .venv ($("$base" --version))"
+        # a current pip: older ones (Debian 12 ships 23.0) backtrack for many minutes where a pin cannot be met
+        .venv/bin/python -m pip install --disable-pip-version-check -q --upgrade pip
     fi
     PYTHON=.venv/bin/python
 fi

@@ -30,17 +30,33 @@ fi
 
 "$work/venv/bin/python" - "$result" "$EXTRAS" > "$work/constraints.txt" <<'PY'
 import datetime, importlib.metadata as metadata, platform, re, sys
+from packaging.specifiers import SpecifierSet
 
 result, extras = sys.argv[1], sys.argv[2]
+oldest_python = "3.10.0"  # pyproject.toml's requires-python
 left_out = re.compile(r"^(torch|triton|nvidia-.*|mlasm-workbench|pip|setuptools|wheel)$")
-pins = sorted({(d.metadata["Name"].lower().replace("_", "-"), d.version) for d in metadata.distributions()
-               if d.metadata["Name"] and not left_out.match(d.metadata["Name"].lower().replace("_", "-"))})
+
+
+def pin(dist) -> str:
+    """name==version, for the Pythons that release can run on (soupsieve 4 needs 3.11.5, Debian 12
+    has 3.11.2): elsewhere pip takes the newest release that runs."""
+    name = dist.metadata["Name"].lower().replace("_", "-")
+    requires = (dist.metadata["Requires-Python"] or "").strip()
+    if not requires or SpecifierSet(requires).contains(oldest_python):
+        return f"{name}=={dist.version}"
+    marker = " and ".join(f'python_full_version {s.operator} "{s.version}"' for s in SpecifierSet(requires))
+    return f"{name}=={dist.version}; {marker}"
+
+
+dists = {d.metadata["Name"].lower().replace("_", "-"): d for d in metadata.distributions() if d.metadata["Name"]}
 print("# The versions the test suite passed with: scripts/setup.sh installs these unless --latest.")
 print(f"# Written by scripts/update_constraints.sh on {datetime.date.today()}, Python {platform.python_version()} "
       f"({platform.system()} {platform.machine()}), extras {extras}: {result}.")
-print("# torch is left out on purpose: setup.sh keeps the user's own build (CUDA or CPU).")
-for name, version in pins:
-    print(f"{name}=={version}")
+print("# torch is left out on purpose: setup.sh keeps the user's own build (CUDA or CPU). A pin with a")
+print("# Python condition applies where that release runs; on other Pythons pip takes the newest that does.")
+for name in sorted(dists):
+    if not left_out.match(name):
+        print(pin(dists[name]))
 PY
 mv "$work/constraints.txt" constraints.txt
 echo "update_constraints: wrote constraints.txt ($(grep -c '==' constraints.txt) packages; $result)"
