@@ -376,7 +376,15 @@ def _processes_for(args: argparse.Namespace) -> contextlib.AbstractContextManage
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    set_threads(args.threads)
+    threads_before = torch.get_num_threads()
+    try:
+        set_threads(args.threads)
+        return _run(args)
+    finally:  # main() called in-process (tests, notebooks) leaves the caller's threads as they were
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace) -> int:
     from mlasm.checkpoint import CheckpointError
 
     rank = os.environ.get("RANK", "0") if distributed.launched_by_torchrun() else "0"

@@ -126,3 +126,13 @@ def test_set_threads_sets_torch_and_refuses_zero(restore_threads, monkeypatch):
 def test_every_command_takes_threads(argv):
     assert build_parser().parse_args(argv + ["--threads", "3"]).threads == 3
     assert build_parser().parse_args(argv).threads is None
+
+
+def test_main_in_process_leaves_the_callers_threads(restore_threads, tmp_path, capsys):
+    """A notebook or a test that calls main() keeps its own thread count, even when the command fails."""
+    from mlasm.cli import main
+
+    torch.set_num_threads(2)
+    assert main(["check", str(tmp_path / "absent"), "--threads", "1"]) == 2
+    assert "absent" in capsys.readouterr().err
+    assert torch.get_num_threads() == 2
