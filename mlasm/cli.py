@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_train(args: argparse.Namespace) -> int:
     from mlasm.data.vocab import SPECIAL_TOKENS, Vocabulary
     from mlasm.sources import open_split
-    from mlasm.train import check_run_folder, read_run_config, train
+    from mlasm.run_folder import check_run_folder, read_run_config
+    from mlasm.train import train
 
     # everything that can be refused without the data is refused before it is read (by rank 0 under torchrun)
     distributed.on_rank_zero(lambda: (check_run_folder(args.out, args.resume, args.overwrite),

@@ -266,46 +266,6 @@ def wrap_for_training(model: MLASM, gather_negatives: bool) -> nn.Module:
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def rows_and_columns_loss(rows: Tensor, columns: Tensor, offset: int, margin: float, hardest: bool,
-                          row_positives: Tensor, column_positives: Tensor) -> Tensor:
-    """This rank's share of the hinge loss of the whole batch (see ``mlasm.loss.triplet_loss``).
-
-    rows (b, n): this rank's images against every caption, with each image's hinges against the
-    captions; columns (n, b): every image against this rank's captions, with each caption's hinges
-    against the images. The training pairs sit at (offset + k, offset + k). ``row_positives`` and
-    ``column_positives`` are the matching slices of the batch's positive mask. Summed over the
-    ranks, these shares are the loss of one process scoring the whole (n, n) batch.
-    """
-    own = torch.arange(rows.shape[0], device=rows.device)
-    row_positive = rows[own, offset + own]                                       # s(i, i) of this rank's images
-    column_positive = columns[offset + own, own]                                 # s(j, j) of its captions
-    caption_violations = (margin + rows - row_positive[:, None]).clamp(min=0).masked_fill(row_positives, 0)
-    image_violations = (margin + columns - column_positive[None, :]).clamp(min=0).masked_fill(column_positives, 0)
-    if hardest:
-        return caption_violations.max(dim=1).values.sum() + image_violations.max(dim=0).values.sum()
-    return caption_violations.sum() + image_violations.sum()
-
-
-HINGE_SUMS = ("positive", "hardest_negative", "hardest_count", "inside", "comparisons")
-
-
-@torch.no_grad()
-def rows_and_columns_statistics(rows: Tensor, columns: Tensor, offset: int, margin: float,
-                                row_positives: Tensor, column_positives: Tensor) -> Tensor:
-    """This rank's sums behind ``mlasm.loss.batch_statistics`` (in the order of HINGE_SUMS), to add over ranks."""
-    rows, columns = rows.detach().float(), columns.detach().float()
-    own = torch.arange(rows.shape[0], device=rows.device)
-    row_positive, column_positive = rows[own, offset + own], columns[offset + own, own]
-    caption_violations = (margin + rows - row_positive[:, None]).clamp(min=0).masked_fill(row_positives, 0)
-    image_violations = (margin + columns - column_positive[None, :]).clamp(min=0).masked_fill(column_positives, 0)
-    hardest = torch.cat([rows.masked_fill(row_positives, -torch.inf).max(dim=1).values,
-                         columns.masked_fill(column_positives, -torch.inf).max(dim=0).values])
-    finite = hardest[torch.isfinite(hardest)]
-    return torch.stack([row_positive.sum(), finite.sum(), torch.tensor(float(finite.numel()), device=rows.device),
-                        ((caption_violations > 0).sum() + (image_violations > 0).sum()).float(),
-                        ((~row_positives).sum() + (~column_positives).sum()).float()])
-
-
 # ----------------------------------------------------------------------------- scoring
 
 def score_all(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, memory_budget_mb: Optional[float] = None,

@@ -1,4 +1,10 @@
-"""Hinge triplet loss on the in-batch score matrix (VSE++, spec section 6)."""
+"""Hinge triplet loss (VSE++, spec section 6), for one process and for a share of a batch across processes.
+
+One formula serves both. A process scores ``rows`` (b, n): its b images against the batch's n
+captions, and ``columns`` (n, b): the batch's images against its b captions; its training pairs
+sit at (offset + k, offset + k). One process is the case b = n, offset 0, rows = columns = the
+whole (B, B) matrix. Summed over the processes, the shares are the loss of the whole batch.
+"""
 from __future__ import annotations
 
 import math
@@ -7,23 +13,45 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+# what hinge_sums returns, in this order: sums that add up over processes
+HINGE_SUMS = ("positive", "hardest_negative", "hardest_count", "inside", "comparisons")
 
-def _violations(scores: Tensor, margin: float, positive_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+
+def _violations(rows: Tensor, columns: Tensor, offset: int, margin: float, row_positives: Tensor,
+                column_positives: Tensor) -> tuple[Tensor, Tensor]:
     """The hinge terms, zero for positive pairs: per image row margin + s(i, j) - s(i, i), per
     caption column margin + s(i, j) - s(j, j), both clamped at 0."""
+    row_positive = rows.diagonal(offset)                                         # s(i, i) of the rows' images
+    column_positive = columns.diagonal(-offset)                                  # s(j, j) of the columns' captions
+    caption_violations = (margin + rows - row_positive[:, None]).clamp(min=0).masked_fill(row_positives, 0)
+    image_violations = (margin + columns - column_positive[None, :]).clamp(min=0).masked_fill(column_positives, 0)
+    return caption_violations, image_violations
+
+
+def rows_and_columns_loss(rows: Tensor, columns: Tensor, offset: int, margin: float, hardest: bool,
+                          row_positives: Tensor, column_positives: Tensor) -> Tensor:
+    """This process's share of the hinge loss of the batch (see the module docstring and :func:`triplet_loss`).
+
+    ``row_positives`` (b, n) and ``column_positives`` (n, b) are the matching slices of the batch's
+    positive mask: pairs true of each other are never negatives.
+    """
+    caption_violations, image_violations = _violations(rows, columns, offset, margin, row_positives, column_positives)
+    if hardest:
+        return caption_violations.max(dim=1).values.sum() + image_violations.max(dim=0).values.sum()
+    return caption_violations.sum() + image_violations.sum()
+
+
+def square_positive_mask(scores: Tensor, positive_mask: Optional[Tensor]) -> Tensor:
+    """The (B, B) positive mask of a whole batch's score matrix, checked; the identity by default."""
     n = scores.shape[0]
     if scores.shape != (n, n):
         raise ValueError(f"scores must be a square (B, B) matrix, got {tuple(scores.shape)}")
     if positive_mask is None:
-        positive_mask = torch.eye(n, dtype=torch.bool, device=scores.device)
-    else:
-        positive_mask = positive_mask.to(device=scores.device, dtype=torch.bool)
-        if positive_mask.shape != scores.shape or not positive_mask.diagonal().all():
-            raise ValueError("positive_mask must be (B, B) with a True diagonal (the training pairs)")
-    positive = scores.diagonal()
-    caption_violations = (margin + scores - positive[:, None]).clamp(min=0).masked_fill(positive_mask, 0)
-    image_violations = (margin + scores - positive[None, :]).clamp(min=0).masked_fill(positive_mask, 0)
-    return caption_violations, image_violations
+        return torch.eye(n, dtype=torch.bool, device=scores.device)
+    positive_mask = positive_mask.to(device=scores.device, dtype=torch.bool)
+    if positive_mask.shape != scores.shape or not positive_mask.diagonal().all():
+        raise ValueError("positive_mask must be (B, B) with a True diagonal (the training pairs)")
+    return positive_mask
 
 
 def triplet_loss(scores: Tensor, margin: float = 0.2, hardest: bool = True,
@@ -42,10 +70,8 @@ def triplet_loss(scores: Tensor, margin: float = 0.2, hardest: bool = True,
     Reduction is the sum over the batch, as in VSE++ (its margin-based learning rate
     was tuned against a sum): divide by B for a mean.
     """
-    caption_violations, image_violations = _violations(scores, margin, positive_mask)
-    if hardest:
-        return caption_violations.max(dim=1).values.sum() + image_violations.max(dim=0).values.sum()
-    return caption_violations.sum() + image_violations.sum()
+    positive_mask = square_positive_mask(scores, positive_mask)
+    return rows_and_columns_loss(scores, scores, 0, margin, hardest, positive_mask, positive_mask)
 
 
 def loss_at_collapse(margin: float, hardest: bool, hinges_with_a_negative: int, negative_comparisons: int) -> float:
@@ -56,28 +82,42 @@ def loss_at_collapse(margin: float, hardest: bool, hinges_with_a_negative: int, 
 
 
 @torch.no_grad()
-def batch_statistics(scores: Tensor, margin: float, positive_mask: Optional[Tensor] = None,
-                     hardest: bool = True) -> dict[str, float]:
-    """What the hinge sees in one batch, to tell a model that separates from one that has collapsed.
+def hinge_sums(rows: Tensor, columns: Tensor, offset: int, margin: float, row_positives: Tensor,
+               column_positives: Tensor) -> Tensor:
+    """This process's sums behind :func:`statistics_from_sums` (in the order of HINGE_SUMS), to add over processes."""
+    rows, columns = rows.detach().float(), columns.detach().float()
+    caption_violations, image_violations = _violations(rows, columns, offset, margin, row_positives, column_positives)
+    hardest = torch.cat([rows.masked_fill(row_positives, -math.inf).max(dim=1).values,
+                         columns.masked_fill(column_positives, -math.inf).max(dim=0).values])
+    finite = hardest[torch.isfinite(hardest)]  # a pair with no negative has no hardest one
+    return torch.stack([rows.diagonal(offset).sum(), finite.sum(),
+                        torch.tensor(float(finite.numel()), device=rows.device),
+                        ((caption_violations > 0).sum() + (image_violations > 0).sum()).float(),
+                        ((~row_positives).sum() + (~column_positives).sum()).float()])
 
-    positive: mean score of the training pairs (the diagonal);
+
+def statistics_from_sums(sums: Tensor, pairs: int, margin: float, hardest: bool) -> dict[str, float]:
+    """What the hinge sees in one batch of ``pairs`` training pairs, from the sums of :func:`hinge_sums`:
+    to tell a model that separates from one that has collapsed.
+
+    positive: mean score of the training pairs;
     hardest_negative: mean over both directions of each pair's hardest (highest-scored) negative;
     inside_margin: share of (pair, negative) comparisons, both directions, with the negative
         scored above positive - margin (where the hinge is active). A collapsed model sits near 1.
-    collapse_loss: ``triplet_loss(scores, margin, hardest, positive_mask)`` had every pair scored the same.
-    Pairs in ``positive_mask`` are not negatives, as in ``triplet_loss``.
+    collapse_loss: what the loss would have been had every pair scored the same.
     """
-    scores = scores.detach().float()
-    if positive_mask is None:
-        positive_mask = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
-    positive_mask = positive_mask.to(device=scores.device, dtype=torch.bool)
-    caption_violations, image_violations = _violations(scores, margin, positive_mask)
-    negatives = scores.masked_fill(positive_mask, -math.inf)
-    hardest_negatives = torch.cat([negatives.max(dim=1).values, negatives.max(dim=0).values])
-    hardest_negatives = hardest_negatives[torch.isfinite(hardest_negatives)]
-    comparisons = 2 * int((~positive_mask).sum())
-    inside = int((caption_violations > 0).sum() + (image_violations > 0).sum())  # where the hinge is active
-    return {"positive": float(scores.diagonal().mean()),
-            "hardest_negative": float(hardest_negatives.mean()) if hardest_negatives.numel() else math.nan,
+    _, _, hardest_count, inside, comparisons = sums.tolist()
+    # the means in float32, as torch.mean takes them
+    return {"positive": (sums[0] / pairs).item(),
+            "hardest_negative": (sums[1] / hardest_count).item() if hardest_count else math.nan,
             "inside_margin": inside / max(comparisons, 1),
-            "collapse_loss": loss_at_collapse(margin, hardest, hardest_negatives.numel(), comparisons)}
+            "collapse_loss": loss_at_collapse(margin, hardest, int(hardest_count), int(comparisons))}
+
+
+def batch_statistics(scores: Tensor, margin: float, positive_mask: Optional[Tensor] = None,
+                     hardest: bool = True) -> dict[str, float]:
+    """:func:`statistics_from_sums` of a whole (B, B) batch; pairs in ``positive_mask`` are not
+    negatives, as in :func:`triplet_loss`."""
+    positive_mask = square_positive_mask(scores, positive_mask)
+    sums = hinge_sums(scores, scores, 0, margin, positive_mask, positive_mask)
+    return statistics_from_sums(sums, scores.shape[0], margin, hardest)

@@ -26,10 +26,10 @@ from mlasm.config import MLASMConfig
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.vocab import Vocabulary
 from mlasm.evaluate import encode_split, evaluate_checkpoints
-from mlasm.loss import batch_statistics, loss_at_collapse, triplet_loss
 from mlasm.model import MLASM
 from mlasm.sources import open_split
-from mlasm.train import RunFolderError, config_for_data, train
+from mlasm.run_folder import RunFolderError
+from mlasm.train import config_for_data, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -83,32 +83,6 @@ def test_the_ranks_blocks_tile_the_gallery_and_sum_to_one_process_exactly(splits
     assert all(s.sum() > 0.1 * s.numel() / processes for s in scored)  # each rank does its part ...
     assert torch.equal(sum(s.int() for s in scored), torch.ones_like(scored[0], dtype=torch.int))  # ... alone
     assert not hasattr(model, "_score_block") or "_score_block" not in vars(model)  # the model is left as it was
-
-
-@pytest.mark.parametrize("hardest", [True, False])
-def test_the_ranks_shares_of_the_loss_add_up_to_the_loss_of_the_whole_batch(hardest):
-    generator = torch.Generator().manual_seed(3)
-    n, b = 12, 4
-    scores = torch.rand(n, n, generator=generator, dtype=torch.float64, requires_grad=True)
-    positives = torch.eye(n, dtype=torch.bool)
-    positives[0, 5] = positives[7, 2] = True  # known positives across the ranks' slices are no negatives
-    whole = triplet_loss(scores, margin=0.2, hardest=hardest, positive_mask=positives)
-    (expected_gradient,) = torch.autograd.grad(whole, scores)
-    shares = [distributed.rows_and_columns_loss(scores[r * b:(r + 1) * b], scores[:, r * b:(r + 1) * b], r * b, 0.2,
-                                                hardest, positives[r * b:(r + 1) * b], positives[:, r * b:(r + 1) * b])
-              for r in range(n // b)]
-    (gradient,) = torch.autograd.grad(sum(shares), scores)
-    assert sum(shares).item() == pytest.approx(whole.item(), rel=1e-12)
-    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-12, atol=1e-12)
-    sums = sum(distributed.rows_and_columns_statistics(scores[r * b:(r + 1) * b], scores[:, r * b:(r + 1) * b],
-                                                       r * b, 0.2, positives[r * b:(r + 1) * b],
-                                                       positives[:, r * b:(r + 1) * b]) for r in range(n // b))
-    expected = batch_statistics(scores, 0.2, positives)
-    assert sums[0].item() / n == pytest.approx(expected["positive"])
-    assert sums[1].item() / sums[2].item() == pytest.approx(expected["hardest_negative"])
-    assert sums[3].item() / sums[4].item() == pytest.approx(expected["inside_margin"])
-    expected = batch_statistics(scores, 0.2, positives, hardest=hardest)
-    assert loss_at_collapse(0.2, hardest, sums[2].item(), sums[4].item()) == pytest.approx(expected["collapse_loss"])
 
 
 def test_without_torchrun_everything_is_one_process():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlasm.loss import batch_statistics, triplet_loss
+from mlasm.loss import batch_statistics, hinge_sums, loss_at_collapse, rows_and_columns_loss, triplet_loss
 
 # images x captions; the diagonal holds the training pairs
 SCORES_3X3 = torch.tensor([[0.90, 0.80, 0.10],
@@ -106,3 +106,29 @@ def test_the_collapsed_loss_is_the_loss_of_scores_all_equal(hardest):
     assert stats["collapse_loss"] == pytest.approx(loss)
     # by hand: 18 negatives in each direction (25 - 7 known positives); every row and column has one
     assert loss == pytest.approx(0.2 * (10 if hardest else 36))
+
+
+@pytest.mark.parametrize("hardest", [True, False])
+def test_the_ranks_shares_of_the_loss_add_up_to_the_loss_of_the_whole_batch(hardest):
+    """Processes that each score their rows and columns of the batch add up to one process scoring it all."""
+    generator = torch.Generator().manual_seed(3)
+    n, b = 12, 4
+    scores = torch.rand(n, n, generator=generator, dtype=torch.float64, requires_grad=True)
+    positives = torch.eye(n, dtype=torch.bool)
+    positives[0, 5] = positives[7, 2] = True  # known positives across the ranks' slices are no negatives
+    whole = triplet_loss(scores, margin=0.2, hardest=hardest, positive_mask=positives)
+    (expected_gradient,) = torch.autograd.grad(whole, scores)
+    shares = [rows_and_columns_loss(scores[r * b:(r + 1) * b], scores[:, r * b:(r + 1) * b], r * b, 0.2,
+                                    hardest, positives[r * b:(r + 1) * b], positives[:, r * b:(r + 1) * b])
+              for r in range(n // b)]
+    (gradient,) = torch.autograd.grad(sum(shares), scores)
+    assert sum(shares).item() == pytest.approx(whole.item(), rel=1e-12)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-12, atol=1e-12)
+    sums = sum(hinge_sums(scores[r * b:(r + 1) * b], scores[:, r * b:(r + 1) * b], r * b, 0.2,
+                          positives[r * b:(r + 1) * b], positives[:, r * b:(r + 1) * b]) for r in range(n // b))
+    expected = batch_statistics(scores, 0.2, positives)
+    assert sums[0].item() / n == pytest.approx(expected["positive"])
+    assert sums[1].item() / sums[2].item() == pytest.approx(expected["hardest_negative"])
+    assert sums[3].item() / sums[4].item() == pytest.approx(expected["inside_margin"])
+    expected = batch_statistics(scores, 0.2, positives, hardest=hardest)
+    assert loss_at_collapse(0.2, hardest, sums[2].item(), sums[4].item()) == pytest.approx(expected["collapse_loss"])

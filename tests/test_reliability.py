@@ -35,7 +35,8 @@ from mlasm.interrupts import Terminated, sigterm_as_exception
 from mlasm.io import atomic_path, write_json, write_text
 from mlasm.metrics import NonFiniteScores
 from mlasm.model import MLASM
-from mlasm.train import LOCK_FILE, config_for_data, train
+from mlasm.run_folder import LOCK_FILE
+from mlasm.train import config_for_data, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -87,22 +87,22 @@ LOSSES_PER_STEP = 1 + 3 * (MLASMConfig.cpu(**TINY).level_weight > 0)
 
 
 def _first_loss_of(step: int) -> int:
-    """The call of triplet_loss that begins the given step (1-based, counted from the run's start)."""
+    """The call of the hinge (rows_and_columns_loss) that begins the given step (1-based, counted from the run's start)."""
     return (step - 1) * LOSSES_PER_STEP + 1
 
 
 # case -> (what to patch, name, at which call, action, options); calls count from the run's start
 INTERRUPTS = {
     "interrupt_between_steps": None,  # through on_step, below
-    "interrupt_in_the_loss": (train_module, "triplet_loss", _first_loss_of(STEPS_PER_EPOCH + 6), _raise(KeyboardInterrupt), {}),
+    "interrupt_in_the_loss": (train_module, "rows_and_columns_loss", _first_loss_of(STEPS_PER_EPOCH + 6), _raise(KeyboardInterrupt), {}),
     "interrupt_in_the_forward_pass": (MLASM, "pair_levels", STEPS_PER_EPOCH + 1, _raise(KeyboardInterrupt),
                                       {"only_training": True}),
-    "sigint_in_the_loss": (train_module, "triplet_loss", _first_loss_of(10), _signal_then_continue(signal.SIGINT), {}),
+    "sigint_in_the_loss": (train_module, "rows_and_columns_loss", _first_loss_of(10), _signal_then_continue(signal.SIGINT), {}),
     "sigint_in_the_optimiser_step": (torch.optim.Adam, "step", 7, _signal_then_continue(signal.SIGINT), {}),
     "interrupt_inside_the_optimiser_step": (torch.optim.Adam, "step", 10, _raise(KeyboardInterrupt), {}),
     "interrupt_in_validation": (train_module, "evaluate_model", 1, _raise(KeyboardInterrupt), {}),
     "interrupt_while_writing_a_checkpoint": (torch, "save", 2, _write_half_then_raise, {}),
-    "sigterm_in_the_loss": (train_module, "triplet_loss", _first_loss_of(12), _signal_then_continue(signal.SIGTERM), {}),
+    "sigterm_in_the_loss": (train_module, "rows_and_columns_loss", _first_loss_of(12), _signal_then_continue(signal.SIGTERM), {}),
 }
 # where last.pt stands after the interrupt: (epoch, step_in_epoch), the boundary the resumed run starts from
 SAVED_AT = {
@@ -153,8 +153,8 @@ def test_the_command_line_says_interrupted_and_resumes_exactly(data, tmp_path, c
     command = ["train", "--data", str(folder), "--epochs", "2", "--checkpoint-every", "4", *TINY_OPTIONS]
     assert answer(capsys, [*command, "--out", str(tmp_path / "whole")])[0] == 0
 
-    _, wrapper = _on_call(train_module, "triplet_loss", 20, _raise(KeyboardInterrupt))
-    monkeypatch.setattr(train_module, "triplet_loss", wrapper)
+    _, wrapper = _on_call(train_module, "rows_and_columns_loss", 20, _raise(KeyboardInterrupt))
+    monkeypatch.setattr(train_module, "rows_and_columns_loss", wrapper)
     code, line, _ = answer(capsys, [*command, "--out", str(tmp_path / "cut")])
     assert (code, line) == (130, "mlasm train: interrupted (resume with --resume)")
     monkeypatch.undo()
@@ -162,8 +162,8 @@ def test_the_command_line_says_interrupted_and_resumes_exactly(data, tmp_path, c
     assert_same(load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt"))
 
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    _, wrapper = _on_call(train_module, "triplet_loss", 3, _signal_then_continue(signal.SIGTERM))
-    monkeypatch.setattr(train_module, "triplet_loss", wrapper)
+    _, wrapper = _on_call(train_module, "rows_and_columns_loss", 3, _signal_then_continue(signal.SIGTERM))
+    monkeypatch.setattr(train_module, "rows_and_columns_loss", wrapper)
     code, line, _ = answer(capsys, [*command, "--out", str(tmp_path / "terminated")])
     assert (code, line) == (143, "mlasm train: terminated (resume with --resume)")
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # given back
