@@ -19,8 +19,8 @@ TINY_OPTIONS = ["--embed-size", "32", "--word-dim", "16", "--batch-size", "16", 
                 "--learning-rate", "1e-3", "--threads", "1"]
 
 
-def tiny_splits(cache: Path) -> dict:
-    return {split: load_shapescenes(split, sizes=TINY_SIZES, cache=cache, progress=False) for split in ("train", "dev")}
+def tiny_splits(cache: Path, names: tuple[str, ...] = ("train", "dev")) -> dict:
+    return {split: load_shapescenes(split, sizes=TINY_SIZES, cache=cache, progress=False) for split in names}
 
 
 def tiny_folder(splits: dict, folder: Path) -> Path:

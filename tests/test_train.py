@@ -6,24 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from cli_support import without_times
+from cli_support import TINY, tiny_splits, without_times
 from mlasm.cli import main
 from mlasm.config import MLASMConfig
 from mlasm.data.errors import DataError
-from mlasm.data.shapescenes import load_shapescenes
 from mlasm.evaluate import evaluate_checkpoints, level_metrics, score_split
 from mlasm.checkpoint import CheckpointError, check_model_fits, load_checkpoint, load_model
 from mlasm.train import train
 
-TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
-TINY = dict(embed_size=32, word_dim=16, batch_size=16, epochs=2, lr_decay_epoch=1, learning_rate=1e-3)
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return {split: load_shapescenes(split, sizes=TINY_SIZES, cache=cache, progress=False)
-            for split in ("train", "dev", "test")}
+    return tiny_splits(tmp_path_factory.mktemp("cache"), ("train", "dev", "test"))
 
 
 @pytest.fixture(scope="module")
