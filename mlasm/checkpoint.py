@@ -228,24 +228,28 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     The vocabulary encodes captions as training did: with <start> and <end> when the model's
     config says ``start_end_tokens``. A SCAN checkpoint (``model_best.pth.tar``) needs ``vocab``,
     SCAN's ``*_vocab.json`` (its vocabulary is kept apart from the checkpoint); its model is a
-    ``mlasm.scan_model.SCANModel``. An mlasm checkpoint carries its own vocabulary."""
+    ``mlasm.scan_model.SCANModel``. An mlasm checkpoint carries its own vocabulary; given one as well
+    (an ensemble with SCAN checkpoints), it must hold the same words."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     path = Path(path)
     state = read_checkpoint_file(path, map_location=device)
     if is_scan_checkpoint(state):
         return _load_scan_model(path, state, device, vocab)
-    if vocab is not None:
-        raise CheckpointError(f"{path}: an mlasm checkpoint carries its own vocabulary; a separate vocabulary "
-                              f"(--vocab) is for SCAN checkpoints")
     state = _mlasm_state(path, state)
     try:
         config = MLASMConfig.from_dict(state["config"])
-        vocab = Vocabulary(state["vocab"], boundaries=config.start_end_tokens)
+        own = Vocabulary(state["vocab"], boundaries=config.start_end_tokens)
         model = MLASM(config)
         model.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: inconsistent checkpoint ({_first_line(e)})") from None
-    return model.to(device).eval(), vocab, state
+    if vocab is not None:  # given for SCAN checkpoints beside it (an ensemble): it must be this one's too
+        given = vocab if isinstance(vocab, Vocabulary) else Vocabulary.load(vocab)
+        if given.words != own.words:
+            where = "the vocabulary given" if isinstance(vocab, Vocabulary) else str(vocab)
+            raise CheckpointError(f"{path}: an mlasm checkpoint carries its own vocabulary ({len(own):,} words), "
+                                  f"which differs from {where} ({len(given):,} words)")
+    return model.to(device).eval(), own, state
 
 
 def _load_scan_model(path: Path, state: dict, device: torch.device,
