@@ -228,8 +228,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     The vocabulary encodes captions as training did: with <start> and <end> when the model's
     config says ``start_end_tokens``. A SCAN checkpoint (``model_best.pth.tar``) needs ``vocab``,
     SCAN's ``*_vocab.json`` (its vocabulary is kept apart from the checkpoint); its model is a
-    ``mlasm.scan_model.SCANModel``. An mlasm checkpoint carries its own vocabulary; given one as well
-    (an ensemble with SCAN checkpoints), it must hold the same words."""
+    ``mlasm.scan_model.SCANModel``. An mlasm checkpoint carries its own vocabulary and reads its
+    captions with it, ``vocab`` or not (one ``vocab`` serves every SCAN checkpoint of an ensemble or
+    a comparison that also holds mlasm checkpoints)."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     path = Path(path)
     state = read_checkpoint_file(path, map_location=device)
@@ -243,12 +244,6 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
         model.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: inconsistent checkpoint ({_first_line(e)})") from None
-    if vocab is not None:  # given for SCAN checkpoints beside it (an ensemble): it must be this one's too
-        given = vocab if isinstance(vocab, Vocabulary) else Vocabulary.load(vocab)
-        if given.words != own.words:
-            where = "the vocabulary given" if isinstance(vocab, Vocabulary) else str(vocab)
-            raise CheckpointError(f"{path}: an mlasm checkpoint carries its own vocabulary ({len(own):,} words), "
-                                  f"which differs from {where} ({len(given):,} words)")
     return model.to(device).eval(), own, state
 
 

@@ -156,10 +156,11 @@ def test_scan_and_mlasm_checkpoints_side_by_side_and_errors_in_one_line(scan_fil
                                     str(tmp_path / "a"), *common])
     assert code == 2 and line.endswith("a SCAN checkpoint; SCAN keeps its vocabulary apart: give it with --vocab "
                                        "VOCAB.json (e.g. vocab/f30k_precomp_vocab.json)")
-    # an MLASM checkpoint trained with SCAN's vocabulary beside a SCAN one: one --vocab serves both
-    config = MLASMConfig.cpu(region_dim=IMG_DIM, global_dim=IMG_DIM, vocab_size=len(WORDS), embed_size=8,
+    # an MLASM checkpoint beside a SCAN one: --vocab is the SCAN model's, the MLASM one reads with its own
+    own_words = WORDS[:-2]
+    config = MLASMConfig.cpu(region_dim=IMG_DIM, global_dim=IMG_DIM, vocab_size=len(own_words), embed_size=8,
                              word_dim=5, start_end_tokens=True)
-    save_checkpoint(tmp_path / "mlasm.pt", MLASM(config), Vocabulary(WORDS), {"epoch": 1})
+    save_checkpoint(tmp_path / "mlasm.pt", MLASM(config), Vocabulary(own_words), {"epoch": 1})
     code, line, _ = answer(capsys, ["evaluate", "--checkpoint", str(scan_files["t2i"]), str(tmp_path / "mlasm.pt"),
                                     "--vocab", str(scan_files["vocab"]), "--out", str(tmp_path / "b"), *common])
     assert code == 0, line
