@@ -40,6 +40,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from mlasm.model import (
     EPS,
     LEAKY_SLOPE,
+    MAX_BOUND_SHIFTED_LAMBDA,
     MLASM,
     CaptionEncoding,
     ImageEncoding,
@@ -185,32 +186,52 @@ class SCANConfig:
 # ---------------------------------------------------------------------------------------
 # SCAN's attention and pooling, on the blocks of pairs of mlasm.model's scorer
 
-def _normalise_raw(sim: Tensor, method: str, query_dim: int, query_mask: Tensor) -> Tensor:
-    """SCAN's ``raw_feature_norm`` of each key's similarities across the queries (padded queries are
-    zero similarities, which add nothing to a norm; the softmax leaves them out)."""
+def _normalise_raw(sim: Tensor, method: str, query_dim: int, query_mask: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """SCAN's ``raw_feature_norm`` of each key's similarities across the queries (padded queries are zero
+    similarities, which add nothing to a norm; the softmax leaves them out), as (values, scale): the
+    normalised similarities are values x scale, the scale (one per key) None where there is none.
+    Kept apart, the scale multiplies in the same pass as lambda (no full-size division)."""
     if method.startswith("clipped"):
         sim = F.leaky_relu(sim, LEAKY_SLOPE)
     if method in ("l2norm", "clipped_l2norm"):
-        # sqrt(sum) + eps as SCAN; a key whose similarities are all zero (a padded region) has norm 0,
+        # 1 / (sqrt(sum) + eps) as SCAN; a key whose similarities are all zero (a padded region) has norm 0,
         # whose square root would give a NaN gradient in training: its norm is set to 0 without one
         squares = sim.square().sum(query_dim, keepdim=True)
         nonzero = squares > 0
         norms = torch.where(nonzero, squares, torch.ones_like(squares)).sqrt().masked_fill(~nonzero, 0.0)
-        return sim / (norms + EPS)
+        return sim, 1.0 / (norms + EPS)
     if method in ("l1norm", "clipped_l1norm"):
-        return sim / (sim.abs().sum(query_dim, keepdim=True) + EPS)
+        return sim, 1.0 / (sim.abs().sum(query_dim, keepdim=True) + EPS)
     if method == "softmax":
-        return torch.softmax(sim.masked_fill(~query_mask, -math.inf), dim=query_dim)
+        return torch.softmax(sim.masked_fill(~query_mask, -math.inf), dim=query_dim), None
     if method in ("clipped", "no_norm"):
-        return sim
+        return sim, None
     raise SCANOptionError(f"SCAN option raw_feature_norm={method!r} cannot be reproduced here")
+
+
+BOUNDED_NORMS = ("softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm")  # values in [-1, 1]
 
 
 def scan_attention(sim: Tensor, key_dim: int, query_dim: int, key_mask: Tensor, query_mask: Tensor,
                    raw_feature_norm: str, lambda_softmax: float) -> Tensor:
-    """SCAN's ``func_attention``: normalise, sharpen by lambda, softmax over the valid keys."""
-    logits = lambda_softmax * _normalise_raw(sim, raw_feature_norm, query_dim, query_mask)
-    return torch.softmax(logits.masked_fill(~key_mask, -math.inf), dim=key_dim)
+    """SCAN's ``func_attention``: normalise, sharpen by lambda, softmax over the valid keys.
+
+    The softmax is spelled out, as mlasm.model._attend's (torch's is several times slower along a
+    short or non-last dimension on the CPU). Its shift, which changes no weight, is lambda where the
+    normalised similarities lie in [-1, 1] (no pass to find the max, exp stays a normal float up to
+    lambda = 40), else the max over the keys.
+    """
+    values, scale = _normalise_raw(sim, raw_feature_norm, query_dim, query_mask)
+    bounded = raw_feature_norm in BOUNDED_NORMS and lambda_softmax <= MAX_BOUND_SHIFTED_LAMBDA
+    key_bias = torch.full(key_mask.shape, -lambda_softmax if bounded else 0.0, dtype=sim.dtype, device=sim.device)
+    key_bias.masked_fill_(~key_mask, -math.inf)                                # padded keys get no weight
+    factor = lambda_softmax * scale if scale is not None else torch.tensor(lambda_softmax, dtype=sim.dtype,
+                                                                           device=sim.device)
+    logits = torch.addcmul(key_bias, values, factor)
+    if not bounded:
+        logits = logits - logits.amax(key_dim, keepdim=True)
+    weights = logits.exp()
+    return weights / weights.sum(key_dim, keepdim=True)
 
 
 def scan_pool(cosines: Tensor, mask: Tensor, dim: int, agg_func: str, lambda_lse: float) -> Tensor:
