@@ -176,3 +176,98 @@ def test_weights_of_another_shape_are_refused_in_one_line(tmp_path, vocab_file):
         load_model(path, "cpu", vocab=vocab_file)
     assert str(refused.value).startswith(f"{path}: inconsistent SCAN checkpoint (RuntimeError: Error(s) in loading")
     assert "\n" not in str(refused.value)
+
+
+# ------------------------------------------------------------------ a file as SCAN's time wrote it
+
+class _Python2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2 wrote it: str as SHORT_BINSTRING (Python 2's str), not BINUNICODE."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, text):
+        data = text.encode("ascii")
+        assert len(data) < 256
+        self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        self.memoize(text)
+
+    dispatch[str] = save_py2_str
+
+
+class _Py2OrderedDict:
+    """collections.OrderedDict as Python 2 reduced it: the class called with a list of [key, value] pairs."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __reduce__(self):
+        import collections
+        return (collections.OrderedDict, ([[k, v] for k, v in self.items],))
+
+
+class _Torch03Storage:
+    """A tensor's storage, pickled as a persistent id (its data follow the pickles)."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor.contiguous().float()
+
+
+class _Torch03Tensor:
+    """A tensor as torch 0.3 reduced it: torch._utils._rebuild_tensor(storage, offset, size, stride)."""
+
+    def __init__(self, storage: _Torch03Storage):
+        self.storage = storage
+
+    def __reduce__(self):
+        tensor = self.storage.tensor
+        return (torch._utils._rebuild_tensor, (self.storage, 0, tuple(tensor.shape), tuple(tensor.stride())))
+
+
+def _torch_0_3_file(state: dict) -> bytes:
+    """torch 0.3's legacy serialisation written by hand: magic number, protocol version, system info, the object
+    (storages as persistent ids), the storage keys, then each storage's element count and raw bytes."""
+    storages = []
+
+    def persistent_id(obj):
+        if isinstance(obj, _Torch03Storage):
+            return ("storage", torch.FloatStorage, str(storages.index(obj)), "cpu", obj.tensor.numel(), None)
+        return None
+
+    def wrap(value):
+        if torch.is_tensor(value):
+            storages.append(_Torch03Storage(value))
+            return _Torch03Tensor(storages[-1])
+        if isinstance(value, dict):
+            return _Py2OrderedDict([(k, wrap(v)) for k, v in value.items()])
+        if isinstance(value, list):
+            return [wrap(v) for v in value]
+        return value
+
+    f = io.BytesIO()
+    for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                                  "type_sizes": {"short": 2, "int": 4, "long": 8}}):
+        _Python2Pickler(f, protocol=2).dump(header)
+    body = {"model": wrap(state["model"]), "opt": state["opt"], "epoch": state["epoch"], "Eiters": state["Eiters"],
+            "best_rsum": state["best_rsum"]}
+    pickler = _Python2Pickler(f, protocol=2)
+    pickler.persistent_id = persistent_id
+    pickler.dump(body)
+    _Python2Pickler(f, protocol=2).dump([str(i) for i in range(len(storages))])
+    for storage in storages:
+        f.write(storage.tensor.numel().to_bytes(8, "little") + storage.tensor.numpy().tobytes())
+    return f.getvalue()
+
+
+def test_a_checkpoint_as_torch_0_3_under_python_2_wrote_it_opens(tmp_path, vocab_file):
+    """SCAN's released checkpoints: Python 2.7, torch 0.3, legacy format, OrderedDicts of Python 2."""
+    path, written = _checkpoint(tmp_path, legacy=True)
+    state = torch.load(path, weights_only=False)
+    old = tmp_path / "model_best.pth.tar"
+    old.write_bytes(_torch_0_3_file(state))
+    assert b"torch._utils\n_rebuild_tensor\n" in old.read_bytes() and b"_rebuild_tensor_v2" not in old.read_bytes()
+    assert pickle.SHORT_BINSTRING + bytes([len("cross_attn")]) + b"cross_attn" in old.read_bytes()
+    model, _, loaded = load_model(old, "cpu", vocab=vocab_file)
+    assert loaded["opt"].cross_attn == "t2i" and loaded["epoch"] == 7
+    for part, expected in zip(model.scan_state_dict(), written.scan_state_dict()):
+        for key in expected:
+            assert torch.equal(part[key], expected[key].float()), key
