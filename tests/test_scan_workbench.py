@@ -127,3 +127,14 @@ def test_scan_against_mlasm_in_the_comparison(files):
     ensemble = ensemble_session([files["t2i"], files["i2t"]], comparison.split, vocab=files["vocab"])
     t2i, i2t = open_session(files, "t2i"), open_session(files, "i2t")
     np.testing.assert_allclose(ensemble.scores["final"], (t2i.scores["final"] + i2t.scores["final"]) / 2, atol=1e-6)
+
+
+def test_attention_statistics_of_an_i2t_model_are_refused_in_words(files):
+    from mlasm.attention_stats import model_records
+
+    session = open_session(files, "i2t")
+    with pytest.raises(ValueError, match="a SCAN i2t model\\) has no word-to-region attention"):
+        model_records(session.model, session.split, session.vocab, session.images, session.captions)
+    t2i = open_session(files, "t2i")
+    records = model_records(t2i.model, t2i.split, t2i.vocab, t2i.images, t2i.captions)
+    assert len(records) > 0 and np.isfinite(records["entropy"]).all()
