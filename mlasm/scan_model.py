@@ -114,10 +114,6 @@ class SCANConfig:
         return self.img_dim
 
     @property
-    def direction(self) -> str:
-        return self.cross_attn
-
-    @property
     def lambda_t2i(self) -> float:
         """The attention temperature of the model's direction (SCAN has one, ``lambda_softmax``)."""
         return self.lambda_softmax
