@@ -283,8 +283,11 @@ def knows_word_and_region_kinds(split) -> bool:
 
 def model_records(model, split, vocab, img=None, cap=None, captions: Sequence[int] | None = None) -> pd.DataFrame:
     """Every token's record over the matching pairs of ``split`` (or of ``captions``), by ``model.explain``."""
-    from mlasm.evaluate import encode_split
+    from mlasm.evaluate import encode_split, model_directions
 
+    if "t2i" not in model_directions(model):
+        raise ValueError("this model (a SCAN i2t model) has no word-to-region attention: the statistics per kind "
+                         "of word are about where words look")
     vocab = vocab.with_boundaries(model.config.start_end_tokens)
     if img is None or cap is None:
         img, cap = encode_split(model, split, vocab)

@@ -7,8 +7,12 @@ random states. It is written atomically and read on any device (``map_location``
 """
 from __future__ import annotations
 
+import argparse
+import collections
+import contextlib
+import pickle
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -95,6 +99,43 @@ def save_checkpoint(path: str | Path, model: MLASM, vocab: Vocabulary, progress:
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+# torch's legacy format (before torch 1.6, SCAN's time; _use_new_zipfile_serialization=False since): pickles
+# one after another, the first being protocol 2's header and torch's magic number 0x1950a86a20f9469cfc6c
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+# What a checkpoint may hold once unpickled: tensors, numbers, strings, lists (tuples), dicts, and the
+# argparse.Namespace SCAN stores its options in. torch's weights_only unpickler allows a few more
+# types of its own (torch.Size, dtypes...); a checkpoint holding one of those is refused after loading.
+# Exact types, not subclasses: torch.Size is a tuple. SCAN's state dicts are OrderedDicts.
+PLAIN_TYPES = (bool, int, float, str, bytes, type(None), list, tuple, dict, collections.OrderedDict,
+               argparse.Namespace)
+
+
+@contextlib.contextmanager
+def namespace_allowed() -> Iterator[None]:
+    """``torch.load(weights_only=True)`` may rebuild an ``argparse.Namespace`` (SCAN's ``opt``) inside
+    this block, and nothing else beyond torch's own allowlist; outside it torch's allowlist is as it was."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        yield
+
+
+def _check_plain(value: Any, path: Path, where: str = "the checkpoint", depth: int = 0) -> None:
+    """Raise CheckpointError naming where a value of another type than PLAIN_TYPES sits."""
+    if depth > 64:
+        raise CheckpointError(f"{path}: {where} is nested more than 64 levels deep; not a checkpoint")
+    if isinstance(value, torch.Tensor):
+        return
+    if type(value) not in PLAIN_TYPES:
+        raise CheckpointError(f"{path}: {where} is a {type(value).__module__}.{type(value).__qualname__}; a "
+                              f"checkpoint holds only tensors, numbers, strings, lists, dicts and argparse.Namespace")
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, path, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, path, f"a key of {where}", depth + 1)
+            _check_plain(item, path, f"{where}[{key!r}]", depth + 1)
+    elif isinstance(value, argparse.Namespace):
+        _check_plain(vars(value), path, where, depth + 1)
 
 
 def _describe_start(head: bytes) -> str:
@@ -114,8 +155,9 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint with ``weights_only=True`` (no unpickling of arbitrary objects)."""
+def read_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """What ``torch.save`` wrote, read with ``weights_only=True`` (``argparse.Namespace`` allowed, nothing
+    else beyond tensors, numbers, strings, lists and dicts): a zip archive or torch's legacy format."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, expected a checkpoint file (.pt)")
@@ -129,13 +171,49 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not head:
         raise CheckpointError(f"{path}: not a readable checkpoint: the file is empty (0 bytes), "
                               f"perhaps from a copy or a write that never finished")
-    if not head.startswith(ZIP_MAGIC):
+    if not head.startswith(ZIP_MAGIC) and not head.startswith(LEGACY_MAGIC):
         raise CheckpointError(f"{path}: not a readable checkpoint: {_describe_start(head)}, where a "
-                              f"checkpoint written by torch.save is a zip archive")
+                              f"checkpoint written by torch.save is a zip archive (or, before torch 1.6, "
+                              f"starts with torch's magic number)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+        with namespace_allowed():
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files, and for refused pickles
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_refusal(e)})") from None
+    _check_plain(state, path)
+    return state
+
+
+def _refusal(error: BaseException) -> str:
+    """torch's refusal of a pickle that would build other objects (run code) is a long text: its gist."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+        reason = next((line.split("WeightsUnpickler error:", 1)[1] for line in text.splitlines()
+                       if "WeightsUnpickler error:" in line), "")
+        reason = reason.split(" Please use", 1)[0].strip().rstrip(".")
+        return ("its pickle asks for more than tensors, numbers, strings, lists, dicts and argparse.Namespace, "
+                "and was not unpickled" + (f": {reason}" if reason else ""))
+    return _first_line(error)
+
+
+def is_scan_checkpoint(state: Any) -> bool:
+    """SCAN's train.py layout: ``model`` = [image encoder state, text encoder state], ``opt`` = its options."""
+    return (isinstance(state, dict) and isinstance(state.get("opt"), argparse.Namespace)
+            and isinstance(state.get("model"), list) and len(state["model"]) == 2
+            and all(isinstance(part, dict) for part in state["model"]))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read an mlasm checkpoint with ``weights_only=True`` (no unpickling of arbitrary objects)."""
+    path = Path(path)
+    return _mlasm_state(path, read_checkpoint_file(path, map_location))
+
+
+def _mlasm_state(path: Path, state: Any) -> dict:
+    """``state`` if it is an mlasm checkpoint of this version, else a CheckpointError saying what it is."""
+    if is_scan_checkpoint(state):
+        raise CheckpointError(f"{path}: a SCAN checkpoint, not an mlasm one: open it with load_model(path, "
+                              f"vocab=VOCAB.json) or --vocab VOCAB.json (SCAN keeps its vocabulary apart)")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an mlasm checkpoint (no \"format\": \"{CHECKPOINT_FORMAT}\")")
     if state.get("version") != CHECKPOINT_VERSION:
@@ -143,21 +221,51 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def load_model(path: str | Path, device: str | torch.device | None = None) -> tuple[MLASM, Vocabulary, dict]:
+def load_model(path: str | Path, device: str | torch.device | None = None,
+               vocab: str | Path | Vocabulary | None = None) -> tuple[MLASM, Vocabulary, dict]:
     """The model (in eval mode, on ``device``), its vocabulary and the raw checkpoint.
 
     The vocabulary encodes captions as training did: with <start> and <end> when the model's
-    config says ``start_end_tokens``."""
+    config says ``start_end_tokens``. A SCAN checkpoint (``model_best.pth.tar``) needs ``vocab``,
+    SCAN's ``*_vocab.json`` (its vocabulary is kept apart from the checkpoint); its model is a
+    ``mlasm.scan_model.SCANModel``. An mlasm checkpoint carries its own vocabulary and reads its
+    captions with it, ``vocab`` or not (one ``vocab`` serves every SCAN checkpoint of an ensemble or
+    a comparison that also holds mlasm checkpoints)."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
-    state = load_checkpoint(path, map_location=device)
+    path = Path(path)
+    state = read_checkpoint_file(path, map_location=device)
+    if is_scan_checkpoint(state):
+        return _load_scan_model(path, state, device, vocab)
+    state = _mlasm_state(path, state)
     try:
         config = MLASMConfig.from_dict(state["config"])
-        vocab = Vocabulary(state["vocab"], boundaries=config.start_end_tokens)
+        own = Vocabulary(state["vocab"], boundaries=config.start_end_tokens)
         model = MLASM(config)
         model.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: inconsistent checkpoint ({_first_line(e)})") from None
-    return model.to(device).eval(), vocab, state
+    return model.to(device).eval(), own, state
+
+
+def _load_scan_model(path: Path, state: dict, device: torch.device,
+                     vocab: str | Path | Vocabulary | None) -> tuple[MLASM, Vocabulary, dict]:
+    from mlasm.scan_model import SCANOptionError, scan_model_from_state
+
+    if vocab is None:
+        raise CheckpointError(f"{path}: a SCAN checkpoint; SCAN keeps its vocabulary apart: give it with --vocab "
+                              f"VOCAB.json (e.g. vocab/f30k_precomp_vocab.json)")
+    try:
+        model = scan_model_from_state(state, str(path))
+    except SCANOptionError as e:
+        raise CheckpointError(str(e)) from None
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: inconsistent SCAN checkpoint ({_first_line(e)})") from None
+    words = vocab if isinstance(vocab, Vocabulary) else Vocabulary.load(vocab)
+    if len(words) != model.config.vocab_size:
+        where = "the vocabulary" if isinstance(vocab, Vocabulary) else str(vocab)
+        raise CheckpointError(f"{where}: holds {len(words):,} words, but {path} was trained with "
+                              f"vocab_size={model.config.vocab_size:,}; give the vocabulary it was trained with")
+    return model.to(device).eval(), words.with_boundaries(True), state
 
 
 def check_model_fits(model: MLASM, split: RetrievalSplit, source: str) -> None:

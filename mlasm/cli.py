@@ -135,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate checkpoints (several = an ensemble)",
                                    description="Score every level of every pair, write metrics.json and the "
                                                "per-query ranks (ranks.npz) for error analysis.")
-    evaluate.add_argument("--checkpoint", nargs="+", required=True, help="one or more .pt files")
+    evaluate.add_argument("--checkpoint", nargs="+", action="extend", required=True,
+                          help="one or more .pt files (or SCAN's model_best.pth.tar); give --checkpoint again or "
+                               "several files for an ensemble (the mean of their score matrices)")
+    evaluate.add_argument("--vocab", help="SCAN's vocabulary (vocab/f30k_precomp_vocab.json), needed by SCAN "
+                                          "checkpoints, which keep it apart; mlasm checkpoints carry their own")
     evaluate.add_argument("--data", default=EMBEDDED, help=DATA_HELP)
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--protocol", choices=tuple(PROTOCOLS), default="full",
@@ -272,7 +276,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     distributed.on_rank_zero(lambda: check_output_folder(out, "--out"))
     split = open_split(args.data, args.split)
     result = evaluate_checkpoints(args.checkpoint, split, protocol=args.protocol, out_dir=out,
-                                  device=args.device, memory_budget_mb=args.memory_budget_mb)
+                                  device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab)
     if result is None:  # a rank of torchrun's other than 0: its share of the pairs is scored
         return 0
     print(format_result(result))

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding
+from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -280,7 +280,7 @@ def score_all(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, memory_bud
         return model.score_all(img, cap, memory_budget_mb=memory_budget_mb, progress=progress)
     scores = model.score_all(img, cap, memory_budget_mb=memory_budget_mb, progress=progress if is_main() else False,
                              blocks=(rank(), world_size()))  # zeros outside its own blocks
-    for level in LEVELS:  # in LEVELS order on every rank
+    for level in scores:  # the model's levels (a SCAN model has two), in the same order on every rank
         dist.reduce(scores[level], dst=0, op=dist.ReduceOp.SUM, group=_processes.cpu_group)
     return scores if is_main() else None
 

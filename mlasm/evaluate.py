@@ -35,7 +35,7 @@ from mlasm.metrics import (
     retrieval_metrics,
     t2i_ranks,
 )
-from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
+from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding
 from mlasm.saved_scores import SCORES_FILE, scores_fingerprint, write_scores
 
 PROTOCOLS = {
@@ -79,8 +79,30 @@ def score_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, memory_b
 
 
 def average_levels(per_model: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """An ensemble: the mean of several models' score matrices, level by level (as SCAN's t2i + i2t)."""
-    return {level: torch.stack([scores[level] for scores in per_model]).mean(0) for level in per_model[0]}
+    """An ensemble: the mean of several models' score matrices, level by level (as SCAN's t2i + i2t).
+
+    ``final`` is the mean of every model's final scores. A level only some models have (a SCAN
+    t2i model and a SCAN i2t model have one direction each) is the mean over the models that have it:
+    SCAN's "t-i + i-t" ensemble keeps the t2i model's scores as its t2i level, the i2t model's as its i2t.
+    """
+    levels = [level for level in LEVELS if any(level in scores for scores in per_model)]
+    return {level: torch.stack([scores[level] for scores in per_model if level in scores]).mean(0)
+            for level in levels}
+
+
+def model_directions(model: MLASM) -> tuple[str, ...]:
+    """The attention directions a model has: both for MLASM, one for a SCAN model."""
+    return tuple(d for d in ("t2i", "i2t") if d in getattr(model, "levels", LEVELS))
+
+
+def describe_model(path: str | Path, model: MLASM) -> dict:
+    """What metrics.json says of one checkpoint: its kind, its levels and, for SCAN, its options."""
+    config = model.config
+    if config.objective == "scan":
+        return {"checkpoint": str(path), "kind": "SCAN", "description": config.describe(),
+                "levels": list(model.levels), "options": config.to_dict()}
+    return {"checkpoint": str(path), "kind": "MLASM", "objective": config.objective,
+            "levels": [level for level in LEVELS if level != "global" or config.uses_global_level]}
 
 
 def _complete_metrics(scores, caption_to_image: np.ndarray, positives: PositiveSets, protocol: str) -> dict:
@@ -153,7 +175,7 @@ def grounding_accuracy(model: MLASM, split: RetrievalSplit, vocab: Vocabulary,
 
     None when the split does not know which words name which regions.
     """
-    if split.grounding is None:
+    if split.grounding is None or "t2i" not in model_directions(model):  # an i2t SCAN model: no word looks
         return None
     if img is None or cap is None:
         img, cap = encode_split(model, split, vocab)
@@ -187,12 +209,17 @@ def evaluate_model(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, proto
 
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSplit, protocol: str = "full",
                          out_dir: str | Path | None = None, device: str | torch.device | None = None,
-                         memory_budget_mb: float | None = None, progress: bool = True) -> dict:
+                         memory_budget_mb: float | None = None, progress: bool = True,
+                         vocab: str | Path | Vocabulary | None = None) -> dict:
     """Evaluate one checkpoint, or the ensemble of several; write ``metrics.json``, ``ranks.npz`` and
     ``scores.npz`` (every level's score matrix, which the workbench reuses: mlasm.saved_scores).
 
     The files are written as one unit (all or none; metrics.json last, so its presence means the
     files beside it are its own), after the output folder was found usable.
+
+    ``vocab``: SCAN's vocabulary file, for SCAN checkpoints (``model_best.pth.tar``), which keep it
+    apart; mlasm checkpoints carry their own. Two SCAN checkpoints, a t2i and an i2t model, make
+    SCAN's published "t-i + i-t" ensemble (the mean of their score matrices).
 
     In a process group (torchrun) the ranks share the scoring of every pair; rank 0 alone then
     measures, writes and returns the result (the same numbers as one process: ``world_size``
@@ -210,19 +237,20 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
 
         out_dir = distributed.on_rank_zero(usable_folder)
     if protocol == "5fold":
-        return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress)
-    per_model, grounding, objectives, attention = [], [], [], []
+        return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress, vocab)
+    per_model, grounding, objectives, attention, models = [], [], [], [], []
     for path in checkpoints:
-        model, vocab, _ = load_model(path, device)
+        model, model_vocab, _ = load_model(path, device, vocab=vocab)
         objectives.append(model.config.objective)
+        models.append(describe_model(path, model))
         check_model_fits(model, split, str(path))
-        img, cap = encode_split(model, split, vocab, progress=progress)
+        img, cap = encode_split(model, split, model_vocab, progress=progress)
         per_model.append(distributed.score_all(model, img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
         if not distributed.is_main():  # its share of the pairs is scored; rank 0 measures the rest
             continue
-        grounding.append(grounding_accuracy(model, split, vocab, img, cap))
-        if knows_word_and_region_kinds(split):  # per word kind: pointing, entropy, where it looks
-            attention.append(attention_statistics(model, split, vocab, img, cap))
+        grounding.append(grounding_accuracy(model, split, model_vocab, img, cap))
+        if knows_word_and_region_kinds(split) and "t2i" in model_directions(model):  # per word kind
+            attention.append(attention_statistics(model, split, model_vocab, img, cap))
     if not distributed.is_main():
         return None
     scores = per_model[0] if len(per_model) == 1 else average_levels(per_model)
@@ -239,7 +267,8 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         "n_images": split.n_images,
         "n_captions": split.n_captions,
         "checkpoints": [str(p) for p in checkpoints],
-        "objectives": objectives,  # per checkpoint: "paper" (final score only) or "level-wise"
+        "objectives": objectives,  # per checkpoint: "paper" (final score only), "level-wise" or "scan"
+        "models": models,  # per checkpoint: MLASM or SCAN, its levels, and a SCAN model's options
         "world_size": distributed.world_size(),  # the processes that scored it (torchrun); 1 alone
         **level_metrics(scores, split.caption_to_image, protocol, positives=split.positives, complete_ranks=complete),
         "chance": chance_metrics(split.n_images, split.caption_to_image, split.positives),
@@ -251,7 +280,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         sizes = split.positives.sizes()
         result["positive_sets"] = {"mean_images_per_caption": float(sizes.mean()),
                                    "captions_true_of_one_image": int((sizes == 1).sum())}
-    if grounding[0] is not None:
+    if any(g is not None for g in grounding):
         result["grounding"] = grounding[0] if len(grounding) == 1 else grounding
     if attention:
         result["attention_statistics"] = attention[0] if len(attention) == 1 else attention
@@ -273,7 +302,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
 
 
 def _evaluate_folds(checkpoints: Sequence[str | Path], split: RetrievalSplit, out_dir: Path | None,
-                    device, memory_budget_mb: float | None, progress: bool) -> dict | None:
+                    device, memory_budget_mb: float | None, progress: bool, vocab=None) -> dict | None:
     """COCO 1K: each fold of images is evaluated alone with its own captions, so only the five
     fold blocks are scored (a fifth of the 5K x 25K pairs); every metric is the mean over folds,
     every count (words, captions) their sum.
@@ -285,7 +314,7 @@ def _evaluate_folds(checkpoints: Sequence[str | Path], split: RetrievalSplit, ou
     for k, (images, _) in enumerate(fold_indices(split.n_images, split.caption_to_image, FOLDS), start=1):
         fold_dir = None if out_dir is None else out_dir / f"fold{k}"
         folds.append(evaluate_checkpoints(checkpoints, split.subset(images), "full", fold_dir, device,
-                                          memory_budget_mb, progress))
+                                          memory_budget_mb, progress, vocab))
     if not distributed.is_main():
         return None
     result = {**_mean_over_folds(folds), "protocol": "5fold", "split": split.name, "n_images": split.n_images,
@@ -313,6 +342,7 @@ def _mean_over_folds(values: Sequence):
 
 
 _DIFFERS = object()
+
 FOLDS = 5
 
 

@@ -203,13 +203,18 @@ def _cosine(dots: Tensor, query_norms: Tensor, context_sq_norms: Tensor) -> Tens
 def _text_to_image(sim: Tensor, rectified: Tensor, regions: _RegionTerms, words: _WordTerms,
                    lambda_softmax: float) -> tuple[Tensor, Tensor]:
     """Words attend to regions. Returns alpha (n, R, m, L) and R_t2i(l) = cos(u_l, a_l) (n, m, L)."""
-    n, n_regions, m, n_words = sim.shape
     alpha = _attend(rectified, key_dim=1, query_dim=3, key_mask=regions.mask[:, :, None, None],
                     lambda_softmax=lambda_softmax)
+    return alpha, word_context_cosines(alpha, sim, regions, words)
+
+
+def word_context_cosines(alpha: Tensor, sim: Tensor, regions: _RegionTerms, words: _WordTerms) -> Tensor:
+    """cos(u_l, a_l), a_l = sum_r alpha_rl v_r, from weights alpha (n, R, m, L) over the regions: (n, m, L)."""
+    n, n_regions, m, n_words = sim.shape
     dots = (alpha * sim).sum(1)                                                  # (n, m, L) u_l . a_l
-    gram_alpha = torch.bmm(regions.gram, alpha.view(n, n_regions, m * n_words)).view_as(alpha)
+    gram_alpha = torch.bmm(regions.gram, alpha.reshape(n, n_regions, m * n_words)).view_as(alpha)
     context_sq = (alpha * gram_alpha).sum(1)                                     # (n, m, L) |a_l|^2
-    return alpha, _cosine(dots, words.norms, context_sq)
+    return _cosine(dots, words.norms, context_sq)
 
 
 def _image_to_text(sim: Tensor, rectified: Tensor, regions: _RegionTerms, words: _WordTerms,
@@ -217,9 +222,14 @@ def _image_to_text(sim: Tensor, rectified: Tensor, regions: _RegionTerms, words:
     """Regions attend to words. Returns beta (n, R, m, L) and R_i2t(r) = cos(v_r, b_r) (n, R, m)."""
     beta = _attend(rectified, key_dim=3, query_dim=1, key_mask=words.mask[None, None],
                    lambda_softmax=lambda_softmax)
+    return beta, region_context_cosines(beta, sim, regions, words)
+
+
+def region_context_cosines(beta: Tensor, sim: Tensor, regions: _RegionTerms, words: _WordTerms) -> Tensor:
+    """cos(v_r, b_r), b_r = sum_l beta_rl u_l, from weights beta (n, R, m, L) over the words: (n, R, m)."""
     dots = (beta * sim).sum(3)                                                   # (n, R, m) v_r . b_r
     context_sq = (beta * torch.einsum("nrml,mlk->nrmk", beta, words.gram)).sum(3)  # (n, R, m) |b_r|^2
-    return beta, _cosine(dots, regions.norms[:, :, None], context_sq)
+    return _cosine(dots, regions.norms[:, :, None], context_sq)
 
 
 def _pool(cosines: Tensor, mask: Tensor, dim: int, pooling: str, lambda_lse: float) -> Tensor:

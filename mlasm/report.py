@@ -25,7 +25,11 @@ def recall_table(rows: Mapping[str, Mapping]) -> str:
 def level_rows(result: Mapping) -> dict[str, Mapping]:
     """Every level of an evaluation result under a readable name, then chance level where known."""
     levels = result["levels"]
-    rows = {LEVEL_NAMES[level]: levels[level] for level in LEVEL_NAMES if level in levels}
+    kinds = {model.get("kind") for model in result.get("models", ())}
+    names = dict(LEVEL_NAMES)
+    if "SCAN" in kinds:  # the final score is not MLASM's
+        names["final"] = "final (ensemble)" if len(result["models"]) > 1 else "final (SCAN)"
+    rows = {names[level]: levels[level] for level in LEVEL_NAMES if level in levels}
     if "chance" in result:
         rows["chance"] = result["chance"]
     return rows
@@ -52,6 +56,9 @@ def format_result(result: Mapping) -> str:
              f"{result.get('n_captions', '?')} captions, protocol {result.get('protocol', 'full')}",
              "standard protocol (one true image per caption, a caption's own):",
              recall_table(rows)]
+    if any(model.get("kind") == "SCAN" for model in result.get("models", ())):  # say which models scored it
+        lines[1:1] = [f"model: {model.get('description', model['kind'])} ({model['checkpoint']})"
+                      for model in result["models"]]
     complete = {LEVEL_NAMES[level]: result["levels"][level]["complete"] for level in LEVEL_NAMES
                 if "complete" in result["levels"].get(level, {})}
     if complete and "complete" in result.get("chance", {}):

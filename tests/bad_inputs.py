@@ -142,6 +142,20 @@ _CASES = [
          "torch.save is a zip archive"),
     Case("evaluate_checkpoint_is_a_folder", "data", "`--checkpoint` names a folder", _EVALUATE,
          "FILE: is a folder, expected a checkpoint file (.pt)"),
+    Case("evaluate_pickle_that_runs_code", "data", "a checkpoint whose pickle would create a file (SCAN's "
+         "layout, legacy format)", _EVALUATE,
+         "FILE: not a readable checkpoint (its pickle asks for more than tensors, numbers, strings, lists, dicts "
+         "and argparse.Namespace, and was not unpickled: Unsupported global: GLOBAL io.open"),
+    Case("evaluate_scan_without_vocab", "data", "a SCAN checkpoint (`model_best.pth.tar`) without `--vocab`",
+         _EVALUATE, "FILE: a SCAN checkpoint; SCAN keeps its vocabulary apart: give it with --vocab VOCAB.json "
+                    "(e.g. vocab/f30k_precomp_vocab.json)"),
+    Case("evaluate_scan_option_not_reproduced", "data", "a SCAN checkpoint with `raw_feature_norm='batchnorm'`",
+         f"{_EVALUATE} --vocab VOCAB", "FILE: SCAN option raw_feature_norm='batchnorm' cannot be reproduced here; "
+                                       "expected one of softmax, l2norm, clipped_l2norm, l1norm, clipped_l1norm, "
+                                       "clipped, no_norm"),
+    Case("evaluate_scan_vocab_of_another_size", "data", "`--vocab` of another size than the SCAN checkpoint's "
+         "vocab_size", f"{_EVALUATE} --vocab VOCAB",
+         "VOCAB: holds 11 words, but FILE was trained with vocab_size=12; give the vocabulary it was trained with"),
     Case("data_grounding_is_a_folder", "data", "`test_grounding.json` is a folder", "mlasm evaluate --data DIR",
          "FILE: is a folder, expected a grounding file"),
     Case("data_grounding_masked_region", "data", "grounding points at a padding region (mask False)",

@@ -303,6 +303,44 @@ def test_a_file_that_is_no_checkpoint_is_named(case, content, data_folder, tmp_p
     _refused(capsys, argv, case, FILE=path)
 
 
+@pytest.mark.parametrize("case", [CASES["evaluate_pickle_that_runs_code"], CASES["evaluate_scan_without_vocab"],
+                                  CASES["evaluate_scan_option_not_reproduced"],
+                                  CASES["evaluate_scan_vocab_of_another_size"]], ids=str)
+def test_scan_checkpoints_that_cannot_be_used_are_named(case, data_folder, tmp_path, capsys):
+    import argparse
+    import pickle
+
+    from mlasm.scan_model import SCANConfig, random_scan_model, write_scan_checkpoint
+
+    words = ["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(8)]
+    vocab = tmp_path / "vocab.json"
+    Vocabulary(words[:-1] if case.key == "evaluate_scan_vocab_of_another_size" else words).save(vocab, "scan")
+    options = dict(cross_attn="t2i", agg_func="Mean", raw_feature_norm="clipped_l2norm", precomp_enc_type="basic",
+                   bi_gru=False, no_imgnorm=False, no_txtnorm=False, img_dim=read_split(data_folder, "dev").region_dim,
+                   embed_size=4, word_dim=3, num_layers=1, vocab_size=len(words), lambda_softmax=9.0, lambda_lse=6.0)
+    path = tmp_path / "model_best.pth.tar"
+    write_scan_checkpoint(path, random_scan_model(SCANConfig(**options)))
+    created = tmp_path / "created"
+    if case.key == "evaluate_pickle_that_runs_code":
+        class CreatesAFile:
+            def __reduce__(self):
+                return (open, (str(created), "w"))
+
+        with open(path, "wb") as f:  # torch's legacy layout by hand: magic number, version, system info, object
+            for part in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001}, {"epoch": CreatesAFile()}):
+                pickle.dump(part, f, protocol=2)
+    elif case.key == "evaluate_scan_option_not_reproduced":
+        state = torch.load(path, weights_only=False)
+        state["opt"] = argparse.Namespace(**{**vars(state["opt"]), "raw_feature_norm": "batchnorm"})
+        torch.save(state, path)
+    argv = ["evaluate", "--checkpoint", str(path), "--data", str(data_folder), "--split", "dev",
+            "--out", str(tmp_path / "out")] + ([] if case.key == "evaluate_scan_without_vocab" else
+                                                ["--vocab", str(vocab)])
+    paths = {"VOCAB": vocab} if case.key == "evaluate_scan_vocab_of_another_size" else {}  # else VOCAB.json is text
+    _refused(capsys, argv, case, FILE=path, **paths)
+    assert not created.exists()
+
+
 def _small_split() -> RetrievalSplit:
     """4 images of 3 regions (the last image's third region is padding), 5 captions each, with grounding and boxes."""
     rng = np.random.default_rng(0)

@@ -18,7 +18,8 @@ import plotly.graph_objects as go
 from mlasm.data.vocab import START
 from mlasm.model import PairExplanation
 from widgets.base import LinkedView
-from widgets.drawing import PictureView, draw_pair_attention, keep_plotly_state, region_names, shaded_words_html
+from widgets.drawing import (PictureView, draw_pair_attention, keep_plotly_state, region_names, regions_for_words,
+                             shaded_words_html)
 from widgets.selection import Selection, toggle_buttons
 from widgets.session import WorkbenchSession
 
@@ -59,12 +60,18 @@ class AttentionExplorer(LinkedView):
         self.header = widgets.HTML()
         self.word_choice = widgets.Dropdown(description="word", layout=widgets.Layout(width="230px"))
         self.region_choice = widgets.Dropdown(description="region", layout=widgets.Layout(width="230px"))
-        self.matrix_choice = toggle_buttons(list(MATRICES), "matrix", "60px", tooltips=list(MATRICES.values()))
+        # a SCAN model has one direction: only its matrix, slider and readings are offered
+        self.directions = session.directions
+        self.matrix_choice = toggle_buttons(list(self.directions), "matrix", "60px",
+                                            tooltips=[MATRICES[d] for d in self.directions])
         self.lambda_t2i, self.lambda_i2t = (
             widgets.FloatSlider(value=value, min=LAMBDA_RANGE[0], max=max(LAMBDA_RANGE[1], 2 * value), step=0.5,
                                 description=f"λ {direction}", continuous_update=False, readout_format=".1f",
                                 layout=widgets.Layout(width="340px"))
             for direction, value in (("t2i", config.lambda_t2i), ("i2t", config.lambda_i2t)))
+        for direction, slider in (("t2i", self.lambda_t2i), ("i2t", self.lambda_i2t)):
+            if direction not in self.directions:
+                slider.layout.display = "none"
         self.reset_lambdas = widgets.Button(description="trained λ", tooltip="back to the model's temperatures",
                                             layout=widgets.Layout(width="100px"))
         self.picture = PictureView(width=380, min_height=380, save_as="attention")
@@ -117,13 +124,17 @@ class AttentionExplorer(LinkedView):
 
     @property
     def region_weights(self) -> np.ndarray:
-        """(R,) the chosen word's text-to-image weights over the kept regions."""
-        return self.explanation.t2i_attention[self.word]
+        """(R,) the chosen word's text-to-image weights over the kept regions (a SCAN i2t model: each
+        region's image-to-text weight on the word)."""
+        return regions_for_words(self.explanation, self.word)[0]
 
     @property
     def word_weights(self) -> np.ndarray:
-        """(L,) the chosen region's image-to-text weights over the words."""
-        return self.explanation.i2t_attention[self._region_position(self.region)]
+        """(L,) the chosen region's image-to-text weights over the words (a SCAN t2i model: each word's
+        text-to-image weight on the region)."""
+        if "i2t" in self.directions:
+            return self.explanation.i2t_attention[self._region_position(self.region)]
+        return self.explanation.t2i_attention[:, self._region_position(self.region)]
 
     @property
     def matrix(self) -> np.ndarray:
@@ -184,7 +195,7 @@ class AttentionExplorer(LinkedView):
         explanation = self.explanation
         names = region_names(self.session, image, explanation.region_indices)
         word = self._first_word()
-        region = int(explanation.region_indices[explanation.t2i_attention[word].argmax()])
+        region = int(explanation.region_indices[regions_for_words(explanation, word)[0].argmax()])
         unknown = set(self.session.unknown_words(self.shown_pair[1]))
         word_labels = [f"{p}: {w}" + (" (unknown)" if w in unknown else "") for p, w in enumerate(self.words)]
         with self.quietly():
@@ -203,7 +214,7 @@ class AttentionExplorer(LinkedView):
             # grounding counts the caption's own tokens; <start>, where the model reads it, is row 0
             return int(grounding[text_side][0][0]) + int(self.words[:1] == [START])
         naming = [p for p, w in enumerate(self.words) if w.isalnum() and w.lower() not in FUNCTION_WORDS]
-        return naming[0] if naming else int(self.explanation.t2i_attention.max(axis=1).argmax())
+        return naming[0] if naming else int(self.matrix.max(axis=1).argmax())
 
     def _draw_header(self) -> None:
         image, text_side = self.shown_pair
@@ -221,7 +232,8 @@ class AttentionExplorer(LinkedView):
                             if level in session.levels)
         trained = (explanation.lambda_t2i, explanation.lambda_i2t) == (config.lambda_t2i, config.lambda_i2t)
         at = "trained λ" if trained else (
-            f"λ t2i {explanation.lambda_t2i:g}, λ i2t {explanation.lambda_i2t:g} (trained λ give final "
+            ", ".join(f"λ {d} {getattr(explanation, 'lambda_' + d):g}" for d in session.directions)
+            + " (trained λ give final "
             f"{session.explain(image, text_side).scores['final']:.3f})")
         self.header.value = (
             f"<div style='font-size:16px'><b>“{text}”</b></div>"
@@ -264,9 +276,10 @@ class AttentionExplorer(LinkedView):
             return
         word, region, image = self.word, self.region, self.shown_pair[0]
         explanation = self.explanation
+        reads = (f"reads the words (image-to-text, λ = {explanation.lambda_i2t:g})" if "i2t" in self.directions
+                 else f"is looked at by the words (text-to-image, λ = {explanation.lambda_t2i:g})")
         self.word_row.value = (
-            f"<div style='margin-top:6px'><b>region r{region}</b> reads the words (image-to-text, "
-            f"λ = {explanation.lambda_i2t:g}):</div>"
+            f"<div style='margin-top:6px'><b>region r{region}</b> {reads}:</div>"
             + shaded_words_html(self.words, self.word_weights, selected=word,
                                 unknown=set(self.session.unknown_words(self.shown_pair[1]))))
         self._draw_cell_marker()
@@ -276,4 +289,6 @@ class AttentionExplorer(LinkedView):
             return
         self.picture.draw((3.8, 3.8), lambda ax: draw_pair_attention(
             self.session, image, explanation.region_indices, self.region_weights, ax,
-            f"“{self.words[word]}” looks at (text-to-image, λ = {explanation.lambda_t2i:g})", highlight=region))
+            f"“{self.words[word]}” looks at (text-to-image, λ = {explanation.lambda_t2i:g})" if "t2i" in self.directions
+            else f"regions attending to “{self.words[word]}” (image-to-text, λ = {explanation.lambda_i2t:g})",
+            highlight=region))

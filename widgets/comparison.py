@@ -24,7 +24,7 @@ from mlasm.compare import BOTH_RIGHT, BOTH_WRONG, BROKEN, CHANGES, FIXED, PROTOC
 from mlasm.evaluate import average_levels, score_split
 from mlasm.sources import EMBEDDED, open_split
 from widgets.base import LinkedView
-from widgets.drawing import PictureView, draw_pair_attention, keep_plotly_state
+from widgets.drawing import PictureView, draw_pair_attention, keep_plotly_state, regions_for_words
 from widgets.saving import SaveButtons, save_figure
 from widgets.selection import Selection, toggle_buttons
 from widgets.session import WorkbenchSession
@@ -34,16 +34,17 @@ EVERY_WORD = -1
 LISTED = 200  # rows shown in each list
 
 
-def ensemble_session(checkpoints: Sequence[str | Path], split, device=None) -> WorkbenchSession:
-    """An ensemble as one side: its scores are the mean of the models' (``average_levels``).
+def ensemble_session(checkpoints: Sequence[str | Path], split, device=None, vocab=None) -> WorkbenchSession:
+    """An ensemble as one side: its scores are the mean of the models' (``average_levels``; SCAN's
+    t-i + i-t: a SCAN t2i and a SCAN i2t checkpoint with their ``vocab``).
 
     Its attention and level panel are those of the first model: an ensemble has no attention of its own.
     """
     per_model, first = [], None
     for path in checkpoints:
-        model, vocab, _ = load_model(path, device)
-        first = first or (model, vocab)
-        per_model.append(score_split(model, split, vocab))
+        model, model_vocab, _ = load_model(path, device, vocab=vocab)
+        first = first or (model, model_vocab)
+        per_model.append(score_split(model, split, model_vocab))
     return WorkbenchSession(first[0], first[1], split, scores=average_levels(per_model))
 
 
@@ -65,13 +66,14 @@ class ModelComparison:
 
     @classmethod
     def from_checkpoints(cls, checkpoints: Mapping[str, str | Path], source: str = EMBEDDED, split: str = "test",
-                         device=None, fast: bool | None = None) -> "ModelComparison":
-        """One session per named checkpoint, all on the same split, opened once."""
+                         device=None, fast: bool | None = None, vocab=None) -> "ModelComparison":
+        """One session per named checkpoint, all on the same split, opened once. ``vocab``: SCAN's
+        vocabulary, for SCAN checkpoints among them (an mlasm checkpoint reads with its own)."""
         data = open_split(source, split, fast=fast, progress=False)
         sessions = {}
         for name, path in checkpoints.items():
-            model, vocab, _ = load_model(path, device)
-            sessions[name] = WorkbenchSession(model, vocab, data)
+            model, vocab_of_model, _ = load_model(path, device, vocab=vocab)
+            sessions[name] = WorkbenchSession(model, vocab_of_model, data)
         return cls(sessions)
 
     @property
@@ -299,11 +301,11 @@ class ComparisonView(LinkedView):
                 explanation = session.explain(image, text_side)
                 tokens = session.tokens(text_side)
                 if word is None or word == EVERY_WORD or word >= len(tokens):
-                    weights, about = explanation.t2i_attention.mean(axis=0), "every word"
+                    (weights, looked), about = regions_for_words(explanation), "every word"
                 else:
-                    weights, about = explanation.t2i_attention[word], f"“{tokens[word]}”"
+                    (weights, looked), about = regions_for_words(explanation, word), f"“{tokens[word]}”"
                 draw_pair_attention(session, image, explanation.region_indices, weights, ax,
-                                    f"{name}: final {explanation.scores['final']:.3f}\nregions looked at by {about}")
+                                    f"{name}: final {explanation.scores['final']:.3f}\nregions {looked} {about}")
 
         self.picture.draw((7.6, 4.2), paint, columns=2)
 

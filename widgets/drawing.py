@@ -160,6 +160,19 @@ def draw_pair_attention(session: WorkbenchSession, image: int, region_indices: n
     spread_labels(ax)
 
 
+def regions_for_words(explanation, word: int | None = None) -> tuple[np.ndarray, str]:
+    """Weights over the kept regions for one word (None: the mean over every word), and how to read them.
+
+    The word's text-to-image attention where the model has it ("looked at by"); a SCAN i2t model has
+    none, and then each region's image-to-text weight on the word ("attending to") is shown instead.
+    """
+    t2i = explanation.t2i_attention                                           # (L, R)
+    if not np.isnan(t2i).all():
+        return (t2i.mean(axis=0) if word is None else t2i[word]), "looked at by"
+    i2t = explanation.i2t_attention                                           # (R, L)
+    return (i2t.mean(axis=1) if word is None else i2t[:, word]), "attending to (image-to-text)"
+
+
 def spread_labels(ax, tries: int = 3) -> None:
     """Move each box label that overlaps an earlier one down below it, or hide it after ``tries``.
 

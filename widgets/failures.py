@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from widgets.base import LinkedView
-from widgets.drawing import PictureView, draw_pair_attention, png_thumbnail
+from widgets.drawing import PictureView, draw_pair_attention, png_thumbnail, regions_for_words
 from widgets.ranking import ALSO_TRUE_TEXT, TRUTH
 from widgets.selection import Selection, toggle_buttons
 from widgets.session import DIRECTIONS, FAILURE, VALID_ALTERNATIVE, WorkbenchSession
@@ -264,14 +264,14 @@ class FailureExplorer(LinkedView):
             explanation = session.explain(image, caption)
             also = " (also true)" if role != "ground truth" and self.row["preferred_valid"] else ""
             if word == EVERY_WORD or self.row["direction"] == "i2t":
-                weights, about = explanation.t2i_attention.mean(axis=0), "every word"
+                (weights, looked), about = regions_for_words(explanation), "every word"
             else:
-                weights, about = explanation.t2i_attention[word], f"“{session.tokens(caption)[word]}”"
+                (weights, looked), about = regions_for_words(explanation, word), f"“{session.tokens(caption)[word]}”"
             title = f"{role}: image {image}{also}, final {session.scores['final'][image, caption]:.3f}\n"
             if self.row["direction"] == "i2t":
                 title += textwrap.fill(f"“{session.split.captions[caption]}”", 48) + "\n"
             draw_pair_attention(session, image, explanation.region_indices, weights, ax,
-                                title + f"regions looked at by {about}")
+                                title + f"regions {looked} {about}")
 
 
 def _mark(own: bool) -> str:

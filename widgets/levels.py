@@ -29,6 +29,31 @@ def level_meanings(rho: float) -> dict[str, str]:
     }
 
 
+SCAN_POOLING = {"LogSumExp": "LogSumExp (λ_lse {lse:g})", "Mean": "mean", "Max": "max", "Sum": "sum"}
+
+
+def scan_level_meanings(config) -> dict[str, str]:
+    """What the levels of a SCAN model (mlasm.scan_model.SCANConfig) are: its one direction, and final."""
+    pooling = SCAN_POOLING[config.agg_func].format(lse=config.lambda_lse)
+    meaning = {"t2i": f"words attend to regions ({config.raw_feature_norm}, λ {config.lambda_softmax:g}); "
+                      f"{pooling} over words of cos(word, its attended regions)",
+               "i2t": f"regions attend to words ({config.raw_feature_norm}, λ {config.lambda_softmax:g}); "
+                      f"{pooling} over regions of cos(region, its attended words)"}[config.cross_attn]
+    return {config.cross_attn: meaning, "final": f"= {config.cross_attn}: SCAN's score (its one direction)"}
+
+
+def describe_missing_levels(session: WorkbenchSession) -> str:
+    """One sentence on the levels a model does not have; empty when it has every one."""
+    config = session.model.config
+    if config.objective == "scan":
+        other = "i2t" if config.cross_attn == "t2i" else "t2i"
+        return (f"This SCAN model scores one direction ({config.cross_attn}): it has no {other} attention, no "
+                f"local mix of the two, no semantic level and no gate.")
+    if "global" not in session.levels:
+        return "This model is local only (ρ = 1): it has no semantic level and no gate."
+    return ""
+
+
 class LevelPanel(LinkedView):
     """The selected pair under every level; ``table`` holds what is shown (WorkbenchSession.pair_levels).
 
@@ -57,7 +82,8 @@ class LevelPanel(LinkedView):
 
     def _table_html(self, image: int, text_side) -> str:
         session, split = self.session, self.session.split
-        meanings = level_meanings(session.model.config.rho)
+        config = session.model.config
+        meanings = scan_level_meanings(config) if config.objective == "scan" else level_meanings(config.rho)
         n_images, n_captions = split.n_images, split.n_captions
         rows = []
         for row in self.table.itertuples():
@@ -76,8 +102,8 @@ class LevelPanel(LinkedView):
             pairing = f"caption {text_side}, a matching pair"
         else:
             pairing = f"caption {text_side} of image {split.caption_to_image[text_side]}, not a matching pair"
-        missing = "" if "global" in session.levels else \
-            "<div style='color:#666'>This model is local only (ρ = 1): it has no semantic level and no gate.</div>"
+        missing = describe_missing_levels(session) and \
+            f"<div style='color:#666'>{html.escape(describe_missing_levels(session))}</div>"
         caveat = session.level_caveat and \
             f"<div class='mlasm-level-caveat' style='color:#a60'>⚠ {html.escape(session.level_caveat)}</div>"
         return (

@@ -91,15 +91,18 @@ class WorkbenchSession:
     @classmethod
     def from_checkpoint(cls, path: str | Path, source: str = EMBEDDED, split: str = "test",
                         device: str | torch.device | None = None, fast: bool | None = None,
-                        saved_scores: bool | Iterable[str | Path] = True, **options) -> "WorkbenchSession":
+                        saved_scores: bool | Iterable[str | Path] = True, vocab: str | Path | None = None,
+                        **options) -> "WorkbenchSession":
         """Load a checkpoint and open a split of ``source`` (``shapescenes`` or a precomp folder).
 
         ``fast`` picks tiny ShapeScenes (default: the MLASM_FAST environment variable).
         ``saved_scores``: reuse the score matrices that ``mlasm evaluate`` or ``mlasm demo`` saved
         for this very checkpoint and split (looked for beside the checkpoint and one folder up, or
         in the folders given; ``mlasm.saved_scores``), instead of scoring every pair again.
+        ``vocab``: SCAN's vocabulary file, for a SCAN checkpoint (``model_best.pth.tar``; see
+        ``mlasm.scan_model``), which keeps it apart.
         """
-        model, vocab, _ = load_model(path, device)
+        model, vocab, _ = load_model(path, device, vocab=vocab)
         opened = open_split(source, split, fast=fast, progress=False)
         found = where = None
         if saved_scores is not False and "scores" not in options:
@@ -118,8 +121,17 @@ class WorkbenchSession:
 
     @property
     def levels(self) -> tuple[str, ...]:
-        """The levels this model scores, in the order they build up (no global level when rho = 1)."""
+        """The levels this model scores, in the order they build up (no global level when rho = 1; a SCAN
+        model's one direction and final)."""
+        own = getattr(self.model, "levels", None)
+        if own is not None:
+            return tuple(own)
         return tuple(level for level in LEVELS if level != "global" or self.model.config.uses_global_level)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The attention directions the model has: t2i and i2t (MLASM), or a SCAN model's one."""
+        return tuple(direction for direction in ("t2i", "i2t") if direction in self.levels)
 
     @property
     def level_caveat(self) -> str:

@@ -37,6 +37,9 @@ def _attention_statistics(bench: "Workbench") -> widgets.Widget:
     if not knows_word_and_region_kinds(bench.session.split):
         return widgets.HTML("<p>This split does not say which kind each word and region is (ShapeScenes does, "
                             "and so does detector data with region labels), so there are no statistics per kind.</p>")
+    if "t2i" not in bench.session.directions:
+        return widgets.HTML("<p>This model (SCAN, image-to-text) has no word-to-region attention: the statistics per "
+                            "kind of word are about where words look, so there are none for it.</p>")
     return AttentionStatsView(bench.session, bench.selection, explorer=bench.explorer)
 
 
