@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsv.add_argument("--images", help="the folder the caption file's file names are relative to: records each "
                                       "picture's path, so attention maps can be drawn on it")
     tsv.add_argument("--restart", action="store_true", help="discard an unfinished conversion in --out")
+    tsv.add_argument("--allow-images-outside", action="store_true",
+                     help="record pictures whose file names lead out of --images (.., an absolute path, a symlink); "
+                          "by default such an entry is refused")
     scan = sources.add_parser("scan", help="a SCAN precomp folder + its vocabulary file",
                               description="Hard-link (else copy) the features of a SCAN release, write meta.json "
                                           "and vocab.json (SCAN's ids), and report how much of each split's "
@@ -328,7 +331,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         summary = prepare_from_tsv(args.features, args.captions, args.out,
                                    splits=dict(args.split) if args.split else None, max_regions=args.max_regions,
                                    captions_per_image=args.captions_per_image, match=args.match,
-                                   images_root=args.images, restart=args.restart)
+                                   images_root=args.images, restart=args.restart,
+                                   allow_images_outside=args.allow_images_outside)
         print(f"TSV lines matched by image {'id' if summary['match'] == 'id' else 'file name'}; "
               f"{summary['skipped_tsv_images']:,} TSV images in no chosen split were skipped")
     else:

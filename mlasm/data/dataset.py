@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mlasm.data.errors import DataError
-from mlasm.data.pictures import as_rgb
+from mlasm.data.pictures import as_rgb, picture_inside
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary, tokenize
 
@@ -164,6 +164,10 @@ class RetrievalSplit:
     positives: PositiveSets | None = None    # per caption, every image it is true of (complete positives)
     regions_file: str | None = None          # the files memory-mapped features are read from, named in errors
     global_file: str | None = None
+    # pictures are read only inside these folders (read_split: the dataset folder and the picture folder its
+    # meta.json records); None: no rule (a split made in memory, or meta.json's pictures_outside_allowed)
+    picture_folders: list[str] | None = None
+    image_paths_file: str | None = None      # where image_paths came from, named in errors
 
     def __post_init__(self) -> None:
         where = f"split {self.name!r}"
@@ -263,6 +267,12 @@ class RetrievalSplit:
         path = self.image_paths[i] if self.image_paths is not None else None
         if not path:
             return None
+        if self.picture_folders is not None:
+            where = f"{self.image_paths_file}: line {i + 1}" if self.image_paths_file else \
+                f"split {self.name!r}, image {i}"
+            path = picture_inside(self.picture_folders, path, where, " or ".join(self.picture_folders), hint=(
+                "the workbench reads pictures only inside the dataset folder and the picture folder its meta.json "
+                "records (mlasm prepare / extract --allow-images-outside records pictures kept elsewhere)"))
         try:
             with Image.open(path) as image:  # upright as extraction saw it, so boxes line up
                 return as_rgb(image)
@@ -299,7 +309,7 @@ class RetrievalSplit:
             region_mask=mask,
             global_features=global_features,
             regions_file=None,  # in memory now, and numbered anew
-            global_file=None,
+            global_file=None, image_paths_file=None,
             captions=[self.captions[c] for c in captions],
             caption_to_image=new_index[self.caption_to_image[captions]],
             boxes=pick(self.boxes), image_sizes=pick(self.image_sizes), image_ids=pick(self.image_ids),

@@ -9,8 +9,12 @@ the same function, so the boxes the model saw line up with the picture shown.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageOps
+
+from mlasm.data.errors import DataError
 
 BACKGROUND = (255, 255, 255)
 
@@ -40,3 +44,38 @@ def as_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, image).convert("RGB")
     return image.convert("RGB")
+
+
+# ----------------------------------------------------------------------------- where a picture may be read from
+
+ALLOW_OUTSIDE_OPTION = "--allow-images-outside"
+
+
+class OutsideFolder(DataError):
+    """A picture named by a data file (a captions CSV or JSON, a TSV's caption file, a split's
+    image_paths.txt) that lies outside the folder the user named."""
+
+
+def picture_inside(folders, name: str, where: str, expected: str | None = None,
+                   allow_outside: bool = False, hint: str | None = None) -> Path:
+    """The file a data file's picture ``name`` points at, resolved (``..``, symlinks, an absolute
+    name) and proved to lie inside one of ``folders`` (a path or several); else OutsideFolder.
+
+    A downloaded caption file must not decide what gets read: ``../../../etc/hostname``, an
+    absolute path or a symlink out of the folder is refused with one line naming ``where`` (the
+    file and its row), the picture, where it leads and ``expected`` (the folder, as the user
+    named it, e.g. "--images DIR"). ``allow_outside`` (the users' explicit
+    ``--allow-images-outside``) resolves the name and skips the rule.
+    """
+    folders = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
+    try:
+        roots = [folder.resolve() for folder in folders]
+        path = (roots[0] / str(name)).resolve()  # an absolute name stays itself; symlinks are followed
+    except (OSError, ValueError, RuntimeError) as error:  # a NUL byte, a symlink loop
+        raise DataError(f"{where}: picture {str(name)!r} is not a usable path ({error})") from None
+    if allow_outside or any(path == root or root in path.parents for root in roots):
+        return path
+    expected = expected or " or ".join(str(root) for root in roots)
+    hint = hint or (f"pictures are read only inside it (move the picture there, or give "
+                    f"{ALLOW_OUTSIDE_OPTION} to read pictures elsewhere)")
+    raise OutsideFolder(f"{where}: picture {str(name)!r} leads to {path}, outside {expected}; {hint}")

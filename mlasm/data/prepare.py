@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from mlasm.data.coco import CaptionedImage, read_caption_file
 from mlasm.data.errors import DataError, load_json
+from mlasm.data.pictures import picture_inside
 from mlasm.data.precomp import (DEFAULT_CAPTIONS_PER_IMAGE, EXTRA_SUFFIXES, FORMAT, FORMAT_VERSION, META_FILE,
                                 list_splits, read_caption_lines, read_meta, read_split)
 from mlasm.data.tsv import iter_tsv_from
@@ -203,7 +204,7 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
                      captions_per_image: int = DEFAULT_CAPTIONS_PER_IMAGE, match: str = "auto",
                      images_root: str | os.PathLike | None = None, restart: bool = False,
                      checkpoint_every: int = 1000, progress: bool = True,
-                     on_record: Callable[[int], None] | None = None) -> dict:
+                     on_record: Callable[[int], None] | None = None, allow_images_outside: bool = False) -> dict:
     """Convert a bottom-up-attention TSV and a caption file into precomp splits in ``out``.
 
     ``splits`` maps output splits to splits of the caption file (default: SCAN's names for
@@ -214,7 +215,8 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
     picture's file name without extension, as for Flickr30K), or ``auto`` (whichever the first
     line matches). TSV images in no chosen split are skipped and counted. ``images_root`` (the
     folder the caption file's file names are relative to) records each picture's path, for
-    display. ``on_record`` is called after each TSV line with the number read (tests use it).
+    display; a file name leading out of it (``..``, an absolute path, a symlink) is refused before
+    the TSV is read, unless ``allow_images_outside``. ``on_record`` is called after each TSV line with the number read (tests use it).
     Returns a summary: per split its images and captions, the TSV lines skipped, the match used.
     """
     tsv, captions_path, out = Path(tsv), Path(captions), Path(out)
@@ -223,6 +225,10 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
     if not tsv.is_file():
         raise DataError(f"{tsv}: TSV file not found")
     plan = _plan(captions_path, read_caption_file(captions_path), splits, captions_per_image)
+    picture_files = None if images_root is None else {
+        id(image): picture_inside(images_root, image.file_name, f"{captions_path}: {image.row or image.image_id}",
+                                  f"--images {Path(images_root).resolve()}", allow_images_outside)
+        for split in plan for image in split.images}
     settings = {"tsv": _file_identity(tsv), "captions": _file_identity(captions_path),
                 "splits": {s.name: {"parts": s.parts, "images": len(s.images)} for s in plan},
                 "max_regions": max_regions,
@@ -341,8 +347,7 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
                             f"every image of the chosen splits of {captions_path.name}")
     for split in plan:
         texts = [_normalised(c) for image in split.images for c in image.captions[:captions_per_image]]
-        paths = None if images_root is None else \
-            [str(Path(images_root).resolve() / image.file_name) for image in split.images]
+        paths = None if picture_files is None else [str(picture_files[id(image)]) for image in split.images]
         moved = ("ims.npy", "boxes.npy", "mask.npy", "sizes.npy")
         _finish_split_files(out, split.name, texts, [image.image_id for image in split.images], paths, keep=moved)
         for suffix in moved:  # a run stopped among these renames finds some already done
@@ -351,7 +356,9 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
     producer = {"name": "mlasm prepare", "from": "bottom-up-attention TSV", "tsv": str(tsv.resolve()),
                 "captions": str(captions_path.resolve()), "match": state["match"],
                 "splits": {s.name: s.parts for s in plan}}
-    _write_meta(out, producer, captions_per_image)
+    pictures = {"picture_folder": None if images_root is None else str(Path(images_root).resolve()),
+                "pictures_outside_allowed": bool(allow_images_outside)}  # the workbench's rule (read_split)
+    _write_meta(out, producer, captions_per_image, pictures)
     _remove_unfinished(out)
     summary = {"splits": {}, "skipped_tsv_images": state["skipped"], "match": state["match"], "out": str(out)}
     for split in plan:

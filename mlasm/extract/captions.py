@@ -44,7 +44,8 @@ def read_caption_csv(path: str | os.PathLike) -> list[CaptionedImage]:
             caption = (row["caption"] or "").strip()
             if not file_name or not caption:
                 raise DataError(f"{path}: line {reader.line_num} needs both a file name and a caption")
-            image = images.setdefault(file_name, CaptionedImage(image_id=file_name, file_name=file_name, captions=[]))
+            image = images.setdefault(file_name, CaptionedImage(
+                image_id=file_name, file_name=file_name, captions=[], row=f"line {reader.line_num}"))
             image.captions.append(caption)
     if not images:
         raise DataError(f"{path}: no caption rows below the header")

@@ -46,6 +46,9 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clean-work", action="store_true",
                         help="delete OUT/.work (the per-picture cache used for resuming) when done")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-images-outside", action="store_true",
+                        help="read pictures whose file names lead out of --images (.., an absolute path, a "
+                             "symlink); by default such a row is refused")
 
 
 def run_extract(args: argparse.Namespace) -> int:
@@ -56,7 +59,8 @@ def run_extract(args: argparse.Namespace) -> int:
         args.images, args.captions, args.out, max_regions=args.max_regions, split_fractions=args.split,
         seed=args.seed, device=args.device, progress=not args.no_progress,
         score_threshold=args.score_threshold, nms_iou=args.nms_iou, min_detections=args.min_detections,
-        short_side=args.short_side, limit=args.limit, clean_work=args.clean_work)
+        short_side=args.short_side, limit=args.limit, clean_work=args.clean_work,
+        allow_images_outside=args.allow_images_outside)
     splits = ", ".join(f"{name} {n}" for name, n in result.split_sizes.items())
     print(f"wrote {result.out_dir}: {splits} pictures ({result.n_computed} extracted, "
           f"{result.n_cached} from an earlier run) in {time.perf_counter() - started:.1f} s")

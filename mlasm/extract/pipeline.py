@@ -28,7 +28,7 @@ import mlasm
 from mlasm.data.coco import CaptionedImage
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
-from mlasm.data.pictures import as_rgb
+from mlasm.data.pictures import as_rgb, picture_inside
 from mlasm.data.precomp import write_split
 from mlasm.extract.boxes import select_regions
 from mlasm.extract.captions import read_captions
@@ -117,7 +117,7 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
                     nms_iou: float = 0.5, min_detections: int = 10, short_side: int = 224,
                     limit: int | None = None, proposer: RegionProposer | None = None,
                     extractor: RegionFeatureExtractor | None = None,
-                    clean_work: bool = False) -> ExtractionResult:
+                    clean_work: bool = False, allow_images_outside: bool = False) -> ExtractionResult:
     """Extract every captioned picture and write the dataset folder ``out_dir``.
 
     ``captions_file`` is COCO caption JSON or a ``file_name,caption`` CSV, file names relative
@@ -126,7 +126,9 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     ``seed``. ``proposer`` / ``extractor`` default to SSD MobileNet v2 and EfficientNet-Lite0
     (``device``, ``short_side``). Unreadable pictures are skipped with an
     :class:`UnreadableImageWarning` and listed in meta.json. The work folder ``out/.work`` is
-    kept for resuming and reruns unless ``clean_work``.
+    kept for resuming and reruns unless ``clean_work``. A file name that leads out of
+    ``images_dir`` (``..``, an absolute path, a symlink) is refused before anything is read, unless
+    ``allow_images_outside`` (:func:`mlasm.data.pictures.picture_inside`).
     """
     images_dir, out_dir = Path(images_dir).resolve(), Path(out_dir)
     # everything that can be refused is refused before any model is loaded or picture extracted
@@ -137,6 +139,10 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: no such folder of pictures")
     pictures = read_captions(captions_file)[:limit]
+    files = {picture.file_name: picture_inside(images_dir, picture.file_name,
+                                               f"{captions_file}: {picture.row or picture.image_id}",
+                                               f"--images {images_dir}", allow_images_outside)
+             for picture in pictures}
     check_output_folder(out_dir, "out_dir")
     if proposer is None:
         from mlasm.extract.detector import SSDMobileNetV2Proposer
@@ -154,7 +160,7 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     result = ExtractionResult(out_dir=out_dir, split_sizes={})
     extracted: list[tuple[CaptionedImage, ImageRegions]] = []
     for picture in tqdm(pictures, desc="extract", unit="image", disable=not progress):
-        regions = _cached_or_extracted(picture, images_dir, work_dir / _cache_name(picture.file_name),
+        regions = _cached_or_extracted(picture, files[picture.file_name], work_dir / _cache_name(picture.file_name),
                                        proposer, extractor, region_settings, result)
         if regions is not None:
             extracted.append((picture, regions))
@@ -174,6 +180,7 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
         "split_fractions": None if split_fractions is None else list(split_fractions),
         "seed": seed,
         "skipped_images": result.skipped,
+        "picture_folder": str(images_dir), "pictures_outside_allowed": bool(allow_images_outside),
     }
     label_names = [*proposer.label_names, WHOLE_IMAGE_NAME]
     for name, indices in splits.items():
@@ -185,7 +192,7 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     return result
 
 
-def _cached_or_extracted(picture: CaptionedImage, images_dir: Path, cache: Path, proposer: RegionProposer,
+def _cached_or_extracted(picture: CaptionedImage, picture_file: Path, cache: Path, proposer: RegionProposer,
                          extractor: RegionFeatureExtractor, region_settings: dict[str, Any],
                          result: ExtractionResult) -> ImageRegions | None:
     """One picture's regions from the work folder, else extracted and cached; None if unreadable.
@@ -194,7 +201,7 @@ def _cached_or_extracted(picture: CaptionedImage, images_dir: Path, cache: Path,
         result.n_cached += 1
         return ImageRegions.load(cache)
     try:
-        image = _open_rgb(images_dir / picture.file_name)
+        image = _open_rgb(picture_file)
     except (OSError, ValueError, Image.DecompressionBombError) as error:  # ValueError: a mode with no RGB
         reason = f"{type(error).__name__}: {error}"
         warnings.warn(f"skipping {picture.file_name}: {reason}", UnreadableImageWarning, stacklevel=3)
