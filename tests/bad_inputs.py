@@ -204,6 +204,51 @@ _INTERRUPTS = [
 _CASES += [Case(key, "interrupts", text, "mlasm train, then mlasm train --resume", INTERRUPT_OUTCOME)
            for key, text in _INTERRUPTS]
 
+# ---- issue 26: files nobody checked (tests/test_untrusted_files.py)
+SECTIONS["paths"] = "Picture paths read from data files: only inside the folder the user named"
+_OUT_OF = "leads to TARGET, outside --images DIR; pictures are read only inside it"
+_WORKBENCH = "leads to TARGET, outside DATA"
+_CASES += [
+    Case("extract_csv_row_up_to_etc", "paths", "a captions CSV row `../../../etc/hostname`", _EXTRACT,
+         f"CSV: line 2: picture '../../../etc/hostname' {_OUT_OF}"),
+    Case("extract_csv_row_in_a_sibling_folder", "paths", "a captions CSV row `../outside/secret.png`", _EXTRACT,
+         f"CSV: line 3: picture '../outside/secret.png' {_OUT_OF}"),
+    Case("extract_csv_row_absolute", "paths", "a captions CSV row naming an absolute path", _EXTRACT,
+         f"CSV: line 2: picture 'TARGET' {_OUT_OF}"),
+    Case("extract_csv_row_symlink_out", "paths", "a captions CSV row naming a symlink in `--images` that leads out",
+         _EXTRACT, f"CSV: line 2: picture 'link.png' {_OUT_OF}"),
+    Case("extract_coco_json_up", "paths", "a COCO caption JSON `file_name` `../outside/secret.png`", _EXTRACT,
+         f"JSON: images[1]: picture '../outside/secret.png' {_OUT_OF}"),
+    Case("extract_allow_images_outside", "paths", "the same rows with `--allow-images-outside`",
+         "extract_dataset / mlasm extract",
+         "exit 0: the pictures outside are read and their paths recorded; meta.json says pictures_outside_allowed"),
+    Case("prepare_karpathy_up_to_etc", "paths", "a Karpathy JSON `filename` `../../../../etc/passwd`",
+         "mlasm prepare tsv --images DIR", f"JSON: images[0]: picture '../../../../etc/passwd' {_OUT_OF}"),
+    Case("prepare_karpathy_in_a_sibling_folder", "paths",
+         "a Karpathy JSON `filepath` `../outside`, `filename` `secret.png`", "mlasm prepare tsv --images DIR",
+         f"JSON: images[1]: picture '../outside/secret.png' {_OUT_OF}"),
+    Case("prepare_karpathy_absolute", "paths", "a Karpathy JSON `filename` naming an absolute path",
+         "mlasm prepare tsv --images DIR", f"JSON: images[0]: picture 'TARGET' {_OUT_OF}"),
+    Case("prepare_karpathy_symlink_out", "paths", "a Karpathy JSON `filename` naming a symlink that leads out",
+         "mlasm prepare tsv --images DIR", f"JSON: images[0]: picture 'link.png' {_OUT_OF}"),
+    Case("prepare_allow_images_outside", "paths", "the same with `--allow-images-outside`",
+         "mlasm prepare tsv --images DIR",
+         "exit 0: the path outside is recorded, meta.json says pictures_outside_allowed, the workbench reads it"),
+    Case("workbench_image_path_up_to_etc", "paths", "`{split}_image_paths.txt` line `../../../etc/hostname`",
+         "WorkbenchSession.picture / split.get_image", f"PATHS: line 1: picture 'DATA/../../../etc/hostname' {_WORKBENCH}"),
+    Case("workbench_image_path_in_a_sibling_folder", "paths", "`{split}_image_paths.txt` line `../outside/secret.png`",
+         "WorkbenchSession.picture / split.get_image", f"PATHS: line 2: picture 'DATA/../outside/secret.png' {_WORKBENCH}"),
+    Case("workbench_image_path_absolute", "paths", "`{split}_image_paths.txt` line naming an absolute path",
+         "WorkbenchSession.picture / split.get_image", f"PATHS: line 1: picture 'TARGET' {_WORKBENCH}"),
+    Case("workbench_image_path_symlink_out", "paths", "`{split}_image_paths.txt` line naming a symlink that leads out",
+         "WorkbenchSession.picture / split.get_image", f"PATHS: line 1: picture 'DATA/link.png' {_WORKBENCH}"),
+    Case("workbench_picture_in_the_recorded_folder", "paths",
+         "an absolute picture path inside the picture folder meta.json records (`--images` of prepare / extract)",
+         "WorkbenchSession.picture / split.get_image", "the picture is shown"),
+    Case("workbench_drawing_of_a_refused_picture", "paths", "the attention view of an image whose picture is refused",
+         "widgets: picture_with_boxes", "a blank canvas with the boxes, and the one line as a warning"),
+]
+
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
 assert len(CASES) == len(_CASES), "case keys must be unique"
 
