@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import warnings
 
 import torch
 
@@ -382,10 +383,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     threads_before = torch.get_num_threads()
     try:
-        set_threads(args.threads)
+        with one_line_warnings(f"mlasm {args.command}"):  # --threads above the usable cores: a note
+            set_threads(args.threads)
         return _run(args)
     finally:  # main() called in-process (tests, notebooks) leaves the caller's threads as they were
         torch.set_num_threads(threads_before)
+
+
+@contextlib.contextmanager
+def one_line_warnings(who: str):
+    """mlasm's own warnings (captions cut, a picture skipped, --threads capped) as one line each,
+    ``mlasm COMMAND: warning: ...``; other packages' warnings as Python shows them."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.split(".")[0] != "mlasm":
+                return shown(message, category, filename, lineno, file, line)
+            print(f"{who}: warning: {message}", file=sys.stderr if file is None else file)
+
+        warnings.showwarning = show
+        yield
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -394,7 +412,7 @@ def _run(args: argparse.Namespace) -> int:
     rank = os.environ.get("RANK", "0") if distributed.launched_by_torchrun() else "0"
     who = f"mlasm {args.command}" + ("" if rank == "0" else f" (rank {rank})")
     try:
-        with sigterm_as_exception(), _processes_for(args):
+        with sigterm_as_exception(), _processes_for(args), one_line_warnings(who):
             return RUNNERS[args.command](args)
     except (DataError, CheckpointError, ValueError, OSError, torch.cuda.OutOfMemoryError) as e:
         print(f"{who}: error: {describe_error(e)}", file=sys.stderr)

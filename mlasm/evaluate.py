@@ -59,7 +59,7 @@ def encode_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, batch_s
     img = ImageEncoding(torch.cat([e.regions for e in images]), torch.cat([e.mask for e in images]),
                         torch.cat([e.glob for e in images]) if images[0].glob is not None else None)
 
-    tokens, lengths = caption_tensors(vocab, split.captions)                     # (M, L), (M,)
+    tokens, lengths = caption_tensors(vocab, split.captions, f"of split {split.name!r} ")  # (M, L), (M,)
     words = torch.zeros(len(split.captions), tokens.shape[1], model.config.embed_size, device=device)
     for start in tqdm(range(0, len(split.captions), batch_size), desc="encoding captions", disable=not progress):
         stop = start + batch_size

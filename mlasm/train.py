@@ -359,7 +359,8 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
         torch.manual_seed(seed)
 
     vocab = vocab.with_boundaries(config.start_end_tokens)  # validation encodes the dev captions alike
-    captions = encode_captions(vocab, train_split.captions, progress=progress)  # once: NLTK is slow
+    captions = encode_captions(vocab, train_split.captions, progress=progress,  # once: NLTK is slow
+                               where=f"of split {train_split.name!r} ")
     unknown_share = float(np.mean(captions.ids == vocab.unk_id))
     model = MLASM(config).to(device)
     check_model_fits(model, train_split, str(out_dir))

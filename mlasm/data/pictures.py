@@ -19,6 +19,43 @@ from mlasm.data.errors import DataError
 BACKGROUND = (255, 255, 255)
 
 
+# What one picture may take, checked from its header before a pixel is decoded: a 25 KB PNG can
+# declare billions of pixels (a decompression bomb). 64 MP is a large camera's photo.
+MAX_PICTURE_PIXELS = 64_000_000
+MAX_PICTURE_BYTES = 512 * 2**20  # decoded, in the picture's own mode (16-bit RGBA: 8 bytes a pixel)
+_BYTES_PER_BAND = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "RGBA;16B": 2, "RGB;16B": 2}
+
+
+class PictureTooLarge(DataError):
+    """A picture whose header declares more pixels or decoded bytes than the limits."""
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Bytes the decoded picture takes in its own mode, from its header (nothing decoded)."""
+    width, height = image.size
+    return width * height * len(image.getbands()) * _BYTES_PER_BAND.get(image.mode, 1)
+
+
+def open_picture(path, max_pixels: int = MAX_PICTURE_PIXELS, max_bytes: int = MAX_PICTURE_BYTES) -> Image.Image:
+    """The picture at ``path`` as :func:`as_rgb` shows it; PictureTooLarge (one line naming the file,
+    its size and the limit) when its header declares more than ``max_pixels`` pixels or ``max_bytes``
+    decoded bytes, before anything is decoded. OSError when it cannot be read."""
+    try:
+        image = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours
+        raise PictureTooLarge(f"{path}: refused before decoding: {error}") from None
+    with image:
+        width, height = image.size
+        size = decoded_bytes(image)
+        if width * height > max_pixels or size > max_bytes:
+            raise PictureTooLarge(f"{path}: {width} x {height} pixels ({width * height / 1e6:.1f} MP, "
+                                  f"{size / 2**20:,.0f} MB decoded as {image.mode}), more than the limit of "
+                                  f"{max_pixels / 1e6:g} MP and {max_bytes / 2**20:,.0f} MB; refused before "
+                                  f"decoding")
+        image.load()
+        return as_rgb(image)
+
+
 def _scaled_to_8_bits(image: Image.Image) -> Image.Image:
     """A greyscale picture of 16-bit, 32-bit integer or float values as mode L."""
     values = np.asarray(image, dtype=np.float64)

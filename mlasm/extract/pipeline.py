@@ -28,7 +28,7 @@ import mlasm
 from mlasm.data.coco import CaptionedImage
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
-from mlasm.data.pictures import as_rgb, picture_inside
+from mlasm.data.pictures import open_picture, picture_inside
 from mlasm.data.precomp import write_split
 from mlasm.extract.boxes import select_regions
 from mlasm.extract.captions import read_captions
@@ -202,7 +202,8 @@ def _cached_or_extracted(picture: CaptionedImage, picture_file: Path, cache: Pat
         return ImageRegions.load(cache)
     try:
         image = _open_rgb(picture_file)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:  # ValueError: a mode with no RGB
+    except (OSError, ValueError, Image.DecompressionBombError) as error:  # ValueError: a mode with no RGB,
+        # PictureTooLarge (a DataError, so a ValueError): a decompression bomb
         reason = f"{type(error).__name__}: {error}"
         warnings.warn(f"skipping {picture.file_name}: {reason}", UnreadableImageWarning, stacklevel=3)
         result.skipped.append({"file_name": picture.file_name, "reason": reason})
@@ -266,10 +267,9 @@ def _assemble(name: str, pictures: list[tuple[CaptionedImage, ImageRegions]], im
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    """The decoded picture, upright (EXIF orientation applied), 8-bit RGB (see as_rgb); OSError if unreadable."""
-    with Image.open(path) as image:
-        image.load()
-        return as_rgb(image)
+    """The decoded picture, upright (EXIF orientation applied), 8-bit RGB (see as_rgb); OSError if
+    unreadable, PictureTooLarge when its header declares too many pixels (open_picture)."""
+    return open_picture(path)
 
 
 def _fingerprint(producer: dict[str, Any]) -> str:
