@@ -405,6 +405,15 @@ class EncodedCaptions:
         return torch.from_numpy(tokens), torch.from_numpy(lengths)
 
 
+def cut_caption(items: list, boundaries: bool, max_words: int = MAX_CAPTION_WORDS) -> list:
+    """A caption's ids or tokens as the model reads them: its first ``max_words`` words, <start> and
+    <end> kept in their places when the vocabulary adds them."""
+    first = 1 if boundaries else 0
+    if len(items) - 2 * first <= max_words:
+        return items
+    return items[:first + max_words] + items[len(items) - first:]
+
+
 def encode_captions(vocab: Vocabulary, texts: Sequence[str], progress: bool = False,
                     where: str = "", max_words: int = MAX_CAPTION_WORDS) -> EncodedCaptions:
     """Every caption as ids (with <start> and <end> where the vocabulary adds them); a caption
@@ -423,8 +432,7 @@ def encode_captions(vocab: Vocabulary, texts: Sequence[str], progress: bool = Fa
         caption_ids = encoded.ids
         if len(encoded.words) > max_words:
             cut, longest = cut + 1, max(longest, (len(encoded.words), c))
-            first = 1 if vocab.boundaries else 0  # <start> ... <end> keep their places
-            caption_ids = caption_ids[:first + max_words] + caption_ids[len(caption_ids) - first:]
+            caption_ids = cut_caption(caption_ids, vocab.boundaries, max_words)
         ids.extend(caption_ids)
         lengths[c] = len(caption_ids)
     if cut:
