@@ -152,6 +152,16 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     return path
 
 
+def npz_declared_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Member name (without .npy) -> uncompressed size in bytes, as an .npz's zip directory declares
+    it: read before anything is decompressed, so that a small file declaring gigabytes is refused
+    unread. Raises zipfile.BadZipFile or OSError for a file that is no zip archive."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return {info.filename.removesuffix(".npy"): info.file_size for info in archive.infolist()}
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -29,6 +29,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
+from mlasm.io import npz_declared_sizes
+
 SCORES_FILE = "scores.npz"
 _FINGERPRINT_KEY = "fingerprint"
 _CHECKSUM_KEY = "checksum"
@@ -97,8 +99,7 @@ def _checked_scores(path: Path, fingerprint: dict) -> dict[str, np.ndarray] | st
     shape = (int(fingerprint["n_images"]), int(fingerprint["n_captions"]))
     matrix_bytes = 4 * shape[0] * shape[1]
     try:  # the zip directory first: sizes as declared, before a byte is decompressed
-        with zipfile.ZipFile(path) as archive:
-            declared = {info.filename[:-len(".npy")]: info.file_size for info in archive.infolist()}
+        declared = npz_declared_sizes(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
         return f"not a readable .npz archive ({error})"
     missing = [name for name in (_FINGERPRINT_KEY, _CHECKSUM_KEY, *LEVEL_NAMES) if name not in declared]

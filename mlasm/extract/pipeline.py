@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -33,13 +35,17 @@ from mlasm.data.precomp import write_split
 from mlasm.extract.boxes import select_regions
 from mlasm.extract.captions import read_captions
 from mlasm.extract.interfaces import RegionFeatureExtractor, RegionProposer
-from mlasm.io import atomic_path, check_output_folder, remove_stale_temporaries
+from mlasm.io import atomic_path, check_output_folder, npz_declared_sizes, remove_stale_temporaries
 
 WORK_FOLDER = ".work"
 WHOLE_IMAGE_NAME = "whole image"
 PAD_LABEL = -1
 SPLIT_NAMES = ("train", "dev", "test")
 RECORDED_PACKAGES = ("torch", "numpy", "pillow", "opencv-python-headless", "opencv-python")
+
+
+class DamagedWorkFileWarning(UserWarning):
+    """A picture's file in the work folder could not be used; the picture is extracted again."""
 
 
 class UnreadableImageWarning(UserWarning):
@@ -65,6 +71,32 @@ class ImageRegions:
     def load(cls, path: Path) -> "ImageRegions":
         with np.load(path, allow_pickle=False) as arrays:
             return cls(**{name: arrays[name] for name in arrays.files})
+
+    @classmethod
+    def load_checked(cls, path: Path, max_regions: int, dim: int) -> "ImageRegions | str":
+        """The regions a work file holds, or why it cannot be used: not a readable .npz, members
+        declaring more bytes than ``max_regions`` regions of ``dim`` floats (checked before
+        decompressing), missing or of other shapes, or not finite."""
+        limits = {"boxes": 16 * max_regions, "scores": 4 * max_regions, "labels": 4 * max_regions,
+                  "regions": 4 * max_regions * dim, "global_feature": 4 * dim, "size": 8}
+        try:
+            declared = npz_declared_sizes(path)
+            if set(declared) != set(limits):
+                return f"members {sorted(declared)}, expected {sorted(limits)}"
+            large = [name for name, size in declared.items() if size > limits[name] + 4096]
+            if large:
+                return f"{large[0]}.npy declares {declared[large[0]]:,} bytes, more than {max_regions} regions take"
+            regions = cls.load(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            return f"unreadable ({type(error).__name__}: {error})"
+        k = len(regions.scores)
+        shapes = {"boxes": (k, 4), "scores": (k,), "labels": (k,), "regions": (k, dim), "global_feature": (dim,),
+                  "size": (2,)}
+        if not 1 <= k <= max_regions or any(getattr(regions, n).shape != shape for n, shape in shapes.items()):
+            return "arrays of other shapes than one picture's regions"
+        if not all(np.isfinite(getattr(regions, n)).all() for n in ("boxes", "scores", "regions", "global_feature")):
+            return "NaN or infinite values"
+        return regions
 
 
 @dataclass
@@ -198,8 +230,12 @@ def _cached_or_extracted(picture: CaptionedImage, picture_file: Path, cache: Pat
     """One picture's regions from the work folder, else extracted and cached; None if unreadable.
     Counts the picture in ``result`` as cached, computed or skipped."""
     if cache.is_file():
-        result.n_cached += 1
-        return ImageRegions.load(cache)
+        regions = ImageRegions.load_checked(cache, region_settings["max_regions"], extractor.dim)
+        if not isinstance(regions, str):
+            result.n_cached += 1
+            return regions
+        warnings.warn(f"{cache}: a damaged work file ({regions}); extracting {picture.file_name} again",
+                      DamagedWorkFileWarning, stacklevel=3)
     try:
         image = _open_rgb(picture_file)
     except (OSError, ValueError, Image.DecompressionBombError) as error:  # ValueError: a mode with no RGB,
