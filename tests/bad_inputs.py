@@ -248,6 +248,83 @@ _CASES += [
     Case("workbench_drawing_of_a_refused_picture", "paths", "the attention view of an image whose picture is refused",
          "widgets: picture_with_boxes", "a blank canvas with the boxes, and the one line as a warning"),
 ]
+SECTIONS["memory"] = "Memory bounded by what the user set, whatever the input"
+_CUT = "have more than 100 words and were cut to their first 100"
+_TOO_LARGE = "more than the limit of 64 MP and 192 MB; refused before decoding"
+_CASES += [
+    Case("evaluate_caption_of_10000_words", "memory", "one 10,000-word caption among the 80 of a split", _EVALUATE,
+         f"exit 0 and one line: warning: 1 of 80 captions of split 'dev' {_CUT} (the longest: caption 3, "
+         f"10000 words)"),
+    Case("train_caption_of_10000_words", "memory", "one 10,000-word caption among the 240 training captions", _TRAIN,
+         f"exit 0 and one line: warning: 1 of 240 captions of split 'train' {_CUT} (the longest: caption 5, "
+         f"10000 words)"),
+    Case("workbench_typed_text_of_10000_words", "memory", "a typed query of 10,000 words",
+         "WorkbenchSession.encode_text", f"one warning: 1 of 1 captions of the batch {_CUT}; its tokens are the 100 "
+                                        "the model read"),
+    Case("extract_strip_of_4_by_2000_pixels", "memory", "a 4 x 2,000 PNG", "extract_dataset / mlasm extract",
+         "the backbone's input is 32 x 896 (its longer side at most 4 x --short-side), not 224 x 112,000"),
+    Case("extract_picture_over_the_pixel_limit", "memory", "a PNG header declaring 9,000 x 8,000 pixels",
+         "extract_dataset / mlasm extract",
+         f"skipped with one line, listed in meta.json: FILE: 9000 x 8000 pixels (72.0 MP, 206 MB decoded as RGB), "
+         f"{_TOO_LARGE}"),
+    Case("extract_picture_over_the_byte_limit", "memory", "a PNG header declaring 8,000 x 7,000 RGBA pixels",
+         "extract_dataset / mlasm extract",
+         f"skipped with one line: FILE: 8000 x 7000 pixels (56.0 MP, 214 MB decoded as RGBA), {_TOO_LARGE}"),
+    Case("extract_decompression_bomb", "memory", "a 100-byte PNG declaring 100,000 x 100,000 pixels",
+         "extract_dataset / mlasm extract",
+         "skipped with one line: FILE: refused before decoding: Image size (10000000000 pixels) exceeds limit"),
+    Case("workbench_picture_over_the_limit", "memory", "a picture of the split declaring 9,000 x 8,000 pixels",
+         "WorkbenchSession.picture / split.get_image", f"FILE: 9000 x 8000 pixels (72.0 MP, 206 MB decoded as RGB), "
+                                                       f"{_TOO_LARGE}"),
+    Case("score_10000_regions_in_the_budget", "memory", "10 images x 10,000 regions under the default 64 MB budget",
+         "MLASM.score_all / mlasm evaluate",
+         "every block's pairs and image terms within the budget, no (R, R) Gram matrix; the scores of the "
+         "Gram path (within 1e-6); measured 3.7 GB -> 0.66 GB peak"),
+    Case("encode_10000_regions_in_the_budget", "memory", "the same images encoded for scoring",
+         "encode_split (mlasm evaluate, the workbench)",
+         "images encoded in batches whose features and embeddings fit the block budget"),
+    Case("threads_above_the_usable_cores", "memory", "`--threads 1000` on a machine of fewer cores", "any command",
+         "one line: warning: --threads 1000: this process can use N cores (its CPU affinity and quota); using N"),
+]
+
+SECTIONS["caches"] = "Saved scores and work files: a damaged cache is ignored with one line and computed again"
+_AGAIN = "; ignored, the scores are computed again"
+_CASES += [
+    Case("scores_truncated", "caches", "`scores.npz` cut to half its length", "WorkbenchSession.from_checkpoint",
+         f"FILE: not a readable .npz archive (File is not a zip file){_AGAIN}"),
+    Case("scores_empty", "caches", "`scores.npz` of 0 bytes", "WorkbenchSession.from_checkpoint",
+         f"FILE: not a readable .npz archive (File is not a zip file){_AGAIN}"),
+    Case("scores_bit_flipped", "caches", "one bit flipped inside a matrix of `scores.npz`",
+         "WorkbenchSession.from_checkpoint", f"FILE: unreadable (BadZipFile: Bad CRC-32 for file 'final.npy'){_AGAIN}"),
+    Case("scores_changed_numbers", "caches", "finite numbers changed, the zip rewritten whole (its CRCs right)",
+         "WorkbenchSession.from_checkpoint",
+         f"FILE: its matrices do not match their checksum (changed or damaged since evaluate wrote them){_AGAIN}"),
+    Case("scores_missing_level", "caches", "`scores.npz` without the `global` matrix", "WorkbenchSession.from_checkpoint",
+         f"FILE: incomplete: no global{_AGAIN}"),
+    Case("scores_without_checksum", "caches", "`scores.npz` written by an earlier mlasm (no checksum)",
+         "WorkbenchSession.from_checkpoint", f"FILE: incomplete: no checksum (written by an earlier mlasm){_AGAIN}"),
+    Case("scores_nan", "caches", "a NaN in the final matrix, the checksum made to match",
+         "WorkbenchSession.from_checkpoint",
+         f"FILE: final holds 1 NaN or infinite scores (the file, not the model){_AGAIN}"),
+    Case("scores_wrong_shape", "caches", "matrices of another shape under the same fingerprint",
+         "WorkbenchSession.from_checkpoint", f"FILE: t2i is float32 (3, 4), expected float32 (16, 80){_AGAIN}"),
+    Case("scores_declaring_gigabytes", "caches", "a small `scores.npz` whose member declares 50 MB uncompressed",
+         "WorkbenchSession.from_checkpoint",
+         "FILE: member final.npy declares 52,428,928 bytes uncompressed, more than the 9,216 of a 16 x 80 float32 "
+         f"matrix; not decompressed{_AGAIN}"),
+    Case("scores_heal_in_the_workbench", "caches", "any of these beside the checkpoint",
+         "WorkbenchSession.from_checkpoint",
+         "the session scores every pair again: the same matrices and ranks as a fresh session, no NaN blamed on "
+         "the model"),
+    Case("extract_work_file_truncated", "caches", "a picture's work file in `OUT/.work` cut short",
+         "extract_dataset / mlasm extract", "one line: warning: WORK: a damaged work file (unreadable (BadZipFile: File "
+                                            "is not a zip file)); extracting a.png again"),
+    Case("extract_work_file_declaring_megabytes", "caches", "a work file whose regions member declares 4 MB",
+         "extract_dataset / mlasm extract", "one line: warning: WORK: a damaged work file (regions.npy declares "
+                                            "4,194,432 bytes, more than 36 regions take); extracting a.png again"),
+    Case("extract_work_file_nan", "caches", "a work file holding a NaN feature", "extract_dataset / mlasm extract",
+         "one line: warning: WORK: a damaged work file (NaN or infinite values); extracting a.png again"),
+]
 
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
 assert len(CASES) == len(_CASES), "case keys must be unique"

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import struct
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import mlasm.model as model_module
 from bad_inputs import CASES
-from cli_support import answer
+from cli_support import answer, tiny_folder
+from mlasm.cli import main
+from mlasm.config import MLASMConfig
+from mlasm.data.dataset import MAX_CAPTION_WORDS, CaptionsCutWarning, cut_caption, encode_captions
+from mlasm.data.vocab import Vocabulary
+from mlasm.extract import UnreadableImageWarning
+from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 from mlasm.data import write_tsv
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
@@ -20,7 +31,7 @@ from mlasm.data.pictures import OutsideFolder
 from mlasm.data.precomp import read_meta, read_split, write_split
 from mlasm.extract import extract_dataset
 from test_prepare import _karpathy, _records
-from test_reliability import MeanColourExtractor, RecordingProposer
+from test_reliability import MeanColourExtractor, RecordingProposer, _train_command, finished_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -219,3 +230,198 @@ def test_the_attention_view_of_a_refused_picture_is_a_blank_canvas(case, picture
     with pytest.warns(UserWarning, match="line 1: picture .* outside"):
         canvas, boxes, note = picture_with_boxes(session, 0)
     assert canvas.size == (4, 4) and "blank canvas" in note and boxes.shape == (3, 4)
+
+
+# ------------------------------------------------------------------------------ memory bounded
+
+LONG_CAPTION = " ".join(["a red square left of a blue circle"] * 1250)  # 10,000 words
+
+
+def _with_long_caption(data_folder: Path, target: Path, split: str, caption: int) -> Path:
+    shutil.copytree(data_folder, target)
+    lines = (target / f"{split}_caps.txt").read_text().splitlines()
+    lines[caption] = LONG_CAPTION
+    (target / f"{split}_caps.txt").write_text("\n".join(lines) + "\n")
+    return target
+
+
+@pytest.mark.parametrize("case", [CASES["evaluate_caption_of_10000_words"]], ids=str)
+def test_evaluate_cuts_a_caption_of_10000_words_with_one_warning(case, finished_run, data_folder, tmp_path, capsys):
+    data = _with_long_caption(data_folder, tmp_path / "data", "dev", 3)
+    code = main(["evaluate", "--checkpoint", str(finished_run / "best.pt"), "--data", str(data), "--split", "dev",
+                 "--out", str(tmp_path / "eval"), "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("mlasm evaluate: warning:")]
+    assert len(warned) == 1 and case.shows.split("one line: ")[1] in warned[0], warned
+    assert "Traceback" not in err and json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_captions"] == 80
+
+
+@pytest.mark.parametrize("case", [CASES["train_caption_of_10000_words"]], ids=str)
+def test_training_cuts_a_caption_of_10000_words_with_one_warning(case, data_folder, tmp_path, capsys):
+    data = _with_long_caption(data_folder, tmp_path / "data", "train", 5)
+    code = main(_train_command(data, tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("mlasm train: warning:")]
+    assert len(warned) == 1 and case.shows.split("one line: ")[1] in warned[0], warned
+
+
+def test_a_cut_caption_keeps_its_first_words_and_its_boundaries():
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "b"], boundaries=True)
+    with pytest.warns(CaptionsCutWarning, match="1 of 2 captions of split 's' have more than 3 words"):
+        encoded = encode_captions(vocab, ["a b a b a", "b a"], where="of split 's' ", max_words=3)
+    assert encoded.ids[encoded.offsets[0]:encoded.offsets[1]].tolist() == [1, 4, 5, 4, 2]  # <start> a b a <end>
+    assert encoded.ids[encoded.offsets[1]:].tolist() == [1, 5, 4, 2]
+    assert cut_caption(list("SabcdE"), True, 2) == list("SabE") and cut_caption(list("abc"), False, 2) == list("ab")
+
+
+@pytest.mark.parametrize("case", [CASES["workbench_typed_text_of_10000_words"]], ids=str)
+def test_a_typed_query_of_10000_words_is_cut_with_one_warning(case, finished_run, splits):
+    from widgets.session import WorkbenchSession
+
+    session = WorkbenchSession.from_checkpoint(finished_run / "best.pt", str(_tiny_data(splits)), "dev",
+                                               device="cpu", saved_scores=False)
+    with pytest.warns(CaptionsCutWarning) as warned:
+        query = session.encode_text(LONG_CAPTION)
+    assert len(warned) == 1 and case.shows.split("one warning: ")[1].split(";")[0] in str(warned[0].message)
+    words = [t for t in query.tokens if t not in ("<start>", "<end>")]
+    assert len(words) == MAX_CAPTION_WORDS and query.encoding.words.shape[1] == len(query.tokens)
+    assert np.isfinite(session.text_scores(LONG_CAPTION)["final"]).all()
+
+
+def _tiny_data(splits) -> Path:
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="mlasm-26-"))
+    return tiny_folder(splits, folder)
+
+
+@pytest.mark.parametrize("case", [CASES["extract_strip_of_4_by_2000_pixels"]], ids=str)
+def test_a_long_strip_becomes_a_bounded_backbone_input(case):
+    from mlasm.extract.backbone import EfficientNetLite0Extractor
+
+    extractor = EfficientNetLite0Extractor.__new__(EfficientNetLite0Extractor)  # no network needed for the input
+    extractor.short_side, extractor.device = 224, torch.device("cpu")
+    strip, factors = extractor.network_input(Image.new("RGB", (4, 2000), (1, 2, 3)))
+    assert tuple(strip.shape) == (1, 3, 896, 32)  # not (1, 3, 112000, 224)
+    np.testing.assert_allclose(factors, [32 / 4, 896 / 2000] * 2)
+    photo, _ = extractor.network_input(Image.new("RGB", (640, 480)))
+    assert tuple(photo.shape) == (1, 3, 224, 288)  # an ordinary photo as before
+
+
+def png_header(width: int, height: int, colour_type: int = 2) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` pixels (colour type 2 RGB, 6 RGBA) and whose
+    data are a few bytes: what a decompression bomb looks like before decoding."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+_LARGE = {"extract_picture_over_the_pixel_limit": (9000, 8000, 2),
+          "extract_picture_over_the_byte_limit": (8000, 7000, 6),
+          "extract_decompression_bomb": (100_000, 100_000, 2)}
+
+
+@pytest.mark.parametrize("case", [CASES[k] for k in _LARGE], ids=str)
+def test_pictures_too_large_are_skipped_before_decoding(case, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "large.png").write_bytes(png_header(*_LARGE[case.key]))
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(images / "a.png")
+    (tmp_path / "captions.csv").write_text("file_name,caption\nlarge.png,a large one\na.png,a red one\n")
+    proposer = RecordingProposer()
+    with pytest.warns(UnreadableImageWarning) as warned:
+        result = extract_dataset(images, tmp_path / "captions.csv", tmp_path / "out", proposer=proposer,
+                                 extractor=MeanColourExtractor(), progress=False)
+    assert len(warned) == 1 and "\n" not in str(warned[0].message)
+    expected = case.expected(FILE=images / "large.png").split(": ", 1)[1]  # after "skipped with one line..."
+    assert expected in str(warned[0].message), str(warned[0].message)
+    assert result.split_sizes == {"all": 1} and len(proposer.pictures) == 1
+    assert read_meta(tmp_path / "out")["skipped_images"][0]["file_name"] == "large.png"
+
+
+@pytest.mark.parametrize("case", [CASES["workbench_picture_over_the_limit"]], ids=str)
+def test_the_workbench_refuses_a_picture_too_large_in_one_line(case, tmp_path):
+    data = tmp_path / "data"
+    _dataset_with_paths(data, ["large.png", ""])
+    (data / "large.png").write_bytes(png_header(9000, 8000))
+    with pytest.raises(DataError) as refused:
+        read_split(data, "test").get_image(0)
+    assert case.expected(FILE=data / "large.png") in str(refused.value) and "\n" not in str(refused.value)
+
+
+def _many_regions(n_images=10, n_regions=10_000, d=32, n_captions=20, n_words=12):
+    rng = np.random.default_rng(0)
+    regions = torch.from_numpy(rng.normal(size=(n_images, n_regions, d)).astype(np.float32))
+    mask = torch.ones(n_images, n_regions, dtype=torch.bool)
+    mask[:, -7:] = False
+    words = torch.from_numpy(rng.normal(size=(n_captions, n_words, d)).astype(np.float32))
+    lengths = torch.from_numpy(rng.integers(3, n_words + 1, n_captions))
+    glob = torch.from_numpy(rng.normal(size=(n_images, d)).astype(np.float32))
+    return ImageEncoding(regions, mask, glob), CaptionEncoding(words, lengths)
+
+
+@pytest.mark.parametrize("case", [CASES["score_10000_regions_in_the_budget"]], ids=str)
+def test_many_regions_are_scored_within_the_block_budget(case, monkeypatch):
+    model = MLASM(MLASMConfig.cpu(embed_size=32, vocab_size=10, word_dim=8, region_dim=32, global_dim=32)).eval()
+    img, cap = _many_regions()
+    budget = 64 * 2**20
+    seen = []
+    score_block = MLASM._score_block
+
+    def recording(self, regions, words, *args):
+        n, r, d = regions.vectors.shape
+        m, length, _ = words.vectors.shape
+        own = sum(t.numel() for t in regions if t is not None) * 4
+        seen.append((n * m * model_module._bytes_per_pair(r, length, d, 4), own, regions.gram is None))
+        return score_block(self, regions, words, *args)
+
+    monkeypatch.setattr(MLASM, "_score_block", recording)
+    scores = model.score_all(img, cap, memory_budget_mb=64)
+    assert seen and all(pairs <= budget and own <= budget / 2 and no_gram for pairs, own, no_gram in seen), seen
+    monkeypatch.setattr(model_module, "_gram_fits", lambda *args: True)  # the Gram path, as for few regions
+    with_gram = model.score_all(img, cap, memory_budget_mb=1024)
+    for level in ("t2i", "i2t", "local", "global", "final"):
+        torch.testing.assert_close(scores[level], with_gram[level], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", [CASES["encode_10000_regions_in_the_budget"]], ids=str)
+def test_many_regions_are_encoded_in_batches_the_budget_holds(case, monkeypatch):
+    from mlasm.evaluate import encode_split
+
+    rng = np.random.default_rng(0)
+    split = RetrievalSplit("many", rng.normal(size=(20, 10_000, 64)).astype(np.float32), None, None,
+                           ["a red square ."] * 20, np.arange(20))
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "red", "square", "."])
+    model = MLASM(MLASMConfig.cpu(embed_size=32, vocab_size=len(vocab), word_dim=8, region_dim=64,
+                                  global_dim=64)).eval()
+    batches = []
+    encode_images = MLASM.encode_images
+
+    def recording(self, regions, *rest):
+        batches.append(regions.shape[0])
+        return encode_images(self, regions, *rest)
+
+    monkeypatch.setattr(MLASM, "encode_images", recording)
+    img, _ = encode_split(model, split, vocab)
+    per_image = 4 * 10_000 * (64 + 3 * 32)  # the features and about three embeddings a region
+    assert batches == [10, 10] and max(batches) * per_image <= 64 * 2**20
+    assert img.regions.shape == (20, 10_000, 32)
+
+
+@pytest.mark.parametrize("case", [CASES["threads_above_the_usable_cores"]], ids=str)
+def test_threads_above_the_usable_cores_are_capped_with_one_line(case, tmp_path, capsys):
+    from mlasm.threads import usable_cores
+
+    before = torch.get_num_threads()
+    code = main(["check", str(tmp_path / "none"), "--threads", "1000"])
+    err = capsys.readouterr().err
+    cores = usable_cores()
+    assert code == 2 and torch.get_num_threads() == before
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert warned == ["mlasm check: warning: " + case.shows.split("warning: ")[1].replace("N cores", f"{cores} cores")
+                      .replace("using N", f"using {cores}").replace(" 1 cores", " 1 core")]

@@ -22,7 +22,7 @@ BACKGROUND = (255, 255, 255)
 # What one picture may take, checked from its header before a pixel is decoded: a 25 KB PNG can
 # declare billions of pixels (a decompression bomb). 64 MP is a large camera's photo.
 MAX_PICTURE_PIXELS = 64_000_000
-MAX_PICTURE_BYTES = 512 * 2**20  # decoded, in the picture's own mode (16-bit RGBA: 8 bytes a pixel)
+MAX_PICTURE_BYTES = 192 * 2**20  # decoded, in the picture's own mode: 64 MP of RGB fit, of RGBA not
 _BYTES_PER_BAND = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "RGBA;16B": 2, "RGB;16B": 2}
 
 
