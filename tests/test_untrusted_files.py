@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import struct
+import zipfile
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -17,13 +18,16 @@ from PIL import Image
 
 import mlasm.model as model_module
 from bad_inputs import CASES
-from cli_support import answer, tiny_folder
+from cli_support import answer
 from mlasm.cli import main
 from mlasm.config import MLASMConfig
 from mlasm.data.dataset import MAX_CAPTION_WORDS, CaptionsCutWarning, cut_caption, encode_captions
 from mlasm.data.vocab import Vocabulary
 from mlasm.extract import UnreadableImageWarning
+from mlasm.extract.pipeline import DamagedWorkFileWarning
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
+from mlasm.saved_scores import (SCORES_FILE, SavedScoresIgnored, arrays_checksum, read_saved_scores,
+                                scores_fingerprint)
 from mlasm.data import write_tsv
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
@@ -277,10 +281,10 @@ def test_a_cut_caption_keeps_its_first_words_and_its_boundaries():
 
 
 @pytest.mark.parametrize("case", [CASES["workbench_typed_text_of_10000_words"]], ids=str)
-def test_a_typed_query_of_10000_words_is_cut_with_one_warning(case, finished_run, splits):
+def test_a_typed_query_of_10000_words_is_cut_with_one_warning(case, finished_run, data_folder):
     from widgets.session import WorkbenchSession
 
-    session = WorkbenchSession.from_checkpoint(finished_run / "best.pt", str(_tiny_data(splits)), "dev",
+    session = WorkbenchSession.from_checkpoint(finished_run / "best.pt", str(data_folder), "dev",
                                                device="cpu", saved_scores=False)
     with pytest.warns(CaptionsCutWarning) as warned:
         query = session.encode_text(LONG_CAPTION)
@@ -288,13 +292,6 @@ def test_a_typed_query_of_10000_words_is_cut_with_one_warning(case, finished_run
     words = [t for t in query.tokens if t not in ("<start>", "<end>")]
     assert len(words) == MAX_CAPTION_WORDS and query.encoding.words.shape[1] == len(query.tokens)
     assert np.isfinite(session.text_scores(LONG_CAPTION)["final"]).all()
-
-
-def _tiny_data(splits) -> Path:
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="mlasm-26-"))
-    return tiny_folder(splits, folder)
 
 
 @pytest.mark.parametrize("case", [CASES["extract_strip_of_4_by_2000_pixels"]], ids=str)
@@ -425,3 +422,129 @@ def test_threads_above_the_usable_cores_are_capped_with_one_line(case, tmp_path,
     warned = [line for line in err.splitlines() if "warning" in line]
     assert warned == ["mlasm check: warning: " + case.shows.split("warning: ")[1].replace("N cores", f"{cores} cores")
                       .replace("using N", f"using {cores}").replace(" 1 cores", " 1 core")]
+
+
+# ------------------------------------------------------------------------------ caches that heal
+
+def _rewrite(path: Path, change) -> None:
+    """Load every member of an .npz, let ``change`` edit the dict, write it again whole (new CRCs)."""
+    with np.load(path, allow_pickle=False) as saved:
+        members = {name: saved[name] for name in saved.files}
+    change(members)
+    with open(path, "wb") as f:
+        np.savez(f, **members)
+
+
+def _damage(key: str, path: Path) -> None:
+    data = path.read_bytes()
+    if key == "scores_truncated":
+        path.write_bytes(data[:len(data) // 2])
+    elif key == "scores_empty":
+        path.write_bytes(b"")
+    elif key == "scores_bit_flipped":
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("final.npy")
+        at = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200  # inside the stored matrix
+        path.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:])
+    elif key == "scores_changed_numbers":
+        _rewrite(path, lambda m: m.update(final=m["final"] * 0.5))
+    elif key == "scores_missing_level":
+        _rewrite(path, lambda m: m.pop("global"))
+    elif key == "scores_without_checksum":
+        _rewrite(path, lambda m: m.pop("checksum"))
+    elif key == "scores_nan":
+        def nan(m):
+            m["final"] = m["final"].copy()
+            m["final"][2, 5] = np.nan
+            m["checksum"] = np.array(arrays_checksum({k: v for k, v in m.items() if k not in ("fingerprint", "checksum")}))
+        _rewrite(path, nan)
+    elif key == "scores_wrong_shape":
+        _rewrite(path, lambda m: m.update(t2i=np.zeros((3, 4), np.float32)))
+    elif key == "scores_declaring_gigabytes":
+        _rewrite(path, lambda m: m.update(final=np.zeros(50 * 2**20 // 4, np.float32)))
+    else:
+        raise KeyError(key)
+
+
+_DAMAGED = ["scores_truncated", "scores_empty", "scores_bit_flipped", "scores_changed_numbers", "scores_missing_level",
+            "scores_without_checksum", "scores_nan", "scores_wrong_shape", "scores_declaring_gigabytes"]
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(finished_run, data_folder, tmp_path_factory):
+    """The tiny run evaluated on dev: scores.npz beside the run's checkpoints."""
+    from mlasm.evaluate import evaluate_checkpoints
+
+    run = Path(shutil.copytree(finished_run, tmp_path_factory.mktemp("evaluated") / "run"))
+    evaluate_checkpoints([run / "best.pt"], read_split(data_folder, "dev"), out_dir=run, progress=False)
+    return run
+
+
+@pytest.mark.parametrize("case", [CASES[k] for k in _DAMAGED], ids=str)
+def test_a_damaged_scores_file_is_ignored_with_one_line(case, evaluated_run, data_folder, tmp_path):
+    run = Path(shutil.copytree(evaluated_run, tmp_path / "run"))
+    scores = run / SCORES_FILE
+    fingerprint = scores_fingerprint([run / "best.pt"], read_split(data_folder, "dev"))
+    assert read_saved_scores(scores, fingerprint) is not None  # whole, it is used
+    _damage(case.key, scores)
+    with pytest.warns(SavedScoresIgnored) as warned:
+        assert read_saved_scores(scores, fingerprint) is None
+    assert len(warned) == 1
+    message = str(warned[0].message)
+    assert case.expected(FILE=scores) in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("case", [CASES["scores_heal_in_the_workbench"]], ids=str)
+@pytest.mark.parametrize("damage", ["scores_truncated", "scores_missing_level", "scores_nan",
+                                    "scores_changed_numbers"])
+def test_the_workbench_scores_again_instead_of_failing(case, damage, evaluated_run, data_folder, tmp_path):
+    from widgets.session import WorkbenchSession
+
+    run = Path(shutil.copytree(evaluated_run, tmp_path / "run"))
+    _damage(damage, run / SCORES_FILE)
+    with pytest.warns(SavedScoresIgnored):
+        session = WorkbenchSession.from_checkpoint(run / "best.pt", str(data_folder), "dev", device="cpu")
+    assert session.scores_source is None
+    fresh = WorkbenchSession.from_checkpoint(run / "best.pt", str(data_folder), "dev", device="cpu",
+                                             saved_scores=False)
+    for level in session.levels:
+        np.testing.assert_array_equal(session.scores[level], fresh.scores[level])
+    assert session.scores_source == "computed"
+    for key, ranks in session.ranks.items():  # no NonFiniteScores: the NaN was the file's, not the model's
+        np.testing.assert_array_equal(ranks, np.load(run / "ranks.npz")[key], err_msg=key)
+
+
+@pytest.fixture
+def one_picture(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(images / "a.png")
+    (tmp_path / "captions.csv").write_text("file_name,caption\na.png,a red one\n")
+    out = tmp_path / "out"
+    extract_dataset(images, tmp_path / "captions.csv", out, proposer=RecordingProposer(),
+                    extractor=MeanColourExtractor(), progress=False)
+    work = next((out / ".work").glob("*/*.npz"))
+    return images, tmp_path / "captions.csv", out, work
+
+
+@pytest.mark.parametrize("case", [CASES[k] for k in ("extract_work_file_truncated",
+                                                     "extract_work_file_declaring_megabytes",
+                                                     "extract_work_file_nan")], ids=str)
+def test_a_damaged_work_file_is_extracted_again(case, one_picture):
+    images, captions, out, work = one_picture
+    before = np.load(out / "all_ims.npy")
+    if case.key.endswith("truncated"):
+        work.write_bytes(work.read_bytes()[:100])
+    elif case.key.endswith("megabytes"):
+        _rewrite(work, lambda m: m.update(regions=np.zeros(2**20, np.float32)))
+    else:
+        _rewrite(work, lambda m: m["regions"].__setitem__((0, 0), np.nan))
+    proposer = RecordingProposer()
+    with pytest.warns(DamagedWorkFileWarning) as warned:
+        result = extract_dataset(images, captions, out, proposer=proposer, extractor=MeanColourExtractor(),
+                                 progress=False)
+    assert len(warned) == 1 and case.expected(WORK=work).split("warning: ")[1] in str(warned[0].message)
+    assert result.n_computed == 1 and len(proposer.pictures) == 1
+    np.testing.assert_array_equal(np.load(out / "all_ims.npy"), before)
+    assert extract_dataset(images, captions, out, proposer=proposer, extractor=MeanColourExtractor(),
+                           progress=False).n_cached == 1  # healed: the new work file is used next time
