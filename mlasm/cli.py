@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=at_least(1), help="override the preset's number of epochs")
     demo.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     demo.add_argument("--seed", type=at_least(0), default=0)
+    demo.add_argument("--overwrite", action="store_true", help="replace the models of an earlier demo in --out")
 
     train = commands.add_parser("train", help="train a model",
                                 description="Train MLASM; keeps last.pt (for --resume) and best.pt (best "
@@ -287,7 +288,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from mlasm.demo import run_demo
 
     check_output_folder(args.out, "--out")
-    run_demo(args.out, fast=args.fast, compare=args.compare, epochs=args.epochs, device=args.device, seed=args.seed)
+    run_demo(args.out, fast=args.fast, compare=args.compare, epochs=args.epochs, device=args.device, seed=args.seed,
+             overwrite=args.overwrite)
     return 0
 
 

@@ -31,7 +31,7 @@ from mlasm.plots import draw_attention, draw_level_recalls, draw_training_log
 from mlasm.report import complete_table, format_result, recall_table
 from mlasm.sources import EMBEDDED, FAST_SIZES, fast_mode, open_split
 from mlasm.checkpoint import load_model, resolve_device
-from mlasm.train import train
+from mlasm.train import RunFolderError, holds_run, train
 
 # Tiny settings that still learn: 3 epochs at twice the learning rate, every one summing the hinge over
 # all negatives. Hardest negatives need more steps than a tiny run has to climb out of the collapse
@@ -132,10 +132,23 @@ def demo_pair(fast: bool | None = None, progress: bool = False) -> dict[str, Pat
     return {"local-only": demo_checkpoint(tiny, progress, local_only=True), "MLASM": demo_checkpoint(tiny, progress)}
 
 
-def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = False,
-             epochs: int | None = None, device: str | None = None, seed: int = 0) -> dict:
-    """Run the main job; return the test result (also written to OUT/metrics.json)."""
+def check_demo_folder(out: str | Path, compare: bool = False, overwrite: bool = False) -> None:
+    """Refuse to replace an earlier demo's trained models unless ``overwrite``: a RunFolderError
+    naming the folder and the files, before any work."""
     out = Path(out)
+    for run in [out / "mlasm"] + ([out / "local_only"] if compare else []):
+        existing = holds_run(run)
+        if existing and not overwrite:
+            raise RunFolderError(f"{run}: already holds a demo's trained model ({', '.join(existing)}); replace it "
+                                 f"with --overwrite, or choose another --out")
+
+
+def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = False,
+             epochs: int | None = None, device: str | None = None, seed: int = 0, overwrite: bool = False) -> dict:
+    """Run the main job; return the test result (also written to OUT/metrics.json). A folder that
+    holds an earlier demo's models is replaced only with ``overwrite``."""
+    out = Path(out)
+    check_demo_folder(out, compare, overwrite)
     device = resolve_device(device)
     started = time.time()
     n_threads = torch.get_num_threads()

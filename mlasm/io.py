@@ -135,6 +135,8 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     Raises UnusableFolder naming ``option`` and the folder: a file in the way, a folder that
     cannot be created, or one where nothing can be written (read-only, full, no permission).
     """
+    if not str(path).strip():  # Path("") is the current folder: a run would land among the user's files
+        raise UnusableFolder(f"{option} '': an empty name, expected a folder")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UnusableFolder(f"{option} {path}: is a file, expected a folder")
