@@ -18,6 +18,7 @@ Large files are written as hidden ``.NAME.partial`` files and renamed when compl
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -90,10 +91,17 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def _file_identity(path: Path) -> dict:
-    """What tells a changed input from the one a conversion began on."""
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def _file_identity(path: Path, sample: int = 2**20) -> dict:
+    """What tells a changed input from the one a conversion began on: its size and a digest of its
+    first and last MB (not its time stamp: a copy or a touch changes that, not the content)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(sample))
+        if size > sample:
+            f.seek(max(sample, size - sample))
+            digest.update(f.read(sample))
+    return {"path": str(path.resolve()), "size": size, "sample_sha256": digest.hexdigest()[:16]}
 
 
 def _read_state(out: Path) -> dict | None:
@@ -111,9 +119,9 @@ def _remove_unfinished(out: Path) -> None:
 def _refuse_other_conversion(out: Path, state: dict, settings: dict) -> None:
     differences = sorted(key for key in set(state.get("settings", {})) | set(settings)
                          if state.get("settings", {}).get(key) != settings.get(key))
-    raise DataError(f"{out}: holds an unfinished conversion with other inputs or settings "
-                    f"({', '.join(differences)} differ); run the same command to continue it, or pass "
-                    f"--restart to begin again")
+    raise DataError(f"{out}: holds an unfinished conversion of other inputs or settings ({', '.join(differences)} "
+                    f"differ from what it began with); give those to continue it, or pass --restart to begin "
+                    f"again with these")
 
 
 def _finish_split_files(out: Path, name: str, captions: list[str], image_ids: list[str],
@@ -257,6 +265,10 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
 
     def open_files(dim: int, create: bool) -> None:
         for name, n in sizes.items():
+            for suffix in ("ims", "boxes", "mask", "sizes"):  # a run stopped among the final renames
+                final = out / f"{name}_{suffix}.npy"
+                if not create and not _partial(final).exists() and final.exists():
+                    os.replace(final, _partial(final))
             files[name] = {
                 "ims": _RowFile(_partial(out / f"{name}_ims.npy"), np.float32, (n, max_regions, dim), create),
                 "boxes": _RowFile(_partial(out / f"{name}_boxes.npy"), np.float32, (n, max_regions, 4), create),
