@@ -29,7 +29,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from mlasm.io import npz_declared_sizes
+from mlasm.io import finish_interrupted_writes, npz_declared_sizes
 
 SCORES_FILE = "scores.npz"
 _FINGERPRINT_KEY = "fingerprint"
@@ -140,6 +140,8 @@ def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Pat
     """
     checkpoint = Path(checkpoint)
     folders = [checkpoint.parent, checkpoint.parent.parent] if folders is None else [Path(f) for f in folders]
+    for folder in folders:  # an evaluation killed between its renames: its files, all of them
+        finish_interrupted_writes(folder)
     candidates = [folder / SCORES_FILE for folder in folders if (folder / SCORES_FILE).is_file()]
     if not candidates:
         return None, None
