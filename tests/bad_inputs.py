@@ -325,6 +325,50 @@ _CASES += [
     Case("extract_work_file_nan", "caches", "a work file holding a NaN feature", "extract_dataset / mlasm extract",
          "one line: warning: WORK: a damaged work file (NaN or infinite values); extracting a.png again"),
 ]
+_CASES += [
+    Case("extract_json_file_name_with_a_nul_byte", "paths", "a COCO caption JSON `file_name` holding a NUL byte",
+         _EXTRACT, "JSON: images[0]: picture 'a\\x00b.png' is not a usable path (embedded null byte)"),
+    Case("extract_csv_row_with_a_nul_byte", "paths", "a captions CSV row holding a NUL byte", _EXTRACT,
+         "CSV: line 2: not a CSV row (line contains NUL)"),
+    Case("workbench_image_path_symlink_loop", "paths", "`{split}_image_paths.txt` line naming a symlink loop",
+         "WorkbenchSession.picture / split.get_image", "PATHS: line 1: picture 'DATA/loop.png' is not a usable path"),
+    Case("prepare_coco_captions_absolute", "paths", "a COCO caption JSON `file_name` naming an absolute path",
+         "mlasm prepare tsv --images DIR", f"JSON: images[0]: picture 'TARGET' {_OUT_OF}"),
+]
+
+SECTIONS["kept"] = "Nothing replaced unasked; files written whole; interrupted writes finished"
+_CASES += [
+    Case("demo_into_an_earlier_demo", "kept", "`mlasm demo --out DIR` where an earlier demo trained", "mlasm demo",
+         "DIR/mlasm: already holds a demo's trained model (last.pt, best.pt, train_log.jsonl); replace it with "
+         "--overwrite, or choose another --out"),
+    Case("demo_compare_into_an_earlier_comparison", "kept", "`mlasm demo --compare` where only the local-only model "
+         "of an earlier comparison is", "mlasm demo", "DIR/local_only: already holds a demo's trained model"),
+    Case("demo_overwrite", "kept", "the same with `--overwrite`", "mlasm demo",
+         "the check passes and the demo trains anew"),
+    Case("train_out_empty", "kept", "`--out ''`", _TRAIN, "--out '': an empty name, expected a folder"),
+    Case("evaluate_out_empty", "kept", "`--out ''`", _EVALUATE, "--out '': an empty name, expected a folder"),
+    Case("extract_out_empty", "kept", "`--out ''`", _EXTRACT, "--out '': an empty name, expected a folder"),
+    Case("demo_out_empty", "kept", "`--out ''`", "mlasm demo", "--out '': an empty name, expected a folder"),
+    Case("export_page_disk_full", "kept", "the disk fills up while a page is written", "mlasm export-notebooks",
+         "OUT/PAGE.html: No space left on device (nothing was changed); the earlier complete page is intact"),
+    Case("export_script_disk_full", "kept", "the disk fills up while a page's script is copied",
+         "mlasm export-notebooks", "OUT/widget-assets/anywidget.js: No space left on device (nothing was changed)"),
+    Case("evaluate_interrupted_between_renames", "kept", "Ctrl-C between evaluate's renames (ranks.npz replaced, "
+         "scores.npz and metrics.json not yet)", _EVALUATE,
+         "the renames are finished: ranks.npz, scores.npz and metrics.json of the new evaluation, together"),
+    Case("evaluate_killed_between_renames", "kept", "kill -9 between evaluate's renames", _EVALUATE,
+         "the next evaluate, or the workbench opening the folder, finishes the renames from the journal: all three "
+         "files of the killed evaluation"),
+    Case("prepare_stopped_among_final_renames", "kept", "`mlasm prepare tsv` stopped while renaming its finished "
+         "files", "mlasm prepare tsv", "the same command resumes and writes the files of a run never stopped"),
+    Case("prepare_input_touched", "kept", "the TSV's time stamp changed (touch, a copy) during a stopped "
+         "conversion", "mlasm prepare tsv", "the same command resumes: inputs are known by size and content"),
+    Case("prepare_input_changed", "kept", "the TSV's content changed during a stopped conversion", "mlasm prepare tsv",
+         "OUT: holds an unfinished conversion of other inputs or settings (tsv differ from what it began with); "
+         "give those to continue it, or pass --restart to begin again with these"),
+    Case("scores_a_text_file", "caches", "a text file named `scores.npz`", "WorkbenchSession.from_checkpoint",
+         f"FILE: not a readable .npz archive (File is not a zip file){_AGAIN}"),
+]
 
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
 assert len(CASES) == len(_CASES), "case keys must be unique"
