@@ -271,7 +271,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from mlasm.report import format_result
     from mlasm.sources import open_split
 
-    out = args.out or Path(args.checkpoint[0]).parent / f"eval-{args.split}"
+    out = Path(args.checkpoint[0]).parent / f"eval-{args.split}" if args.out is None else args.out  # '' refused
     # before the data are read and every pair is scored; by rank 0, which writes there, under torchrun
     distributed.on_rank_zero(lambda: check_output_folder(out, "--out"))
     split = open_split(args.data, args.split)

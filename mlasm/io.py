@@ -98,8 +98,9 @@ def write_together(writers: Mapping[str | os.PathLike, Callable[[Path], None]]) 
     finally:
         if journal is not None:
             _finish_renames(journal)  # committed: an interrupt in the window finishes the unit
-        for tmp in temporaries:
-            tmp.unlink(missing_ok=True)
+        else:
+            for tmp in temporaries:
+                tmp.unlink(missing_ok=True)
 
 
 _JOURNAL_SUFFIX = ".together"

@@ -329,7 +329,7 @@ _CASES += [
     Case("extract_json_file_name_with_a_nul_byte", "paths", "a COCO caption JSON `file_name` holding a NUL byte",
          _EXTRACT, "JSON: images[0]: picture 'a\\x00b.png' is not a usable path (embedded null byte)"),
     Case("extract_csv_row_with_a_nul_byte", "paths", "a captions CSV row holding a NUL byte", _EXTRACT,
-         "CSV: line 2: not a CSV row (line contains NUL)"),
+         "CSV: line 2: picture 'a\\x00b.png' is not a usable path (embedded null byte)"),
     Case("workbench_image_path_symlink_loop", "paths", "`{split}_image_paths.txt` line naming a symlink loop",
          "WorkbenchSession.picture / split.get_image", "PATHS: line 1: picture 'DATA/loop.png' is not a usable path"),
     Case("prepare_coco_captions_absolute", "paths", "a COCO caption JSON `file_name` naming an absolute path",

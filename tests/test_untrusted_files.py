@@ -3,6 +3,7 @@ what the user set, caches that heal. Cases from tests/bad_inputs.py, one line ea
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -19,7 +20,7 @@ from PIL import Image
 import mlasm.model as model_module
 from bad_inputs import CASES
 from cli_support import answer
-from mlasm.cli import main
+from mlasm.cli import describe_error, main
 from mlasm.config import MLASMConfig
 from mlasm.data.dataset import MAX_CAPTION_WORDS, CaptionsCutWarning, cut_caption, encode_captions
 from mlasm.data.vocab import Vocabulary
@@ -35,7 +36,9 @@ from mlasm.data.pictures import OutsideFolder
 from mlasm.data.precomp import read_meta, read_split, write_split
 from mlasm.extract import extract_dataset
 from test_prepare import _karpathy, _records
-from test_reliability import MeanColourExtractor, RecordingProposer, _train_command, finished_run  # noqa: F401
+from mlasm.train import RunFolderError
+from test_reliability import (MeanColourExtractor, RecordingProposer, _full_disk_for, _train_command,  # noqa: F401
+                              finished_run)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -548,3 +551,295 @@ def test_a_damaged_work_file_is_extracted_again(case, one_picture):
     np.testing.assert_array_equal(np.load(out / "all_ims.npy"), before)
     assert extract_dataset(images, captions, out, proposer=proposer, extractor=MeanColourExtractor(),
                            progress=False).n_cached == 1  # healed: the new work file is used next time
+
+
+# ------------------------------------------------------------------------------ more paths
+
+@pytest.mark.parametrize("case", [CASES["extract_json_file_name_with_a_nul_byte"]], ids=str)
+def test_a_file_name_with_a_nul_byte_is_refused_in_one_line(case, pictures, tmp_path, capsys):
+    images, _ = pictures
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({"images": [{"id": 1, "file_name": "a\u0000b.png"}],
+                                    "annotations": [{"image_id": 1, "id": 1, "caption": "red"}]}))
+    argv = ["extract", "--images", str(images), "--captions", str(captions), "--out", str(tmp_path / "out")]
+    _refused(capsys, argv, case, "extract", JSON=captions)
+
+
+@pytest.mark.parametrize("case", [CASES["extract_csv_row_with_a_nul_byte"]], ids=str)
+def test_a_csv_row_with_a_nul_byte_is_one_line(case, pictures, tmp_path, capsys):
+    images, _ = pictures
+    csv = tmp_path / "captions.csv"
+    csv.write_bytes(b"file_name,caption\na\x00b.png,red\n")
+    argv = ["extract", "--images", str(images), "--captions", str(csv), "--out", str(tmp_path / "out")]
+    _refused(capsys, argv, case, "extract", CSV=csv)
+
+
+@pytest.mark.parametrize("case", [CASES["workbench_image_path_symlink_loop"]], ids=str)
+def test_a_symlink_loop_in_image_paths_is_one_line(case, tmp_path):
+    data = tmp_path / "data"
+    paths = _dataset_with_paths(data, ["loop.png", ""])
+    (data / "loop.png").symlink_to(data / "loop.png")
+    with pytest.raises(DataError) as refused:
+        read_split(data, "test").get_image(0)
+    assert case.expected(PATHS=paths, DATA=data) in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_coco_captions_absolute"]], ids=str)
+def test_prepare_refuses_an_absolute_coco_file_name(case, pictures, tmp_path, capsys):
+    images, secret = pictures
+    records = [replace(record, image_id=str(i + 1)) for i, record in enumerate(_records(2))]
+    write_tsv(tmp_path / "features.tsv", records)
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": str(secret)}, {"id": 2, "file_name": "a.png"}],
+        "annotations": [{"image_id": i, "id": i * 10 + k, "caption": f"caption {k}"} for i in (1, 2)
+                        for k in range(5)]}))
+    argv = ["prepare", "tsv", "--features", str(tmp_path / "features.tsv"), "--captions", str(captions),
+            "--out", str(tmp_path / "prepared"), "--max-regions", "6", "--images", str(images)]
+    _refused(capsys, argv, case, "prepare", JSON=captions, TARGET=secret, DIR=images.resolve())
+
+
+# ------------------------------------------------------------------------------ nothing replaced unasked
+
+@pytest.mark.parametrize("case, compare", [(CASES["demo_into_an_earlier_demo"], False),
+                                           (CASES["demo_compare_into_an_earlier_comparison"], True)], ids=str)
+def test_a_second_demo_does_not_replace_the_first(case, compare, tmp_path, capsys):
+    out = tmp_path / "demo"
+    run = out / ("local_only" if compare else "mlasm")
+    run.mkdir(parents=True)
+    for name in ("last.pt", "best.pt", "train_log.jsonl"):
+        (run / name).write_text("the first demo's")
+    argv = ["demo", "--fast", "--out", str(out)] + (["--compare"] if compare else [])
+    _refused(capsys, argv, case, "demo", DIR=out)
+    assert (run / "best.pt").read_text() == "the first demo's"
+
+
+@pytest.mark.parametrize("case", [CASES["demo_overwrite"]], ids=str)
+def test_overwrite_lets_a_demo_replace_the_first(case, tmp_path, monkeypatch):
+    import mlasm.demo as demo
+
+    out = tmp_path / "demo"
+    (out / "mlasm").mkdir(parents=True)
+    (out / "mlasm" / "best.pt").write_text("the first demo's")
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(demo, "open_split", started)  # the first step after the check
+    with pytest.raises(RunFolderError):
+        demo.run_demo(out, fast=True)
+    with pytest.raises(Started):
+        demo.run_demo(out, fast=True, overwrite=True)
+
+
+@pytest.mark.parametrize("case, command", [(CASES["train_out_empty"], "train"), (CASES["evaluate_out_empty"], "evaluate"),
+                                           (CASES["extract_out_empty"], "extract"), (CASES["demo_out_empty"], "demo")],
+                         ids=str)
+def test_an_empty_output_folder_name_is_refused(case, command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were it taken as ".", the run would land here
+    missing = tmp_path / "missing"
+    argv = {"train": ["train", "--data", str(missing)],
+            "evaluate": ["evaluate", "--checkpoint", str(missing / "a.pt"), "--data", str(missing)],
+            "extract": ["extract", "--images", str(missing), "--captions", str(missing / "c.csv")],
+            "demo": ["demo", "--fast"]}[command] + ["--out", ""]
+    _refused(capsys, argv, case, command)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fake_export(monkeypatch, tmp_path):
+    """export_notebooks without a kernel: a notebook 'executed' into a page of known text."""
+    import mlasm.export as export
+
+    notebook = tmp_path / "01_page.py"
+    notebook.write_text("# a notebook\n")
+    monkeypatch.setattr(export, "execute", lambda nb, folder, **kwargs: nb)
+    monkeypatch.setattr(export, "read_notebook", lambda path: "new page")
+    monkeypatch.setattr(export, "to_html", lambda nb: "<html>the new page</html>")
+    monkeypatch.setattr(export, "widget_state", lambda nb: {})
+    monkeypatch.setattr(export, "missing_assets", lambda folder=None: [])
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for name in export.ASSETS:
+        (assets / name).write_text(f"// {name}")
+    monkeypatch.setattr(export, "assets_dir", lambda: assets)
+    return export, notebook
+
+
+@pytest.mark.parametrize("case, failing", [(CASES["export_page_disk_full"], "01_page.html"),
+                                           (CASES["export_script_disk_full"], "anywidget.js")], ids=str)
+def test_an_export_onto_a_full_disk_keeps_the_earlier_files(case, failing, tmp_path, monkeypatch):
+    export, notebook = _fake_export(monkeypatch, tmp_path)
+    out = tmp_path / "site"
+    export.export_notebooks(out, [notebook], progress=False)
+    earlier = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    _full_disk_for(failing, monkeypatch)
+    monkeypatch.setattr(export, "to_html", lambda nb: "<html>a newer page</html>")
+    with pytest.raises(OSError) as full:
+        export.export_notebooks(out, [notebook], progress=False)
+    assert case.expected(OUT=out, PAGE="01_page").split("; the earlier")[0] == describe_error(full.value)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier  # nothing half-written
+
+
+@pytest.fixture
+def interrupted_evaluation(finished_run, data_folder, tmp_path, monkeypatch):
+    """An evaluation into a folder holding an earlier one, stopped right after its first rename
+    (ranks.npz); returns the folder, the earlier files and the new files as a whole run writes them."""
+    import mlasm.io as io_module
+    from mlasm.evaluate import evaluate_checkpoints
+
+    out, whole = tmp_path / "eval", tmp_path / "whole"
+    dev = read_split(data_folder, "dev")
+    evaluate_checkpoints([finished_run / "best.pt"], dev, out_dir=whole, progress=False)
+    names = ("ranks.npz", SCORES_FILE, "metrics.json")
+    out.mkdir()
+    for name in names:
+        (out / name).write_bytes(b"earlier " + name.encode())
+    renames = []
+    replace_file = os.replace
+
+    class Stopped(BaseException):
+        pass
+
+    def stopping(source, target):
+        replace_file(source, target)
+        if str(source).endswith(".tmp") and Path(target).name in names:
+            renames.append(target)
+            if len(renames) == 1:
+                raise Stopped
+    monkeypatch.setattr(io_module.os, "replace", stopping)
+    return out, whole, names, lambda: evaluate_checkpoints([finished_run / "best.pt"], dev, out_dir=out,
+                                                          progress=False), Stopped
+
+
+def _same_evaluation(out: Path, whole: Path, names) -> None:
+    assert np.load(out / "ranks.npz")["final_t2i_rank"].tolist() == np.load(whole / "ranks.npz")["final_t2i_rank"].tolist()
+    for level in ("final", "t2i"):
+        np.testing.assert_array_equal(np.load(out / SCORES_FILE)[level], np.load(whole / SCORES_FILE)[level])
+    assert json.loads((out / "metrics.json").read_text())["rsum"] == json.loads((whole / "metrics.json").read_text())["rsum"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("case", [CASES["evaluate_interrupted_between_renames"]], ids=str)
+def test_an_interrupt_between_evaluates_renames_finishes_them(case, interrupted_evaluation):
+    out, whole, names, evaluate, stopped = interrupted_evaluation
+    with pytest.raises(stopped):
+        evaluate()
+    _same_evaluation(out, whole, names)
+
+
+@pytest.mark.parametrize("case", [CASES["evaluate_killed_between_renames"]], ids=str)
+def test_a_kill_between_evaluates_renames_is_finished_later(case, interrupted_evaluation, monkeypatch,
+                                                            finished_run, data_folder):
+    import mlasm.io as io_module
+
+    out, whole, names, evaluate, stopped = interrupted_evaluation
+    finish = io_module._finish_renames
+
+    def killed(journal):  # metrics.json removed, the first rename, then the process is gone
+        renames = json.loads(journal.read_text())
+        Path(renames[-1][1]).unlink(missing_ok=True)
+        if Path(renames[0][0]).exists():
+            os.replace(*renames[0])
+        raise stopped
+
+    monkeypatch.setattr(io_module, "_finish_renames", killed)
+    with pytest.raises(stopped):
+        evaluate()
+    monkeypatch.undo()
+    assert (out / "ranks.npz").read_bytes() != b"earlier ranks.npz" and not (out / "metrics.json").exists()
+    journal = next(out.glob(".metrics.json.*.together"))
+    dead = journal.with_name(f".metrics.json.999999999.together")  # as left by a process no longer running
+    journal.rename(dead)
+    assert io_module._finish_renames is finish
+    from mlasm.saved_scores import find_saved_scores
+    scores, where = find_saved_scores(finished_run / "best.pt", read_split(data_folder, "dev"), [out])
+    assert where == out / SCORES_FILE  # the workbench opening the folder finished the renames first
+    _same_evaluation(out, whole, names)
+
+
+def _stopped_conversion(tmp_path, monkeypatch, stop_at_rename: bool):
+    """A TSV conversion stopped after its TSV was read (at its second final rename, or before any)."""
+    import mlasm.data.prepare as prepare
+
+    tsv, captions = _tsv_and_karpathy(tmp_path, {})
+    out = tmp_path / "prepared"
+    whole = prepare.prepare_from_tsv(tsv, captions, tmp_path / "whole", max_regions=6, match="id", progress=False)
+
+    class Stopped(Exception):
+        pass
+
+    renames = []
+    replace_file = os.replace
+
+    def stopping(source, target):
+        if str(source).endswith(".partial"):
+            renames.append(target)
+            if len(renames) == 2:
+                raise Stopped
+        replace_file(source, target)
+
+    if stop_at_rename:
+        monkeypatch.setattr(prepare.os, "replace", stopping)
+    else:
+        def stop(records):
+            if records == 2:
+                raise Stopped
+        with pytest.raises(Stopped):
+            prepare.prepare_from_tsv(tsv, captions, out, max_regions=6, match="id", progress=False,
+                                     checkpoint_every=1, on_record=stop)
+        return tsv, captions, out, whole
+    with pytest.raises(Stopped):
+        prepare.prepare_from_tsv(tsv, captions, out, max_regions=6, match="id", progress=False)
+    monkeypatch.undo()
+    return tsv, captions, out, whole
+
+
+def _same_folder(out: Path, whole: Path) -> None:
+    for path in sorted((whole).glob("*")):
+        if path.name != "meta.json":
+            assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_stopped_among_final_renames"]], ids=str)
+def test_prepare_resumes_after_a_stop_among_its_final_renames(case, tmp_path, monkeypatch):
+    from mlasm.data.prepare import prepare_from_tsv
+
+    tsv, captions, out, whole = _stopped_conversion(tmp_path, monkeypatch, stop_at_rename=True)
+    assert list(out.glob(".*.partial")) and list(out.glob("*_ims.npy"))  # some renamed, some not
+    prepare_from_tsv(tsv, captions, out, max_regions=6, match="id", progress=False)
+    _same_folder(out, tmp_path / "whole")
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_input_touched"]], ids=str)
+def test_prepare_resumes_after_its_input_was_touched(case, tmp_path, monkeypatch):
+    from mlasm.data.prepare import prepare_from_tsv
+
+    tsv, captions, out, whole = _stopped_conversion(tmp_path, monkeypatch, stop_at_rename=False)
+    os.utime(tsv, ns=(1, 1))
+    seen = []
+    prepare_from_tsv(tsv, captions, out, max_regions=6, match="id", progress=False, on_record=seen.append)
+    assert seen == [3]  # only the line not yet read
+    _same_folder(out, tmp_path / "whole")
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_input_changed"]], ids=str)
+def test_prepare_refuses_to_resume_on_changed_input(case, tmp_path, monkeypatch, capsys):
+    tsv, captions, out, whole = _stopped_conversion(tmp_path, monkeypatch, stop_at_rename=False)
+    records = [replace(record, image_id=str(i), width=999) for i, record in enumerate(_records(3))]
+    write_tsv(tsv, records)
+    argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(out),
+            "--max-regions", "6", "--match", "id"]
+    _refused(capsys, argv, case, "prepare", OUT=out)
+
+
+@pytest.mark.parametrize("case", [CASES["scores_a_text_file"]], ids=str)
+def test_a_text_file_named_scores_is_ignored_with_one_line(case, evaluated_run, data_folder, tmp_path):
+    run = Path(shutil.copytree(evaluated_run, tmp_path / "run"))
+    (run / SCORES_FILE).write_text("not scores at all\n")
+    fingerprint = scores_fingerprint([run / "best.pt"], read_split(data_folder, "dev"))
+    with pytest.warns(SavedScoresIgnored, match=re.escape(case.expected(FILE=run / SCORES_FILE))):
+        assert read_saved_scores(run / SCORES_FILE, fingerprint) is None
