@@ -366,6 +366,9 @@ _CASES += [
     Case("prepare_input_changed", "kept", "the TSV's content changed during a stopped conversion", "mlasm prepare tsv",
          "OUT: holds an unfinished conversion of other inputs or settings (tsv differ from what it began with); "
          "give those to continue it, or pass --restart to begin again with these"),
+    Case("prepare_record_of_rows_damaged", "caches", "a truncated `.prepare-filled.npz` in a stopped conversion",
+         "mlasm prepare tsv", "FILE: the unfinished conversion's record of written rows is damaged (File is not a zip "
+                              "file); pass --restart to begin again"),
     Case("scores_a_text_file", "caches", "a text file named `scores.npz`", "WorkbenchSession.from_checkpoint",
          f"FILE: not a readable .npz archive (File is not a zip file){_AGAIN}"),
 ]

@@ -843,3 +843,15 @@ def test_a_text_file_named_scores_is_ignored_with_one_line(case, evaluated_run, 
     fingerprint = scores_fingerprint([run / "best.pt"], read_split(data_folder, "dev"))
     with pytest.warns(SavedScoresIgnored, match=re.escape(case.expected(FILE=run / SCORES_FILE))):
         assert read_saved_scores(run / SCORES_FILE, fingerprint) is None
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_record_of_rows_damaged"]], ids=str)
+def test_a_damaged_record_of_written_rows_is_one_line(case, tmp_path, monkeypatch, capsys):
+    from mlasm.data.prepare import FILLED_FILE
+
+    tsv, captions, out, _ = _stopped_conversion(tmp_path, monkeypatch, stop_at_rename=False)
+    filled = out / FILLED_FILE
+    filled.write_bytes(filled.read_bytes()[:40])
+    argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(out),
+            "--max-regions", "6", "--match", "id"]
+    _refused(capsys, argv, case, "prepare", FILE=filled)

@@ -21,6 +21,8 @@ import errno
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -35,7 +37,8 @@ from mlasm.data.precomp import (DEFAULT_CAPTIONS_PER_IMAGE, EXTRA_SUFFIXES, FORM
                                 list_splits, read_caption_lines, read_meta, read_split)
 from mlasm.data.tsv import iter_tsv_from
 from mlasm.data.vocab import Vocabulary, tokenize
-from mlasm.io import check_output_folder, remove_stale_temporaries, write_json, write_text, write_together
+from mlasm.io import (check_output_folder, npz_declared_sizes, remove_stale_temporaries, write_json, write_text,
+                      write_together)
 
 STATE_FILE = ".prepare-state.json"
 FILLED_FILE = ".prepare-filled.npz"
@@ -107,6 +110,26 @@ def _file_identity(path: Path, sample: int = 2**20) -> dict:
 def _read_state(out: Path) -> dict | None:
     path = out / STATE_FILE
     return load_json(path, "conversion state") if path.is_file() else None
+
+
+def _read_filled(path: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Which rows of each split an unfinished conversion has written; a damaged file (unreadable,
+    members declaring more than a row flag each, of other shapes) is a DataError naming it."""
+    try:
+        declared = npz_declared_sizes(path)
+        large = [name for name, n in sizes.items() if declared.get(name, 0) > n + 4096]
+        if large:
+            raise ValueError(f"{large[0]}.npy declares {declared[large[0]]:,} bytes for {sizes[large[0]]} rows")
+        with np.load(path, allow_pickle=False) as saved:
+            filled = {name: saved[name].copy() for name in sizes}
+        wrong = [name for name, n in sizes.items() if filled[name].shape != (n,) or filled[name].dtype != bool]
+        if wrong:
+            raise ValueError(f"{wrong[0]}: {filled[wrong[0]].dtype} {filled[wrong[0]].shape}, expected bool "
+                             f"({sizes[wrong[0]]},)")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{path}: the unfinished conversion's record of written rows is damaged ({error}); pass "
+                        f"--restart to begin again") from None
+    return filled
 
 
 def _remove_unfinished(out: Path) -> None:
@@ -255,8 +278,7 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
                  "records": 0, "skipped": 0, "match": None if match == "auto" else match, "dim": None}
         filled = {s.name: np.zeros(len(s.images), bool) for s in plan}
     else:
-        with np.load(out / FILLED_FILE) as saved:
-            filled = {s.name: saved[s.name].copy() for s in plan}
+        filled = _read_filled(out / FILLED_FILE, {s.name: len(s.images) for s in plan})
 
     by_key = {"id": _index(plan, lambda image: image.image_id),
               "file": _index(plan, lambda image: Path(image.file_name).stem)}
