@@ -289,31 +289,32 @@ _CASES += [
 
 SECTIONS["caches"] = "Saved scores and work files: a damaged cache is ignored with one line and computed again"
 _AGAIN = "; ignored, the scores are computed again"
+_SESSION = "WorkbenchSession.from_checkpoint"
+
+
+def _scores(key, what, line):
+    return Case(key, "caches", what, _SESSION, f"FILE: {line}{_AGAIN}")
+
+
+_NOT_ZIP = "not a readable .npz archive (File is not a zip file)"
 _CASES += [
-    Case("scores_truncated", "caches", "`scores.npz` cut to half its length", "WorkbenchSession.from_checkpoint",
-         f"FILE: not a readable .npz archive (File is not a zip file){_AGAIN}"),
-    Case("scores_empty", "caches", "`scores.npz` of 0 bytes", "WorkbenchSession.from_checkpoint",
-         f"FILE: not a readable .npz archive (File is not a zip file){_AGAIN}"),
-    Case("scores_bit_flipped", "caches", "one bit flipped inside a matrix of `scores.npz`",
-         "WorkbenchSession.from_checkpoint", f"FILE: unreadable (BadZipFile: Bad CRC-32 for file 'final.npy'){_AGAIN}"),
-    Case("scores_changed_numbers", "caches", "finite numbers changed, the zip rewritten whole (its CRCs right)",
-         "WorkbenchSession.from_checkpoint",
-         f"FILE: its matrices do not match their checksum (changed or damaged since evaluate wrote them){_AGAIN}"),
-    Case("scores_missing_level", "caches", "`scores.npz` without the `global` matrix", "WorkbenchSession.from_checkpoint",
-         f"FILE: incomplete: no global{_AGAIN}"),
-    Case("scores_without_checksum", "caches", "`scores.npz` written by an earlier mlasm (no checksum)",
-         "WorkbenchSession.from_checkpoint", f"FILE: incomplete: no checksum (written by an earlier mlasm){_AGAIN}"),
-    Case("scores_nan", "caches", "a NaN in the final matrix, the checksum made to match",
-         "WorkbenchSession.from_checkpoint",
-         f"FILE: final holds 1 NaN or infinite scores (the file, not the model){_AGAIN}"),
-    Case("scores_wrong_shape", "caches", "matrices of another shape under the same fingerprint",
-         "WorkbenchSession.from_checkpoint", f"FILE: t2i is float32 (3, 4), expected float32 (16, 80){_AGAIN}"),
-    Case("scores_declaring_gigabytes", "caches", "a small `scores.npz` whose member declares 50 MB uncompressed",
-         "WorkbenchSession.from_checkpoint",
-         "FILE: member final.npy declares 52,428,928 bytes uncompressed, more than the 9,216 of a 16 x 80 float32 "
-         f"matrix; not decompressed{_AGAIN}"),
-    Case("scores_heal_in_the_workbench", "caches", "any of these beside the checkpoint",
-         "WorkbenchSession.from_checkpoint",
+    _scores("scores_truncated", "`scores.npz` cut to half its length", _NOT_ZIP),
+    _scores("scores_empty", "`scores.npz` of 0 bytes", _NOT_ZIP),
+    _scores("scores_bit_flipped", "one bit flipped inside a matrix of `scores.npz`",
+            "unreadable (BadZipFile: Bad CRC-32 for file 'final.npy')"),
+    _scores("scores_changed_numbers", "finite numbers changed, the zip rewritten whole (its CRCs right)",
+            "its matrices do not match their checksum (changed or damaged since evaluate wrote them)"),
+    _scores("scores_missing_level", "`scores.npz` without the `global` matrix", "incomplete: no global"),
+    _scores("scores_without_checksum", "`scores.npz` written by an earlier mlasm (no checksum)",
+            "incomplete: no checksum (written by an earlier mlasm)"),
+    _scores("scores_nan", "a NaN in the final matrix, the checksum made to match",
+            "final holds 1 NaN or infinite scores (the file, not the model)"),
+    _scores("scores_wrong_shape", "matrices of another shape under the same fingerprint",
+            "t2i is float32 (3, 4), expected float32 (16, 80)"),
+    _scores("scores_declaring_gigabytes", "a small `scores.npz` whose member declares 50 MB uncompressed",
+            "member final.npy declares 52,428,928 bytes uncompressed, more than the 9,216 of a 16 x 80 float32 "
+            "matrix; not decompressed"),
+    Case("scores_heal_in_the_workbench", "caches", "any of these beside the checkpoint", _SESSION,
          "the session scores every pair again: the same matrices and ranks as a fresh session, no NaN blamed on "
          "the model"),
     Case("extract_work_file_truncated", "caches", "a picture's work file in `OUT/.work` cut short",
@@ -369,8 +370,7 @@ _CASES += [
     Case("prepare_record_of_rows_damaged", "caches", "a truncated `.prepare-filled.npz` in a stopped conversion",
          "mlasm prepare tsv", "FILE: the unfinished conversion's record of written rows is damaged (File is not a zip "
                               "file); pass --restart to begin again"),
-    Case("scores_a_text_file", "caches", "a text file named `scores.npz`", "WorkbenchSession.from_checkpoint",
-         f"FILE: not a readable .npz archive (File is not a zip file){_AGAIN}"),
+    _scores("scores_a_text_file", "a text file named `scores.npz`", _NOT_ZIP),
 ]
 
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
