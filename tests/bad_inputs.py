@@ -265,16 +265,19 @@ _CASES += [
          "the backbone's input is 32 x 896 (its longer side at most 4 x --short-side), not 224 x 112,000"),
     Case("extract_picture_over_the_pixel_limit", "memory", "a PNG header declaring 9,000 x 8,000 pixels",
          "extract_dataset / mlasm extract",
-         f"skipped with one line, listed in meta.json: FILE: 9000 x 8000 pixels (72.0 MP, 206 MB decoded as RGB), "
+         f"skipped with one line, listed in meta.json: FILE: 9000 x 8000 pixels (72 MP, 216 MB decoded as RGB), "
          f"{_TOO_LARGE}"),
     Case("extract_picture_over_the_byte_limit", "memory", "a PNG header declaring 8,000 x 7,000 RGBA pixels",
          "extract_dataset / mlasm extract",
-         f"skipped with one line: FILE: 8000 x 7000 pixels (56.0 MP, 214 MB decoded as RGBA), {_TOO_LARGE}"),
+         f"skipped with one line: FILE: 8000 x 7000 pixels (56 MP, 224 MB decoded as RGBA), {_TOO_LARGE}"),
     Case("extract_decompression_bomb", "memory", "a 100-byte PNG declaring 100,000 x 100,000 pixels",
          "extract_dataset / mlasm extract",
          "skipped with one line: FILE: refused before decoding: Image size (10000000000 pixels) exceeds limit"),
+    Case("extract_max_picture_megapixels", "memory", "`--max-picture-megapixels 0.01` and a 200 x 100 photo",
+         _EXTRACT, "skipped with one line: FILE: 200 x 100 pixels (0.02 MP, 0.06 MB decoded as RGB), more than the limit "
+                   "of 0.01 MP and 0.03 MB; refused before decoding"),
     Case("workbench_picture_over_the_limit", "memory", "a picture of the split declaring 9,000 x 8,000 pixels",
-         "WorkbenchSession.picture / split.get_image", f"FILE: 9000 x 8000 pixels (72.0 MP, 206 MB decoded as RGB), "
+         "WorkbenchSession.picture / split.get_image", f"FILE: 9000 x 8000 pixels (72 MP, 216 MB decoded as RGB), "
                                                        f"{_TOO_LARGE}"),
     Case("score_10000_regions_in_the_budget", "memory", "10 images x 10,000 regions under the default 64 MB budget",
          "MLASM.score_all / mlasm evaluate",

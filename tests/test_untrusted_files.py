@@ -855,3 +855,24 @@ def test_a_damaged_record_of_written_rows_is_one_line(case, tmp_path, monkeypatc
     argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(out),
             "--max-regions", "6", "--match", "id"]
     _refused(capsys, argv, case, "prepare", FILE=filled)
+
+
+@pytest.mark.parametrize("case", [CASES["extract_max_picture_megapixels"]], ids=str)
+def test_the_picture_limit_is_the_users(case, tmp_path):
+    from mlasm.extract import add_extract_arguments
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_extract_arguments(parser)
+    args = parser.parse_args(["--images", "i", "--captions", "c.csv", "--out", "o", "--max-picture-megapixels", "0.01"])
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (200, 100)).save(images / "photo.png")
+    Image.new("RGB", (50, 100)).save(images / "small.png")
+    (tmp_path / "captions.csv").write_text("file_name,caption\nphoto.png,a photo\nsmall.png,a small one\n")
+    with pytest.warns(UnreadableImageWarning) as warned:
+        result = extract_dataset(images, tmp_path / "captions.csv", tmp_path / "out", proposer=RecordingProposer(),
+                                 extractor=MeanColourExtractor(), progress=False,
+                                 max_picture_pixels=int(args.max_picture_megapixels * 1e6))
+    assert len(warned) == 1 and case.expected(FILE=images / "photo.png").split("one line: ")[1] in str(warned[0].message)
+    assert result.split_sizes == {"all": 1}

@@ -21,8 +21,8 @@ BACKGROUND = (255, 255, 255)
 
 # What one picture may take, checked from its header before a pixel is decoded: a 25 KB PNG can
 # declare billions of pixels (a decompression bomb). 64 MP is a large camera's photo.
-MAX_PICTURE_PIXELS = 64_000_000
-MAX_PICTURE_BYTES = 192 * 2**20  # decoded, in the picture's own mode: 64 MP of RGB fit, of RGBA not
+MAX_PICTURE_PIXELS = 64_000_000  # mlasm extract --max-picture-megapixels
+BYTES_PER_PIXEL = 3  # decoded bytes allowed per pixel of the limit, in the picture's own mode: RGB fits, RGBA not
 _BYTES_PER_BAND = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "RGBA;16B": 2, "RGB;16B": 2}
 
 
@@ -36,10 +36,12 @@ def decoded_bytes(image: Image.Image) -> int:
     return width * height * len(image.getbands()) * _BYTES_PER_BAND.get(image.mode, 1)
 
 
-def open_picture(path, max_pixels: int = MAX_PICTURE_PIXELS, max_bytes: int = MAX_PICTURE_BYTES) -> Image.Image:
+def open_picture(path, max_pixels: int = MAX_PICTURE_PIXELS) -> Image.Image:
     """The picture at ``path`` as :func:`as_rgb` shows it; PictureTooLarge (one line naming the file,
-    its size and the limit) when its header declares more than ``max_pixels`` pixels or ``max_bytes``
-    decoded bytes, before anything is decoded. OSError when it cannot be read."""
+    its size and the limit) when its header declares more than ``max_pixels`` pixels or more than
+    ``BYTES_PER_PIXEL`` x ``max_pixels`` decoded bytes, before anything is decoded. OSError when it
+    cannot be read."""
+    max_bytes = BYTES_PER_PIXEL * max_pixels
     try:
         image = Image.open(path)  # reads the header only
     except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours
@@ -48,9 +50,9 @@ def open_picture(path, max_pixels: int = MAX_PICTURE_PIXELS, max_bytes: int = MA
         width, height = image.size
         size = decoded_bytes(image)
         if width * height > max_pixels or size > max_bytes:
-            raise PictureTooLarge(f"{path}: {width} x {height} pixels ({width * height / 1e6:.1f} MP, "
-                                  f"{size / 2**20:,.0f} MB decoded as {image.mode}), more than the limit of "
-                                  f"{max_pixels / 1e6:g} MP and {max_bytes / 2**20:,.0f} MB; refused before "
+            raise PictureTooLarge(f"{path}: {width} x {height} pixels ({width * height / 1e6:.3g} MP, "
+                                  f"{size / 1e6:.3g} MB decoded as {image.mode}), more than the limit of "
+                                  f"{max_pixels / 1e6:.3g} MP and {max_bytes / 1e6:.3g} MB; refused before "
                                   f"decoding")
         image.load()
         return as_rgb(image)

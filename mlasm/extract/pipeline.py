@@ -30,7 +30,7 @@ import mlasm
 from mlasm.data.coco import CaptionedImage
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
-from mlasm.data.pictures import open_picture, picture_inside
+from mlasm.data.pictures import MAX_PICTURE_PIXELS, open_picture, picture_inside
 from mlasm.data.precomp import write_split
 from mlasm.extract.boxes import select_regions
 from mlasm.extract.captions import read_captions
@@ -149,7 +149,8 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
                     nms_iou: float = 0.5, min_detections: int = 10, short_side: int = 224,
                     limit: int | None = None, proposer: RegionProposer | None = None,
                     extractor: RegionFeatureExtractor | None = None,
-                    clean_work: bool = False, allow_images_outside: bool = False) -> ExtractionResult:
+                    clean_work: bool = False, allow_images_outside: bool = False,
+                    max_picture_pixels: int = MAX_PICTURE_PIXELS) -> ExtractionResult:
     """Extract every captioned picture and write the dataset folder ``out_dir``.
 
     ``captions_file`` is COCO caption JSON or a ``file_name,caption`` CSV, file names relative
@@ -160,7 +161,8 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     :class:`UnreadableImageWarning` and listed in meta.json. The work folder ``out/.work`` is
     kept for resuming and reruns unless ``clean_work``. A file name that leads out of
     ``images_dir`` (``..``, an absolute path, a symlink) is refused before anything is read, unless
-    ``allow_images_outside`` (:func:`mlasm.data.pictures.picture_inside`).
+    ``allow_images_outside`` (:func:`mlasm.data.pictures.picture_inside`). A picture whose header
+    declares more than ``max_picture_pixels`` is skipped unread (:func:`~mlasm.data.pictures.open_picture`).
     """
     images_dir, out_dir = Path(images_dir).resolve(), Path(out_dir)
     # everything that can be refused is refused before any model is loaded or picture extracted
@@ -193,7 +195,7 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     extracted: list[tuple[CaptionedImage, ImageRegions]] = []
     for picture in tqdm(pictures, desc="extract", unit="image", disable=not progress):
         regions = _cached_or_extracted(picture, files[picture.file_name], work_dir / _cache_name(picture.file_name),
-                                       proposer, extractor, region_settings, result)
+                                       proposer, extractor, region_settings, result, max_picture_pixels)
         if regions is not None:
             extracted.append((picture, regions))
     if not extracted:
@@ -226,7 +228,8 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
 
 def _cached_or_extracted(picture: CaptionedImage, picture_file: Path, cache: Path, proposer: RegionProposer,
                          extractor: RegionFeatureExtractor, region_settings: dict[str, Any],
-                         result: ExtractionResult) -> ImageRegions | None:
+                         result: ExtractionResult, max_picture_pixels: int = MAX_PICTURE_PIXELS
+                         ) -> ImageRegions | None:
     """One picture's regions from the work folder, else extracted and cached; None if unreadable.
     Counts the picture in ``result`` as cached, computed or skipped."""
     if cache.is_file():
@@ -237,7 +240,7 @@ def _cached_or_extracted(picture: CaptionedImage, picture_file: Path, cache: Pat
         warnings.warn(f"{cache}: a damaged work file ({regions}); extracting {picture.file_name} again",
                       DamagedWorkFileWarning, stacklevel=3)
     try:
-        image = _open_rgb(picture_file)
+        image = open_picture(picture_file, max_picture_pixels)
     except (OSError, ValueError, Image.DecompressionBombError) as error:  # ValueError: a mode with no RGB,
         # PictureTooLarge (a DataError, so a ValueError): a decompression bomb
         reason = f"{type(error).__name__}: {error}"
@@ -300,12 +303,6 @@ def _assemble(name: str, pictures: list[tuple[CaptionedImage, ImageRegions]], im
         image_paths=[str(images_dir / picture.file_name) for picture, _ in pictures],
         region_scores=scores, region_labels=labels, label_names=label_names,
     )
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    """The decoded picture, upright (EXIF orientation applied), 8-bit RGB (see as_rgb); OSError if
-    unreadable, PictureTooLarge when its header declares too many pixels (open_picture)."""
-    return open_picture(path)
 
 
 def _fingerprint(producer: dict[str, Any]) -> str:
