@@ -24,7 +24,7 @@ from mlasm.config import MLASMConfig
 from mlasm.data.shapescenes import bag_of_words_scores
 from mlasm.data.vocab import tokenize
 from mlasm.evaluate import encode_split, evaluate_checkpoints
-from mlasm.io import write_json
+from mlasm.io import atomic_path, write_json
 from mlasm.metrics import complete_positive_metrics, retrieval_metrics
 from mlasm.paths import cache_dir, runs_dir
 from mlasm.plots import draw_attention, draw_level_recalls, draw_training_log
@@ -71,8 +71,8 @@ def attention_figure(checkpoint: Path, split, image_index: int = 0, max_words: i
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # a full disk leaves the earlier figure whole
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))
     plt.close(fig)
 
 

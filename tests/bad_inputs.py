@@ -357,6 +357,9 @@ _CASES += [
          "OUT/PAGE.html: No space left on device (nothing was changed); the earlier complete page is intact"),
     Case("export_script_disk_full", "kept", "the disk fills up while a page's script is copied",
          "mlasm export-notebooks", "OUT/widget-assets/anywidget.js: No space left on device (nothing was changed)"),
+    Case("workbench_save_figure_disk_full", "kept", "the disk fills up while the workbench saves a picture",
+         "save_figure / the SVG and PNG buttons",
+         "FILE: No space left on device (nothing was changed); the earlier picture is intact"),
     Case("evaluate_interrupted_between_renames", "kept", "Ctrl-C between evaluate's renames (ranks.npz replaced, "
          "scores.npz and metrics.json not yet)", _EVALUATE,
          "the renames are finished: ranks.npz, scores.npz and metrics.json of the new evaluation, together"),

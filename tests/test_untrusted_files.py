@@ -876,3 +876,21 @@ def test_the_picture_limit_is_the_users(case, tmp_path):
                                  max_picture_pixels=int(args.max_picture_megapixels * 1e6))
     assert len(warned) == 1 and case.expected(FILE=images / "photo.png").split("one line: ")[1] in str(warned[0].message)
     assert result.split_sizes == {"all": 1}
+
+
+@pytest.mark.parametrize("case", [CASES["workbench_save_figure_disk_full"]], ids=str)
+def test_a_picture_saved_onto_a_full_disk_keeps_the_earlier_one(case, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from widgets.saving import save_figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "attention.svg")
+    earlier = path.read_bytes()
+    _full_disk_for("attention.svg", monkeypatch)
+    fig.axes[0].plot([0, 1], [0, 1])
+    with pytest.raises(OSError) as full:
+        save_figure(fig, path)
+    assert describe_error(full.value) == case.expected(FILE=path).split("; the earlier")[0]
+    assert path.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == ["attention.svg"]
