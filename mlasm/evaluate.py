@@ -53,8 +53,9 @@ def encode_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, batch_s
     model.eval()
     device = model.device
     images = []
-    # as many images a batch as the block budget holds: their features, and about three embeddings a region
-    per_image = 4 * split.max_regions * (split.region_dim + 3 * model.config.embed_size)
+    # as many images a batch as the block budget holds: their features twice (as read, and the masked mean's
+    # product when the split has no global vectors), and about three embeddings a region
+    per_image = 4 * split.max_regions * (2 * split.region_dim + 3 * model.config.embed_size)
     image_batch = max(1, min(batch_size, int(default_memory_budget_mb(device) * 2**20) // per_image))
     for start in tqdm(range(0, split.n_images, image_batch), desc="encoding images", disable=not progress):
         batch = image_tensors(split, np.arange(start, min(start + image_batch, split.n_images)))

@@ -408,8 +408,8 @@ def test_many_regions_are_encoded_in_batches_the_budget_holds(case, monkeypatch)
 
     monkeypatch.setattr(MLASM, "encode_images", recording)
     img, _ = encode_split(model, split, vocab)
-    per_image = 4 * 10_000 * (64 + 3 * 32)  # the features and about three embeddings a region
-    assert batches == [10, 10] and max(batches) * per_image <= 64 * 2**20
+    per_image = 4 * 10_000 * (2 * 64 + 3 * 32)  # the features twice and about three embeddings a region
+    assert batches == [7, 7, 6] and max(batches) * per_image <= 64 * 2**20
     assert img.regions.shape == (20, 10_000, 32)
 
 
