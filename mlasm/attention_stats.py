@@ -283,6 +283,7 @@ def knows_word_and_region_kinds(split) -> bool:
 
 def model_records(model, split, vocab, img=None, cap=None, captions: Sequence[int] | None = None) -> pd.DataFrame:
     """Every token's record over the matching pairs of ``split`` (or of ``captions``), by ``model.explain``."""
+    from mlasm.data.dataset import cut_caption
     from mlasm.evaluate import encode_split, model_directions
 
     if "t2i" not in model_directions(model):
@@ -298,7 +299,8 @@ def model_records(model, split, vocab, img=None, cap=None, captions: Sequence[in
         for c in captions:
             image = int(split.caption_to_image[c])
             explanation = model.explain(img, cap, image, int(c))
-            yield reader.attended(int(c), image, vocab.encode(split.captions[c]).tokens,
+            tokens = cut_caption(vocab.encode(split.captions[c]).tokens, vocab.boundaries)  # as the model read it
+            yield reader.attended(int(c), image, tokens,
                                   explanation.t2i_attention, explanation.region_indices)
 
     return records_frame(pairs(), reader.region_kind_names)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import warnings
 
 import torch
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=at_least(1), help="override the preset's number of epochs")
     demo.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     demo.add_argument("--seed", type=at_least(0), default=0)
+    demo.add_argument("--overwrite", action="store_true", help="replace the models of an earlier demo in --out")
 
     train = commands.add_parser("train", help="train a model",
                                 description="Train MLASM; keeps last.pt (for --resume) and best.pt (best "
@@ -182,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsv.add_argument("--images", help="the folder the caption file's file names are relative to: records each "
                                       "picture's path, so attention maps can be drawn on it")
     tsv.add_argument("--restart", action="store_true", help="discard an unfinished conversion in --out")
+    tsv.add_argument("--allow-images-outside", action="store_true",
+                     help="record pictures whose file names lead out of --images (.., an absolute path, a symlink); "
+                          "by default such an entry is refused")
     scan = sources.add_parser("scan", help="a SCAN precomp folder + its vocabulary file",
                               description="Hard-link (else copy) the features of a SCAN release, write meta.json "
                                           "and vocab.json (SCAN's ids), and report how much of each split's "
@@ -271,7 +276,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from mlasm.report import format_result
     from mlasm.sources import open_split
 
-    out = args.out or Path(args.checkpoint[0]).parent / f"eval-{args.split}"
+    out = Path(args.checkpoint[0]).parent / f"eval-{args.split}" if args.out is None else args.out  # '' refused
     # before the data are read and every pair is scored; by rank 0, which writes there, under torchrun
     distributed.on_rank_zero(lambda: check_output_folder(out, "--out"))
     split = open_split(args.data, args.split)
@@ -288,7 +293,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from mlasm.demo import run_demo
 
     check_output_folder(args.out, "--out")
-    run_demo(args.out, fast=args.fast, compare=args.compare, epochs=args.epochs, device=args.device, seed=args.seed)
+    run_demo(args.out, fast=args.fast, compare=args.compare, epochs=args.epochs, device=args.device, seed=args.seed,
+             overwrite=args.overwrite)
     return 0
 
 
@@ -333,7 +339,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         summary = prepare_from_tsv(args.features, args.captions, args.out,
                                    splits=dict(args.split) if args.split else None, max_regions=args.max_regions,
                                    captions_per_image=args.captions_per_image, match=args.match,
-                                   images_root=args.images, restart=args.restart)
+                                   images_root=args.images, restart=args.restart,
+                                   allow_images_outside=args.allow_images_outside)
         print(f"TSV lines matched by image {'id' if summary['match'] == 'id' else 'file name'}; "
               f"{summary['skipped_tsv_images']:,} TSV images in no chosen split were skipped")
     else:
@@ -383,10 +390,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     threads_before = torch.get_num_threads()
     try:
-        set_threads(args.threads)
+        with one_line_warnings(f"mlasm {args.command}"):  # --threads above the usable cores: a note
+            set_threads(args.threads)
         return _run(args)
     finally:  # main() called in-process (tests, notebooks) leaves the caller's threads as they were
         torch.set_num_threads(threads_before)
+
+
+@contextlib.contextmanager
+def one_line_warnings(who: str):
+    """mlasm's own warnings (captions cut, a picture skipped, --threads capped) as one line each,
+    ``mlasm COMMAND: warning: ...``; other packages' warnings as Python shows them."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.split(".")[0] != "mlasm":
+                return shown(message, category, filename, lineno, file, line)
+            print(f"{who}: warning: {message}", file=sys.stderr if file is None else file)
+
+        warnings.showwarning = show
+        yield
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -395,7 +419,7 @@ def _run(args: argparse.Namespace) -> int:
     rank = os.environ.get("RANK", "0") if distributed.launched_by_torchrun() else "0"
     who = f"mlasm {args.command}" + ("" if rank == "0" else f" (rank {rank})")
     try:
-        with sigterm_as_exception(), _processes_for(args):
+        with sigterm_as_exception(), _processes_for(args), one_line_warnings(who):
             return RUNNERS[args.command](args)
     except (DataError, CheckpointError, ValueError, OSError, torch.cuda.OutOfMemoryError) as e:
         print(f"{who}: error: {describe_error(e)}", file=sys.stderr)

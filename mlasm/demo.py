@@ -24,14 +24,14 @@ from mlasm.config import MLASMConfig
 from mlasm.data.shapescenes import bag_of_words_scores
 from mlasm.data.vocab import tokenize
 from mlasm.evaluate import encode_split, evaluate_checkpoints
-from mlasm.io import write_json
+from mlasm.io import atomic_path, write_json
 from mlasm.metrics import complete_positive_metrics, retrieval_metrics
 from mlasm.paths import cache_dir, runs_dir
 from mlasm.plots import draw_attention, draw_level_recalls, draw_training_log
 from mlasm.report import complete_table, format_result, recall_table
 from mlasm.sources import EMBEDDED, FAST_SIZES, fast_mode, open_split
 from mlasm.checkpoint import load_model, resolve_device
-from mlasm.train import train
+from mlasm.train import RunFolderError, holds_run, train
 
 # Tiny settings that still learn: 3 epochs at twice the learning rate, every one summing the hinge over
 # all negatives. Hardest negatives need more steps than a tiny run has to climb out of the collapse
@@ -71,8 +71,8 @@ def attention_figure(checkpoint: Path, split, image_index: int = 0, max_words: i
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # a full disk leaves the earlier figure whole
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))
     plt.close(fig)
 
 
@@ -132,10 +132,23 @@ def demo_pair(fast: bool | None = None, progress: bool = False) -> dict[str, Pat
     return {"local-only": demo_checkpoint(tiny, progress, local_only=True), "MLASM": demo_checkpoint(tiny, progress)}
 
 
-def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = False,
-             epochs: int | None = None, device: str | None = None, seed: int = 0) -> dict:
-    """Run the main job; return the test result (also written to OUT/metrics.json)."""
+def check_demo_folder(out: str | Path, compare: bool = False, overwrite: bool = False) -> None:
+    """Refuse to replace an earlier demo's trained models unless ``overwrite``: a RunFolderError
+    naming the folder and the files, before any work."""
     out = Path(out)
+    for run in [out / "mlasm"] + ([out / "local_only"] if compare else []):
+        existing = holds_run(run)
+        if existing and not overwrite:
+            raise RunFolderError(f"{run}: already holds a demo's trained model ({', '.join(existing)}); replace it "
+                                 f"with --overwrite, or choose another --out")
+
+
+def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = False,
+             epochs: int | None = None, device: str | None = None, seed: int = 0, overwrite: bool = False) -> dict:
+    """Run the main job; return the test result (also written to OUT/metrics.json). A folder that
+    holds an earlier demo's models is replaced only with ``overwrite``."""
+    out = Path(out)
+    check_demo_folder(out, compare, overwrite)
     device = resolve_device(device)
     started = time.time()
     n_threads = torch.get_num_threads()

@@ -35,7 +35,7 @@ from mlasm.metrics import (
     retrieval_metrics,
     t2i_ranks,
 )
-from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding
+from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding, default_memory_budget_mb
 from mlasm.saved_scores import SCORES_FILE, scores_fingerprint, write_scores
 
 PROTOCOLS = {
@@ -53,13 +53,17 @@ def encode_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, batch_s
     model.eval()
     device = model.device
     images = []
-    for start in tqdm(range(0, split.n_images, batch_size), desc="encoding images", disable=not progress):
-        batch = image_tensors(split, np.arange(start, min(start + batch_size, split.n_images)))
+    # as many images a batch as the block budget holds: their features twice (as read, and the masked mean's
+    # product when the split has no global vectors), and about three embeddings a region
+    per_image = 4 * split.max_regions * (2 * split.region_dim + 3 * model.config.embed_size)
+    image_batch = max(1, min(batch_size, int(default_memory_budget_mb(device) * 2**20) // per_image))
+    for start in tqdm(range(0, split.n_images, image_batch), desc="encoding images", disable=not progress):
+        batch = image_tensors(split, np.arange(start, min(start + image_batch, split.n_images)))
         images.append(model.encode_images(*(t.to(device) for t in batch)))
     img = ImageEncoding(torch.cat([e.regions for e in images]), torch.cat([e.mask for e in images]),
                         torch.cat([e.glob for e in images]) if images[0].glob is not None else None)
 
-    tokens, lengths = caption_tensors(vocab, split.captions)                     # (M, L), (M,)
+    tokens, lengths = caption_tensors(vocab, split.captions, f"of split {split.name!r} ")  # (M, L), (M,)
     words = torch.zeros(len(split.captions), tokens.shape[1], model.config.embed_size, device=device)
     for start in tqdm(range(0, len(split.captions), batch_size), desc="encoding captions", disable=not progress):
         stop = start + batch_size

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from mlasm.io import atomic_path, write_text
 from mlasm.paths import REPO_ROOT, cache_dir
 
 # name beside the HTML -> (npm package, pinned version, file inside its tarball)
@@ -123,10 +124,9 @@ def copy_assets(out: Path) -> Path:
                           f"{assets_dir()}): run bash scripts/install_widget_assets.sh")
     target = out / ASSETS_FOLDER
     target.mkdir(parents=True, exist_ok=True)
-    for name in ASSETS:
-        shutil.copyfile(assets_dir() / name, target / name)
-    for name, source in OWN_ASSETS.items():
-        shutil.copyfile(source, target / name)
+    for name, source in [*((name, assets_dir() / name) for name in ASSETS), *OWN_ASSETS.items()]:
+        with atomic_path(target / name) as tmp:  # a full disk leaves the earlier script whole
+            shutil.copyfile(source, tmp)
     return target
 
 
@@ -149,7 +149,7 @@ def export_notebooks(out: str | Path, notebooks: Sequence[str | Path] = (), fast
             print(f"running {path.name}{' (fast)' if fast else ''}", flush=True)
         notebook = execute(read_notebook(path), path.resolve().parent, fast=fast, timeout=timeout, name=path.name)
         page = out / f"{path.stem}.html"
-        page.write_text(to_html(notebook), encoding="utf-8")
+        write_text(page, to_html(notebook))  # atomically: an earlier complete page stays until this one is
         written.append(page)
         if progress:
             print(f"wrote {page} ({page.stat().st_size / 1e6:.1f} MB, {len(widget_state(notebook))} widgets)",
@@ -177,7 +177,8 @@ def install_assets(folder: Path | None = None, packages: Iterable[str] | None = 
                 source = archive.extractfile(member)
                 if source is None:
                     raise ExportError(f"{package}@{version} has no {member}")
-                (folder / name).write_bytes(source.read())
+                with atomic_path(folder / name) as tmp:
+                    tmp.write_bytes(source.read())
     return folder
 
 

@@ -73,9 +73,15 @@ def write_together(writers: Mapping[str | os.PathLike, Callable[[Path], None]]) 
     the last one named last. That last file is removed before the others are replaced, so a
     crash between the renames leaves it absent rather than beside files of another unit: its
     presence means the files before it belong to it (evaluate names metrics.json last).
+
+    Before the first rename a journal beside the last file lists the renames: once it exists the
+    unit is committed, so an exception in the window (Ctrl-C) finishes the renames rather than
+    undoing them, and a kill there (kill -9, power loss) is finished by the next start
+    (:func:`remove_stale_temporaries`): never new files of one unit beside old ones of another.
     """
     paths = [Path(p) for p in writers]
     temporaries: list[Path] = []
+    journal = None
     try:
         for path, write in zip(paths, writers.values()):
             try:
@@ -84,12 +90,37 @@ def write_together(writers: Mapping[str | os.PathLike, Callable[[Path], None]]) 
                 write(temporaries[-1])
             except OSError as error:
                 raise _with_file_name(error, path) from None
-        paths[-1].unlink(missing_ok=True)
-        for tmp, path in zip(temporaries, paths):
-            os.replace(tmp, path)
+        pending = paths[-1].with_name(f".{paths[-1].name}.{os.getpid()}{_JOURNAL_SUFFIX}")
+        with atomic_path(pending) as tmp:
+            tmp.write_text(json.dumps([[str(t), str(p)] for t, p in zip(temporaries, paths)]), encoding="utf-8")
+        journal = pending
+        _finish_renames(journal)
     finally:
-        for tmp in temporaries:
-            tmp.unlink(missing_ok=True)
+        if journal is not None:
+            _finish_renames(journal)  # committed: an interrupt in the window finishes the unit
+        else:
+            for tmp in temporaries:
+                tmp.unlink(missing_ok=True)
+
+
+_JOURNAL_SUFFIX = ".together"
+_JOURNAL = re.compile(r"^\..+\.(?P<pid>\d+)\.together$")
+
+
+def _finish_renames(journal: Path) -> None:
+    """Do the renames a write_together journal lists that are not done yet, the last file removed
+    first and renamed last; then remove the journal. Safe to repeat."""
+    try:
+        renames = [(Path(t), Path(p)) for t, p in json.loads(journal.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError):
+        journal.unlink(missing_ok=True)  # unreadable: written by no finished commit
+        return
+    if renames and renames[-1][0].exists():
+        renames[-1][1].unlink(missing_ok=True)
+    for tmp, path in renames:
+        if tmp.exists():
+            os.replace(tmp, path)
+    journal.unlink(missing_ok=True)
 
 
 def _process_alive(pid: int) -> bool:
@@ -104,6 +135,18 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def finish_interrupted_writes(folder: str | os.PathLike) -> None:
+    """Finish the write_together units in ``folder`` that a process killed between its renames had
+    committed (its journal is there); those of a live process are left to it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        match = _JOURNAL.match(entry.name)
+        if match and not (int(match.group("pid")) != os.getpid() and _process_alive(int(match.group("pid")))):
+            _finish_renames(entry)
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporaries that processes no longer running left in ``folder``; return them.
 
@@ -114,6 +157,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     removed = []
     if not folder.is_dir():
         return removed
+    finish_interrupted_writes(folder)  # first the units a killed process had committed
     for entry in folder.iterdir():
         match = _TEMPORARY.match(entry.name)
         if not match or not entry.is_file():
@@ -135,6 +179,8 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     Raises UnusableFolder naming ``option`` and the folder: a file in the way, a folder that
     cannot be created, or one where nothing can be written (read-only, full, no permission).
     """
+    if not str(path).strip():  # Path("") is the current folder: a run would land among the user's files
+        raise UnusableFolder(f"{option} '': an empty name, expected a folder")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UnusableFolder(f"{option} {path}: is a file, expected a folder")
@@ -150,6 +196,16 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     except OSError as error:
         raise UnusableFolder(f"{option} {path}: cannot write files in it ({error.strerror})") from None
     return path
+
+
+def npz_declared_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Member name (without .npy) -> uncompressed size in bytes, as an .npz's zip directory declares
+    it: read before anything is decompressed, so that a small file declaring gigabytes is refused
+    unread. Raises zipfile.BadZipFile or OSError for a file that is no zip archive."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return {info.filename.removesuffix(".npy"): info.file_size for info in archive.infolist()}
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

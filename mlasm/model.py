@@ -95,7 +95,7 @@ class _RegionTerms(NamedTuple):
     vectors: Tensor                # (n, R, d) v_r, zero where masked
     mask: Tensor                   # (n, R) bool
     norms: Tensor                  # (n, R) |v_r|
-    gram: Tensor                   # (n, R, R) v_r . v_r'
+    gram: Optional[Tensor]         # (n, R, R) v_r . v_r'; None where R x R would not fit the budget
     glob: Optional[Tensor] = None        # (n, d) h
     context_rows: Optional[Tensor] = None  # (n, R, d) W_x v_r + b_x
     gate_rows: Optional[Tensor] = None     # (n, R, d) W_g [h ; W_x v_r + b_x] + b_g
@@ -110,12 +110,19 @@ class _WordTerms(NamedTuple):
     context_gram: Optional[Tensor] = None  # (m, L, L) their dot products
 
 
-def _region_terms(regions: Tensor, mask: Tensor) -> _RegionTerms:
+def _region_terms(regions: Tensor, mask: Tensor, gram: bool = True) -> _RegionTerms:
     mask = mask.bool()
     if not mask.any(dim=1).all():
         raise ValueError("every image needs at least one unmasked region")
     vectors = regions.masked_fill(~mask[..., None], 0.0)
-    return _RegionTerms(vectors, mask, torch.linalg.vector_norm(vectors, dim=-1), vectors @ vectors.transpose(1, 2))
+    return _RegionTerms(vectors, mask, torch.linalg.vector_norm(vectors, dim=-1),
+                        vectors @ vectors.transpose(1, 2) if gram else None)
+
+
+def _gram_fits(n_regions: int, element_size: int, budget_bytes: int) -> bool:
+    """Whether one image's (R, R) Gram matrix takes at most an eighth of the block budget: it makes
+    |a_l|^2 cheap for tens of regions, but an image of 10,000 regions would need 400 MB for it."""
+    return element_size * n_regions * n_regions <= budget_bytes // 8
 
 
 def _word_terms(words: Tensor, lengths: Tensor) -> _WordTerms:
@@ -212,8 +219,11 @@ def word_context_cosines(alpha: Tensor, sim: Tensor, regions: _RegionTerms, word
     """cos(u_l, a_l), a_l = sum_r alpha_rl v_r, from weights alpha (n, R, m, L) over the regions: (n, m, L)."""
     n, n_regions, m, n_words = sim.shape
     dots = (alpha * sim).sum(1)                                                  # (n, m, L) u_l . a_l
-    gram_alpha = torch.bmm(regions.gram, alpha.reshape(n, n_regions, m * n_words)).view_as(alpha)
-    context_sq = (alpha * gram_alpha).sum(1)                                     # (n, m, L) |a_l|^2
+    if regions.gram is None:  # many regions: the attended vectors themselves, (n, m, L, d)
+        context_sq = torch.einsum("nrml,nrd->nmld", alpha, regions.vectors).square().sum(-1)
+    else:
+        gram_alpha = torch.bmm(regions.gram, alpha.reshape(n, n_regions, m * n_words)).view_as(alpha)
+        context_sq = (alpha * gram_alpha).sum(1)                                 # (n, m, L) |a_l|^2
     return _cosine(dots, words.norms, context_sq)
 
 
@@ -339,8 +349,8 @@ class MLASM(nn.Module):
 
     # --- per-item terms ----------------------------------------------------------------
 
-    def _image_terms(self, img: ImageEncoding) -> _RegionTerms:
-        terms = _region_terms(img.regions, img.mask)
+    def _image_terms(self, img: ImageEncoding, gram: bool = True) -> _RegionTerms:
+        terms = _region_terms(img.regions, img.mask, gram)
         if not self.config.uses_global_level:
             return terms
         # x = W_x abar + b_x and the gate's input W_g [h ; x] + b_g are affine in abar = sum_r wbar_r v_r
@@ -458,6 +468,11 @@ class MLASM(nn.Module):
         budget = int(memory_budget_mb * 2**20)
         typical = int(sorted_lengths.float().mean().ceil())
         block_images, _ = _block_shape(n_images, n_captions, n_regions, typical, d, element_size, memory_budget_mb)
+        # the images' own terms (vectors, context and gate rows, the Gram matrix where it fits) take at
+        # most half the budget: the region count bounds the block too
+        gram = _gram_fits(n_regions, element_size, budget)
+        per_image = element_size * n_regions * ((n_regions if gram else 0) + 3 * d)
+        block_images = min(block_images, max(1, budget // (2 * per_image)))
         chunks = _length_chunks(sorted_lengths, lambda length: max(1, budget // (
             block_images * _bytes_per_pair(n_regions, length, d, element_size))))
         allocate = torch.empty if blocks is None else torch.zeros
@@ -467,7 +482,7 @@ class MLASM(nn.Module):
         with tqdm(total=n_images * n_captions, unit="pair", unit_scale=True, desc="scoring pairs",
                   disable=not show) as bar:
             for i in range(0, n_images, block_images):
-                regions = _to(self._image_terms(_to(_slice(img, i, i + block_images), self.device)), device)
+                regions = _to(self._image_terms(_to(_slice(img, i, i + block_images), self.device), gram), device)
                 for start, stop in chunks:
                     block_index += 1
                     if blocks is not None and block_index % blocks[1] != blocks[0]:  # another process's
@@ -496,7 +511,9 @@ class MLASM(nn.Module):
             raise IndexError(f"caption_index {caption_index} out of range for {cap.words.shape[0]} captions")
         lambda_t2i = self.config.lambda_t2i if lambda_t2i is None else float(lambda_t2i)
         lambda_i2t = self.config.lambda_i2t if lambda_i2t is None else float(lambda_i2t)
-        regions = self._image_terms(_to(_slice(img, image_index, image_index + 1), self.device))
+        gram = _gram_fits(img.regions.shape[1], img.regions.element_size(),
+                          int(default_memory_budget_mb(self.device) * 2**20))
+        regions = self._image_terms(_to(_slice(img, image_index, image_index + 1), self.device), gram)
         words = self._caption_terms(_to(_slice(cap, caption_index, caption_index + 1), self.device))
         block = self._score_block(regions, words, lambda_t2i, lambda_i2t)
 

@@ -6,6 +6,12 @@ SHA-256, the split's name, sizes and captions). A session opened on the same che
 split reads them instead of scoring every pair again; any difference in the fingerprint (a
 retrained checkpoint, another split, an ensemble of other models) means they are not used.
 
+The file is a cache, and a cache can be damaged (a truncated copy, a flipped bit, a file from
+another tool under the same name): its arrays carry a SHA-256 checksum, and a file that cannot be
+read, lacks a level, declares members larger than its matrices (checked in the zip directory before
+anything is decompressed), holds NaN or infinite scores or does not match its checksum is ignored
+with one SavedScoresIgnored warning naming the file and why; the scores are then computed again.
+
 float32, not float16: half precision ties scores that differ in the fourth digit and changes
 ranks (``rank_changes_in_half_precision`` on the demo model's final level, ShapeScenes test:
 2.8 % of the caption queries and 0.2 % of the image queries changed rank).
@@ -14,14 +20,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 
+from mlasm.io import finish_interrupted_writes, npz_declared_sizes
+
 SCORES_FILE = "scores.npz"
 _FINGERPRINT_KEY = "fingerprint"
+_CHECKSUM_KEY = "checksum"
+LEVEL_NAMES = ("t2i", "i2t", "local", "global", "final")  # mlasm.model.LEVELS, every one saved
+_NPY_HEADER_BYTES = 4096  # an .npy header takes 128 bytes for a matrix; anything near this is not one
+_SMALL_MEMBER_BYTES = 2**20  # the fingerprint and the checksum
+
+
+class SavedScoresIgnored(UserWarning):
+    """A saved scores.npz that could not be used (damaged, incomplete, non-finite); scored again."""
+
+
+def arrays_checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of the arrays' names, shapes, dtypes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}\0{array.shape}\0{array.dtype.str}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def file_digest(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
@@ -42,24 +71,63 @@ def write_scores(path: str | Path, scores: Mapping[str, torch.Tensor | np.ndarra
     arrays = {level: np.asarray(value.cpu() if hasattr(value, "cpu") else value, dtype=np.float32)
               for level, value in scores.items()}
     with open(path, "wb") as f:
-        np.savez(f, **{_FINGERPRINT_KEY: np.array(json.dumps(fingerprint, sort_keys=True))}, **arrays)
+        np.savez(f, **{_FINGERPRINT_KEY: np.array(json.dumps(fingerprint, sort_keys=True)),
+                       _CHECKSUM_KEY: np.array(arrays_checksum(arrays))}, **arrays)
 
 
 def read_saved_scores(path: str | Path, fingerprint: dict) -> dict[str, np.ndarray] | None:
-    """The saved matrices when ``path`` holds scores of exactly this fingerprint, else None."""
+    """The saved matrices when ``path`` holds scores of exactly this fingerprint, else None.
+
+    Scores of another checkpoint or split are passed over without a word (a folder may hold an
+    older run's); a file that is damaged, incomplete or non-finite gets one SavedScoresIgnored
+    warning naming it and why.
+    """
     path = Path(path)
     if not path.is_file():
         return None
+    scores = _checked_scores(path, fingerprint)
+    if isinstance(scores, str):
+        if scores:
+            warnings.warn(f"{path}: {scores}; ignored, the scores are computed again", SavedScoresIgnored,
+                          stacklevel=3)
+        return None
+    return scores
+
+
+def _checked_scores(path: Path, fingerprint: dict) -> dict[str, np.ndarray] | str:
+    """The matrices, or why they cannot be used ("" when they are another checkpoint's or split's)."""
+    shape = (int(fingerprint["n_images"]), int(fingerprint["n_captions"]))
+    matrix_bytes = 4 * shape[0] * shape[1]
+    try:  # the zip directory first: sizes as declared, before a byte is decompressed
+        declared = npz_declared_sizes(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        return f"not a readable .npz archive ({error})"
+    missing = [name for name in (_FINGERPRINT_KEY, _CHECKSUM_KEY, *LEVEL_NAMES) if name not in declared]
+    if missing:
+        return f"incomplete: no {', '.join(missing)}" + (" (written by an earlier mlasm)" if missing ==
+                                                          [_CHECKSUM_KEY] else "")
+    for name, size in declared.items():
+        limit = matrix_bytes + _NPY_HEADER_BYTES if name in LEVEL_NAMES else _SMALL_MEMBER_BYTES
+        if size > limit:
+            return (f"member {name}.npy declares {size:,} bytes uncompressed, more than the {limit:,} of "
+                    f"a {shape[0]} x {shape[1]} float32 matrix; not decompressed")
     try:
         with np.load(path, allow_pickle=False) as saved:
             if json.loads(str(saved[_FINGERPRINT_KEY])) != fingerprint:
-                return None
-            shape = (fingerprint["n_images"], fingerprint["n_captions"])
-            scores = {key: saved[key] for key in saved.files if key != _FINGERPRINT_KEY}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
-        return None  # unreadable or of another kind: score again rather than fail
-    if not scores or any(matrix.shape != shape for matrix in scores.values()):
-        return None
+                return ""
+            checksum = str(saved[_CHECKSUM_KEY])
+            scores = {level: saved[level] for level in LEVEL_NAMES}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as error:
+        return f"unreadable ({type(error).__name__}: {error})"
+    for level, matrix in scores.items():
+        if matrix.shape != shape or matrix.dtype != np.float32:
+            return f"{level} is {matrix.dtype} {matrix.shape}, expected float32 {shape}"
+    if arrays_checksum(scores) != checksum:
+        return "its matrices do not match their checksum (changed or damaged since evaluate wrote them)"
+    for level, matrix in scores.items():
+        finite = np.isfinite(matrix)
+        if not finite.all() and not (level == "global" and np.isnan(matrix).all()):  # a local-only model's
+            return f"{level} holds {int((~finite).sum()):,} NaN or infinite scores (the file, not the model)"
     return scores
 
 
@@ -72,6 +140,8 @@ def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Pat
     """
     checkpoint = Path(checkpoint)
     folders = [checkpoint.parent, checkpoint.parent.parent] if folders is None else [Path(f) for f in folders]
+    for folder in folders:  # an evaluation killed between its renames: its files, all of them
+        finish_interrupted_writes(folder)
     candidates = [folder / SCORES_FILE for folder in folders if (folder / SCORES_FILE).is_file()]
     if not candidates:
         return None, None

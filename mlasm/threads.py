@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 
 import torch
 
@@ -111,10 +112,23 @@ def default_threads() -> int:
     return max(1, free // processes_here)
 
 
+class ThreadsCappedWarning(UserWarning):
+    """More threads were asked for than this process has cores; the usable cores are used."""
+
+
 def set_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads (``None``: ``default_threads()``) and return the count."""
+    """Set torch's intra-op threads (``None``: ``default_threads()``) and return the count.
+
+    A count above the usable cores is capped at them with a ThreadsCappedWarning: more threads
+    than cores only make them wait for each other (``--threads 1000`` on 2 cores sent the load
+    average to 254)."""
     count = default_threads() if threads is None else int(threads)
     if count < 1:
         raise ValueError(f"threads must be at least 1, got {count}")
+    cores = usable_cores()
+    if count > cores:
+        warnings.warn(f"--threads {count}: this process can use {cores} core{'s' * (cores != 1)} "
+                      f"(its CPU affinity and quota); using {cores}", ThreadsCappedWarning, stacklevel=2)
+        count = cores
     torch.set_num_threads(count)
     return count

@@ -185,7 +185,8 @@ class _Training:
         self.log_path = out_dir / "train_log.jsonl"
         self.use_amp = amp and device.type == "cuda"
         self.vocab = vocab.with_boundaries(config.start_end_tokens)  # validation encodes the dev captions alike
-        self.captions = encode_captions(self.vocab, train_split.captions, progress=progress)  # once: NLTK is slow
+        self.captions = encode_captions(self.vocab, train_split.captions, progress=progress,  # once: NLTK is slow
+                                        where=f"of split {train_split.name!r} ")
         self.unknown_share = float(np.mean(self.captions.ids == self.vocab.unk_id))
         self.model = MLASM(config).to(device)
         check_model_fits(self.model, train_split, str(out_dir))

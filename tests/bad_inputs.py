@@ -218,6 +218,181 @@ _INTERRUPTS = [
 _CASES += [Case(key, "interrupts", text, "mlasm train, then mlasm train --resume", INTERRUPT_OUTCOME)
            for key, text in _INTERRUPTS]
 
+# ---- issue 26: files nobody checked (tests/test_untrusted_files.py)
+SECTIONS["paths"] = "Picture paths read from data files: only inside the folder the user named"
+_OUT_OF = "leads to TARGET, outside --images DIR; pictures are read only inside it"
+_WORKBENCH = "leads to TARGET, outside DATA"
+_CASES += [
+    Case("extract_csv_row_up_to_etc", "paths", "a captions CSV row `../../../etc/hostname`", _EXTRACT,
+         f"CSV: line 2: picture '../../../etc/hostname' {_OUT_OF}"),
+    Case("extract_csv_row_in_a_sibling_folder", "paths", "a captions CSV row `../outside/secret.png`", _EXTRACT,
+         f"CSV: line 3: picture '../outside/secret.png' {_OUT_OF}"),
+    Case("extract_csv_row_absolute", "paths", "a captions CSV row naming an absolute path", _EXTRACT,
+         f"CSV: line 2: picture 'TARGET' {_OUT_OF}"),
+    Case("extract_csv_row_symlink_out", "paths", "a captions CSV row naming a symlink in `--images` that leads out",
+         _EXTRACT, f"CSV: line 2: picture 'link.png' {_OUT_OF}"),
+    Case("extract_coco_json_up", "paths", "a COCO caption JSON `file_name` `../outside/secret.png`", _EXTRACT,
+         f"JSON: images[1]: picture '../outside/secret.png' {_OUT_OF}"),
+    Case("extract_allow_images_outside", "paths", "the same rows with `--allow-images-outside`",
+         "extract_dataset / mlasm extract",
+         "exit 0: the pictures outside are read and their paths recorded; meta.json says pictures_outside_allowed"),
+    Case("prepare_karpathy_up_to_etc", "paths", "a Karpathy JSON `filename` `../../../../etc/passwd`",
+         "mlasm prepare tsv --images DIR", f"JSON: images[0]: picture '../../../../etc/passwd' {_OUT_OF}"),
+    Case("prepare_karpathy_in_a_sibling_folder", "paths",
+         "a Karpathy JSON `filepath` `../outside`, `filename` `secret.png`", "mlasm prepare tsv --images DIR",
+         f"JSON: images[1]: picture '../outside/secret.png' {_OUT_OF}"),
+    Case("prepare_karpathy_absolute", "paths", "a Karpathy JSON `filename` naming an absolute path",
+         "mlasm prepare tsv --images DIR", f"JSON: images[0]: picture 'TARGET' {_OUT_OF}"),
+    Case("prepare_karpathy_symlink_out", "paths", "a Karpathy JSON `filename` naming a symlink that leads out",
+         "mlasm prepare tsv --images DIR", f"JSON: images[0]: picture 'link.png' {_OUT_OF}"),
+    Case("prepare_allow_images_outside", "paths", "the same with `--allow-images-outside`",
+         "mlasm prepare tsv --images DIR",
+         "exit 0: the path outside is recorded, meta.json says pictures_outside_allowed, the workbench reads it"),
+    Case("workbench_image_path_up_to_etc", "paths", "`{split}_image_paths.txt` line `../../../etc/hostname`",
+         "WorkbenchSession.picture / split.get_image", f"PATHS: line 1: picture 'DATA/../../../etc/hostname' {_WORKBENCH}"),
+    Case("workbench_image_path_in_a_sibling_folder", "paths", "`{split}_image_paths.txt` line `../outside/secret.png`",
+         "WorkbenchSession.picture / split.get_image", f"PATHS: line 2: picture 'DATA/../outside/secret.png' {_WORKBENCH}"),
+    Case("workbench_image_path_absolute", "paths", "`{split}_image_paths.txt` line naming an absolute path",
+         "WorkbenchSession.picture / split.get_image", f"PATHS: line 1: picture 'TARGET' {_WORKBENCH}"),
+    Case("workbench_image_path_symlink_out", "paths", "`{split}_image_paths.txt` line naming a symlink that leads out",
+         "WorkbenchSession.picture / split.get_image", f"PATHS: line 1: picture 'DATA/link.png' {_WORKBENCH}"),
+    Case("workbench_picture_in_the_recorded_folder", "paths",
+         "an absolute picture path inside the picture folder meta.json records (`--images` of prepare / extract)",
+         "WorkbenchSession.picture / split.get_image", "the picture is shown"),
+    Case("workbench_drawing_of_a_refused_picture", "paths", "the attention view of an image whose picture is refused",
+         "widgets: picture_with_boxes", "a blank canvas with the boxes, and the one line as a warning"),
+]
+SECTIONS["memory"] = "Memory bounded by what the user set, whatever the input"
+_CUT = "have more than 100 words and were cut to their first 100"
+_TOO_LARGE = "more than the limit of 64 MP and 192 MB; refused before decoding"
+_CASES += [
+    Case("evaluate_caption_of_10000_words", "memory", "one 10,000-word caption among the 80 of a split", _EVALUATE,
+         f"exit 0 and one line: warning: 1 of 80 captions of split 'dev' {_CUT} (the longest: caption 3, "
+         f"10000 words)"),
+    Case("train_caption_of_10000_words", "memory", "one 10,000-word caption among the 240 training captions", _TRAIN,
+         f"exit 0 and one line: warning: 1 of 240 captions of split 'train' {_CUT} (the longest: caption 5, "
+         f"10000 words)"),
+    Case("workbench_typed_text_of_10000_words", "memory", "a typed query of 10,000 words",
+         "WorkbenchSession.encode_text", f"one warning: 1 of 1 captions of the batch {_CUT}; its tokens are the 100 "
+                                        "the model read"),
+    Case("extract_strip_of_4_by_2000_pixels", "memory", "a 4 x 2,000 PNG", "extract_dataset / mlasm extract",
+         "the backbone's input is 32 x 896 (its longer side at most 4 x --short-side), not 224 x 112,000"),
+    Case("extract_picture_over_the_pixel_limit", "memory", "a PNG header declaring 9,000 x 8,000 pixels",
+         "extract_dataset / mlasm extract",
+         f"skipped with one line, listed in meta.json: FILE: 9000 x 8000 pixels (72 MP, 216 MB decoded as RGB), "
+         f"{_TOO_LARGE}"),
+    Case("extract_picture_over_the_byte_limit", "memory", "a PNG header declaring 8,000 x 7,000 RGBA pixels",
+         "extract_dataset / mlasm extract",
+         f"skipped with one line: FILE: 8000 x 7000 pixels (56 MP, 224 MB decoded as RGBA), {_TOO_LARGE}"),
+    Case("extract_decompression_bomb", "memory", "a 100-byte PNG declaring 100,000 x 100,000 pixels",
+         "extract_dataset / mlasm extract",
+         "skipped with one line: FILE: refused before decoding: Image size (10000000000 pixels) exceeds limit"),
+    Case("extract_max_picture_megapixels", "memory", "`--max-picture-megapixels 0.01` and a 200 x 100 photo",
+         _EXTRACT, "skipped with one line: FILE: 200 x 100 pixels (0.02 MP, 0.06 MB decoded as RGB), more than the limit "
+                   "of 0.01 MP and 0.03 MB; refused before decoding"),
+    Case("workbench_picture_over_the_limit", "memory", "a picture of the split declaring 9,000 x 8,000 pixels",
+         "WorkbenchSession.picture / split.get_image", f"FILE: 9000 x 8000 pixels (72 MP, 216 MB decoded as RGB), "
+                                                       f"{_TOO_LARGE}"),
+    Case("score_10000_regions_in_the_budget", "memory", "10 images x 10,000 regions under the default 64 MB budget",
+         "MLASM.score_all / mlasm evaluate",
+         "every block's pairs and image terms within the budget, no (R, R) Gram matrix; the scores of the "
+         "Gram path (within 1e-6); measured 3.7 GB -> 0.66 GB peak"),
+    Case("encode_10000_regions_in_the_budget", "memory", "the same images encoded for scoring",
+         "encode_split (mlasm evaluate, the workbench)",
+         "images encoded in batches whose features and embeddings fit the block budget"),
+    Case("threads_above_the_usable_cores", "memory", "`--threads 1000` on a machine of fewer cores", "any command",
+         "one line: warning: --threads 1000: this process can use N cores (its CPU affinity and quota); using N"),
+]
+
+SECTIONS["caches"] = "Saved scores and work files: a damaged cache is ignored with one line and computed again"
+_AGAIN = "; ignored, the scores are computed again"
+_SESSION = "WorkbenchSession.from_checkpoint"
+
+
+def _scores(key, what, line):
+    return Case(key, "caches", what, _SESSION, f"FILE: {line}{_AGAIN}")
+
+
+_NOT_ZIP = "not a readable .npz archive (File is not a zip file)"
+_CASES += [
+    _scores("scores_truncated", "`scores.npz` cut to half its length", _NOT_ZIP),
+    _scores("scores_empty", "`scores.npz` of 0 bytes", _NOT_ZIP),
+    _scores("scores_bit_flipped", "one bit flipped inside a matrix of `scores.npz`",
+            "unreadable (BadZipFile: Bad CRC-32 for file 'final.npy')"),
+    _scores("scores_changed_numbers", "finite numbers changed, the zip rewritten whole (its CRCs right)",
+            "its matrices do not match their checksum (changed or damaged since evaluate wrote them)"),
+    _scores("scores_missing_level", "`scores.npz` without the `global` matrix", "incomplete: no global"),
+    _scores("scores_without_checksum", "`scores.npz` written by an earlier mlasm (no checksum)",
+            "incomplete: no checksum (written by an earlier mlasm)"),
+    _scores("scores_nan", "a NaN in the final matrix, the checksum made to match",
+            "final holds 1 NaN or infinite scores (the file, not the model)"),
+    _scores("scores_wrong_shape", "matrices of another shape under the same fingerprint",
+            "t2i is float32 (3, 4), expected float32 (16, 80)"),
+    _scores("scores_declaring_gigabytes", "a small `scores.npz` whose member declares 50 MB uncompressed",
+            "member final.npy declares 52,428,928 bytes uncompressed, more than the 9,216 of a 16 x 80 float32 "
+            "matrix; not decompressed"),
+    Case("scores_heal_in_the_workbench", "caches", "any of these beside the checkpoint", _SESSION,
+         "the session scores every pair again: the same matrices and ranks as a fresh session, no NaN blamed on "
+         "the model"),
+    Case("extract_work_file_truncated", "caches", "a picture's work file in `OUT/.work` cut short",
+         "extract_dataset / mlasm extract", "one line: warning: WORK: a damaged work file (unreadable (BadZipFile: File "
+                                            "is not a zip file)); extracting a.png again"),
+    Case("extract_work_file_declaring_megabytes", "caches", "a work file whose regions member declares 4 MB",
+         "extract_dataset / mlasm extract", "one line: warning: WORK: a damaged work file (regions.npy declares "
+                                            "4,194,432 bytes, more than 36 regions take); extracting a.png again"),
+    Case("extract_work_file_nan", "caches", "a work file holding a NaN feature", "extract_dataset / mlasm extract",
+         "one line: warning: WORK: a damaged work file (NaN or infinite values); extracting a.png again"),
+]
+_CASES += [
+    Case("extract_json_file_name_with_a_nul_byte", "paths", "a COCO caption JSON `file_name` holding a NUL byte",
+         _EXTRACT, "JSON: images[0]: picture 'a\\x00b.png' is not a usable path (embedded null byte)"),
+    Case("extract_csv_row_with_a_nul_byte", "paths", "a captions CSV row holding a NUL byte", _EXTRACT,
+         "CSV: line 2: picture 'a\\x00b.png' is not a usable path (embedded null byte)"),
+    Case("workbench_image_path_symlink_loop", "paths", "`{split}_image_paths.txt` line naming a symlink loop",
+         "WorkbenchSession.picture / split.get_image", "PATHS: line 1: picture 'DATA/loop.png' is not a usable path"),
+    Case("prepare_coco_captions_absolute", "paths", "a COCO caption JSON `file_name` naming an absolute path",
+         "mlasm prepare tsv --images DIR", f"JSON: images[0]: picture 'TARGET' {_OUT_OF}"),
+]
+
+SECTIONS["kept"] = "Nothing replaced unasked; files written whole; interrupted writes finished"
+_CASES += [
+    Case("demo_into_an_earlier_demo", "kept", "`mlasm demo --out DIR` where an earlier demo trained", "mlasm demo",
+         "DIR/mlasm: already holds a demo's trained model (last.pt, best.pt, train_log.jsonl); replace it with "
+         "--overwrite, or choose another --out"),
+    Case("demo_compare_into_an_earlier_comparison", "kept", "`mlasm demo --compare` where only the local-only model "
+         "of an earlier comparison is", "mlasm demo", "DIR/local_only: already holds a demo's trained model"),
+    Case("demo_overwrite", "kept", "the same with `--overwrite`", "mlasm demo",
+         "the check passes and the demo trains anew"),
+    Case("train_out_empty", "kept", "`--out ''`", _TRAIN, "--out '': an empty name, expected a folder"),
+    Case("evaluate_out_empty", "kept", "`--out ''`", _EVALUATE, "--out '': an empty name, expected a folder"),
+    Case("extract_out_empty", "kept", "`--out ''`", _EXTRACT, "--out '': an empty name, expected a folder"),
+    Case("demo_out_empty", "kept", "`--out ''`", "mlasm demo", "--out '': an empty name, expected a folder"),
+    Case("export_page_disk_full", "kept", "the disk fills up while a page is written", "mlasm export-notebooks",
+         "OUT/PAGE.html: No space left on device (nothing was changed); the earlier complete page is intact"),
+    Case("export_script_disk_full", "kept", "the disk fills up while a page's script is copied",
+         "mlasm export-notebooks", "OUT/widget-assets/anywidget.js: No space left on device (nothing was changed)"),
+    Case("workbench_save_figure_disk_full", "kept", "the disk fills up while the workbench saves a picture",
+         "save_figure / the SVG and PNG buttons",
+         "FILE: No space left on device (nothing was changed); the earlier picture is intact"),
+    Case("evaluate_interrupted_between_renames", "kept", "Ctrl-C between evaluate's renames (ranks.npz replaced, "
+         "scores.npz and metrics.json not yet)", _EVALUATE,
+         "the renames are finished: ranks.npz, scores.npz and metrics.json of the new evaluation, together"),
+    Case("evaluate_killed_between_renames", "kept", "kill -9 between evaluate's renames", _EVALUATE,
+         "the next evaluate, or the workbench opening the folder, finishes the renames from the journal: all three "
+         "files of the killed evaluation"),
+    Case("prepare_stopped_among_final_renames", "kept", "`mlasm prepare tsv` stopped while renaming its finished "
+         "files", "mlasm prepare tsv", "the same command resumes and writes the files of a run never stopped"),
+    Case("prepare_input_touched", "kept", "the TSV's time stamp changed (touch, a copy) during a stopped "
+         "conversion", "mlasm prepare tsv", "the same command resumes: inputs are known by size and content"),
+    Case("prepare_input_changed", "kept", "the TSV's content changed during a stopped conversion", "mlasm prepare tsv",
+         "OUT: holds an unfinished conversion of other inputs or settings (tsv differ from what it began with); "
+         "give those to continue it, or pass --restart to begin again with these"),
+    Case("prepare_record_of_rows_damaged", "caches", "a truncated `.prepare-filled.npz` in a stopped conversion",
+         "mlasm prepare tsv", "FILE: the unfinished conversion's record of written rows is damaged (File is not a zip "
+                              "file); pass --restart to begin again"),
+    _scores("scores_a_text_file", "a text file named `scores.npz`", _NOT_ZIP),
+]
+
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
 assert len(CASES) == len(_CASES), "case keys must be unique"
 

@@ -120,9 +120,9 @@ def test_a_stopped_conversion_continues_where_it_stopped(tsv_and_captions, tmp_p
     # an unfinished conversion of other settings is not silently mixed with a new one
     with pytest.raises(Stop):
         prepare_from_tsv(tsv, captions, out, max_regions=6, checkpoint_every=10, progress=False, on_record=stop_at)
-    with pytest.raises(DataError, match=r"holds an unfinished conversion with other inputs or settings "
-                                        r"\(max_regions differ\); run the same command to continue it, or pass "
-                                        r"--restart"):
+    with pytest.raises(DataError, match=r"holds an unfinished conversion of other inputs or settings "
+                                        r"\(max_regions differ from what it began with\); give those to continue "
+                                        r"it, or pass --restart"):
         prepare_from_tsv(tsv, captions, out, max_regions=8, progress=False)
     restarted = prepare_from_tsv(tsv, captions, out, max_regions=8, restart=True, progress=False)
     assert restarted["splits"]["train"]["images"] == 40 and read_split(out, "train").max_regions == 8

@@ -554,9 +554,10 @@ def test_sigterm_during_a_write_removes_the_temporary(case, tmp_path):
 
 def test_every_case_in_the_table_has_a_test():
     import test_resume
+    import test_untrusted_files
 
     used = set()
-    for module in (sys.modules[__name__], test_resume):
+    for module in (sys.modules[__name__], test_resume, test_untrusted_files):
         for name, function in vars(module).items():
             if not (name.startswith("test_") and inspect.isfunction(function)):
                 continue

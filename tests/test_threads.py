@@ -114,6 +114,9 @@ def test_a_real_busy_core_is_seen(tmp_path):
 def test_set_threads_sets_torch_and_refuses_zero(restore_threads, monkeypatch):
     _machine(monkeypatch, cores=1, sampled=0.0, load=0.0)
     assert threads.set_threads(None) == 1 and torch.get_num_threads() == 1
+    with pytest.warns(threads.ThreadsCappedWarning, match="--threads 2: this process can use 1 core"):
+        assert threads.set_threads(2) == 1 and torch.get_num_threads() == 1  # capped at the usable cores
+    _machine(monkeypatch, cores=2, sampled=0.0, load=0.0)
     assert threads.set_threads(2) == 2 and torch.get_num_threads() == 2
     with pytest.raises(ValueError, match="at least 1"):
         threads.set_threads(0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import io
 import threading
+import warnings
 from copy import deepcopy
 from typing import Callable
 
@@ -29,6 +30,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.transforms import Bbox
 from PIL import Image
 
+from mlasm.data.pictures import OutsideFolder
 from mlasm.plots import draw_attention
 from widgets.session import WorkbenchSession
 
@@ -134,7 +136,11 @@ def picture_with_boxes(session: WorkbenchSession, image: int):
     """
     split = session.split
     boxes = np.asarray(split.boxes[image], dtype=np.float32)
-    picture = session.picture(image)
+    try:
+        picture = session.picture(image)
+    except OutsideFolder as refused:  # a picture path leading out of the dataset's folders is not read
+        warnings.warn(str(refused), stacklevel=2)
+        picture = None
     if picture is not None:
         return picture, boxes, ""
     if split.image_sizes is not None:

@@ -12,22 +12,23 @@ from typing import Callable
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
+from mlasm.io import atomic_path
 from widgets.drawing import DRAW_LOCK
 
 FORMATS = ("png", "svg")
 
 
 def save_figure(fig: Figure | None, path: str | Path, dpi: int = 150) -> Path:
-    """Write ``fig`` to ``path``; the format is the suffix (.png or .svg). Returns the path."""
+    """Write ``fig`` to ``path`` atomically (a full disk leaves an earlier file whole); the format is
+    the suffix (.png or .svg). Returns the path."""
     path = Path(path)
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in FORMATS:
         raise ValueError(f"{path}: save as .png or .svg, not {path.suffix or 'no suffix'!r}")
     if fig is None:
         raise ValueError("nothing is drawn yet: there is no picture to save")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with DRAW_LOCK:
-        fig.savefig(path, format=suffix, dpi=dpi)
+    with DRAW_LOCK, atomic_path(path) as tmp:
+        fig.savefig(tmp, format=suffix, dpi=dpi)
     return path
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from mlasm.data.dataset import RetrievalSplit, caption_tensors
+from mlasm.data.dataset import RetrievalSplit, caption_tensors, cut_caption
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
 from mlasm.evaluate import encode_split, level_ranks
@@ -231,7 +231,7 @@ class WorkbenchSession:
 
     def tokens(self, caption: CaptionRef) -> list[str]:
         """The words of a caption as the model reads them: one per attention row of ``explain``."""
-        return self.vocab.encode(self.caption_text(caption)).tokens
+        return cut_caption(self.vocab.encode(self.caption_text(caption)).tokens, self.vocab.boundaries)  # as read
 
     def unknown_words(self, caption: CaptionRef) -> list[str]:
         return self.vocab.encode(self.caption_text(caption)).unknown
@@ -244,7 +244,7 @@ class WorkbenchSession:
         tokens, lengths = caption_tensors(self.vocab, [text])
         with torch.no_grad():
             encoding = self.model.encode_captions(tokens.to(self.model.device), lengths.to(self.model.device))
-        return TextQuery(text, encoded.tokens, encoded.unknown, encoding)
+        return TextQuery(text, cut_caption(encoded.tokens, self.vocab.boundaries), encoded.unknown, encoding)
 
     def _text_scores(self, text: str) -> dict[str, np.ndarray]:
         """Level -> (N,) score of every image for a typed text; cached."""

@@ -27,6 +27,7 @@ class CaptionedImage:
     height: int | None = None
     split: str | None = None
     tokens: list[list[str]] = field(default_factory=list)  # Karpathy's tokenisation, when given
+    row: str | None = None  # where the annotation file names it ("images[3]", "line 7"), for errors
 
 
 def _entries(path: Path, content: Any, key: str) -> list:
@@ -76,7 +77,7 @@ def _coco_images(path: Path, content: Any) -> list[CaptionedImage]:
             image_id=str(image_id), file_name=_field(path, image, where, "file_name", str),
             captions=captions.pop(image_id),
             width=_field(path, image, where, "width", int, optional=True),
-            height=_field(path, image, where, "height", int, optional=True)))
+            height=_field(path, image, where, "height", int, optional=True), row=where))
     if captions:
         raise DataError(f"{path}: annotations refer to image ids not in \"images\", e.g. {next(iter(captions))}")
     return result
@@ -126,7 +127,7 @@ def _karpathy_images(path: Path, content: Any, splits: str | Iterable[str] | Non
         file_name = _field(path, entry, where, "filename", str)
         folder = _field(path, entry, where, "filepath", str, optional=True)
         result.append(CaptionedImage(image_id=str(image_id), file_name=f"{folder}/{file_name}" if folder else file_name,
-                                     captions=captions, split=split, tokens=tokens))
+                                     captions=captions, split=split, tokens=tokens, row=where))
     return result
 
 

@@ -9,6 +9,7 @@ vector, each image's is the masked mean of its regions, computed for the rows re
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -18,11 +19,19 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mlasm.data.errors import DataError
-from mlasm.data.pictures import as_rgb
+from mlasm.data.pictures import open_picture, picture_inside
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary, tokenize
 
 CHUNK_BYTES = 64 * 2**20
+# Words a caption keeps (<start> and <end> aside): every caption is padded to the longest of its batch,
+# and the scorer holds (captions x longest x embedding) at once, so one 10,000-word caption among 500
+# would ask for hundreds of GB. COCO's and Flickr30K's longest captions have under 100 words.
+MAX_CAPTION_WORDS = 100
+
+
+class CaptionsCutWarning(UserWarning):
+    """Some captions were longer than MAX_CAPTION_WORDS words and were cut to it."""
 
 
 def _chunk_rows(array_shape: tuple) -> int:
@@ -164,6 +173,10 @@ class RetrievalSplit:
     positives: PositiveSets | None = None    # per caption, every image it is true of (complete positives)
     regions_file: str | None = None          # the files memory-mapped features are read from, named in errors
     global_file: str | None = None
+    # pictures are read only inside these folders (read_split: the dataset folder and the picture folder its
+    # meta.json records); None: no rule (a split made in memory, or meta.json's pictures_outside_allowed)
+    picture_folders: list[str] | None = None
+    image_paths_file: str | None = None      # where image_paths came from, named in errors
 
     def __post_init__(self) -> None:
         where = f"split {self.name!r}"
@@ -263,9 +276,14 @@ class RetrievalSplit:
         path = self.image_paths[i] if self.image_paths is not None else None
         if not path:
             return None
-        try:
-            with Image.open(path) as image:  # upright as extraction saw it, so boxes line up
-                return as_rgb(image)
+        if self.picture_folders is not None:
+            where = f"{self.image_paths_file}: line {i + 1}" if self.image_paths_file else \
+                f"split {self.name!r}, image {i}"
+            path = picture_inside(self.picture_folders, path, where, " or ".join(self.picture_folders), hint=(
+                "the workbench reads pictures only inside the dataset folder and the picture folder its meta.json "
+                "records (mlasm prepare / extract --allow-images-outside records pictures kept elsewhere)"))
+        try:  # upright as extraction saw it, so boxes line up; a picture too large is refused unread
+            return open_picture(path)
         except OSError as e:
             raise DataError(f"split {self.name!r}: cannot open the picture of image {i} at {path} ({e})") from None
 
@@ -299,7 +317,7 @@ class RetrievalSplit:
             region_mask=mask,
             global_features=global_features,
             regions_file=None,  # in memory now, and numbered anew
-            global_file=None,
+            global_file=None, image_paths_file=None,
             captions=[self.captions[c] for c in captions],
             caption_to_image=new_index[self.caption_to_image[captions]],
             boxes=pick(self.boxes), image_sizes=pick(self.image_sizes), image_ids=pick(self.image_ids),
@@ -387,26 +405,47 @@ class EncodedCaptions:
         return torch.from_numpy(tokens), torch.from_numpy(lengths)
 
 
+def cut_caption(items: list, boundaries: bool, max_words: int = MAX_CAPTION_WORDS) -> list:
+    """A caption's ids or tokens as the model reads them: its first ``max_words`` words, <start> and
+    <end> kept in their places when the vocabulary adds them."""
+    first = 1 if boundaries else 0
+    if len(items) - 2 * first <= max_words:
+        return items
+    return items[:first + max_words] + items[len(items) - first:]
+
+
 def encode_captions(vocab: Vocabulary, texts: Sequence[str], progress: bool = False,
-                    where: str = "") -> EncodedCaptions:
+                    where: str = "", max_words: int = MAX_CAPTION_WORDS) -> EncodedCaptions:
     """Every caption as ids (with <start> and <end> where the vocabulary adds them); a caption
-    without a word is a DataError naming it (``where`` follows its number in the message)."""
+    without a word is a DataError naming it (``where`` follows its number in the message). A
+    caption of more than ``max_words`` words keeps its first ``max_words``, and one
+    CaptionsCutWarning says how many were cut."""
     if not len(texts):
         raise DataError("no caption to encode")
     ids, lengths = [], np.empty(len(texts), np.int64)
+    cut, longest = 0, (0, 0)  # captions cut; (words, caption) of the longest
     for c, text in enumerate(tqdm(texts, desc="tokenising captions", unit="caption", disable=not progress,
                                   mininterval=1.0)):
         encoded = vocab.encode(text)
         if not encoded.words:
             raise DataError(f"caption {c} {where}has no tokens: {text!r}")
-        ids.extend(encoded.ids)
-        lengths[c] = len(encoded.ids)
+        caption_ids = encoded.ids
+        if len(encoded.words) > max_words:
+            cut, longest = cut + 1, max(longest, (len(encoded.words), c))
+            caption_ids = cut_caption(caption_ids, vocab.boundaries, max_words)
+        ids.extend(caption_ids)
+        lengths[c] = len(caption_ids)
+    if cut:
+        warnings.warn(f"{cut} of {len(texts)} captions {where}have more than {max_words} words and were cut to "
+                      f"their first {max_words} (the longest: caption {longest[1]}, {longest[0]} words)",
+                      CaptionsCutWarning, stacklevel=2)
     offsets = np.zeros(len(texts) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return EncodedCaptions(np.asarray(ids, dtype=np.int32), offsets)
 
 
-def caption_tensors(vocab: Vocabulary, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def caption_tensors(vocab: Vocabulary, texts: Sequence[str], where: str = "of the batch "
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of captions: ids long (B, L) padded with 0 (<pad>), lengths long (B,), each >= 1.
 
     <start> and <end> are added where the vocabulary says (``Vocabulary.with_boundaries``, from
@@ -414,4 +453,4 @@ def caption_tensors(vocab: Vocabulary, texts: Sequence[str]) -> tuple[torch.Tens
     """
     if not texts:
         raise DataError("caption_tensors needs at least one caption")
-    return encode_captions(vocab, texts, where="of the batch ").batch(np.arange(len(texts)))
+    return encode_captions(vocab, texts, where=where).batch(np.arange(len(texts)))

@@ -104,6 +104,8 @@ def read_split(folder: str | os.PathLike, split: str, captions_per_image: int | 
         image_sizes=_optional_array(file("sizes.npy"), (n, 2), kind="i"),
         image_ids=_read_lines(file("ids.txt"), expected=n),
         image_paths=None if paths is None else [str(folder / p) if p else None for p in paths],
+        picture_folders=None if paths is None else _picture_folders(folder, meta),
+        image_paths_file=None if paths is None else str(file("image_paths.txt")),
         grounding=_read_grounding(file("grounding.json"), captions, mask, caption_to_image),
         image_attributes=_read_attributes(file("attributes.json"), n),
         region_scores=_optional_array(file("scores.npy"), (n, r), kind="f"),
@@ -155,6 +157,8 @@ def write_split(folder: str | os.PathLike, split_name: str, split: RetrievalSpli
 
     merged = {**read_meta(folder), **(meta or {}), "format": FORMAT, "version": FORMAT_VERSION}
     merged.setdefault("captions_per_image", DEFAULT_CAPTIONS_PER_IMAGE)
+    if "picture_folder" not in (meta or {}):  # a split made in code: its own pictures' folder is allowed
+        merged["picture_folder"] = _with_pictures_of(merged.get("picture_folder"), split.image_paths, folder)
     if split.label_names is not None:
         merged["label_names"] = list(split.label_names)
     write_json(folder / META_FILE, merged)
@@ -164,6 +168,30 @@ def write_json_compact(path: str | os.PathLike, document) -> None:
     """One-line JSON, atomically: the C encoder writes the grounding of 100k captions in a blink
     (an indented dump goes through the pure-Python encoder, many times slower)."""
     write_text(path, json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def _picture_folders(folder: Path, meta: dict) -> list[str] | None:
+    """Where a split's pictures may be read from: the dataset folder and the picture folder that
+    mlasm prepare / extract recorded in meta.json; None (anywhere) when they recorded
+    --allow-images-outside."""
+    if meta.get("pictures_outside_allowed") is True:
+        return None
+    recorded = meta.get("picture_folder")
+    recorded = recorded if isinstance(recorded, list) else [recorded]
+    if isinstance(meta.get("source"), dict):  # mlasm extract before picture_folder was recorded
+        recorded.append(meta["source"].get("images"))
+    return [str(folder)] + [p for p in recorded if isinstance(p, str) and p]
+
+
+def _with_pictures_of(recorded, paths: list | None, folder: Path):
+    """meta.json's picture_folder (None, a folder or a list) widened by the folder that holds the
+    pictures of ``paths`` lying outside the dataset folder."""
+    outside = [Path(p).resolve() for p in paths or [] if p and not Path(p).resolve().is_relative_to(folder.resolve())]
+    if not outside:
+        return recorded
+    common = os.path.commonpath([str(p.parent) for p in outside])
+    folders = recorded if isinstance(recorded, list) else [] if recorded is None else [recorded]
+    return folders if common in folders else [*folders, common] if folders else common
 
 
 def _relative_to(path: str | None, folder: Path) -> str:

@@ -18,8 +18,11 @@ Large files are written as hidden ``.NAME.partial`` files and renamed when compl
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,11 +32,13 @@ from tqdm.auto import tqdm
 
 from mlasm.data.coco import CaptionedImage, read_caption_file
 from mlasm.data.errors import DataError, load_json
+from mlasm.data.pictures import picture_inside
 from mlasm.data.precomp import (DEFAULT_CAPTIONS_PER_IMAGE, EXTRA_SUFFIXES, FORMAT, FORMAT_VERSION, META_FILE,
                                 list_splits, read_caption_lines, read_meta, read_split)
 from mlasm.data.tsv import iter_tsv_from
 from mlasm.data.vocab import Vocabulary, tokenize
-from mlasm.io import check_output_folder, remove_stale_temporaries, write_json, write_text, write_together
+from mlasm.io import (check_output_folder, npz_declared_sizes, remove_stale_temporaries, write_json, write_text,
+                      write_together)
 
 STATE_FILE = ".prepare-state.json"
 FILLED_FILE = ".prepare-filled.npz"
@@ -89,15 +94,42 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def _file_identity(path: Path) -> dict:
-    """What tells a changed input from the one a conversion began on."""
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def _file_identity(path: Path, sample: int = 2**20) -> dict:
+    """What tells a changed input from the one a conversion began on: its size and a digest of its
+    first and last MB (not its time stamp: a copy or a touch changes that, not the content)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(sample))
+        if size > sample:
+            f.seek(max(sample, size - sample))
+            digest.update(f.read(sample))
+    return {"path": str(path.resolve()), "size": size, "sample_sha256": digest.hexdigest()[:16]}
 
 
 def _read_state(out: Path) -> dict | None:
     path = out / STATE_FILE
     return load_json(path, "conversion state") if path.is_file() else None
+
+
+def _read_filled(path: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Which rows of each split an unfinished conversion has written; a damaged file (unreadable,
+    members declaring more than a row flag each, of other shapes) is a DataError naming it."""
+    try:
+        declared = npz_declared_sizes(path)
+        large = [name for name, n in sizes.items() if declared.get(name, 0) > n + 4096]
+        if large:
+            raise ValueError(f"{large[0]}.npy declares {declared[large[0]]:,} bytes for {sizes[large[0]]} rows")
+        with np.load(path, allow_pickle=False) as saved:
+            filled = {name: saved[name].copy() for name in sizes}
+        wrong = [name for name, n in sizes.items() if filled[name].shape != (n,) or filled[name].dtype != bool]
+        if wrong:
+            raise ValueError(f"{wrong[0]}: {filled[wrong[0]].dtype} {filled[wrong[0]].shape}, expected bool "
+                             f"({sizes[wrong[0]]},)")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{path}: the unfinished conversion's record of written rows is damaged ({error}); pass "
+                        f"--restart to begin again") from None
+    return filled
 
 
 def _remove_unfinished(out: Path) -> None:
@@ -110,9 +142,9 @@ def _remove_unfinished(out: Path) -> None:
 def _refuse_other_conversion(out: Path, state: dict, settings: dict) -> None:
     differences = sorted(key for key in set(state.get("settings", {})) | set(settings)
                          if state.get("settings", {}).get(key) != settings.get(key))
-    raise DataError(f"{out}: holds an unfinished conversion with other inputs or settings "
-                    f"({', '.join(differences)} differ); run the same command to continue it, or pass "
-                    f"--restart to begin again")
+    raise DataError(f"{out}: holds an unfinished conversion of other inputs or settings ({', '.join(differences)} "
+                    f"differ from what it began with); give those to continue it, or pass --restart to begin "
+                    f"again with these")
 
 
 def _finish_split_files(out: Path, name: str, captions: list[str], image_ids: list[str],
@@ -203,7 +235,7 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
                      captions_per_image: int = DEFAULT_CAPTIONS_PER_IMAGE, match: str = "auto",
                      images_root: str | os.PathLike | None = None, restart: bool = False,
                      checkpoint_every: int = 1000, progress: bool = True,
-                     on_record: Callable[[int], None] | None = None) -> dict:
+                     on_record: Callable[[int], None] | None = None, allow_images_outside: bool = False) -> dict:
     """Convert a bottom-up-attention TSV and a caption file into precomp splits in ``out``.
 
     ``splits`` maps output splits to splits of the caption file (default: SCAN's names for
@@ -214,7 +246,8 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
     picture's file name without extension, as for Flickr30K), or ``auto`` (whichever the first
     line matches). TSV images in no chosen split are skipped and counted. ``images_root`` (the
     folder the caption file's file names are relative to) records each picture's path, for
-    display. ``on_record`` is called after each TSV line with the number read (tests use it).
+    display; a file name leading out of it (``..``, an absolute path, a symlink) is refused before
+    the TSV is read, unless ``allow_images_outside``. ``on_record`` is called after each TSV line with the number read (tests use it).
     Returns a summary: per split its images and captions, the TSV lines skipped, the match used.
     """
     tsv, captions_path, out = Path(tsv), Path(captions), Path(out)
@@ -223,6 +256,10 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
     if not tsv.is_file():
         raise DataError(f"{tsv}: TSV file not found")
     plan = _plan(captions_path, read_caption_file(captions_path), splits, captions_per_image)
+    picture_files = None if images_root is None else {
+        id(image): picture_inside(images_root, image.file_name, f"{captions_path}: {image.row or image.image_id}",
+                                  f"--images {Path(images_root).resolve()}", allow_images_outside)
+        for split in plan for image in split.images}
     settings = {"tsv": _file_identity(tsv), "captions": _file_identity(captions_path),
                 "splits": {s.name: {"parts": s.parts, "images": len(s.images)} for s in plan},
                 "max_regions": max_regions,
@@ -241,8 +278,7 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
                  "records": 0, "skipped": 0, "match": None if match == "auto" else match, "dim": None}
         filled = {s.name: np.zeros(len(s.images), bool) for s in plan}
     else:
-        with np.load(out / FILLED_FILE) as saved:
-            filled = {s.name: saved[s.name].copy() for s in plan}
+        filled = _read_filled(out / FILLED_FILE, {s.name: len(s.images) for s in plan})
 
     by_key = {"id": _index(plan, lambda image: image.image_id),
               "file": _index(plan, lambda image: Path(image.file_name).stem)}
@@ -251,6 +287,10 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
 
     def open_files(dim: int, create: bool) -> None:
         for name, n in sizes.items():
+            for suffix in ("ims", "boxes", "mask", "sizes"):  # a run stopped among the final renames
+                final = out / f"{name}_{suffix}.npy"
+                if not create and not _partial(final).exists() and final.exists():
+                    os.replace(final, _partial(final))
             files[name] = {
                 "ims": _RowFile(_partial(out / f"{name}_ims.npy"), np.float32, (n, max_regions, dim), create),
                 "boxes": _RowFile(_partial(out / f"{name}_boxes.npy"), np.float32, (n, max_regions, 4), create),
@@ -341,8 +381,7 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
                             f"every image of the chosen splits of {captions_path.name}")
     for split in plan:
         texts = [_normalised(c) for image in split.images for c in image.captions[:captions_per_image]]
-        paths = None if images_root is None else \
-            [str(Path(images_root).resolve() / image.file_name) for image in split.images]
+        paths = None if picture_files is None else [str(picture_files[id(image)]) for image in split.images]
         moved = ("ims.npy", "boxes.npy", "mask.npy", "sizes.npy")
         _finish_split_files(out, split.name, texts, [image.image_id for image in split.images], paths, keep=moved)
         for suffix in moved:  # a run stopped among these renames finds some already done
@@ -351,7 +390,9 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
     producer = {"name": "mlasm prepare", "from": "bottom-up-attention TSV", "tsv": str(tsv.resolve()),
                 "captions": str(captions_path.resolve()), "match": state["match"],
                 "splits": {s.name: s.parts for s in plan}}
-    _write_meta(out, producer, captions_per_image)
+    pictures = {"picture_folder": None if images_root is None else str(Path(images_root).resolve()),
+                "pictures_outside_allowed": bool(allow_images_outside)}  # the workbench's rule (read_split)
+    _write_meta(out, producer, captions_per_image, pictures)
     _remove_unfinished(out)
     summary = {"splits": {}, "skipped_tsv_images": state["skipped"], "match": state["match"], "out": str(out)}
     for split in plan:

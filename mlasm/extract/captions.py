@@ -36,16 +36,25 @@ def read_caption_csv(path: str | os.PathLike) -> list[CaptionedImage]:
     # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or not set(CSV_COLUMNS) <= set(reader.fieldnames):
-            raise DataError(f"{path}: the first line must be the header {','.join(CSV_COLUMNS)}, "
-                            f"got {','.join(reader.fieldnames or [])!r}")
-        for row in reader:
-            file_name = (row["file_name"] or "").strip()
-            caption = (row["caption"] or "").strip()
-            if not file_name or not caption:
-                raise DataError(f"{path}: line {reader.line_num} needs both a file name and a caption")
-            image = images.setdefault(file_name, CaptionedImage(image_id=file_name, file_name=file_name, captions=[]))
-            image.captions.append(caption)
+        try:
+            _read_rows(path, reader, images)
+        except csv.Error as error:  # a NUL byte, a field beyond csv's size limit
+            raise DataError(f"{path}: line {reader.line_num}: not a CSV row ({error})") from None
     if not images:
         raise DataError(f"{path}: no caption rows below the header")
     return list(images.values())
+
+
+def _read_rows(path: Path, reader: csv.DictReader, images: dict[str, CaptionedImage]) -> None:
+    """The rows below the header into ``images`` (file name -> its captions, in file order)."""
+    if reader.fieldnames is None or not set(CSV_COLUMNS) <= set(reader.fieldnames):
+        raise DataError(f"{path}: the first line must be the header {','.join(CSV_COLUMNS)}, "
+                        f"got {','.join(reader.fieldnames or [])!r}")
+    for row in reader:
+        file_name = (row["file_name"] or "").strip()
+        caption = (row["caption"] or "").strip()
+        if not file_name or not caption:
+            raise DataError(f"{path}: line {reader.line_num} needs both a file name and a caption")
+        image = images.setdefault(file_name, CaptionedImage(
+            image_id=file_name, file_name=file_name, captions=[], row=f"line {reader.line_num}"))
+        image.captions.append(caption)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from mlasm.arguments import at_least, device_name, fraction
+from mlasm.arguments import at_least, device_name, fraction, positive_number
+from mlasm.data.pictures import BYTES_PER_PIXEL, MAX_PICTURE_PIXELS
 from mlasm.extract.backbone import MIN_SHORT_SIDE
 from mlasm.extract.pipeline import check_split_fractions, extract_dataset
 from mlasm.io import check_output_folder
@@ -46,6 +47,12 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clean-work", action="store_true",
                         help="delete OUT/.work (the per-picture cache used for resuming) when done")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--max-picture-megapixels", type=positive_number, default=MAX_PICTURE_PIXELS / 1e6,
+                        help=f"skip, unread, a picture whose header declares more pixels (or more than "
+                             f"{BYTES_PER_PIXEL} bytes a pixel of that, decoded); default {MAX_PICTURE_PIXELS / 1e6:g}")
+    parser.add_argument("--allow-images-outside", action="store_true",
+                        help="read pictures whose file names lead out of --images (.., an absolute path, a "
+                             "symlink); by default such a row is refused")
 
 
 def run_extract(args: argparse.Namespace) -> int:
@@ -56,7 +63,9 @@ def run_extract(args: argparse.Namespace) -> int:
         args.images, args.captions, args.out, max_regions=args.max_regions, split_fractions=args.split,
         seed=args.seed, device=args.device, progress=not args.no_progress,
         score_threshold=args.score_threshold, nms_iou=args.nms_iou, min_detections=args.min_detections,
-        short_side=args.short_side, limit=args.limit, clean_work=args.clean_work)
+        short_side=args.short_side, limit=args.limit, clean_work=args.clean_work,
+        allow_images_outside=args.allow_images_outside,
+        max_picture_pixels=int(args.max_picture_megapixels * 1e6))
     splits = ", ".join(f"{name} {n}" for name, n in result.split_sizes.items())
     print(f"wrote {result.out_dir}: {splits} pictures ({result.n_computed} extracted, "
           f"{result.n_cached} from an earlier run) in {time.perf_counter() - started:.1f} s")

@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -28,18 +30,22 @@ import mlasm
 from mlasm.data.coco import CaptionedImage
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
-from mlasm.data.pictures import as_rgb
+from mlasm.data.pictures import MAX_PICTURE_PIXELS, open_picture, picture_inside
 from mlasm.data.precomp import write_split
 from mlasm.extract.boxes import select_regions
 from mlasm.extract.captions import read_captions
 from mlasm.extract.interfaces import RegionFeatureExtractor, RegionProposer
-from mlasm.io import atomic_path, check_output_folder, remove_stale_temporaries
+from mlasm.io import atomic_path, check_output_folder, npz_declared_sizes, remove_stale_temporaries
 
 WORK_FOLDER = ".work"
 WHOLE_IMAGE_NAME = "whole image"
 PAD_LABEL = -1
 SPLIT_NAMES = ("train", "dev", "test")
 RECORDED_PACKAGES = ("torch", "numpy", "pillow", "opencv-python-headless", "opencv-python")
+
+
+class DamagedWorkFileWarning(UserWarning):
+    """A picture's file in the work folder could not be used; the picture is extracted again."""
 
 
 class UnreadableImageWarning(UserWarning):
@@ -65,6 +71,32 @@ class ImageRegions:
     def load(cls, path: Path) -> "ImageRegions":
         with np.load(path, allow_pickle=False) as arrays:
             return cls(**{name: arrays[name] for name in arrays.files})
+
+    @classmethod
+    def load_checked(cls, path: Path, max_regions: int, dim: int) -> "ImageRegions | str":
+        """The regions a work file holds, or why it cannot be used: not a readable .npz, members
+        declaring more bytes than ``max_regions`` regions of ``dim`` floats (checked before
+        decompressing), missing or of other shapes, or not finite."""
+        limits = {"boxes": 16 * max_regions, "scores": 4 * max_regions, "labels": 4 * max_regions,
+                  "regions": 4 * max_regions * dim, "global_feature": 4 * dim, "size": 8}
+        try:
+            declared = npz_declared_sizes(path)
+            if set(declared) != set(limits):
+                return f"members {sorted(declared)}, expected {sorted(limits)}"
+            large = [name for name, size in declared.items() if size > limits[name] + 4096]
+            if large:
+                return f"{large[0]}.npy declares {declared[large[0]]:,} bytes, more than {max_regions} regions take"
+            regions = cls.load(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            return f"unreadable ({type(error).__name__}: {error})"
+        k = len(regions.scores)
+        shapes = {"boxes": (k, 4), "scores": (k,), "labels": (k,), "regions": (k, dim), "global_feature": (dim,),
+                  "size": (2,)}
+        if not 1 <= k <= max_regions or any(getattr(regions, n).shape != shape for n, shape in shapes.items()):
+            return "arrays of other shapes than one picture's regions"
+        if not all(np.isfinite(getattr(regions, n)).all() for n in ("boxes", "scores", "regions", "global_feature")):
+            return "NaN or infinite values"
+        return regions
 
 
 @dataclass
@@ -117,7 +149,8 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
                     nms_iou: float = 0.5, min_detections: int = 10, short_side: int = 224,
                     limit: int | None = None, proposer: RegionProposer | None = None,
                     extractor: RegionFeatureExtractor | None = None,
-                    clean_work: bool = False) -> ExtractionResult:
+                    clean_work: bool = False, allow_images_outside: bool = False,
+                    max_picture_pixels: int = MAX_PICTURE_PIXELS) -> ExtractionResult:
     """Extract every captioned picture and write the dataset folder ``out_dir``.
 
     ``captions_file`` is COCO caption JSON or a ``file_name,caption`` CSV, file names relative
@@ -126,7 +159,10 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     ``seed``. ``proposer`` / ``extractor`` default to SSD MobileNet v2 and EfficientNet-Lite0
     (``device``, ``short_side``). Unreadable pictures are skipped with an
     :class:`UnreadableImageWarning` and listed in meta.json. The work folder ``out/.work`` is
-    kept for resuming and reruns unless ``clean_work``.
+    kept for resuming and reruns unless ``clean_work``. A file name that leads out of
+    ``images_dir`` (``..``, an absolute path, a symlink) is refused before anything is read, unless
+    ``allow_images_outside`` (:func:`mlasm.data.pictures.picture_inside`). A picture whose header
+    declares more than ``max_picture_pixels`` is skipped unread (:func:`~mlasm.data.pictures.open_picture`).
     """
     images_dir, out_dir = Path(images_dir).resolve(), Path(out_dir)
     # everything that can be refused is refused before any model is loaded or picture extracted
@@ -137,6 +173,10 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: no such folder of pictures")
     pictures = read_captions(captions_file)[:limit]
+    files = {picture.file_name: picture_inside(images_dir, picture.file_name,
+                                               f"{captions_file}: {picture.row or picture.image_id}",
+                                               f"--images {images_dir}", allow_images_outside)
+             for picture in pictures}
     check_output_folder(out_dir, "out_dir")
     if proposer is None:
         from mlasm.extract.detector import SSDMobileNetV2Proposer
@@ -154,8 +194,8 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     result = ExtractionResult(out_dir=out_dir, split_sizes={})
     extracted: list[tuple[CaptionedImage, ImageRegions]] = []
     for picture in tqdm(pictures, desc="extract", unit="image", disable=not progress):
-        regions = _cached_or_extracted(picture, images_dir, work_dir / _cache_name(picture.file_name),
-                                       proposer, extractor, region_settings, result)
+        regions = _cached_or_extracted(picture, files[picture.file_name], work_dir / _cache_name(picture.file_name),
+                                       proposer, extractor, region_settings, result, max_picture_pixels)
         if regions is not None:
             extracted.append((picture, regions))
     if not extracted:
@@ -174,6 +214,7 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
         "split_fractions": None if split_fractions is None else list(split_fractions),
         "seed": seed,
         "skipped_images": result.skipped,
+        "picture_folder": str(images_dir), "pictures_outside_allowed": bool(allow_images_outside),
     }
     label_names = [*proposer.label_names, WHOLE_IMAGE_NAME]
     for name, indices in splits.items():
@@ -185,17 +226,23 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     return result
 
 
-def _cached_or_extracted(picture: CaptionedImage, images_dir: Path, cache: Path, proposer: RegionProposer,
+def _cached_or_extracted(picture: CaptionedImage, picture_file: Path, cache: Path, proposer: RegionProposer,
                          extractor: RegionFeatureExtractor, region_settings: dict[str, Any],
-                         result: ExtractionResult) -> ImageRegions | None:
+                         result: ExtractionResult, max_picture_pixels: int = MAX_PICTURE_PIXELS
+                         ) -> ImageRegions | None:
     """One picture's regions from the work folder, else extracted and cached; None if unreadable.
     Counts the picture in ``result`` as cached, computed or skipped."""
     if cache.is_file():
-        result.n_cached += 1
-        return ImageRegions.load(cache)
+        regions = ImageRegions.load_checked(cache, region_settings["max_regions"], extractor.dim)
+        if not isinstance(regions, str):
+            result.n_cached += 1
+            return regions
+        warnings.warn(f"{cache}: a damaged work file ({regions}); extracting {picture.file_name} again",
+                      DamagedWorkFileWarning, stacklevel=3)
     try:
-        image = _open_rgb(images_dir / picture.file_name)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:  # ValueError: a mode with no RGB
+        image = open_picture(picture_file, max_picture_pixels)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:  # ValueError: a mode with no RGB,
+        # PictureTooLarge (a DataError, so a ValueError): a decompression bomb
         reason = f"{type(error).__name__}: {error}"
         warnings.warn(f"skipping {picture.file_name}: {reason}", UnreadableImageWarning, stacklevel=3)
         result.skipped.append({"file_name": picture.file_name, "reason": reason})
@@ -256,13 +303,6 @@ def _assemble(name: str, pictures: list[tuple[CaptionedImage, ImageRegions]], im
         image_paths=[str(images_dir / picture.file_name) for picture, _ in pictures],
         region_scores=scores, region_labels=labels, label_names=label_names,
     )
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    """The decoded picture, upright (EXIF orientation applied), 8-bit RGB (see as_rgb); OSError if unreadable."""
-    with Image.open(path) as image:
-        image.load()
-        return as_rgb(image)
 
 
 def _fingerprint(producer: dict[str, Any]) -> str:
