@@ -24,7 +24,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -75,8 +75,10 @@ def write_scores(path: str | Path, scores: Mapping[str, torch.Tensor | np.ndarra
                        _CHECKSUM_KEY: np.array(arrays_checksum(arrays))}, **arrays)
 
 
-def read_saved_scores(path: str | Path, fingerprint: dict) -> dict[str, np.ndarray] | None:
-    """The saved matrices when ``path`` holds scores of exactly this fingerprint, else None.
+def read_saved_scores(path: str | Path, fingerprint: dict, levels: Sequence[str] = LEVEL_NAMES
+                      ) -> dict[str, np.ndarray] | None:
+    """The saved matrices of ``levels`` (default: MLASM's; a SCAN model has two) when ``path`` holds
+    scores of exactly this fingerprint, else None.
 
     Scores of another checkpoint or split are passed over without a word (a folder may hold an
     older run's); a file that is damaged, incomplete or non-finite gets one SavedScoresIgnored
@@ -85,7 +87,7 @@ def read_saved_scores(path: str | Path, fingerprint: dict) -> dict[str, np.ndarr
     path = Path(path)
     if not path.is_file():
         return None
-    scores = _checked_scores(path, fingerprint)
+    scores = _checked_scores(path, fingerprint, tuple(levels))
     if isinstance(scores, str):
         if scores:
             warnings.warn(f"{path}: {scores}; ignored, the scores are computed again", SavedScoresIgnored,
@@ -94,7 +96,7 @@ def read_saved_scores(path: str | Path, fingerprint: dict) -> dict[str, np.ndarr
     return scores
 
 
-def _checked_scores(path: Path, fingerprint: dict) -> dict[str, np.ndarray] | str:
+def _checked_scores(path: Path, fingerprint: dict, levels: tuple[str, ...]) -> dict[str, np.ndarray] | str:
     """The matrices, or why they cannot be used ("" when they are another checkpoint's or split's)."""
     shape = (int(fingerprint["n_images"]), int(fingerprint["n_captions"]))
     matrix_bytes = 4 * shape[0] * shape[1]
@@ -102,12 +104,12 @@ def _checked_scores(path: Path, fingerprint: dict) -> dict[str, np.ndarray] | st
         declared = npz_declared_sizes(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
         return f"not a readable .npz archive ({error})"
-    missing = [name for name in (_FINGERPRINT_KEY, _CHECKSUM_KEY, *LEVEL_NAMES) if name not in declared]
+    missing = [name for name in (_FINGERPRINT_KEY, _CHECKSUM_KEY, *levels) if name not in declared]
     if missing:
         return f"incomplete: no {', '.join(missing)}" + (" (written by an earlier mlasm)" if missing ==
                                                           [_CHECKSUM_KEY] else "")
     for name, size in declared.items():
-        limit = matrix_bytes + _NPY_HEADER_BYTES if name in LEVEL_NAMES else _SMALL_MEMBER_BYTES
+        limit = matrix_bytes + _NPY_HEADER_BYTES if name in LEVEL_NAMES or name in levels else _SMALL_MEMBER_BYTES
         if size > limit:
             return (f"member {name}.npy declares {size:,} bytes uncompressed, more than the {limit:,} of "
                     f"a {shape[0]} x {shape[1]} float32 matrix; not decompressed")
@@ -116,7 +118,7 @@ def _checked_scores(path: Path, fingerprint: dict) -> dict[str, np.ndarray] | st
             if json.loads(str(saved[_FINGERPRINT_KEY])) != fingerprint:
                 return ""
             checksum = str(saved[_CHECKSUM_KEY])
-            scores = {level: saved[level] for level in LEVEL_NAMES}
+            scores = {level: saved[level] for level in levels}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as error:
         return f"unreadable ({type(error).__name__}: {error})"
     for level, matrix in scores.items():
@@ -131,10 +133,10 @@ def _checked_scores(path: Path, fingerprint: dict) -> dict[str, np.ndarray] | st
     return scores
 
 
-def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Path] | None = None
-                      ) -> tuple[dict[str, np.ndarray] | None, Path | None]:
-    """Saved scores of one checkpoint on ``split``: in ``folders`` (default: the checkpoint's own
-    folder and the one above it, where ``mlasm evaluate`` and ``mlasm demo`` write them).
+def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Path] | None = None,
+                      levels: Sequence[str] = LEVEL_NAMES) -> tuple[dict[str, np.ndarray] | None, Path | None]:
+    """Saved scores of ``levels`` of one checkpoint on ``split``: in ``folders`` (default: the
+    checkpoint's own folder and the one above it, where ``mlasm evaluate`` and ``mlasm demo`` write them).
 
     Returns the matrices and the file they came from, or (None, None).
     """
@@ -147,7 +149,7 @@ def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Pat
         return None, None
     fingerprint = scores_fingerprint([checkpoint], split)
     for candidate in candidates:
-        scores = read_saved_scores(candidate, fingerprint)
+        scores = read_saved_scores(candidate, fingerprint, levels)
         if scores is not None:
             return scores, candidate
     return None, None

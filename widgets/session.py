@@ -107,7 +107,7 @@ class WorkbenchSession:
         found = where = None
         if saved_scores is not False and "scores" not in options:
             folders = None if saved_scores is True else saved_scores
-            found, where = find_saved_scores(path, opened, folders)
+            found, where = find_saved_scores(path, opened, folders, model.levels)
         session = cls(model, vocab, opened, **({"scores": found} if found is not None else {}), **options)
         if where is not None:
             session.scores_source = where
