@@ -28,7 +28,9 @@ import pandas as pd
 
 from mlasm.data.shapescenes.scenes import COLOURS, NUMBER_WORDS, PLURALS, SHAPES, SIZES, TEXTURES
 from mlasm.data.shapescenes.truth import EXTREMES
-from mlasm.data.vocab import SPECIAL_TOKENS
+from mlasm.data.dataset import cut_caption
+from mlasm.data.vocab import SPECIAL_TOKENS, START, rows_before_words
+from mlasm.encoding import encode_split
 
 WORD_KINDS = ("colour", "shape", "size", "count", "position", "relation", "extreme", "background",
               "generic noun", "function")
@@ -245,7 +247,7 @@ class SplitReader:
                  region_indices: np.ndarray) -> AttendedCaption:
         """An AttendedCaption for one pair, given the model's tokens and attention over kept regions."""
         split, region_indices = self.split, np.asarray(region_indices)
-        offset = 1 if tokens[:1] == [SPECIAL_TOKENS[1]] else 0  # grounding counts tokens without <start>
+        offset = rows_before_words(tokens[:1] == [START])
         if self.labels is not None:
             region_labels = np.asarray(split.region_labels[image])[region_indices]
             present = set(region_labels.tolist())
@@ -283,10 +285,7 @@ def knows_word_and_region_kinds(split) -> bool:
 
 def model_records(model, split, vocab, img=None, cap=None, captions: Sequence[int] | None = None) -> pd.DataFrame:
     """Every token's record over the matching pairs of ``split`` (or of ``captions``), by ``model.explain``."""
-    from mlasm.data.dataset import cut_caption
-    from mlasm.evaluate import encode_split, model_directions
-
-    if "t2i" not in model_directions(model):
+    if "t2i" not in model.directions:
         raise ValueError("this model (a SCAN i2t model) has no word-to-region attention: the statistics per kind "
                          "of word are about where words look")
     vocab = vocab.with_boundaries(model.config.start_end_tokens)

@@ -22,8 +22,9 @@ import torch
 
 from mlasm.config import MLASMConfig
 from mlasm.data.shapescenes import bag_of_words_scores
-from mlasm.data.vocab import tokenize
-from mlasm.evaluate import encode_split, evaluate_checkpoints
+from mlasm.data.vocab import rows_before_words, tokenize
+from mlasm.encoding import encode_split
+from mlasm.evaluate import evaluate_checkpoints
 from mlasm.io import atomic_path, write_json
 from mlasm.metrics import complete_positive_metrics, retrieval_metrics
 from mlasm.paths import cache_dir, runs_dir
@@ -59,7 +60,7 @@ def attention_figure(checkpoint: Path, split, image_index: int = 0, max_words: i
     tokens = tokenize(caption)
     grounded = [position for position, _ in one_image.grounding[0]] if one_image.grounding else []
     positions = (grounded or list(range(len(tokens))))[:max_words]
-    first_word = int(model.config.start_end_tokens)  # attention row of the caption's first token
+    first_word = rows_before_words(model.config.start_end_tokens)  # attention row of the first word
     boxes = one_image.boxes[0][explanation.region_indices]
     picture = one_image.get_image(0)
     fig, axes = plt.subplots(1, len(positions), figsize=(3 * len(positions), 3.4))

@@ -11,15 +11,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from mlasm.attention_stats import attention_statistics, knows_word_and_region_kinds
 from mlasm import distributed
+from mlasm.attention_stats import attention_statistics, knows_word_and_region_kinds
 from mlasm.checkpoint import check_model_fits, load_model
-from mlasm.data.dataset import RetrievalSplit, caption_tensors, image_tensors
+from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
 from mlasm.data.positives import PositiveSets
-from mlasm.data.vocab import Vocabulary
+from mlasm.data.vocab import Vocabulary, rows_before_words
 from mlasm.io import check_output_folder, remove_stale_temporaries, write_together
 from mlasm.metrics import (
     RECALL_KS,
@@ -35,7 +34,8 @@ from mlasm.metrics import (
     retrieval_metrics,
     t2i_ranks,
 )
-from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding, default_memory_budget_mb
+from mlasm.encoding import encode_split
+from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding
 from mlasm.saved_scores import SCORES_FILE, scores_fingerprint, write_scores
 
 PROTOCOLS = {
@@ -44,33 +44,6 @@ PROTOCOLS = {
 }
 TOP_K_SAVED = 5
 COCO_5K_IMAGES, COCO_5K_CAPTIONS = 5000, 25000  # the Karpathy 5K test, where ECCV Caption and CxC apply
-
-
-@torch.no_grad()
-def encode_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, batch_size: int = 256,
-                 progress: bool = False) -> tuple[ImageEncoding, CaptionEncoding]:
-    """Every image and caption of ``split`` encoded on the model's device, in eval mode."""
-    model.eval()
-    device = model.device
-    images = []
-    # as many images a batch as the block budget holds: their features twice (as read, and the masked mean's
-    # product when the split has no global vectors), and about three embeddings a region
-    per_image = 4 * split.max_regions * (2 * split.region_dim + 3 * model.config.embed_size)
-    image_batch = max(1, min(batch_size, int(default_memory_budget_mb(device) * 2**20) // per_image))
-    for start in tqdm(range(0, split.n_images, image_batch), desc="encoding images", disable=not progress):
-        batch = image_tensors(split, np.arange(start, min(start + image_batch, split.n_images)))
-        images.append(model.encode_images(*(t.to(device) for t in batch)))
-    img = ImageEncoding(torch.cat([e.regions for e in images]), torch.cat([e.mask for e in images]),
-                        torch.cat([e.glob for e in images]) if images[0].glob is not None else None)
-
-    tokens, lengths = caption_tensors(vocab, split.captions, f"of split {split.name!r} ")  # (M, L), (M,)
-    words = torch.zeros(len(split.captions), tokens.shape[1], model.config.embed_size, device=device)
-    for start in tqdm(range(0, len(split.captions), batch_size), desc="encoding captions", disable=not progress):
-        stop = start + batch_size
-        longest = int(lengths[start:stop].max())
-        encoded = model.encode_captions(tokens[start:stop, :longest].to(device), lengths[start:stop].to(device))
-        words[start:stop, :longest] = encoded.words
-    return img, CaptionEncoding(words, lengths.to(device))
 
 
 def score_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, memory_budget_mb: float | None = None,
@@ -94,11 +67,6 @@ def average_levels(per_model: Sequence[dict[str, torch.Tensor]]) -> dict[str, to
             for level in levels}
 
 
-def model_directions(model: MLASM) -> tuple[str, ...]:
-    """The attention directions a model has: both for MLASM, one for a SCAN model."""
-    return tuple(d for d in ("t2i", "i2t") if d in getattr(model, "levels", LEVELS))
-
-
 def describe_model(path: str | Path, model: MLASM) -> dict:
     """What metrics.json says of one checkpoint: its kind, its levels and, for SCAN, its options."""
     config = model.config
@@ -106,7 +74,7 @@ def describe_model(path: str | Path, model: MLASM) -> dict:
         return {"checkpoint": str(path), "kind": "SCAN", "description": config.describe(),
                 "levels": list(model.levels), "options": config.to_dict()}
     return {"checkpoint": str(path), "kind": "MLASM", "objective": config.objective,
-            "levels": [level for level in LEVELS if level != "global" or config.uses_global_level]}
+            "levels": list(model.levels)}
 
 
 def _complete_metrics(scores, caption_to_image: np.ndarray, positives: PositiveSets, protocol: str) -> dict:
@@ -179,11 +147,11 @@ def grounding_accuracy(model: MLASM, split: RetrievalSplit, vocab: Vocabulary,
 
     None when the split does not know which words name which regions.
     """
-    if split.grounding is None or "t2i" not in model_directions(model):  # an i2t SCAN model: no word looks
+    if split.grounding is None or "t2i" not in model.directions:  # an i2t SCAN model: no word looks
         return None
     if img is None or cap is None:
         img, cap = encode_split(model, split, vocab)
-    first_word = int(model.config.start_end_tokens)  # grounding counts caption tokens; <start> is row 0
+    first_word = rows_before_words(model.config.start_end_tokens)
     top_regions = []
     for c, words in enumerate(split.grounding):
         if not words:
@@ -253,7 +221,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         if not distributed.is_main():  # its share of the pairs is scored; rank 0 measures the rest
             continue
         grounding.append(grounding_accuracy(model, split, model_vocab, img, cap))
-        if knows_word_and_region_kinds(split) and "t2i" in model_directions(model):  # per word kind
+        if knows_word_and_region_kinds(split) and "t2i" in model.directions:  # per word kind
             attention.append(attention_statistics(model, split, model_vocab, img, cap))
     if not distributed.is_main():
         return None

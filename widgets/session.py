@@ -33,8 +33,9 @@ from PIL import Image
 from mlasm.data.dataset import RetrievalSplit, caption_tensors, cut_caption
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
-from mlasm.evaluate import encode_split, level_ranks
-from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding, PairExplanation
+from mlasm.encoding import encode_split
+from mlasm.evaluate import level_ranks
+from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, PairExplanation
 from mlasm.saved_scores import find_saved_scores
 from mlasm.sources import EMBEDDED, open_split
 from mlasm.checkpoint import check_model_fits, load_model
@@ -123,15 +124,12 @@ class WorkbenchSession:
     def levels(self) -> tuple[str, ...]:
         """The levels this model scores, in the order they build up (no global level when rho = 1; a SCAN
         model's one direction and final)."""
-        own = getattr(self.model, "levels", None)
-        if own is not None:
-            return tuple(own)
-        return tuple(level for level in LEVELS if level != "global" or self.model.config.uses_global_level)
+        return self.model.levels
 
     @property
     def directions(self) -> tuple[str, ...]:
         """The attention directions the model has: t2i and i2t (MLASM), or a SCAN model's one."""
-        return tuple(direction for direction in ("t2i", "i2t") if direction in self.levels)
+        return self.model.directions
 
     @property
     def level_caveat(self) -> str:
