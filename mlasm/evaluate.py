@@ -210,67 +210,94 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         out_dir = distributed.on_rank_zero(usable_folder)
     if protocol == "5fold":
         return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress, vocab)
-    per_model, grounding, objectives, attention, models = [], [], [], [], []
-    for path in checkpoints:
-        model, model_vocab, _ = load_model(path, device, vocab=vocab)
-        objectives.append(model.config.objective)
-        models.append(describe_model(path, model))
-        check_model_fits(model, split, str(path))
-        img, cap = encode_split(model, split, model_vocab, progress=progress)
-        per_model.append(distributed.score_all(model, img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
-        if not distributed.is_main():  # its share of the pairs is scored; rank 0 measures the rest
-            continue
-        grounding.append(grounding_accuracy(model, split, model_vocab, img, cap))
-        if knows_word_and_region_kinds(split) and "t2i" in model.directions:  # per word kind
-            attention.append(attention_statistics(model, split, model_vocab, img, cap))
-    if not distributed.is_main():
+    scored = _score_models(checkpoints, split, device, memory_budget_mb, progress, vocab)
+    if scored is None:  # another rank: its share of the pairs is scored
         return None
+    per_model, models, grounding, attention = scored
     scores = per_model[0] if len(per_model) == 1 else average_levels(per_model)
-    complete = None  # the complete-positive ranks of every level, sorted once for the metrics and ranks.npz
-    if split.positives is not None:
-        complete = {}
-        for level, level_scores in scores.items():
-            if level == "global" and torch.isnan(level_scores).all():  # a local-only model's
-                continue
-            check_finite(level_scores, f"level {level!r}")
-            complete[level] = complete_positive_ranks(level_scores.numpy(), split.positives)
     result = {
         "split": split.name,
         "n_images": split.n_images,
         "n_captions": split.n_captions,
         "checkpoints": [str(p) for p in checkpoints],
-        "objectives": objectives,  # per checkpoint: "paper" (final score only), "level-wise" or "scan"
+        # per checkpoint: "paper" (final score only), "level-wise" or "scan"
+        "objectives": [model.get("objective", "scan") for model in models],
         "models": models,  # per checkpoint: MLASM or SCAN, its levels, and a SCAN model's options
         "world_size": distributed.world_size(),  # the processes that scored it (torchrun); 1 alone
+    }
+    complete = _complete_ranks(scores, split)
+    result.update(_measures(scores, split, protocol, complete))
+    if any(g is not None for g in grounding):
+        result["grounding"] = grounding[0] if len(grounding) == 1 else grounding
+    if attention:
+        result["attention_statistics"] = attention[0] if len(attention) == 1 else attention
+    if out_dir is not None:
+        _write_outputs(out_dir, result, scores, level_ranks(scores, split.caption_to_image, split.positives, complete),
+                       scores_fingerprint(checkpoints, split), split.caption_to_image)
+    return result
+
+
+def _score_models(checkpoints, split: RetrievalSplit, device, memory_budget_mb, progress: bool, vocab):
+    """Every level of every pair for each checkpoint, with what metrics.json says of the model, its
+    pointing game and attention statistics: (per_model, models, grounding, attention); None on the
+    ranks other than 0 of a process group, once their share is scored."""
+    per_model, models, grounding, attention = [], [], [], []
+    for path in checkpoints:
+        model, model_vocab, _ = load_model(path, device, vocab=vocab)
+        models.append(describe_model(path, model))
+        check_model_fits(model, split, str(path))
+        img, cap = encode_split(model, split, model_vocab, progress=progress)
+        per_model.append(distributed.score_all(model, img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
+        if not distributed.is_main():
+            continue
+        grounding.append(grounding_accuracy(model, split, model_vocab, img, cap))
+        if knows_word_and_region_kinds(split) and "t2i" in model.directions:  # per word kind
+            attention.append(attention_statistics(model, split, model_vocab, img, cap))
+    return (per_model, models, grounding, attention) if distributed.is_main() else None
+
+
+def _complete_ranks(scores: dict[str, torch.Tensor], split: RetrievalSplit) -> dict | None:
+    """The complete-positive ranks of every level, sorted once for the metrics and ranks.npz."""
+    if split.positives is None:
+        return None
+    complete = {}
+    for level, level_scores in scores.items():
+        if level == "global" and torch.isnan(level_scores).all():  # a local-only model's
+            continue
+        check_finite(level_scores, f"level {level!r}")
+        complete[level] = complete_positive_ranks(level_scores.numpy(), split.positives)
+    return complete
+
+
+def _measures(scores: dict[str, torch.Tensor], split: RetrievalSplit, protocol: str, complete: dict | None) -> dict:
+    """The levels' metrics, chance, score separation and what the split's positives are."""
+    result = {
         **level_metrics(scores, split.caption_to_image, protocol, positives=split.positives, complete_ranks=complete),
         "chance": chance_metrics(split.n_images, split.caption_to_image, split.positives),
+        "score_separation": score_separation(scores["final"], split.positive_sets()),
     }
-    result["score_separation"] = score_separation(scores["final"], split.positive_sets())
     if (split.n_images, split.n_captions) == (COCO_5K_IMAGES, COCO_5K_CAPTIONS):
         result["eccv_caption"] = _eccv_caption(scores["final"], split)
     if split.positives is not None:
         sizes = split.positives.sizes()
         result["positive_sets"] = {"mean_images_per_caption": float(sizes.mean()),
                                    "captions_true_of_one_image": int((sizes == 1).sum())}
-    if any(g is not None for g in grounding):
-        result["grounding"] = grounding[0] if len(grounding) == 1 else grounding
-    if attention:
-        result["attention_statistics"] = attention[0] if len(attention) == 1 else attention
-    if out_dir is not None:
-        ranks = level_ranks(scores, split.caption_to_image, split.positives, complete)
-
-        def write_ranks(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, caption_to_image=split.caption_to_image, **ranks)
-
-        def write_metrics(tmp: Path) -> None:
-            tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-        fingerprint = scores_fingerprint(checkpoints, split)  # the workbench reuses the matrices (saved_scores)
-        write_together({out_dir / "ranks.npz": write_ranks,
-                        out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint),
-                        out_dir / "metrics.json": write_metrics})
     return result
+
+
+def _write_outputs(out_dir: Path, result: dict, scores: dict, ranks: dict, fingerprint: dict,
+                   caption_to_image: np.ndarray) -> None:
+    """metrics.json, ranks.npz and scores.npz (which the workbench reuses: mlasm.saved_scores), as one unit."""
+    def write_ranks(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, caption_to_image=caption_to_image, **ranks)
+
+    def write_metrics(tmp: Path) -> None:
+        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    write_together({out_dir / "ranks.npz": write_ranks,
+                    out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint),
+                    out_dir / "metrics.json": write_metrics})
 
 
 def _evaluate_folds(checkpoints: Sequence[str | Path], split: RetrievalSplit, out_dir: Path | None,
