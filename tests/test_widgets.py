@@ -759,3 +759,50 @@ def test_id_attributes_are_groups_coloured_by_the_chosen_one(session):
 def test_failure_explorer_starts_at_k_5_as_notebook_05_and_the_workbench_passes_k(session):
     assert FailureExplorer(session, controls=False).k.value == 5
     assert Workbench(session, k=3).failures.k.value == 3
+
+
+# ------------------------------------------------------------------------------ score explanations
+
+def test_level_panel_explains_every_level_by_words_and_regions(session):
+    selection = Selection(image=2, caption=int(session.split.image_to_captions(2)[0]))
+    panel = LevelPanel(session, selection)
+    words = session.tokens(selection.caption)
+    for level in session.levels:
+        parts = panel.explained.levels[level]
+        assert parts.total == pytest.approx(float(session.scores[level][2, selection.caption]), abs=1e-5)
+        assert len(parts.words) == len(words)
+    for word in words:
+        assert f">{word}<br>" in panel.why.value
+    assert panel.why.value.count("<tr>") == len(session.levels) + 1  # a header and one row per level
+    selection.select(text="a red circle", query="text")
+    assert panel.explained.levels["final"].total == pytest.approx(
+        float(session.text_scores("a red circle")["final"][2]), abs=1e-5)
+    selection.select(text="   ", query="text")  # a query with no words: nothing to explain, nothing left over
+    assert panel.explained is None and panel.why.value == ""
+
+
+def test_failure_explorer_says_which_items_made_the_difference(session):
+    failures = FailureExplorer(session, Selection(), k=1)
+    scores = session.scores
+    for direction, kind in (("t2i", "words"), ("i2t", "regions")):
+        row = failures.table[failures.table.direction == direction].iloc[0]
+        failures.open_row(row.name)
+        truth, preferred = failures.pairs()
+        for level in ("final", "t2i"):
+            failures.why_level.value = level
+            diff = failures.difference
+            expected = float(scores[level][preferred]) - float(scores[level][truth])
+            assert diff.kind == kind and diff.level == level
+            assert diff.difference == pytest.approx(expected, abs=1e-5)
+            assert diff.deltas.sum() + diff.rest == pytest.approx(expected, abs=1e-5)
+            assert html_unescape(diff.sentence()) in html_unescape(failures.why.value)
+        failures.why_level.value = "final"
+        assert diff.difference <= 0 or diff.deltas[diff.top].sum() >= 0.8 * diff.difference - 1e-9
+        if kind == "words":
+            assert diff.items == session.tokens(int(row["caption"]))
+
+
+def html_unescape(text):
+    import html
+
+    return html.unescape(text)

@@ -34,6 +34,7 @@ from mlasm.data.dataset import RetrievalSplit, caption_tensors
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
 from mlasm.evaluate import encode_split, level_ranks
+from mlasm.explain import ScoreExplanation, explain_scores
 from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding, PairExplanation
 from mlasm.saved_scores import find_saved_scores
 from mlasm.sources import EMBEDDED, open_split
@@ -81,6 +82,7 @@ class WorkbenchSession:
         self._outcome_tables: dict[int, pd.DataFrame] = {}
         # Per-instance caches: the same pair / text / picture is asked for again on every redraw.
         self._explain = lru_cache(maxsize=cache_size)(self._explain_pair)
+        self._contributions = lru_cache(maxsize=cache_size)(self._contributions_of_pair)
         self.encode_text = lru_cache(maxsize=cache_size)(self._encode_text)
         self.text_scores = lru_cache(maxsize=cache_size)(self._text_scores)
         self.picture = lru_cache(maxsize=cache_size)(self._picture)
@@ -255,6 +257,16 @@ class WorkbenchSession:
         if isinstance(caption, str):
             return self.model.explain(self.images, self.encode_text(caption).encoding, image, 0, lambda_t2i, lambda_i2t)
         return self.model.explain(self.images, self.captions, image, caption, lambda_t2i, lambda_i2t)
+
+    def contributions(self, image: int, caption: CaptionRef) -> ScoreExplanation:
+        """Every level's score of the pair as word and region contributions (mlasm.explain); cached."""
+        return self._contributions(int(image), caption if isinstance(caption, str) else int(caption))
+
+    def _contributions_of_pair(self, image: int, caption: CaptionRef) -> ScoreExplanation:
+        pair = self.explain(image, caption)
+        if isinstance(caption, str):
+            return explain_scores(self.model, self.images, self.encode_text(caption).encoding, image, 0, pair)
+        return explain_scores(self.model, self.images, self.captions, image, caption, pair)
 
     def _picture(self, image: int) -> Image.Image | None:
         """The image's picture (rendered or read from its file), None when the split has none; cached."""
