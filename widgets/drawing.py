@@ -33,7 +33,7 @@ from mlasm.plots import draw_attention
 from widgets.session import WorkbenchSession
 
 CANVAS_GREY = 235
-HIGHLIGHT = "#00d5ff"   # the chosen region's outline, apart from draw_attention's viridis boxes
+HIGHLIGHT = "#00d5ff"   # the chosen region's outline (dashed), apart from draw_attention's white outlines
 WORD_SHADE = (255, 127, 14)  # orange: a word's share of a region's attention
 DPI = 100               # a figure of w inches is w * 100 pixels wide
 DRAW_LOCK = threading.RLock()  # one drawing at a time, whichever thread a callback runs on
