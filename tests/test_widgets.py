@@ -646,7 +646,8 @@ def test_selection_controls_set_and_follow_the_selection(session):
     assert selection.caption == own[1] and controls.caption_index.value == own[1]
     selection.select(image=5, caption=2)
     assert (controls.image_index.value, controls.caption_index.value) == (5, 2)
-    assert controls.own_captions.value is None  # caption 2 is not one of image 5's
+    assert controls.own_captions.value == 2  # caption 2 is not one of image 5's: listed apart, as another's
+    assert controls.own_captions.options[-1][0].endswith("(a caption of image 0, not this one)")
 
 
 def test_workbench_builds_tabs_on_demand_and_links_them(session):
@@ -806,3 +807,83 @@ def html_unescape(text):
     import html
 
     return html.unescape(text)
+
+
+# ------------------------------------------------------------------------------ one selection
+
+def check_selection_agrees(session, selection, controls, panel, failures):
+    split = session.split
+    own = split.image_to_captions(selection.image).tolist()
+    assert (controls.image_index.value, controls.caption_index.value) == (selection.image, selection.caption)
+    assert controls.own_captions.value == selection.caption
+    assert own == [value for _, value in controls.own_captions.options][:len(own)]
+    assert controls.query_kind.value == selection.query
+    assert controls.text_box.value == selection.text
+    assert selection.query == "text" or selection.text == ""
+    assert panel._shown == (selection.image, selection.text_side)
+    if failures.rows.value is not None:
+        row = failures._failures.loc[failures.rows.value]
+        assert (int(row["image"]), int(row["caption"])) == (selection.image, selection.caption)
+
+
+def test_two_hundred_random_selection_changes_keep_every_control_in_agreement(session):
+    import random
+
+    split = session.split
+    selection = Selection.start(session)
+    controls = SelectionControls(session, selection)
+    panel = LevelPanel(session, selection, controls=False)
+    failures = FailureExplorer(session, selection, controls=False, k=1)
+    labels = [value for _, value in failures.rows.options]
+    rng = random.Random(25)
+    texts = ["a red circle", "two small squares", "a zebra", "   "]
+    kinds = []
+    for step in range(200):
+        kind = rng.choice(["image box", "caption box", "captions menu", "query kind", "typed text",
+                           "ranked image", "ranked caption", "failure row", "failure row again"])
+        kinds.append(kind)
+        # a value typed or chosen that is already there changes nothing: each choice here is a new one
+        if kind == "image box":
+            controls.image_index.value = rng.choice([i for i in range(split.n_images) if i != selection.image])
+        elif kind == "caption box":
+            controls.caption_index.value = rng.choice([c for c in range(split.n_captions) if c != selection.caption])
+        elif kind == "captions menu":
+            own = split.image_to_captions(selection.image).tolist()
+            controls.own_captions.value = rng.choice([c for c in own if c != selection.caption])
+        elif kind == "query kind":
+            controls.query_kind.value = rng.choice(["caption", "image", "text"])
+        elif kind == "typed text":
+            controls.text_box.value = rng.choice(texts)
+        elif kind == "ranked image":  # a click on an image of the ranking: a pair that need not match
+            selection.select(image=rng.randrange(split.n_images))
+        elif kind == "ranked caption":
+            selection.select(caption=rng.randrange(split.n_captions))
+        elif kind == "failure row":
+            failures.rows.value = rng.choice(labels)
+        else:  # the row of the last failure chosen, clicked again: it selects its pair again
+            if failures.row is None:
+                continue
+            label = failures.row.name
+            if failures.rows.value == label:  # still highlighted: the selection is already its pair
+                assert (selection.image, selection.caption) == (failures.row["image"], failures.row["caption"])
+            else:
+                failures.rows.value = label
+        check_selection_agrees(session, selection, controls, panel, failures)
+        if kind in ("image box", "caption box", "captions menu"):  # chosen in the bar: a matching pair
+            assert selection.caption in split.image_to_captions(selection.image)
+        if kind.startswith("failure row") and failures.row is not None:
+            assert failures.rows.value == failures.row.name
+            assert (selection.image, selection.caption) == (failures.row["image"], failures.row["caption"])
+    assert len(set(kinds)) == 9
+
+
+def test_a_failure_row_left_and_clicked_again_selects_its_pair_again(session):
+    selection = Selection()
+    failures = FailureExplorer(session, selection, controls=False, k=1)
+    label = failures.rows.options[0][1]
+    failures.rows.value = label
+    pair = (selection.image, selection.caption)
+    selection.select(image=(pair[0] + 1) % session.split.n_images)
+    assert failures.rows.value is None  # no longer highlighted: the selection shows another pair
+    failures.rows.value = label
+    assert (selection.image, selection.caption) == pair

@@ -19,7 +19,7 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from widgets.base import LinkedView
+from widgets.base import LinkedView, row_selection
 from widgets.contributions import difference_html
 from widgets.drawing import PictureView, draw_pair_attention, png_thumbnail
 from widgets.ranking import ALSO_TRUE_TEXT, TRUTH
@@ -97,6 +97,7 @@ class FailureExplorer(LinkedView):
         for control in (self.direction, self.right_under, self.ranks):
             control.observe(lambda change: self._list_rows(), names="value")
         self.on_user_change(self.rows, self._row_chosen)
+        self.release_rows_left(self.rows, lambda label: tuple(row_selection(self._failures.loc[label]).values()))
         self.on_user_change(self.word_choice, lambda value: self._draw_comparison())
         self.on_user_change(self.why_level, lambda value: self._show_why())
         self._list_rows()
@@ -171,8 +172,7 @@ class FailureExplorer(LinkedView):
         row = self._failures.loc[label]
         self.row = row
         self.valid = self.session.valid_items(row["direction"], int(row["query"]))
-        self.selection.select(image=int(row["image"]), caption=int(row["caption"]),
-                              query="caption" if row["direction"] == "t2i" else "image")
+        self.selection.select(**row_selection(row))
         words = self.session.tokens(int(row["caption"]))
         with self.quietly():
             self.word_choice.options = [("every word (mean)", EVERY_WORD)] + [(f"{p}: {w}", p)
