@@ -206,17 +206,19 @@ class Difference:
     covered: float                # the share of the difference the top items give
 
     def sentence(self) -> str:
-        """E.g. "3 words (“red”, “circle”, “two”) gave 82 % of the final difference (+0.412)."."""
+        """E.g. "These three words (“red”, “circle”, “two”) gave 82 % of the final difference (+0.412 for
+        the preferred item).", naming the items of ``top``."""
         if not self.difference > 0:
             return (f"The true item scores higher on the {self.level} level "
                     f"({-self.difference:.3f} ahead): no difference to explain.")
         names = ", ".join(f"“{self.items[i]}”" for i in self.top)
         unit = self.kind if len(self.top) != 1 else self.kind[:-1]
+        back = f"; the other {self.kind} took some back" if self.covered > 1.005 else ""
         count = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}.get(len(self.top), str(len(self.top)))
         return (f"These {count} {unit} ({names}) gave {100 * self.covered:.0f} % of the {self.level} "
-                f"difference (+{self.difference:.3f} for the preferred item)." if len(self.top) != 1 else
+                f"difference (+{self.difference:.3f} for the preferred item{back})." if len(self.top) != 1 else
                 f"One {unit} ({names}) gave {100 * self.covered:.0f} % of the {self.level} difference "
-                f"(+{self.difference:.3f} for the preferred item).")
+                f"(+{self.difference:.3f} for the preferred item{back}).")
 
 
 def compare_contributions(truth: LevelContributions, preferred: LevelContributions, kind: str,
@@ -249,3 +251,61 @@ def compare_contributions(truth: LevelContributions, preferred: LevelContributio
                 break
         covered = running / difference
     return Difference(truth.level, kind, list(items), deltas, float(difference), float(rest), top, covered)
+
+
+# ---------------------------------------------------------------------------------------
+# What to show first: the model working, then one failure to explain.
+
+def _own_and_best_other(scores: np.ndarray, caption_to_image: np.ndarray, positives) -> tuple[np.ndarray, ...]:
+    """Per caption: its own image's score, the best score of an image it is not true of, and that image."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n_images, n_captions = scores.shape
+    columns = np.arange(n_captions)
+    own = scores[caption_to_image, columns]
+    others = scores.copy()
+    if positives is not None:
+        others[positives.dense()] = -np.inf          # (N, M) True where the caption is true of the image
+    others[caption_to_image, columns] = -np.inf
+    best_other = others.argmax(axis=0)
+    return own, others[best_other, columns], best_other
+
+
+def showcase_pairs(scores: np.ndarray, caption_to_image: np.ndarray, positives=None, count: int = 3,
+                   unique: bool = True) -> list[int]:
+    """Captions to show a newcomer first: ones the model gets right, by the clearest margin.
+
+    ``scores`` (N, M) final scores, ``caption_to_image`` (M,), ``positives`` the split's
+    PositiveSets (or None: one image per caption). A caption qualifies when its own image scores
+    above every image it is not true of and, with ``unique``, it is true of its own image alone
+    (so the picture its text promises is the one found). Returns up to ``count`` caption indices,
+    the largest margin (own score minus the best false image's) first.
+    """
+    caption_to_image = np.asarray(caption_to_image)
+    own, best_other, _ = _own_and_best_other(scores, caption_to_image, positives)
+    margin = own - best_other
+    good = margin > 0
+    if unique and positives is not None:
+        good &= positives.sizes() == 1
+    order = np.argsort(-np.where(good, margin, -np.inf), kind="stable")
+    return [int(c) for c in order[:count] if good[c]]
+
+
+def showcase_failure(scores: np.ndarray, caption_to_image: np.ndarray, positives=None) -> tuple[int, int] | None:
+    """A failure worth explaining: (caption, the false image the model put above every true one), or None.
+
+    Among the captions whose best-scored image is one they are not true of, the one whose own
+    image comes closest (a near miss, where a few words tip the balance) is chosen, ties going to
+    the lowest caption index.
+    """
+    caption_to_image = np.asarray(caption_to_image)
+    own, best_other, other = _own_and_best_other(scores, caption_to_image, positives)
+    best_true = own
+    if positives is not None:
+        truth = positives.dense()
+        best_true = np.where(truth, np.asarray(scores, dtype=np.float64), -np.inf).max(axis=0)
+    gap = best_other - best_true
+    failed = np.flatnonzero(gap > 0)
+    if not len(failed):
+        return None
+    caption = int(failed[np.argmin(gap[failed])])  # argmin takes the first of equal gaps
+    return caption, int(other[caption])

@@ -56,8 +56,7 @@ def open_split(source: str | os.PathLike, split: str, fast: bool | None = None,
 
         fast = fast_mode() if fast is None else fast
         sizes = FAST_SIZES if fast else None
-        if progress:
-            announce_generation(sizes)
+        announce_generation(sizes)  # a minute's work is never silent, with or without a progress bar
         return load_shapescenes(split, sizes=sizes, progress=progress)
     folder = Path(source)
     if not folder.is_dir():

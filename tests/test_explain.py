@@ -160,3 +160,33 @@ def test_regions_compared_on_one_image_keep_the_whole_image_apart():
                                  [f"r{r}" for r in a.region_indices])
     assert diff.deltas.sum() + diff.rest == pytest.approx(diff.difference, abs=1e-5)
     assert dataclasses.is_dataclass(diff)
+
+
+def test_showcase_pairs_are_clear_successes_and_the_failure_a_near_miss():
+    from mlasm.data.positives import PositiveSets
+    from mlasm.explain import showcase_failure, showcase_pairs
+
+    # 3 images x 5 captions, by hand; caption c belongs to image c // 2 (caption 4 to image 2)
+    caption_to_image = np.array([0, 0, 1, 1, 2])
+    scores = np.array([[0.9, 0.5, 0.1, 0.2, 0.3],
+                       [0.1, 0.6, 0.8, 0.5, 0.3],
+                       [0.2, 0.4, 0.3, 0.45, 0.7]])
+    # margins: c0 0.9-0.2=0.7, c1 0.5-0.6<0 (fails), c2 0.8-0.3=0.5, c3 0.5-0.45=0.05, c4 0.7-0.3=0.4
+    assert showcase_pairs(scores, caption_to_image, count=3) == [0, 2, 4]
+    assert showcase_pairs(scores, caption_to_image, count=10) == [0, 2, 4, 3]
+    # caption 0 also true of image 2: still right (image 2 no longer counts against it) but not unique
+    positives = PositiveSets.from_lists([[0, 2], [0], [1], [1], [2]], 3)
+    assert showcase_pairs(scores, caption_to_image, positives, count=2) == [2, 4]
+    assert showcase_pairs(scores, caption_to_image, positives, count=2, unique=False) == [0, 2]
+    assert showcase_failure(scores, caption_to_image) == (1, 1)        # the one failure: image 1 above image 0
+    scores[2, 3] = 0.52                                                # caption 3 now fails by 0.02, nearer than 0.1
+    assert showcase_failure(scores, caption_to_image) == (3, 2)
+    assert showcase_failure(np.eye(3)[:, [0, 0, 1, 1, 2]], caption_to_image) is None
+
+
+def test_more_than_the_whole_difference_says_the_others_took_some_back():
+    diff = compare_contributions(contributions([0.0, 0.0, 0.0]), contributions([0.5, -0.2, 0.0]), "words",
+                                 ["purple", "square", "a"])
+    assert diff.top == [0] and diff.covered == pytest.approx(0.5 / 0.3)
+    assert diff.sentence() == ("One word (“purple”) gave 167 % of the final difference (+0.300 for the preferred "
+                               "item; the other words took some back).")
