@@ -25,7 +25,7 @@
 # with `MLASM_FAST=1`, a tiny model is trained in seconds instead, so every number below is
 # the tiny model's.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -39,6 +39,7 @@ from widgets.contributions import pair_difference
 
 test = open_split("shapescenes", "test")  # generated once on first use (it says how long), then read from the cache
 print(f"fast mode: {fast_mode()}; test split: {test.n_images} images, {test.n_captions} captions")
+assert test.n_captions == 5 * test.n_images
 
 # %% [markdown]
 # ## The data
@@ -70,7 +71,7 @@ print(f"{sum(p.numel() for p in model.parameters()):,} parameters; vocabulary of
 # clearest margin among captions true of one picture only (`mlasm.explain.showcase_pairs`): first
 # the model at work, then, further down, one of its failures taken apart.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 scores = session.scores
 caption = showcase_pairs(scores["final"], test.caption_to_image, test.positive_sets(), count=1)[0]
 top = np.argsort(-scores["final"][:, caption], kind="stable")[:4].tolist()
@@ -83,6 +84,7 @@ fig = draw_gallery([test.get_image(i) for i in top],
                     for rank, i in enumerate(top)],
                    highlight=[i == truth for i in top])
 plt.show()
+assert top[0] == truth, "the showcase query finds its own picture first"
 
 # %% [markdown]
 # Green frames the picture the caption was written for; "also true" marks another picture the
@@ -96,7 +98,7 @@ plt.show()
 # (and regions; `session.contributions`, from `mlasm.explain`), so the difference between the two
 # pictures splits word by word: the words that gave most of it say why the model preferred the other.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 caption, preferred = showcase_failure(scores["final"], test.caption_to_image, test.positive_sets())
 truth = int(test.caption_to_image[caption])
 print("query:", test.captions[caption])
@@ -106,7 +108,9 @@ fig = draw_gallery([test.get_image(truth), test.get_image(preferred)],
                    columns=2, highlight=[True, False])
 plt.show()
 for level in session.levels:
-    print(f"{level:>6}: {pair_difference(session, (truth, caption), (preferred, caption), level).sentence()}")
+    difference = pair_difference(session, (truth, caption), (preferred, caption), level)
+    print(f"{level:>6}: {difference.sentence()}")
+    assert abs(difference.deltas.sum() - difference.difference) < 1e-5, "the words' parts add up to the difference"
 
 # %% [markdown]
 # The workbench's failure explorer (notebook 05) shows the same, word by word, for every failure.
