@@ -98,7 +98,7 @@ def draw_attention(image, boxes: np.ndarray, weights: np.ndarray, ax=None, title
     if legend and len(order):
         handles = [Line2D([], [], color=OUTLINE, lw=3.5, path_effects=[
                        patheffects.withStroke(linewidth=4.7, foreground="black")],
-                          label=f"outline: attention weight (widest = {peak:.2f})"),
+                          label="outline: attention weight (wider, more opaque = more)"),
                    Patch(facecolor=(1, 1, 1, fade), edgecolor="#888", label="paler: little or no attention")]
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=7, frameon=False,
                   ncol=1, handlelength=2.2, borderaxespad=0.2)
