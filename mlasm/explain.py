@@ -39,6 +39,11 @@ the regions and words too; that dependence is not apportioned (they are held at 
 
 local = 0.5 t2i + 0.5 i2t and final = rho local + (1 - rho) global combine the tables linearly.
 
+What a "word" and a "region" are: a word's entries are those of its encoded state u_l, which the
+GRU computed from that word and the words before it (after it too, when bidirectional), so a word
+carries some of its context; a region's are those of its projected feature v_r. The split is exact
+for these states, not for the raw tokens or pixels.
+
 Padding words and masked regions never appear: the tables cover the real words and the
 kept regions (``region_indices``), and neither changes any entry (tests/test_explain.py).
 """
