@@ -132,7 +132,8 @@ def draw_level_recalls(result: dict, ax=None, title: str = "recall per level"):
     ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2, [f"{d} {k.upper()}" for d, k in metrics])
     ax.set_ylabel("recall (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="upper left")
+    # under the bars, never over them
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(len(levels), 3), frameon=False)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -159,8 +160,12 @@ def draw_training_log(rows: Sequence[dict], axes=None):
         axes[0].set_ylabel("training loss / loss at collapse")
         axes[0].legend(fontsize=7, loc="upper right")
     else:
-        axes[0].plot(epochs, [row["loss"] for row in rows], marker="o")
+        losses = [row["loss"] for row in rows]
+        axes[0].plot(epochs, losses, marker="o")
         axes[0].set_ylabel("training loss")
+        if min(losses) > 0 and max(losses) > 20 * min(losses):  # a summed-negatives first epoch dwarfs the rest
+            axes[0].set_yscale("log")
+            axes[0].set_ylabel("training loss (log scale)")
     axes[0].set_xlabel("epoch")
     axes[1].plot(epochs, [row["val_rsum"] for row in rows], marker="o", color="tab:green")
     axes[1].set_xlabel("epoch")

@@ -106,3 +106,24 @@ def test_the_marks_have_a_legend_and_nothing_is_filled(split):
     assert any("outline" in text for text in texts) and any("paler" in text for text in texts)
     assert len(ax.patches) == 4 and not any(patch.get_fill() for patch in ax.patches)
     assert len(ax.images) == 1  # the picture alone: no heat layer over it
+
+
+def test_recall_legend_sits_under_the_bars_and_a_huge_first_loss_gets_a_log_scale():
+    import matplotlib.pyplot as plt
+
+    from mlasm.plots import draw_level_recalls, draw_training_log
+
+    levels = {level: {"rsum": 500.0, "i2t": {"r1": 96.0, "r5": 99.0, "r10": 100.0},
+                      "t2i": {"r1": 90.0, "r5": 98.0, "r10": 100.0}} for level in ("t2i", "i2t", "local", "global", "final")}
+    fig = draw_level_recalls({"levels": levels})
+    renderer = fig.canvas.get_renderer()
+    legend = fig.axes[0].get_legend().get_window_extent(renderer)
+    assert not any(legend.overlaps(bar.get_window_extent(renderer)) for bar in fig.axes[0].patches)
+    plt.close(fig)
+    rows = [{"epoch": e, "loss": loss, "val_rsum": 100.0 + e} for e, loss in enumerate([5104.0, 60.0, 40.0])]
+    fig = draw_training_log(rows)
+    assert fig.axes[0].get_yscale() == "log"
+    plt.close(fig)
+    fig = draw_training_log([{**row, "loss": 60.0 - row["epoch"]} for row in rows])
+    assert fig.axes[0].get_yscale() == "linear"
+    plt.close(fig)
