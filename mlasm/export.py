@@ -10,11 +10,13 @@ server and no network. They come from the npm registry at install time
 What shows without a kernel: every ipywidgets control in the state it was left in, pictures
 (Image widgets), HTML, printed output, and plotly's FigureWidgets (an anywidget: the project's own
 ``export_assets/anywidget.js`` runs the widget's saved module in the page). What cannot: anything a
-Python callback would compute (choosing another word redraws nothing).
+Python callback would compute (choosing another word redraws nothing): so the page says on top that it
+is a static snapshot, and its widget controls are drawn disabled.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +35,18 @@ OWN_ASSETS = {"anywidget.js": Path(__file__).parent / "export_assets" / "anywidg
 # after require.js: where the page finds the anywidget module (else it would ask a CDN)
 REQUIRE_CONFIG = (f'<script>require.config({{paths: {{"anywidget": "{ASSETS_FOLDER}/anywidget"}}}});</script>')
 NOTEBOOKS = REPO_ROOT / "notebooks"
+# A static page must not look live: a note on top says what it is, and the widget controls are shown
+# disabled (no pointer events, greyed). Plotly's own zoom and hover work without a kernel and are kept.
+STATIC_CONTROLS = ", ".join(f".jupyter-widgets.{name}" for name in (
+    "widget-dropdown", "widget-select", "widget-text", "widget-toggle-buttons", "widget-button", "widget-checkbox",
+    "widget-hslider"))  # not widget-inline-hbox: HTML and Label widgets carry it too, and stay as they are
+STATIC_NOTE = (
+    '<div class="mlasm-static-note" style="position:sticky;top:0;z-index:1000;background:#fff3cd;'
+    'border-bottom:1px solid #e0c36a;padding:6px 12px;font:14px sans-serif;color:#4a3b00">'
+    "<b>Static snapshot</b> of a notebook run: the pictures, tables and controls show the state they were "
+    "left in, and the controls are disabled (nothing here can compute). Open the notebook in Jupyter to "
+    "explore.</div>")
+STATIC_STYLE = f"<style>{STATIC_CONTROLS} {{pointer-events: none; opacity: 0.55; filter: grayscale(1)}}</style>"
 
 
 class ExportError(ValueError):
@@ -107,7 +121,11 @@ def to_html(notebook) -> str:
     loader = f'<script src="{ASSETS_FOLDER}/require.js"></script>'
     if loader not in body:
         raise ExportError("nbconvert's page template no longer loads require.js where expected")
-    return body.replace(loader, loader + "\n" + REQUIRE_CONFIG, 1)
+    body = body.replace(loader, loader + "\n" + REQUIRE_CONFIG, 1)
+    opening = re.search(r"<body[^>]*>", body)
+    if opening is None:
+        raise ExportError("nbconvert's page template has no <body> to put the static-snapshot note in")
+    return body[:opening.end()] + "\n" + STATIC_STYLE + STATIC_NOTE + body[opening.end():]
 
 
 def widget_state(notebook) -> dict:

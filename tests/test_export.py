@@ -119,3 +119,17 @@ def test_exported_attention_notebook_renders_from_disk(short_tmp):
         for index, selector in enumerate((".widget-image", ".js-plotly-plot")):
             assert_not_blank(screenshot(page, selector, short_tmp / f"export-{index}.png"))
     assert outside == [], f"the page asked the network for {outside}"
+
+
+def test_a_static_page_says_so_on_top_and_its_controls_are_disabled():
+    import jupytext
+
+    from mlasm.export import STATIC_CONTROLS, to_html
+
+    page = to_html(jupytext.reads("# %%\nprint('hi')\n", fmt="py:percent"))
+    body = page[page.index("<body"):]
+    assert body.index("mlasm-static-note") < body.index("jp-Cell")  # above the first cell
+    assert "Static snapshot" in body and "controls are disabled" in body
+    style = re.search(r"<style>([^<]*pointer-events: none[^<]*)</style>", page).group(1)
+    assert ".jupyter-widgets.widget-dropdown" in style and ".jupyter-widgets.widget-text" in style
+    assert STATIC_CONTROLS in style and "plotly" not in style  # plotly's zoom and hover work without a kernel
