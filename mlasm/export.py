@@ -49,6 +49,15 @@ STATIC_NOTE = (
 STATIC_STYLE = f"<style>{STATIC_CONTROLS} {{pointer-events: none; opacity: 0.55; filter: grayscale(1)}}</style>"
 
 
+# set for the kernels an export runs: a workbench then builds every tab at once, so that the page holds them all
+STATIC_EXPORT = "MLASM_STATIC_EXPORT"
+
+
+def exporting() -> bool:
+    """True inside a notebook that ``export_notebooks`` is running for a static page."""
+    return os.environ.get(STATIC_EXPORT) == "1"
+
+
 class ExportError(ValueError):
     """An export that cannot be made (assets missing, a notebook that fails): one line for the user."""
 
@@ -98,7 +107,7 @@ def execute(notebook, folder: Path, fast: bool = False, timeout: int = 600, name
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    changes = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    changes = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", STATIC_EXPORT: "1"}
     if fast:
         changes["MLASM_FAST"] = "1"
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",

@@ -669,6 +669,15 @@ def test_workbench_builds_tabs_on_demand_and_links_them(session):
     assert bench.explorer.word == int(record["position"])
 
 
+def test_a_workbench_run_for_a_static_page_builds_every_tab(session, monkeypatch):
+    from mlasm.export import STATIC_EXPORT
+
+    monkeypatch.setenv(STATIC_EXPORT, "1")
+    bench = Workbench(session)
+    assert list(bench._built) == list(bench.tabs.titles)
+    assert [type(child) for child in bench.tabs.children] == [type(bench._built[tab]) for tab in bench.tabs.titles]
+
+
 # ------------------------------------------------------------------------------ drawing and plumbing
 
 def _pixel_spread(png: bytes) -> float:
