@@ -45,7 +45,7 @@ class SelectionControls(QuietUpdates, widgets.VBox):
     """Image and caption indices, the captions of the image, the query kind and a typed query.
 
     What they show always agrees with the selection: the image and caption boxes hold its image
-    and caption, the menu its caption (listed apart when it is another image's, as after a click
+    and caption, the menu its caption (listed first, apart, when it is another image's, as after a click
     on a ranked image), the text box its typed text ("" unless a typed text is the query). Choosing
     here makes a matching pair: a caption brings its own image, an image keeps the caption if it is
     one of the image's and otherwise takes the image's first. The query kind is linked both ways.
@@ -93,8 +93,8 @@ class SelectionControls(QuietUpdates, widgets.VBox):
         own = split.image_to_captions(selection.image)
         options = [(f"{c}: {split.captions[c]}", int(c)) for c in own]
         if selection.caption not in own:  # a pair chosen elsewhere (a ranked image, say): say whose caption it is
-            options.append((f"{selection.caption}: {split.captions[selection.caption]} (a caption of image "
-                            f"{int(split.caption_to_image[selection.caption])}, not this one)", selection.caption))
+            options.insert(0, (f"{selection.caption}: {split.captions[selection.caption]} (a caption of image "
+                               f"{int(split.caption_to_image[selection.caption])}, not this one)", selection.caption))
         with self.quietly():
             self.image_index.value = selection.image
             self.caption_index.value = selection.caption
