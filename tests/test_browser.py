@@ -301,14 +301,17 @@ def test_workbench_pictures_never_come_up_blank(short_tmp: Path) -> None:
             if title == "Failures":
                 page.locator(".mlasm-failure-rows select").first.select_option(index=0)
                 page.locator(f"{view} .mlasm-picture img").first.wait_for(state="visible", timeout=20_000)
-            if title in ("Embedding map", "Attention"):  # plotly's toolbar, shown on hover, covers no title
+            if title in ("Embedding map", "Attention", "Attention statistics"):
+                # plotly's toolbar, shown on hover, covers no title and no legend
                 plot = page.locator(f"{view} .js-plotly-plot").first
                 plot.hover()
                 toolbar = plot.locator(".modebar").first
                 toolbar.wait_for(state="visible", timeout=20_000)
-                title_box = plot.locator(".gtitle").first.bounding_box()
                 box = toolbar.bounding_box()
-                assert not overlap(title_box, box), f"{title}: the toolbar {box} covers the title {title_box}"
+                for part in (".gtitle", ".legend"):
+                    if plot.locator(part).count():
+                        part_box = plot.locator(part).first.bounding_box()
+                        assert not overlap(part_box, box), f"{title}: the toolbar {box} covers the {part} {part_box}"
             screenshot(page, ".mlasm-workbench", shots / f"tab-{title.replace(' ', '-')}.png")
             sideways = page.evaluate(
                 """sel => Array.from(document.querySelectorAll(sel + ' *')).filter(e => {

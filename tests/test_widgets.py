@@ -897,3 +897,15 @@ def test_a_failure_row_left_and_clicked_again_selects_its_pair_again(session):
     assert failures.rows.value is None  # no longer highlighted: the selection shows another pair
     failures.rows.value = label
     assert (selection.image, selection.caption) == pair
+
+
+def test_comparison_titles_and_legends_stay_inside_the_picture(session):
+    failures = FailureExplorer(session, Selection(), controls=False, k=1)
+    for direction in ("t2i", "i2t"):
+        failures.open_row(failures.table[failures.table.direction == direction].index[0])
+        fig = failures.figure
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            drawn = ax.get_tightbbox(renderer)  # the picture, its title, labels and legend
+            assert drawn.x0 >= -1 and drawn.y0 >= -1 and drawn.x1 <= fig.bbox.x1 + 1 and drawn.y1 <= fig.bbox.y1 + 1, \
+                (direction, drawn, fig.bbox)

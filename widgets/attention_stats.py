@@ -56,10 +56,11 @@ class AttentionStatsView(LinkedView):
             text=[[f"{v:.2f}" for v in row] for row in matrix], texttemplate="%{text}",
             hovertemplate="%{y} words → %{x} regions: %{z:.2f} of their attention<extra></extra>",
             colorbar=dict(title=dict(text="share", side="right"), thickness=12)))
-        self.heatmap.update_layout(width=520, height=140 + 30 * len(self.matrix), margin=dict(l=110, r=20, t=50, b=40),
-                                   yaxis=dict(autorange="reversed"),
+        # the title on the left and plotly's toolbar upright on the right (as the explorer's), covering no title
+        self.heatmap.update_layout(width=560, height=140 + 30 * len(self.matrix), margin=dict(l=110, r=60, t=50, b=40),
+                                   yaxis=dict(autorange="reversed"), modebar=dict(orientation="v"),
                                    title=dict(text="where each kind of word looks (rows sum to 1); click a cell",
-                                              font=dict(size=12)))
+                                              font=dict(size=12), x=0.01, xanchor="left"))
         keep_plotly_state(self.heatmap)
         self.cell_title = widgets.HTML()
         self.example_list = widgets.Select(rows=10, layout=widgets.Layout(width="100%"))

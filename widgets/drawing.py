@@ -43,6 +43,9 @@ def render_png(fig: Figure) -> bytes:
     """The figure as PNG bytes (drawn under the drawing lock)."""
     buffer = io.BytesIO()
     with DRAW_LOCK:
+        engine = fig.get_layout_engine()
+        if engine is not None:  # a first pass from matplotlib's default axes positions can leave titles and
+            engine.execute(fig)  # legends outside the figure (equal-aspect pictures); the one in savefig settles it
         fig.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
 
