@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mlasm.attention_stats import attention_statistics, knows_word_and_region_kinds
+from mlasm.attention_stats import attention_statistics_and_records, knows_word_and_region_kinds, reader_signature
 from mlasm import distributed
 from mlasm.checkpoint import check_model_fits, load_model
 from mlasm.data.dataset import RetrievalSplit, caption_tensors, image_tensors
@@ -36,7 +36,7 @@ from mlasm.metrics import (
     t2i_ranks,
 )
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
-from mlasm.saved_scores import SCORES_FILE, scores_fingerprint, write_scores
+from mlasm.saved_scores import RECORDS_FILE, SCORES_FILE, scores_fingerprint, write_records, write_scores
 
 PROTOCOLS = {
     "full": "the whole split is one gallery (Flickr30K 1K test, COCO 5K on testall, ShapeScenes test)",
@@ -212,6 +212,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
     if protocol == "5fold":
         return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress)
     per_model, grounding, objectives, attention = [], [], [], []
+    records_made = None  # every word's attention record, when made over every caption
     for path in checkpoints:
         model, vocab, _ = load_model(path, device)
         objectives.append(model.config.objective)
@@ -222,7 +223,9 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
             continue
         grounding.append(grounding_accuracy(model, split, vocab, img, cap))
         if knows_word_and_region_kinds(split):  # per word kind: pointing, entropy, where it looks
-            attention.append(attention_statistics(model, split, vocab, img, cap))
+            stats, records = attention_statistics_and_records(model, split, vocab, img, cap)
+            attention.append(stats)
+            records_made = records if stats["captions"] == split.n_captions else None
     if not distributed.is_main():
         return None
     scores = per_model[0] if len(per_model) == 1 else average_levels(per_model)
@@ -266,9 +269,13 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
             tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
         fingerprint = scores_fingerprint(checkpoints, split)  # the workbench reuses the matrices (saved_scores)
-        write_together({out_dir / "ranks.npz": write_ranks,
-                        out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint),
-                        out_dir / "metrics.json": write_metrics})
+        files = {out_dir / "ranks.npz": write_ranks,
+                 out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint),
+                 out_dir / "metrics.json": write_metrics}
+        if len(checkpoints) == 1 and records_made is not None:  # and its statistics tab opens at once
+            files[out_dir / RECORDS_FILE] = lambda tmp: write_records(
+                tmp, records_made, {**fingerprint, "reader": reader_signature(split)})
+        write_together(files)
     return result
 
 

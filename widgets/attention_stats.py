@@ -26,7 +26,10 @@ EXAMPLES_LISTED = 30
 
 
 def session_records(session: WorkbenchSession) -> pd.DataFrame:
-    """Every word's record (``mlasm.attention_stats``) over the matching pairs of the session's split."""
+    """Every word's record (``mlasm.attention_stats``) over the matching pairs of the session's split:
+    those its evaluation saved (``session.attention_records``), else computed now (a model.explain per caption)."""
+    if session.attention_records is not None:
+        return session.attention_records
     return model_records(session.model, session.split, session.vocab, session.images, session.captions)
 
 

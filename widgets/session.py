@@ -30,13 +30,14 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from mlasm.attention_stats import reader_signature
 from mlasm.data.dataset import RetrievalSplit, caption_tensors
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
 from mlasm.evaluate import encode_split, level_ranks
 from mlasm.explain import ScoreExplanation, explain_scores
 from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding, PairExplanation
-from mlasm.saved_scores import find_saved_scores
+from mlasm.saved_scores import RECORDS_FILE, find_saved_scores, read_saved_records, scores_fingerprint
 from mlasm.sources import EMBEDDED, open_split
 from mlasm.checkpoint import check_model_fits, load_model
 
@@ -81,6 +82,7 @@ class WorkbenchSession:
         self._query_table: pd.DataFrame | None = None
         self._outcome_tables: dict[int, pd.DataFrame] = {}
         # Per-instance caches: the same pair / text / picture is asked for again on every redraw.
+        self.attention_records: pd.DataFrame | None = None  # saved by evaluate (mlasm.saved_scores), if read
         self._explain = lru_cache(maxsize=cache_size)(self._explain_pair)
         self._contributions = lru_cache(maxsize=cache_size)(self._contributions_of_pair)
         self.encode_text = lru_cache(maxsize=cache_size)(self._encode_text)
@@ -110,6 +112,9 @@ class WorkbenchSession:
         session = cls(model, vocab, opened, **({"scores": found} if found is not None else {}), **options)
         if where is not None:
             session.scores_source = where
+            # the attention records saved with them: the statistics tab opens without explaining every pair
+            session.attention_records = read_saved_records(
+                where.parent / RECORDS_FILE, {**scores_fingerprint([path], opened), "reader": reader_signature(opened)})
         return session
 
     def __repr__(self) -> str:
