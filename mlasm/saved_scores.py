@@ -49,8 +49,9 @@ def write_scores(path: str | Path, scores: Mapping[str, torch.Tensor | np.ndarra
         np.savez(f, **{_FINGERPRINT_KEY: np.array(json.dumps(fingerprint, sort_keys=True))}, **arrays)
 
 
-def read_saved_scores(path: str | Path, fingerprint: dict) -> dict[str, np.ndarray] | None:
-    """The saved matrices when ``path`` holds scores of exactly this fingerprint, else None."""
+def _read_fingerprinted(path: str | Path, fingerprint: dict) -> dict[str, np.ndarray] | None:
+    """Every array of the .npz at ``path`` but its fingerprint, when that is exactly ``fingerprint``; else None
+    (no file, another fingerprint, unreadable: the caller computes again rather than fails)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -58,10 +59,15 @@ def read_saved_scores(path: str | Path, fingerprint: dict) -> dict[str, np.ndarr
         with np.load(path, allow_pickle=False) as saved:
             if json.loads(str(saved[_FINGERPRINT_KEY])) != fingerprint:
                 return None
-            shape = (fingerprint["n_images"], fingerprint["n_captions"])
-            scores = {key: saved[key] for key in saved.files if key != _FINGERPRINT_KEY}
+            return {key: saved[key] for key in saved.files if key != _FINGERPRINT_KEY}
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
-        return None  # unreadable or of another kind: score again rather than fail
+        return None
+
+
+def read_saved_scores(path: str | Path, fingerprint: dict) -> dict[str, np.ndarray] | None:
+    """The saved matrices when ``path`` holds scores of exactly this fingerprint, else None."""
+    scores = _read_fingerprinted(path, fingerprint)
+    shape = (fingerprint["n_images"], fingerprint["n_captions"])
     if not scores or any(matrix.shape != shape for matrix in scores.values()):
         return None
     return scores
@@ -92,17 +98,13 @@ def read_saved_records(path: str | Path, fingerprint: dict):
     """The saved attention records (a DataFrame) when ``path`` holds those of exactly this fingerprint, else None."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.is_file():
+    saved = _read_fingerprinted(path, fingerprint)
+    if saved is None or "order" not in saved:
         return None
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            if json.loads(str(saved[_FINGERPRINT_KEY])) != fingerprint:
-                return None
-            names = [str(name) for name in saved["order"]]
-            columns = {name: saved[f"column {name}"] for name in names}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
-        return None  # unreadable or of another kind: compute them again rather than fail
+    names = [str(name) for name in saved["order"]]
+    if any(f"column {name}" not in saved for name in names):
+        return None
+    columns = {name: saved[f"column {name}"] for name in names}
     return pd.DataFrame({name: column.astype(object) if column.dtype.kind == "U" else column
                          for name, column in columns.items()}, columns=names)
 
