@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mlasm import distributed
-from mlasm.attention_stats import attention_statistics, knows_word_and_region_kinds
+from mlasm.attention_stats import attention_statistics_and_records, knows_word_and_region_kinds, reader_signature
 from mlasm.checkpoint import check_model_fits, load_model
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
@@ -36,7 +36,7 @@ from mlasm.metrics import (
 )
 from mlasm.encoding import encode_split
 from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding
-from mlasm.saved_scores import SCORES_FILE, scores_fingerprint, write_scores
+from mlasm.saved_scores import RECORDS_FILE, SCORES_FILE, scores_fingerprint, write_records, write_scores
 
 PROTOCOLS = {
     "full": "the whole split is one gallery (Flickr30K 1K test, COCO 5K on testall, ShapeScenes test)",
@@ -213,7 +213,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
     scored = _score_models(checkpoints, split, device, memory_budget_mb, progress, vocab)
     if scored is None:  # another rank: its share of the pairs is scored
         return None
-    per_model, models, grounding, attention = scored
+    per_model, models, grounding, attention, records = scored
     scores = per_model[0] if len(per_model) == 1 else average_levels(per_model)
     result = {
         "split": split.name,
@@ -233,15 +233,17 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         result["attention_statistics"] = attention[0] if len(attention) == 1 else attention
     if out_dir is not None:
         _write_outputs(out_dir, result, scores, level_ranks(scores, split.caption_to_image, split.positives, complete),
-                       scores_fingerprint(checkpoints, split), split.caption_to_image)
+                       scores_fingerprint(checkpoints, split), split,
+                       records if len(checkpoints) == 1 else None)  # and the statistics tab opens at once
     return result
 
 
 def _score_models(checkpoints, split: RetrievalSplit, device, memory_budget_mb, progress: bool, vocab):
     """Every level of every pair for each checkpoint, with what metrics.json says of the model, its
-    pointing game and attention statistics: (per_model, models, grounding, attention); None on the
-    ranks other than 0 of a process group, once their share is scored."""
-    per_model, models, grounding, attention = [], [], [], []
+    pointing game and attention statistics: (per_model, models, grounding, attention, records: every
+    word's attention record when made over every caption); None on the ranks other than 0 of a
+    process group, once their share is scored."""
+    per_model, models, grounding, attention, records = [], [], [], [], None
     for path in checkpoints:
         model, model_vocab, _ = load_model(path, device, vocab=vocab)
         models.append(describe_model(path, model))
@@ -252,8 +254,10 @@ def _score_models(checkpoints, split: RetrievalSplit, device, memory_budget_mb, 
             continue
         grounding.append(grounding_accuracy(model, split, model_vocab, img, cap))
         if knows_word_and_region_kinds(split) and "t2i" in model.directions:  # per word kind
-            attention.append(attention_statistics(model, split, model_vocab, img, cap))
-    return (per_model, models, grounding, attention) if distributed.is_main() else None
+            stats, made = attention_statistics_and_records(model, split, model_vocab, img, cap)
+            attention.append(stats)
+            records = made if stats["captions"] == split.n_captions else None
+    return (per_model, models, grounding, attention, records) if distributed.is_main() else None
 
 
 def _complete_ranks(scores: dict[str, torch.Tensor], split: RetrievalSplit) -> dict | None:
@@ -285,19 +289,24 @@ def _measures(scores: dict[str, torch.Tensor], split: RetrievalSplit, protocol: 
     return result
 
 
-def _write_outputs(out_dir: Path, result: dict, scores: dict, ranks: dict, fingerprint: dict,
-                   caption_to_image: np.ndarray) -> None:
-    """metrics.json, ranks.npz and scores.npz (which the workbench reuses: mlasm.saved_scores), as one unit."""
+def _write_outputs(out_dir: Path, result: dict, scores: dict, ranks: dict, fingerprint: dict, split: RetrievalSplit,
+                   records=None) -> None:
+    """metrics.json, ranks.npz, scores.npz (which the workbench reuses: mlasm.saved_scores) and the
+    attention records when given, as one unit."""
     def write_ranks(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, caption_to_image=caption_to_image, **ranks)
+            np.savez_compressed(f, caption_to_image=split.caption_to_image, **ranks)
 
     def write_metrics(tmp: Path) -> None:
         tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    write_together({out_dir / "ranks.npz": write_ranks,
-                    out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint),
-                    out_dir / "metrics.json": write_metrics})
+    files = {out_dir / "ranks.npz": write_ranks,
+             out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint),
+             out_dir / "metrics.json": write_metrics}
+    if records is not None:
+        files[out_dir / RECORDS_FILE] = lambda tmp: write_records(
+            tmp, records, {**fingerprint, "reader": reader_signature(split)})
+    write_together(files)
 
 
 def _evaluate_folds(checkpoints: Sequence[str | Path], split: RetrievalSplit, out_dir: Path | None,

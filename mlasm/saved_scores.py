@@ -5,6 +5,9 @@ level's (N, M) matrix in float32, and a fingerprint of what produced them (the c
 SHA-256, the split's name, sizes and captions). A session opened on the same checkpoint and
 split reads them instead of scoring every pair again; any difference in the fingerprint (a
 retrained checkpoint, another split, an ensemble of other models) means they are not used.
+Beside them, ``attention_records.npz`` holds every word's attention record (mlasm.attention_stats)
+over the matching pairs, so the workbench's statistics tab opens without explaining every pair
+again; its fingerprint adds what the split says of its regions and words (``reader_signature``).
 
 The file is a cache, and a cache can be damaged (a truncated copy, a flipped bit, a file from
 another tool under the same name): its arrays carry a SHA-256 checksum, and a file that cannot be
@@ -32,6 +35,7 @@ import torch
 from mlasm.io import finish_interrupted_writes, npz_declared_sizes
 
 SCORES_FILE = "scores.npz"
+RECORDS_FILE = "attention_records.npz"  # every word's attention record (mlasm.attention_stats), same fingerprint
 _FINGERPRINT_KEY = "fingerprint"
 _CHECKSUM_KEY = "checksum"
 LEVEL_NAMES = ("t2i", "i2t", "local", "global", "final")  # mlasm.model.LEVELS, every one saved
@@ -131,6 +135,57 @@ def _checked_scores(path: Path, fingerprint: dict, levels: tuple[str, ...]) -> d
         if not finite.all() and not (level == "global" and np.isnan(matrix).all()):  # a local-only model's
             return f"{level} holds {int((~finite).sum()):,} NaN or infinite scores (the file, not the model)"
     return scores
+
+
+def _read_fingerprinted(path: str | Path, fingerprint: dict) -> dict[str, np.ndarray] | None:
+    """Every array of the .npz at ``path`` but its fingerprint, when that is exactly ``fingerprint``; else None
+    (no file, another fingerprint, unreadable: the caller computes again rather than fails)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if json.loads(str(saved[_FINGERPRINT_KEY])) != fingerprint:
+                return None
+            return {key: saved[key] for key in saved.files if key != _FINGERPRINT_KEY}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+
+
+def write_records(path: str | Path, records, fingerprint: dict) -> None:
+    """Write an attention-records table (``mlasm.attention_stats.records_frame``), column by column, and
+    its fingerprint, to an open temporary (``write_together``)."""
+    columns = {f"column {name}": _plain_column(records[name]) for name in records.columns}
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **{_FINGERPRINT_KEY: np.array(json.dumps(fingerprint, sort_keys=True))},
+                            order=np.array(list(records.columns)), **columns)
+
+
+def _plain_column(values) -> np.ndarray:
+    """A table column as an array np.load reads without pickles: numbers and booleans as they are, text as
+    unicode, booleans with gaps (``pointed``: NaN where a word names nothing) as 1.0 / 0.0 / NaN."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy()
+    if all(isinstance(value, str) for value in values):
+        return np.array(values.tolist(), dtype=str)
+    return values.to_numpy(dtype=float)
+
+
+def read_saved_records(path: str | Path, fingerprint: dict):
+    """The saved attention records (a DataFrame) when ``path`` holds those of exactly this fingerprint, else None."""
+    import pandas as pd
+
+    saved = _read_fingerprinted(path, fingerprint)
+    if saved is None or "order" not in saved:
+        return None
+    names = [str(name) for name in saved["order"]]
+    if any(f"column {name}" not in saved for name in names):
+        return None
+    columns = {name: saved[f"column {name}"] for name in names}
+    return pd.DataFrame({name: column.astype(object) if column.dtype.kind == "U" else column
+                         for name, column in columns.items()}, columns=names)
 
 
 def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Path] | None = None,

@@ -1,6 +1,6 @@
 """AttentionExplorer: where each word of a caption looks in the image, and what each region reads.
 
-Choose a word: the regions light up by its text-to-image attention (heat over the picture).
+Choose a word: the regions light up by its text-to-image attention (outlined, the rest of the picture paler).
 Choose a region: the words light up by its image-to-text attention. The word-by-region
 matrix beside it shows every weight at once; clicking a cell chooses that word and region.
 The lambda sliders change the softmax temperatures and recompute the attention live.
