@@ -517,7 +517,7 @@ def test_temporaries_of_a_killed_run_are_removed_at_the_next_start(case, run_cop
     out.mkdir()
     (out / ".ranks.npz.999999999.0badcafe.tmp").write_bytes(b"x")
     assert answer(capsys, _evaluate_command(run_copy, data_folder, out))[0] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "ranks.npz", "scores.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["attention_records.npz", "metrics.json", "ranks.npz", "scores.npz"]
 
 
 @pytest.mark.parametrize("case", [CASES["files_follow_the_umask"]], ids=str)
