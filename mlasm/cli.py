@@ -83,13 +83,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                             "positives, e.g. ShapeScenes or a {split}_positives.txt); on by default")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="mlasm",
-        description="MLASM image-text retrieval: train, evaluate, and look inside region-word attention.",
-        epilog="Start with 'mlasm demo': it builds the embedded dataset, trains, evaluates and writes figures.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _demo_parser(commands) -> argparse.ArgumentParser:
+    """mlasm demo."""
     demo = commands.add_parser("demo", help="the whole job on the embedded dataset, in minutes on a CPU",
                                description="Build ShapeScenes, train MLASM with the CPU preset, evaluate on the "
                                            "1,000-image test split, write checkpoint, metrics and figures.")
@@ -101,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     demo.add_argument("--seed", type=at_least(0), default=0)
     demo.add_argument("--overwrite", action="store_true", help="replace the models of an earlier demo in --out")
+    return demo
 
+
+def _train_parser(commands) -> argparse.ArgumentParser:
+    """mlasm train."""
     train = commands.add_parser("train", help="train a model",
                                 description="Train MLASM; keeps last.pt (for --resume) and best.pt (best "
                                             "validation rSum) in the output folder.")
@@ -133,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=at_least(1), default=200,
                        help="steps between resumable checkpoints (default 200)")
     _add_model_options(train)
+    return train
 
+
+def _evaluate_parser(commands) -> argparse.ArgumentParser:
+    """mlasm evaluate."""
     evaluate = commands.add_parser("evaluate", help="evaluate checkpoints (several = an ensemble)",
                                    description="Score every level of every pair, write metrics.json and the "
                                                "per-query ranks (ranks.npz) for error analysis.")
@@ -150,14 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", type=device_name)
     evaluate.add_argument("--memory-budget-mb", type=positive_number, default=None,
                           help="memory for one block of pairs while scoring (default 64 on the CPU, 1024 on CUDA)")
+    return evaluate
 
+
+def _check_parser(commands) -> argparse.ArgumentParser:
+    """mlasm check."""
     check = commands.add_parser("check", help="read every feature of a dataset once and report what is wrong",
                                 description="Open each split (as training does: cheap checks), then read all its "
                                             "features in chunks: a NaN or infinite value is reported with its file "
                                             "and image. Training and evaluation only check the batches they read.")
     check.add_argument("data", help=DATA_HELP)
     check.add_argument("--split", action="append", help="a split to check (repeat for several; default: all)")
+    return check
 
+
+def _prepare_parser(commands) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """mlasm prepare tsv | scan (returns both)."""
     prepare = commands.add_parser("prepare", help="downloaded features and captions -> a dataset folder",
                                   description="Convert bottom-up-attention TSV + caption JSON, or a SCAN precomp "
                                               "folder + its vocabulary, into the folder mlasm reads. Resumable: "
@@ -196,14 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--out", required=True, help="the dataset folder to write (may be FOLDER itself)")
     scan.add_argument("--split", action="append", help="a split to convert (repeat; default: all)")
     scan.add_argument("--captions-per-image", type=at_least(1), default=5)
+    return tsv, scan
 
+
+def _extract_parser(commands) -> argparse.ArgumentParser:
+    """mlasm extract."""
     extract = commands.add_parser("extract", help="region features from your own photos (needs the [extract] extra)",
                                   description="Detect regions in photos and describe them with EfficientNet-Lite0, "
                                               "offline, into the precomp format.")
     from mlasm.extract.command import add_extract_arguments
 
     add_extract_arguments(extract)
+    return extract
 
+
+def _export_parser(commands) -> argparse.ArgumentParser:
+    """mlasm export-notebooks: the notebooks' kernels choose their own threads."""
     export = commands.add_parser("export-notebooks",
                                  help="run notebooks and write them as static HTML with their widgets",
                                  description="Execute each notebook (default: every numbered one in notebooks/) and "
@@ -215,8 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--timeout", type=at_least(1), default=600, help="seconds one cell may run (default 600)")
     export.add_argument("--linked-assets", action="store_true",
                         help="load the widget scripts from widget-assets/ beside the pages instead of inside each")
-    export.set_defaults(threads=None)  # the notebooks' kernels choose their own
-    for command in (demo, train, evaluate, check, tsv, scan, extract):  # mlasm.threads
+    export.set_defaults(threads=None)
+    return export
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="mlasm",
+        description="MLASM image-text retrieval: train, evaluate, and look inside region-word attention.",
+        epilog="Start with 'mlasm demo': it builds the embedded dataset, trains, evaluates and writes figures.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    threaded = [_demo_parser(commands), _train_parser(commands), _evaluate_parser(commands), _check_parser(commands),
+                *_prepare_parser(commands), _extract_parser(commands)]
+    _export_parser(commands)
+    for command in threaded:  # mlasm.threads
         command.add_argument("--threads", type=at_least(1), default=None,
                              help="torch threads (default: the cores this process may use, shared among "
                                   "torchrun's processes on this machine)")
