@@ -31,7 +31,8 @@ from mlasm.plots import draw_attention, draw_level_recalls, draw_training_log
 from mlasm.report import complete_table, format_result, recall_table
 from mlasm.sources import EMBEDDED, FAST_SIZES, fast_mode, open_split
 from mlasm.checkpoint import load_model, resolve_device
-from mlasm.train import RunFolderError, holds_run, train
+from mlasm.run_folder import RunFolderError, holds_run
+from mlasm.train import train
 
 # Tiny settings that still learn: 3 epochs at twice the learning rate, every one summing the hinge over
 # all negatives. Hardest negatives need more steps than a tiny run has to climb out of the collapse

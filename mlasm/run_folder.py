@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import torch
+
 from mlasm.checkpoint import CheckpointError, load_checkpoint
 from mlasm.config import MLASMConfig
 from mlasm.data.dataset import RetrievalSplit
@@ -193,6 +195,14 @@ def continue_run(last_path: Path, state: dict, config: MLASMConfig, train_split:
     """The settings, vocabulary and state a resumed run goes on with, from its checkpoint ``state``;
     :class:`RunFolderError` naming every setting asked for that differs from the run's, except
     CHANGEABLE_ON_RESUME, returned as ``{name: (old, new)}`` and recorded in the run's changes."""
+    # a checkpoint saved without the optimiser's state (save_checkpoint(optimizer=None): a model kept for
+    # evaluation) cannot continue a run; refused here, before anything of the run folder is rewritten
+    missing = [name for name in ("optimizer", "scheduler", "progress", "torch_rng")
+               if not isinstance(state.get(name), (dict, torch.Tensor))]
+    if missing:
+        raise RunFolderError(f"{last_path}: holds no {' and no '.join(missing)} state (a model saved for use, not "
+                             f"a training checkpoint), so --resume cannot continue it; start a new run with "
+                             f"another --out, or replace this one with --overwrite")
     # a run begun before false-negative masking existed goes on as it began
     run_config = MLASMConfig.from_dict({"mask_false_negatives": False, **state["config"]})
     run_vocab = Vocabulary(state["vocab"])

@@ -393,6 +393,25 @@ _CASES += [
     _scores("scores_a_text_file", "a text file named `scores.npz`", _NOT_ZIP),
 ]
 
+# issue 26, second part: silent wrong results, tracebacks and poor messages
+_CASES += [
+    Case("checkpoint_vocab_not_its_fingerprint", "data", "a checkpoint whose word list was edited (two words "
+         "swapped) after training: the same size, not its own `vocab_fingerprint`", _EVALUATE,
+         "CKPT: its vocabulary (N words) does not match its own vocab_fingerprint"),
+    Case("checkpoint_config_wrong_type", "data", "a checkpoint config of the wrong type (`\"embed_size\": \"32\"`)",
+         _EVALUATE, "CKPT: inconsistent checkpoint (ValueError: config embed_size: expected a whole number, got "
+                    "'32' (str))"),
+    Case("checkpoint_config_not_a_mapping", "data", "a checkpoint whose config is a list", _EVALUATE,
+         "CKPT: inconsistent checkpoint (ValueError: the config is a list, expected a mapping of MLASMConfig "
+         "settings)"),
+    Case("checkpoint_tensor_of_another_shape", "data", "a checkpoint whose weights hold one tensor of another shape",
+         _EVALUATE, "CKPT: inconsistent checkpoint: tensor NAME is SHAPE in the checkpoint, OWN in the model its "
+                    "config describes"),
+    Case("resume_without_optimizer_state", "runs", "`last.pt` saved without the optimiser's state (best.pt copied "
+         "over it)", "mlasm train --resume", "LAST: holds no optimizer and no scheduler state (a model saved for "
+                                            "use, not a training checkpoint); config.json is left as it was"),
+]
+
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
 assert len(CASES) == len(_CASES), "case keys must be unique"
 

@@ -36,7 +36,7 @@ from mlasm.data.pictures import OutsideFolder
 from mlasm.data.precomp import read_meta, read_split, write_split
 from mlasm.extract import extract_dataset
 from test_prepare import _karpathy, _records
-from mlasm.train import RunFolderError
+from mlasm.run_folder import RunFolderError
 from test_reliability import (MeanColourExtractor, RecordingProposer, _full_disk_for, _train_command,  # noqa: F401
                               finished_run)
 
