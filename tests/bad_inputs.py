@@ -408,8 +408,9 @@ _CASES += [
          _EVALUATE, "CKPT: inconsistent checkpoint: tensor NAME is SHAPE in the checkpoint, OWN in the model its "
                     "config describes"),
     Case("resume_without_optimizer_state", "runs", "`last.pt` saved without the optimiser's state (best.pt copied "
-         "over it)", "mlasm train --resume", "LAST: holds no optimizer and no scheduler state (a model saved for "
-                                            "use, not a training checkpoint); config.json is left as it was"),
+         "over it), resumed with a changed `--epochs`; no file of the run changes", "mlasm train --resume",
+         "LAST: holds no optimizer and no scheduler state (a model saved for use, not a training checkpoint), so "
+         "--resume cannot continue it"),
 ]
 
 CASES: dict[str, Case] = {case.key: case for case in _CASES}

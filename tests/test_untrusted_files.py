@@ -894,3 +894,59 @@ def test_a_picture_saved_onto_a_full_disk_keeps_the_earlier_one(case, tmp_path, 
         save_figure(fig, path)
     assert describe_error(full.value) == case.expected(FILE=path).split("; the earlier")[0]
     assert path.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == ["attention.svg"]
+
+
+# ------------------------------------------------------------------------------ issue 26, second part
+
+def _edited_checkpoint(finished_run, tmp_path, edit) -> Path:
+    """best.pt of the finished run, with EDIT applied to its state, saved as tmp_path/edited.pt."""
+    from mlasm.checkpoint import load_checkpoint
+
+    state = load_checkpoint(finished_run / "best.pt")
+    edit(state)
+    path = tmp_path / "edited.pt"
+    torch.save(state, path)
+    return path
+
+
+def _swap_two_words(state):
+    state["vocab"][4], state["vocab"][5] = state["vocab"][5], state["vocab"][4]
+
+
+@pytest.mark.parametrize("case, edit", [
+    (CASES["checkpoint_vocab_not_its_fingerprint"], _swap_two_words),
+    (CASES["checkpoint_config_wrong_type"], lambda state: state["config"].update(embed_size="32")),
+    (CASES["checkpoint_config_not_a_mapping"], lambda state: state.update(config=list(state["config"].items()))),
+], ids=str)
+def test_an_inconsistent_checkpoint_is_refused_in_one_line(case, edit, finished_run, data_folder, tmp_path, capsys):
+    path = _edited_checkpoint(finished_run, tmp_path, edit)
+    n_words = len(torch.load(path, weights_only=True)["vocab"])
+    argv = ["evaluate", "--checkpoint", str(path), "--data", str(data_folder), "--split", "dev",
+            "--out", str(tmp_path / "eval"), "--threads", "1"]
+    _refused(capsys, argv, case, "evaluate", CKPT=path, N=f"{n_words:,}")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("case", [CASES["checkpoint_tensor_of_another_shape"]], ids=str)
+def test_a_tensor_of_another_shape_is_named_with_both_shapes(case, finished_run, data_folder, tmp_path, capsys):
+    from mlasm.checkpoint import load_model
+
+    own = load_model(finished_run / "best.pt")[0].state_dict()
+    name = next(n for n, t in own.items() if t.dim() == 2)
+    shape = (own[name].shape[0] + 1, own[name].shape[1])
+    path = _edited_checkpoint(finished_run, tmp_path, lambda state: state["model"].update({name: torch.zeros(shape)}))
+    argv = ["evaluate", "--checkpoint", str(path), "--data", str(data_folder), "--split", "dev",
+            "--out", str(tmp_path / "eval"), "--threads", "1"]
+    _refused(capsys, argv, case, "evaluate", CKPT=path, NAME=name, SHAPE=str(shape), OWN=str(tuple(own[name].shape)))
+
+
+@pytest.mark.parametrize("case", [CASES["resume_without_optimizer_state"]], ids=str)
+def test_resume_without_optimizer_state_is_refused_before_any_file_changes(case, finished_run, data_folder,
+                                                                          tmp_path, capsys):
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    shutil.copy(run / "best.pt", run / "last.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    argv = _train_command(data_folder, run, "--resume", "--epochs", "2")
+    line = _refused(capsys, argv, case, "train", LAST=run / "last.pt")
+    assert "--resume cannot continue it" in line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # config.json as it was
