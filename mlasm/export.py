@@ -62,7 +62,13 @@ def read_notebook(path: Path):
 
     if not path.is_file():
         raise ExportError(f"{path}: no such notebook")
-    return jupytext.read(path)
+    try:
+        return jupytext.read(path)
+    except Exception as error:  # nbformat's NotJSONError names no file; a JSON of another shape, AttributeError
+        text = str(error).strip().splitlines()
+        why = f"{type(error).__name__}: {text[0][:120]}" if text else type(error).__name__
+        raise ExportError(f"{path}: not a readable notebook ({why}); expected a .ipynb notebook or a jupytext "
+                          f".py") from None
 
 
 @contextmanager
@@ -141,13 +147,14 @@ def export_notebooks(out: str | Path, notebooks: Sequence[str | Path] = (), fast
     for path in paths:
         if not path.is_file():
             raise ExportError(f"{path}: no such notebook")
+    read = {path: read_notebook(path) for path in paths}  # every one readable, before any runs for minutes
     out.mkdir(parents=True, exist_ok=True)
     copy_assets(out)
     written = []
     for path in paths:
         if progress:
             print(f"running {path.name}{' (fast)' if fast else ''}", flush=True)
-        notebook = execute(read_notebook(path), path.resolve().parent, fast=fast, timeout=timeout, name=path.name)
+        notebook = execute(read[path], path.resolve().parent, fast=fast, timeout=timeout, name=path.name)
         page = out / f"{path.stem}.html"
         write_text(page, to_html(notebook))  # atomically: an earlier complete page stays until this one is
         written.append(page)

@@ -950,3 +950,194 @@ def test_resume_without_optimizer_state_is_refused_before_any_file_changes(case,
     line = _refused(capsys, argv, case, "train", LAST=run / "last.pt")
     assert "--resume cannot continue it" in line
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # config.json as it was
+
+
+# ---- silent wrong results: read right, or refused in one line
+
+@pytest.fixture
+def data_copy(data_folder, tmp_path):
+    """The tiny precomp folder, copied so that a test may damage it."""
+    return Path(shutil.copytree(data_folder, tmp_path / "data"))
+
+
+@pytest.mark.parametrize("case", [CASES["caps_txt_with_a_bom"]], ids=str)
+def test_a_byte_order_mark_in_captions_is_not_a_word(case, data_copy):
+    caps = data_copy / "dev_caps.txt"
+    caps.write_bytes(b"\xef\xbb\xbf" + caps.read_bytes())
+    split = read_split(data_copy, "dev")
+    first = caps.read_bytes()[3:].decode("utf-8").split("\n")[0].strip()
+    assert split.captions[0] == first and not split.captions[0].startswith("\ufeff")
+    vocab = Vocabulary.build(split.captions, min_count=1)
+    assert vocab.encode(split.captions[0]).unknown == []
+
+
+@pytest.mark.parametrize("case", [CASES["caption_csv_with_a_bom"], CASES["coco_json_with_a_bom"]], ids=str)
+def test_captions_with_a_byte_order_mark_read_as_written(case, tmp_path):
+    from mlasm.extract.captions import read_captions
+
+    if "csv" in case.key:
+        path = tmp_path / "captions.csv"
+        path.write_bytes(b"\xef\xbb\xbf" + b"file_name,caption\na.png,red square\n")
+    else:
+        path = tmp_path / "captions.json"
+        path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [
+            {"image_id": 1, "id": 1, "caption": "red square"}]}).encode())
+    [image] = read_captions(path)
+    assert (image.file_name, image.captions) == ("a.png", ["red square"])
+
+
+def _tsv_line(image_id="0", boxes=(10, 10, 20, 30), features=(0.5, 1.5)) -> str:
+    import base64
+
+    def b64(values):
+        return base64.b64encode(np.asarray(values, np.float32).tobytes()).decode() if values else ""
+    return "\t".join([image_id, "120", "90", "1", b64(boxes), b64(features)]) + "\n"
+
+
+@pytest.mark.parametrize("case", [CASES["tsv_box_inverted"], CASES["tsv_features_empty"]], ids=str)
+def test_prepare_refuses_a_tsv_box_inverted_or_features_empty(case, tmp_path, capsys):
+    tsv, captions = _tsv_and_karpathy(tmp_path, {})
+    line = _tsv_line(boxes=(50, 10, 20, 30)) if "inverted" in case.key else _tsv_line(features=())
+    tsv.write_text(line + "".join(tsv.read_text().splitlines(keepends=True)[1:]))
+    argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(tmp_path / "out"),
+            "--max-regions", "6", "--match", "id"]
+    _refused(capsys, argv, case, "prepare", TSV=tsv)
+
+
+@pytest.mark.parametrize("case", [CASES["tsv_image_twice"]], ids=str)
+def test_read_tsv_refuses_an_image_twice(case, tmp_path):
+    from mlasm.data.tsv import read_tsv
+
+    records = _records(2)
+    write_tsv(tmp_path / "f.tsv", [records[0], records[0], records[1]])
+    with pytest.raises(DataError, match=re.escape(case.expected(TSV=tmp_path / "f.tsv"))):
+        read_tsv(tmp_path / "f.tsv")
+
+
+@pytest.mark.parametrize("case", [CASES["caption_csv_row_twice"]], ids=str)
+def test_a_repeated_csv_row_is_refused(case, pictures, tmp_path, capsys):
+    images, _ = pictures
+    csv = tmp_path / "captions.csv"
+    csv.write_text("file_name,caption\na.png,a red picture\na.png,a red picture\n")
+    argv = ["extract", "--images", str(images), "--captions", str(csv), "--out", str(tmp_path / "out")]
+    _refused(capsys, argv, case, "extract", CSV=csv)
+    csv.write_text("file_name,caption\na.png,a red picture\na.png,another caption\n")  # two captions: fine
+    from mlasm.extract.captions import read_captions
+    assert read_captions(csv)[0].captions == ["a red picture", "another caption"]
+
+
+@pytest.mark.parametrize("case", [CASES["check_zero_d_features"]], ids=str)
+def test_check_refuses_0_d_features(case, tmp_path, capsys):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    np.save(folder / "dev_ims.npy", np.zeros((2, 3, 0), np.float32))
+    (folder / "dev_caps.txt").write_text("a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n")
+    line = _refused(capsys, ["check", str(folder)], case, "check")
+    assert str(folder / "dev_ims.npy") in line and "finite" not in line
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_split_given_twice"]], ids=str)
+def test_prepare_refuses_a_split_given_twice(case, tmp_path, capsys):
+    tsv, captions = _tsv_and_karpathy(tmp_path, {})
+    argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(tmp_path / "out"),
+            "--split", "test=train", "--split", "test=test"]
+    _refused(capsys, argv, case, "prepare")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", [CASES["evaluate_split_of_one_image"], CASES["evaluate_captions_on_one_image"]],
+                         ids=str)
+def test_evaluate_refuses_a_split_whose_captions_describe_one_image(case, splits, finished_run, tmp_path, capsys):
+    dev = splits["dev"]
+    n = 1 if "split_of_one" in case.key else 3
+    captions = list(dev.captions[:5])
+    one = RetrievalSplit(name="one", regions=np.asarray(dev.regions[:n]), region_mask=np.asarray(dev.region_mask[:n]),
+                         global_features=np.asarray(dev.global_features[:n]), captions=captions,
+                         caption_to_image=np.zeros(5, np.int64))
+    data = tmp_path / "data"
+    write_split(data, "one", one)
+    argv = ["evaluate", "--checkpoint", str(finished_run / "best.pt"), "--data", str(data), "--split", "one",
+            "--out", str(tmp_path / "eval"), "--threads", "1"]
+    _refused(capsys, argv, case, "evaluate", DATA=data)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("case", [CASES["shapescenes_cache_umask"]], ids=str)
+def test_the_shapescenes_cache_is_made_with_the_users_umask(case, tmp_path):
+    from cli_support import TINY_SIZES
+    from mlasm.data.shapescenes.build import build_shapescenes
+
+    before = os.umask(0o022)
+    try:
+        folder = build_shapescenes(sizes=TINY_SIZES, cache=tmp_path / "cache", progress=False)
+    finally:
+        os.umask(before)
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o755)
+
+
+# ---- tracebacks and lines naming no file
+
+def _deep_json() -> str:
+    return "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("case", [CASES[f"json_nested_deep_{w}"] for w in (
+    "grounding", "meta", "attributes", "karpathy", "scan_vocab")], ids=str)
+def test_json_nested_100000_deep_is_one_line(case, data_copy, tmp_path, capsys):
+    what = case.key.removeprefix("json_nested_deep_")
+    if what in ("grounding", "meta", "attributes"):
+        path = data_copy / ("meta.json" if what == "meta" else f"dev_{what}.json")
+        assert path.is_file()
+        path.write_text(_deep_json())
+        _refused(capsys, ["check", str(data_copy), "--split", "dev"], case, "check", FILE=path)
+    elif what == "karpathy":
+        tsv, path = _tsv_and_karpathy(tmp_path, {})
+        path.write_text(_deep_json())
+        argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(path), "--out", str(tmp_path / "out")]
+        _refused(capsys, argv, case, "prepare", FILE=path)
+    else:
+        path = tmp_path / "vocab.json"
+        path.write_text(_deep_json())
+        with pytest.raises(DataError, match=re.escape(case.expected(FILE=path))):
+            Vocabulary.load(path)
+
+
+@pytest.mark.parametrize("case", [CASES["npy_is_a_zip"], CASES["npy_symlink_to_text"],
+                                  CASES["npy_of_python_objects"]], ids=str)
+def test_an_npy_that_is_not_one_is_named_without_a_pickle_hint(case, data_copy, tmp_path, capsys):
+    path = data_copy / "dev_ims.npy"
+    target = tmp_path / "notes.txt"
+    if case.key == "npy_is_a_zip":
+        features = np.load(path)
+        path.unlink()
+        with open(path, "wb") as f:
+            np.savez(f, ims=features)
+    elif case.key == "npy_symlink_to_text":
+        target.write_text("hello, world\n")
+        path.unlink()
+        path.symlink_to(target)
+    else:
+        np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    line = _refused(capsys, ["check", str(data_copy), "--split", "dev"], case, "check", FILE=path, TARGET=target)
+    assert "allow_pickle" not in line
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_state_not_json"], CASES["prepare_state_of_another_shape"],
+                                  CASES["prepare_state_damaged_restart"]], ids=str)
+def test_a_damaged_conversion_state_is_one_line(case, tmp_path, monkeypatch, capsys):
+    from mlasm.data.prepare import STATE_FILE
+
+    tsv, captions, out, _ = _stopped_conversion(tmp_path, monkeypatch, stop_at_rename=False)
+    state = out / STATE_FILE
+    assert state.is_file()
+    argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(out),
+            "--max-regions", "6", "--match", "id"]
+    if case.key == "prepare_state_damaged_restart":
+        for text in ('{"kind', "[]"):
+            state.write_text(text)
+            code, line, _ = answer(capsys, argv + ["--restart"])
+            assert code == 0, line
+            assert read_split(out, "train").n_images == 3
+        return
+    state.write_text('{"kind' if case.key == "prepare_state_not_json" else "[]")
+    _refused(capsys, argv, case, "prepare", FILE=state)
