@@ -1141,3 +1141,79 @@ def test_a_damaged_conversion_state_is_one_line(case, tmp_path, monkeypatch, cap
         return
     state.write_text('{"kind' if case.key == "prepare_state_not_json" else "[]")
     _refused(capsys, argv, case, "prepare", FILE=state)
+
+
+@pytest.mark.parametrize("case", [CASES["check_file_cut_short"]], ids=str)
+def test_a_file_cut_short_while_checked_is_one_line_not_sigbus(case, data_copy):
+    from mlasm.data.dataset import check_features
+
+    split = read_split(data_copy, "dev")  # memory-mapped
+    path = data_copy / "dev_ims.npy"
+    opened = path.stat().st_size
+    os.truncate(path, 4096)  # a page inside the header's: reading the features would be SIGBUS
+    with pytest.raises(DataError, match=re.escape(case.expected(FILE=path, N="4,096", M=f"{opened:,}"))):
+        check_features(split)
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_disk_full"]], ids=str)
+def test_a_full_disk_during_prepare_names_the_users_file(case, tmp_path, monkeypatch, capsys):
+    import errno
+    import mlasm.data.prepare as prepare_module
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    tsv, captions = _tsv_and_karpathy(tmp_path, {})
+    out = tmp_path / "out"
+    monkeypatch.setattr(prepare_module.os, "pwrite", full)
+    argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(out),
+            "--max-regions", "6", "--match", "id"]
+    _refused(capsys, argv, case, "prepare", OUT=out)
+
+
+@pytest.mark.parametrize("case", [CASES["shapescenes_disk_full"]], ids=str)
+def test_a_full_disk_during_the_shapescenes_build_names_the_cache(case, tmp_path, monkeypatch):
+    import errno
+    import mlasm.data.shapescenes.build as build_module
+    from cli_support import TINY_SIZES
+
+    def full(folder, name, split, meta=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / f".{name}_ims.npy.tmp"))
+
+    monkeypatch.setattr(build_module, "write_split", full)
+    cache = tmp_path / "cache"
+    folder = build_module.shapescenes_folder(0, TINY_SIZES, cache)
+    with pytest.raises(OSError) as raised:
+        build_module.build_shapescenes(sizes=TINY_SIZES, cache=cache, progress=False)
+    from mlasm.cli import describe_error
+    assert describe_error(raised.value) == case.expected(CACHE=folder)
+    assert list(cache.iterdir()) == []  # nothing hidden left behind
+
+
+@pytest.mark.parametrize("case", [CASES["caption_csv_latin1"], CASES["coco_json_duplicate_id"]], ids=str)
+def test_caption_files_of_another_encoding_or_a_repeated_id_are_named(case, pictures, tmp_path, capsys):
+    images, _ = pictures
+    if "csv" in case.key:
+        path = tmp_path / "captions.csv"
+        path.write_bytes("file_name,caption\na.png,un café rouge\n".encode("latin-1"))
+    else:
+        path = tmp_path / "captions.json"
+        path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}],
+                                    "annotations": [{"image_id": 1, "id": 1, "caption": "red"}]}))
+    argv = ["extract", "--images", str(images), "--captions", str(path), "--out", str(tmp_path / "out")]
+    _refused(capsys, argv, case, "extract", CSV=path, JSON=path)
+
+
+@pytest.mark.parametrize("case", [CASES["export_invalid_notebook"]], ids=str)
+def test_an_invalid_notebook_is_named_before_anything_runs(case, tmp_path, capsys):
+    for text in ("{not json", '{"cells": 3}'):
+        notebook = tmp_path / "bad.ipynb"
+        notebook.write_text(text)
+        _refused(capsys, ["export-notebooks", "--out", str(tmp_path / "pages"), str(notebook)], case,
+                 "export-notebooks", NB=notebook)
+        assert not (tmp_path / "pages").exists()
+
+
+@pytest.mark.parametrize("case", [CASES["check_missing_folder"]], ids=str)
+def test_check_of_a_missing_folder_names_it(case, tmp_path, capsys):
+    _refused(capsys, ["check", str(tmp_path / "nowhere")], case, "check", DIR=tmp_path / "nowhere")
