@@ -229,8 +229,8 @@ def check_npy_start(path: Path) -> None:
         what = "an empty file (0 bytes)"
     else:
         what = f"a file that starts with {head!r}"
-    raise DataError(f"{path}{link}: {what}, not a .npy array (which starts with \\x93NUMPY); expected one array "
-                    f"saved by numpy.save")
+    raise DataError(f"{path}{link}: not a readable .npy array: {what}; expected one array saved by numpy.save "
+                    f"(which starts with \\x93NUMPY)")
 
 
 def _load_array(path: Path, mmap: bool, ndim: int, kind: str) -> np.ndarray:
