@@ -28,7 +28,9 @@ import pandas as pd
 
 from mlasm.data.shapescenes.scenes import COLOURS, NUMBER_WORDS, PLURALS, SHAPES, SIZES, TEXTURES
 from mlasm.data.shapescenes.truth import EXTREMES
-from mlasm.data.vocab import SPECIAL_TOKENS
+from mlasm.data.dataset import cut_caption
+from mlasm.data.vocab import SPECIAL_TOKENS, START, rows_before_words
+from mlasm.encoding import encode_split
 
 WORD_KINDS = ("colour", "shape", "size", "count", "position", "relation", "extreme", "background",
               "generic noun", "function")
@@ -245,7 +247,7 @@ class SplitReader:
                  region_indices: np.ndarray) -> AttendedCaption:
         """An AttendedCaption for one pair, given the model's tokens and attention over kept regions."""
         split, region_indices = self.split, np.asarray(region_indices)
-        offset = 1 if tokens[:1] == [SPECIAL_TOKENS[1]] else 0  # grounding counts tokens without <start>
+        offset = rows_before_words(tokens[:1] == [START])
         if self.labels is not None:
             region_labels = np.asarray(split.region_labels[image])[region_indices]
             present = set(region_labels.tolist())
@@ -275,6 +277,21 @@ class SplitReader:
                                [names] * len(tokens), targets)
 
 
+def reader_signature(split) -> str:
+    """A digest of what SplitReader reads besides the captions (region kinds, detector labels, grounding):
+    saved records are reused only where it is the same, since the same split's identity can come with
+    more or less of it (ShapeScenes generated in memory, or read back from a precomp folder)."""
+    import hashlib
+    import json
+
+    reader = SplitReader(split)
+    digest = hashlib.sha256(json.dumps([list(reader.region_kind_names), reader.scene_kinds, reader.labels,
+                                        split.grounding]).encode())
+    if reader.labels is not None:
+        digest.update(np.ascontiguousarray(split.region_labels).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def knows_word_and_region_kinds(split) -> bool:
     """Whether the statistics can say something of a split: it has scenes, detector labels or grounding."""
     return (split.grounding is not None or shapescenes_region_kinds(split) is not None
@@ -283,10 +300,7 @@ def knows_word_and_region_kinds(split) -> bool:
 
 def model_records(model, split, vocab, img=None, cap=None, captions: Sequence[int] | None = None) -> pd.DataFrame:
     """Every token's record over the matching pairs of ``split`` (or of ``captions``), by ``model.explain``."""
-    from mlasm.data.dataset import cut_caption
-    from mlasm.evaluate import encode_split, model_directions
-
-    if "t2i" not in model_directions(model):
+    if "t2i" not in model.directions:
         raise ValueError("this model (a SCAN i2t model) has no word-to-region attention: the statistics per kind "
                          "of word are about where words look")
     vocab = vocab.with_boundaries(model.config.start_end_tokens)
@@ -321,12 +335,19 @@ def statistics(records: pd.DataFrame, region_kind_names: Sequence[str]) -> dict:
 
 def attention_statistics(model, split, vocab, img=None, cap=None, max_captions: int = 5000) -> dict:
     """``statistics`` of a model on a split; on at most ``max_captions`` captions, evenly spread, then noted."""
+    return attention_statistics_and_records(model, split, vocab, img, cap, max_captions)[0]
+
+
+def attention_statistics_and_records(model, split, vocab, img=None, cap=None, max_captions: int = 5000
+                                     ) -> tuple[dict, pd.DataFrame]:
+    """``attention_statistics`` and the records it was made from (every caption's when there are at most
+    ``max_captions``: what the workbench's statistics tab shows, saved so that it opens at once)."""
     n = split.n_captions
     captions = None if n <= max_captions else np.linspace(0, n - 1, max_captions).round().astype(int)
     records = model_records(model, split, vocab, img, cap, captions)
     result = statistics(records, SplitReader(split).region_kind_names)
     result["captions"] = n if captions is None else len(captions)
-    return result
+    return result, records
 
 
 def attention_table(stats: Mapping) -> str:

@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder for the HTML pages")
     export.add_argument("--fast", action="store_true", help="tiny data and model (MLASM_FAST=1), as CI runs them")
     export.add_argument("--timeout", type=at_least(1), default=600, help="seconds one cell may run (default 600)")
+    export.add_argument("--linked-assets", action="store_true",
+                        help="load the widget scripts from widget-assets/ beside the pages instead of inside each")
     export.set_defaults(threads=None)  # the notebooks' kernels choose their own
     for command in (demo, train, evaluate, check, tsv, scan, extract):  # mlasm.threads
         command.add_argument("--threads", type=at_least(1), default=None,
@@ -323,7 +325,8 @@ def _run_extract(args: argparse.Namespace) -> int:
 def _run_export_notebooks(args: argparse.Namespace) -> int:
     from mlasm.export import export_notebooks
 
-    pages = export_notebooks(args.out, args.notebooks, fast=args.fast, timeout=args.timeout)
+    pages = export_notebooks(args.out, args.notebooks, fast=args.fast, timeout=args.timeout,
+                             linked_assets=args.linked_assets)
     print(f"wrote {len(pages)} page{'s' if len(pages) != 1 else ''} in {args.out}: open them in a browser")
     return 0
 

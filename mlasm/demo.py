@@ -22,8 +22,9 @@ import torch
 
 from mlasm.config import MLASMConfig
 from mlasm.data.shapescenes import bag_of_words_scores
-from mlasm.data.vocab import tokenize
-from mlasm.evaluate import encode_split, evaluate_checkpoints
+from mlasm.data.vocab import rows_before_words, tokenize
+from mlasm.encoding import encode_split
+from mlasm.evaluate import evaluate_checkpoints
 from mlasm.io import atomic_path, write_json
 from mlasm.metrics import complete_positive_metrics, retrieval_metrics
 from mlasm.paths import cache_dir, runs_dir
@@ -59,13 +60,13 @@ def attention_figure(checkpoint: Path, split, image_index: int = 0, max_words: i
     tokens = tokenize(caption)
     grounded = [position for position, _ in one_image.grounding[0]] if one_image.grounding else []
     positions = (grounded or list(range(len(tokens))))[:max_words]
-    first_word = int(model.config.start_end_tokens)  # attention row of the caption's first token
+    first_word = rows_before_words(model.config.start_end_tokens)  # attention row of the first word
     boxes = one_image.boxes[0][explanation.region_indices]
     picture = one_image.get_image(0)
     fig, axes = plt.subplots(1, len(positions), figsize=(3 * len(positions), 3.4))
-    for ax, position in zip(np.atleast_1d(axes), positions):
+    for n, (ax, position) in enumerate(zip(np.atleast_1d(axes), positions)):
         draw_attention(picture, boxes, explanation.t2i_attention[position + first_word], ax=ax, top_k=3,
-                       title=f"\u201c{tokens[position]}\u201d")
+                       title=f"\u201c{tokens[position]}\u201d", legend=n == 0)  # one legend for the row
     fig.suptitle(f"{caption}  (final score {explanation.scores['final']:.3f})", fontsize=9)
     fig.tight_layout()
     return fig
@@ -73,7 +74,8 @@ def attention_figure(checkpoint: Path, split, image_index: int = 0, max_words: i
 
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:  # a full disk leaves the earlier figure whole
-        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))
+        # bbox "tight": legends placed outside their axes (attention) stay whole
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."), bbox_inches="tight")
     plt.close(fig)
 
 

@@ -11,15 +11,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from mlasm.attention_stats import attention_statistics, knows_word_and_region_kinds
 from mlasm import distributed
+from mlasm.attention_stats import attention_statistics_and_records, knows_word_and_region_kinds, reader_signature
 from mlasm.checkpoint import check_model_fits, load_model
-from mlasm.data.dataset import RetrievalSplit, caption_tensors, image_tensors
+from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
 from mlasm.data.positives import PositiveSets
-from mlasm.data.vocab import Vocabulary
+from mlasm.data.vocab import Vocabulary, rows_before_words
 from mlasm.io import check_output_folder, remove_stale_temporaries, write_together
 from mlasm.metrics import (
     RECALL_KS,
@@ -35,8 +34,9 @@ from mlasm.metrics import (
     retrieval_metrics,
     t2i_ranks,
 )
-from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding, default_memory_budget_mb
-from mlasm.saved_scores import SCORES_FILE, scores_fingerprint, write_scores
+from mlasm.encoding import encode_split
+from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding
+from mlasm.saved_scores import RECORDS_FILE, SCORES_FILE, scores_fingerprint, write_records, write_scores
 
 PROTOCOLS = {
     "full": "the whole split is one gallery (Flickr30K 1K test, COCO 5K on testall, ShapeScenes test)",
@@ -44,33 +44,6 @@ PROTOCOLS = {
 }
 TOP_K_SAVED = 5
 COCO_5K_IMAGES, COCO_5K_CAPTIONS = 5000, 25000  # the Karpathy 5K test, where ECCV Caption and CxC apply
-
-
-@torch.no_grad()
-def encode_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, batch_size: int = 256,
-                 progress: bool = False) -> tuple[ImageEncoding, CaptionEncoding]:
-    """Every image and caption of ``split`` encoded on the model's device, in eval mode."""
-    model.eval()
-    device = model.device
-    images = []
-    # as many images a batch as the block budget holds: their features twice (as read, and the masked mean's
-    # product when the split has no global vectors), and about three embeddings a region
-    per_image = 4 * split.max_regions * (2 * split.region_dim + 3 * model.config.embed_size)
-    image_batch = max(1, min(batch_size, int(default_memory_budget_mb(device) * 2**20) // per_image))
-    for start in tqdm(range(0, split.n_images, image_batch), desc="encoding images", disable=not progress):
-        batch = image_tensors(split, np.arange(start, min(start + image_batch, split.n_images)))
-        images.append(model.encode_images(*(t.to(device) for t in batch)))
-    img = ImageEncoding(torch.cat([e.regions for e in images]), torch.cat([e.mask for e in images]),
-                        torch.cat([e.glob for e in images]) if images[0].glob is not None else None)
-
-    tokens, lengths = caption_tensors(vocab, split.captions, f"of split {split.name!r} ")  # (M, L), (M,)
-    words = torch.zeros(len(split.captions), tokens.shape[1], model.config.embed_size, device=device)
-    for start in tqdm(range(0, len(split.captions), batch_size), desc="encoding captions", disable=not progress):
-        stop = start + batch_size
-        longest = int(lengths[start:stop].max())
-        encoded = model.encode_captions(tokens[start:stop, :longest].to(device), lengths[start:stop].to(device))
-        words[start:stop, :longest] = encoded.words
-    return img, CaptionEncoding(words, lengths.to(device))
 
 
 def score_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, memory_budget_mb: float | None = None,
@@ -94,11 +67,6 @@ def average_levels(per_model: Sequence[dict[str, torch.Tensor]]) -> dict[str, to
             for level in levels}
 
 
-def model_directions(model: MLASM) -> tuple[str, ...]:
-    """The attention directions a model has: both for MLASM, one for a SCAN model."""
-    return tuple(d for d in ("t2i", "i2t") if d in getattr(model, "levels", LEVELS))
-
-
 def describe_model(path: str | Path, model: MLASM) -> dict:
     """What metrics.json says of one checkpoint: its kind, its levels and, for SCAN, its options."""
     config = model.config
@@ -106,7 +74,7 @@ def describe_model(path: str | Path, model: MLASM) -> dict:
         return {"checkpoint": str(path), "kind": "SCAN", "description": config.describe(),
                 "levels": list(model.levels), "options": config.to_dict()}
     return {"checkpoint": str(path), "kind": "MLASM", "objective": config.objective,
-            "levels": [level for level in LEVELS if level != "global" or config.uses_global_level]}
+            "levels": list(model.levels)}
 
 
 def _complete_metrics(scores, caption_to_image: np.ndarray, positives: PositiveSets, protocol: str) -> dict:
@@ -179,11 +147,11 @@ def grounding_accuracy(model: MLASM, split: RetrievalSplit, vocab: Vocabulary,
 
     None when the split does not know which words name which regions.
     """
-    if split.grounding is None or "t2i" not in model_directions(model):  # an i2t SCAN model: no word looks
+    if split.grounding is None or "t2i" not in model.directions:  # an i2t SCAN model: no word looks
         return None
     if img is None or cap is None:
         img, cap = encode_split(model, split, vocab)
-    first_word = int(model.config.start_end_tokens)  # grounding counts caption tokens; <start> is row 0
+    first_word = rows_before_words(model.config.start_end_tokens)
     top_regions = []
     for c, words in enumerate(split.grounding):
         if not words:
@@ -254,67 +222,103 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         out_dir = distributed.on_rank_zero(usable_folder)
     if protocol == "5fold":
         return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress, vocab)
-    per_model, grounding, objectives, attention, models = [], [], [], [], []
-    for path in checkpoints:
-        model, model_vocab, _ = load_model(path, device, vocab=vocab)
-        objectives.append(model.config.objective)
-        models.append(describe_model(path, model))
-        check_model_fits(model, split, str(path))
-        img, cap = encode_split(model, split, model_vocab, progress=progress)
-        per_model.append(distributed.score_all(model, img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
-        if not distributed.is_main():  # its share of the pairs is scored; rank 0 measures the rest
-            continue
-        grounding.append(grounding_accuracy(model, split, model_vocab, img, cap))
-        if knows_word_and_region_kinds(split) and "t2i" in model_directions(model):  # per word kind
-            attention.append(attention_statistics(model, split, model_vocab, img, cap))
-    if not distributed.is_main():
+    scored = _score_models(checkpoints, split, device, memory_budget_mb, progress, vocab)
+    if scored is None:  # another rank: its share of the pairs is scored
         return None
+    per_model, models, grounding, attention, records = scored
     scores = per_model[0] if len(per_model) == 1 else average_levels(per_model)
-    complete = None  # the complete-positive ranks of every level, sorted once for the metrics and ranks.npz
-    if split.positives is not None:
-        complete = {}
-        for level, level_scores in scores.items():
-            if level == "global" and torch.isnan(level_scores).all():  # a local-only model's
-                continue
-            check_finite(level_scores, f"level {level!r}")
-            complete[level] = complete_positive_ranks(level_scores.numpy(), split.positives)
     result = {
         "split": split.name,
         "n_images": split.n_images,
         "n_captions": split.n_captions,
         "checkpoints": [str(p) for p in checkpoints],
-        "objectives": objectives,  # per checkpoint: "paper" (final score only), "level-wise" or "scan"
+        # per checkpoint: "paper" (final score only), "level-wise" or "scan"
+        "objectives": [model.get("objective", "scan") for model in models],
         "models": models,  # per checkpoint: MLASM or SCAN, its levels, and a SCAN model's options
         "world_size": distributed.world_size(),  # the processes that scored it (torchrun); 1 alone
+    }
+    complete = _complete_ranks(scores, split)
+    result.update(_measures(scores, split, protocol, complete))
+    if any(g is not None for g in grounding):
+        result["grounding"] = grounding[0] if len(grounding) == 1 else grounding
+    if attention:
+        result["attention_statistics"] = attention[0] if len(attention) == 1 else attention
+    if out_dir is not None:
+        _write_outputs(out_dir, result, scores, level_ranks(scores, split.caption_to_image, split.positives, complete),
+                       scores_fingerprint(checkpoints, split), split,
+                       records if len(checkpoints) == 1 else None)  # and the statistics tab opens at once
+    return result
+
+
+def _score_models(checkpoints, split: RetrievalSplit, device, memory_budget_mb, progress: bool, vocab):
+    """Every level of every pair for each checkpoint, with what metrics.json says of the model, its
+    pointing game and attention statistics: (per_model, models, grounding, attention, records: every
+    word's attention record when made over every caption); None on the ranks other than 0 of a
+    process group, once their share is scored."""
+    per_model, models, grounding, attention, records = [], [], [], [], None
+    for path in checkpoints:
+        model, model_vocab, _ = load_model(path, device, vocab=vocab)
+        models.append(describe_model(path, model))
+        check_model_fits(model, split, str(path))
+        img, cap = encode_split(model, split, model_vocab, progress=progress)
+        per_model.append(distributed.score_all(model, img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
+        if not distributed.is_main():
+            continue
+        grounding.append(grounding_accuracy(model, split, model_vocab, img, cap))
+        if knows_word_and_region_kinds(split) and "t2i" in model.directions:  # per word kind
+            stats, made = attention_statistics_and_records(model, split, model_vocab, img, cap)
+            attention.append(stats)
+            records = made if stats["captions"] == split.n_captions else None
+    return (per_model, models, grounding, attention, records) if distributed.is_main() else None
+
+
+def _complete_ranks(scores: dict[str, torch.Tensor], split: RetrievalSplit) -> dict | None:
+    """The complete-positive ranks of every level, sorted once for the metrics and ranks.npz."""
+    if split.positives is None:
+        return None
+    complete = {}
+    for level, level_scores in scores.items():
+        if level == "global" and torch.isnan(level_scores).all():  # a local-only model's
+            continue
+        check_finite(level_scores, f"level {level!r}")
+        complete[level] = complete_positive_ranks(level_scores.numpy(), split.positives)
+    return complete
+
+
+def _measures(scores: dict[str, torch.Tensor], split: RetrievalSplit, protocol: str, complete: dict | None) -> dict:
+    """The levels' metrics, chance, score separation and what the split's positives are."""
+    result = {
         **level_metrics(scores, split.caption_to_image, protocol, positives=split.positives, complete_ranks=complete),
         "chance": chance_metrics(split.n_images, split.caption_to_image, split.positives),
+        "score_separation": score_separation(scores["final"], split.positive_sets()),
     }
-    result["score_separation"] = score_separation(scores["final"], split.positive_sets())
     if (split.n_images, split.n_captions) == (COCO_5K_IMAGES, COCO_5K_CAPTIONS):
         result["eccv_caption"] = _eccv_caption(scores["final"], split)
     if split.positives is not None:
         sizes = split.positives.sizes()
         result["positive_sets"] = {"mean_images_per_caption": float(sizes.mean()),
                                    "captions_true_of_one_image": int((sizes == 1).sum())}
-    if any(g is not None for g in grounding):
-        result["grounding"] = grounding[0] if len(grounding) == 1 else grounding
-    if attention:
-        result["attention_statistics"] = attention[0] if len(attention) == 1 else attention
-    if out_dir is not None:
-        ranks = level_ranks(scores, split.caption_to_image, split.positives, complete)
-
-        def write_ranks(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, caption_to_image=split.caption_to_image, **ranks)
-
-        def write_metrics(tmp: Path) -> None:
-            tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-        fingerprint = scores_fingerprint(checkpoints, split)  # the workbench reuses the matrices (saved_scores)
-        write_together({out_dir / "ranks.npz": write_ranks,
-                        out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint),
-                        out_dir / "metrics.json": write_metrics})
     return result
+
+
+def _write_outputs(out_dir: Path, result: dict, scores: dict, ranks: dict, fingerprint: dict, split: RetrievalSplit,
+                   records=None) -> None:
+    """metrics.json, ranks.npz, scores.npz (which the workbench reuses: mlasm.saved_scores) and the
+    attention records when given, as one unit."""
+    def write_ranks(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, caption_to_image=split.caption_to_image, **ranks)
+
+    def write_metrics(tmp: Path) -> None:
+        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    files = {out_dir / "ranks.npz": write_ranks,
+             out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint),
+             out_dir / "metrics.json": write_metrics}
+    if records is not None:
+        files[out_dir / RECORDS_FILE] = lambda tmp: write_records(
+            tmp, records, {**fingerprint, "reader": reader_signature(split)})
+    write_together(files)
 
 
 def _evaluate_folds(checkpoints: Sequence[str | Path], split: RetrievalSplit, out_dir: Path | None,

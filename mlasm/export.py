@@ -2,19 +2,22 @@
 
 Each notebook is executed (``--fast``: tiny data and model, as CI runs them) with its widgets'
 state kept, then written as HTML with that state embedded. Jupyter's widget manager for static
-pages and require.js, which the page needs to draw the widgets, are copied beside the HTML
-(``widget-assets/``) and the page loads them from there, so the export opens from disk with no
-server and no network. They come from the npm registry at install time
+pages and require.js, which the page needs to draw the widgets, are put inside each page (one
+self-contained file, about 5 MB more), or with ``--linked-assets`` copied beside the HTML
+(``widget-assets/``) for the pages to load from there; either way the export opens from disk with
+no server and no network. They come from the npm registry at install time
 (``scripts/install_widget_assets.sh``), never at run time.
 
 What shows without a kernel: every ipywidgets control in the state it was left in, pictures
 (Image widgets), HTML, printed output, and plotly's FigureWidgets (an anywidget: the project's own
 ``export_assets/anywidget.js`` runs the widget's saved module in the page). What cannot: anything a
-Python callback would compute (choosing another word redraws nothing).
+Python callback would compute (choosing another word redraws nothing): so the page says on top that it
+is a static snapshot, and its widget controls are drawn disabled.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +37,27 @@ OWN_ASSETS = {"anywidget.js": Path(__file__).parent / "export_assets" / "anywidg
 # after require.js: where the page finds the anywidget module (else it would ask a CDN)
 REQUIRE_CONFIG = (f'<script>require.config({{paths: {{"anywidget": "{ASSETS_FOLDER}/anywidget"}}}});</script>')
 NOTEBOOKS = REPO_ROOT / "notebooks"
+# A static page must not look live: a note on top says what it is, and the widget controls are shown
+# disabled (no pointer events, greyed). Plotly's own zoom and hover work without a kernel and are kept.
+STATIC_CONTROLS = ", ".join(f".jupyter-widgets.{name}" for name in (
+    "widget-dropdown", "widget-select", "widget-text", "widget-toggle-buttons", "widget-button", "widget-checkbox",
+    "widget-hslider"))  # not widget-inline-hbox: HTML and Label widgets carry it too, and stay as they are
+STATIC_NOTE = (
+    '<div class="mlasm-static-note" style="position:sticky;top:0;z-index:1000;background:#fff3cd;'
+    'border-bottom:1px solid #e0c36a;padding:6px 12px;font:14px sans-serif;color:#4a3b00">'
+    "<b>Static snapshot</b> of a notebook run: the pictures, tables and controls show the state they were "
+    "left in, and the controls are disabled (nothing here can compute). Open the notebook in Jupyter to "
+    "explore.</div>")
+STATIC_STYLE = f"<style>{STATIC_CONTROLS} {{pointer-events: none; opacity: 0.55; filter: grayscale(1)}}</style>"
+
+
+# set for the kernels an export runs: a workbench then builds every tab at once, so that the page holds them all
+STATIC_EXPORT = "MLASM_STATIC_EXPORT"
+
+
+def exporting() -> bool:
+    """True inside a notebook that ``export_notebooks`` is running for a static page."""
+    return os.environ.get(STATIC_EXPORT) == "1"
 
 
 class ExportError(ValueError):
@@ -91,7 +115,7 @@ def execute(notebook, folder: Path, fast: bool = False, timeout: int = 600, name
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    changes = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    changes = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", STATIC_EXPORT: "1"}
     if fast:
         changes["MLASM_FAST"] = "1"
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
@@ -104,17 +128,40 @@ def execute(notebook, folder: Path, fast: bool = False, timeout: int = 600, name
     return notebook
 
 
-def to_html(notebook) -> str:
-    """The executed notebook as one HTML page that loads its widget scripts from ``widget-assets/``."""
+def _inline_script(path: Path) -> str:
+    """A script's text inside a <script> element (a "</script" in it would end the element early)."""
+    return "<script>" + path.read_text(encoding="utf-8").replace("</script", "<\\/script") + "</script>"
+
+
+def to_html(notebook, assets: Path | None = None) -> str:
+    """The executed notebook as one HTML page.
+
+    With ``assets`` (the folder of the installed scripts), the scripts are inside the page: one
+    self-contained file (require.js and the anywidget module as scripts, the widget manager as a
+    data: URL where the template loads it). Without, the page loads them from ``widget-assets/`` beside it.
+    """
+    import base64
+
     from nbconvert import HTMLExporter
 
+    renderer = f"{ASSETS_FOLDER}/embed-amd.js"
+    if assets is not None:
+        renderer = "data:text/javascript;base64," + base64.b64encode((assets / "embed-amd.js").read_bytes()).decode()
     exporter = HTMLExporter(template_name="lab", require_js_url=f"{ASSETS_FOLDER}/require.js",
-                            widget_renderer_url=f"{ASSETS_FOLDER}/embed-amd.js", mathjax_url="", embed_images=True)
+                            widget_renderer_url=renderer, mathjax_url="", embed_images=True)
     body, _ = exporter.from_notebook_node(notebook)
     loader = f'<script src="{ASSETS_FOLDER}/require.js"></script>'
     if loader not in body:
         raise ExportError("nbconvert's page template no longer loads require.js where expected")
-    return body.replace(loader, loader + "\n" + REQUIRE_CONFIG, 1)
+    if assets is None:
+        body = body.replace(loader, loader + "\n" + REQUIRE_CONFIG, 1)
+    else:  # the anywidget module defines itself by name: no path to configure
+        inline = _inline_script(assets / "require.js") + "\n" + _inline_script(OWN_ASSETS["anywidget.js"])
+        body = body.replace(loader, inline, 1)
+    opening = re.compile(r"<body[^>]*>").search(body, max(0, body.find("</head>")))  # not in an inlined script
+    if opening is None:
+        raise ExportError("nbconvert's page template has no <body> to put the static-snapshot note in")
+    return body[:opening.end()] + "\n" + STATIC_STYLE + STATIC_NOTE + body[opening.end():]
 
 
 def widget_state(notebook) -> dict:
@@ -122,12 +169,16 @@ def widget_state(notebook) -> dict:
     return notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
 
 
-def copy_assets(out: Path) -> Path:
-    """Put the page's scripts in ``out/widget-assets`` (from the installed copy)."""
+def _check_assets() -> None:
     missing = missing_assets()
     if missing:
         raise ExportError(f"the static pages' scripts are not installed ({', '.join(missing)} missing in "
                           f"{assets_dir()}): run bash scripts/install_widget_assets.sh")
+
+
+def copy_assets(out: Path) -> Path:
+    """Put the page's scripts in ``out/widget-assets`` (from the installed copy)."""
+    _check_assets()
     target = out / ASSETS_FOLDER
     target.mkdir(parents=True, exist_ok=True)
     for name, source in [*((name, assets_dir() / name) for name in ASSETS), *OWN_ASSETS.items()]:
@@ -137,9 +188,11 @@ def copy_assets(out: Path) -> Path:
 
 
 def export_notebooks(out: str | Path, notebooks: Sequence[str | Path] = (), fast: bool = False,
-                     timeout: int = 600, progress: bool = True) -> list[Path]:
-    """Execute each notebook (default: every numbered one) and write OUT/<name>.html beside the scripts.
+                     timeout: int = 600, progress: bool = True, linked_assets: bool = False) -> list[Path]:
+    """Execute each notebook (default: every numbered one) and write OUT/<name>.html.
 
+    Each page holds its scripts (one file to send or open), unless ``linked_assets``: then the pages
+    load them from OUT/widget-assets/, copied there (smaller pages, but a page alone shows no widget).
     Notebooks run in their own folder (their relative paths work as in Jupyter). Returns the pages written.
     """
     out = Path(out)
@@ -149,14 +202,18 @@ def export_notebooks(out: str | Path, notebooks: Sequence[str | Path] = (), fast
             raise ExportError(f"{path}: no such notebook")
     read = {path: read_notebook(path) for path in paths}  # every one readable, before any runs for minutes
     out.mkdir(parents=True, exist_ok=True)
-    copy_assets(out)
+    if linked_assets:
+        copy_assets(out)
+    else:
+        _check_assets()
     written = []
     for path in paths:
         if progress:
             print(f"running {path.name}{' (fast)' if fast else ''}", flush=True)
         notebook = execute(read[path], path.resolve().parent, fast=fast, timeout=timeout, name=path.name)
         page = out / f"{path.stem}.html"
-        write_text(page, to_html(notebook))  # atomically: an earlier complete page stays until this one is
+        write_text(page, to_html(notebook, None if linked_assets else assets_dir()))  # atomically: an earlier
+        # complete page stays until this one is whole
         written.append(page)
         if progress:
             print(f"wrote {page} ({page.stat().st_size / 1e6:.1f} MB, {len(widget_state(notebook))} widgets)",

@@ -326,6 +326,16 @@ class MLASM(nn.Module):
         self.word_embedding.weight.copy_(weights)
 
     @property
+    def levels(self) -> tuple[str, ...]:
+        """The levels this model scores, in the order they build up (no global level when rho = 1)."""
+        return tuple(level for level in LEVELS if level != "global" or self.config.uses_global_level)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The attention directions it has: t2i and i2t (a SCAN model: one)."""
+        return tuple(direction for direction in ("t2i", "i2t") if direction in self.levels)
+
+    @property
     def device(self) -> torch.device:
         return self.region_proj.weight.device
 

@@ -33,29 +33,75 @@ def attention_heatmap(image_size: tuple[int, int], boxes: np.ndarray, weights: n
     return heat / peak if peak > 0 else heat
 
 
+FADE = 0.6                  # how far a picture's unattended area is washed toward white
+OUTLINE = "white"           # attention outlines: white over a dark edge, seen on any picture, hue of nothing
+
+
+def faded_picture(image: np.ndarray, heat: np.ndarray, fade: float = FADE) -> np.ndarray:
+    """The picture washed toward white where ``heat`` (H, W) in [0, 1] is low, by ``fade`` x (1 - heat).
+
+    Mixing a colour with white keeps its hue (HSV hue depends only on the differences between
+    channels, which a mix with white scales evenly): unattended things look paler, never another colour.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    peak = 255.0 if image.dtype == np.uint8 else 1.0
+    colour = image[..., :3].astype(np.float32)
+    veil = (fade * (1.0 - np.clip(heat, 0.0, 1.0)))[..., None]
+    out = image.copy()
+    mixed = colour + (peak - colour) * veil
+    out[..., :3] = np.round(mixed).astype(image.dtype) if image.dtype == np.uint8 else mixed.astype(image.dtype)
+    return out
+
+
 def draw_attention(image, boxes: np.ndarray, weights: np.ndarray, ax=None, title: str | None = None,
-                   top_k: int | None = 5, heat_alpha: float = 0.55, labels: Sequence[str] | None = None):
-    """The picture, a heatmap of region attention over it, and the top boxes outlined by weight."""
+                   top_k: int | None = 5, labels: Sequence[str] | None = None, fade: float = FADE,
+                   legend: bool = True):
+    """The picture with attention marked without changing what colour anything is.
+
+    Where the regions get little attention the picture is washed toward white (``faded_picture``),
+    so the attended regions stand out in their own colours; the ``top_k`` regions are outlined in
+    white over a dark edge, wider and more opaque the larger their weight, and labelled just
+    outside their box. No colour is blended into the picture and nothing is filled over it.
+    ``legend`` explains the marks under the picture.
+    """
+    from matplotlib import patheffects
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     fig, ax = _axes(ax)
     image = np.asarray(image)
-    ax.imshow(image)
     weights = np.asarray(weights, dtype=np.float32)
     boxes = np.asarray(boxes, dtype=np.float32)
     heat = attention_heatmap((image.shape[1], image.shape[0]), boxes, weights)
-    ax.imshow(heat, cmap="inferno", alpha=heat_alpha * (heat > 0), vmin=0, vmax=1)
+    ax.imshow(faded_picture(image, heat, fade))
     order = np.argsort(-weights)[: top_k or len(weights)]
     peak = float(weights.max()) if weights.size else 1.0
-    for rank, r in enumerate(order):
+    height = image.shape[0]
+    for r in order:
         x1, y1, x2, y2 = boxes[r]
         strength = float(weights[r]) / peak if peak > 0 else 0.0
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1 + 2.5 * strength,
-                               edgecolor=plt.cm.viridis(strength), alpha=0.4 + 0.6 * strength))
+        width = 0.8 + 2.7 * strength
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=width, edgecolor=OUTLINE,
+                               alpha=0.35 + 0.65 * strength,
+                               path_effects=[patheffects.withStroke(linewidth=width + 1.2, foreground="black")]))
         text = f"{weights[r]:.2f}" if labels is None else f"{labels[r]} {weights[r]:.2f}"
-        ax.text(x1 + 1, y1 + 1, text, fontsize=7, va="top", color="white",
-                bbox=dict(facecolor="black", alpha=0.5, pad=1, lw=0))
+        above = y1 > 0.08 * height  # outside the box: above it, or below it at the picture's top
+        ax.text(x1, y1 - 1 if above else y2 + 1, text, fontsize=7, va="bottom" if above else "top",
+                color="white", bbox=dict(facecolor="black", alpha=0.6, pad=1, lw=0))
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(image.shape[0] - 0.5, -0.5)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
+    if legend and len(order):
+        handles = [Line2D([], [], color=OUTLINE, lw=3.5, path_effects=[
+                       patheffects.withStroke(linewidth=4.7, foreground="black")],
+                          label="outline: attention weight (wider, more opaque = more)"),
+                   Patch(facecolor=(1, 1, 1, fade), edgecolor="#888", label="paler: little or no attention")]
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=7, frameon=False,
+                  ncol=1, handlelength=2.2, borderaxespad=0.2)
     return fig
 
 
@@ -86,7 +132,8 @@ def draw_level_recalls(result: dict, ax=None, title: str = "recall per level"):
     ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2, [f"{d} {k.upper()}" for d, k in metrics])
     ax.set_ylabel("recall (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="upper left")
+    # under the bars, never over them
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(len(levels), 3), frameon=False)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -113,8 +160,12 @@ def draw_training_log(rows: Sequence[dict], axes=None):
         axes[0].set_ylabel("training loss / loss at collapse")
         axes[0].legend(fontsize=7, loc="upper right")
     else:
-        axes[0].plot(epochs, [row["loss"] for row in rows], marker="o")
+        losses = [row["loss"] for row in rows]
+        axes[0].plot(epochs, losses, marker="o")
         axes[0].set_ylabel("training loss")
+        if min(losses) > 0 and max(losses) > 20 * min(losses):  # a summed-negatives first epoch dwarfs the rest
+            axes[0].set_yscale("log")
+            axes[0].set_ylabel("training loss (log scale)")
     axes[0].set_xlabel("epoch")
     axes[1].plot(epochs, [row["val_rsum"] for row in rows], marker="o", color="tab:green")
     axes[1].set_xlabel("epoch")

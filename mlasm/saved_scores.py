@@ -5,6 +5,9 @@ level's (N, M) matrix in float32, and a fingerprint of what produced them (the c
 SHA-256, the split's name, sizes and captions). A session opened on the same checkpoint and
 split reads them instead of scoring every pair again; any difference in the fingerprint (a
 retrained checkpoint, another split, an ensemble of other models) means they are not used.
+Beside them, ``attention_records.npz`` holds every word's attention record (mlasm.attention_stats)
+over the matching pairs, so the workbench's statistics tab opens without explaining every pair
+again; its fingerprint adds what the split says of its regions and words (``reader_signature``).
 
 The file is a cache, and a cache can be damaged (a truncated copy, a flipped bit, a file from
 another tool under the same name): its arrays carry a SHA-256 checksum, and a file that cannot be
@@ -24,7 +27,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +35,7 @@ import torch
 from mlasm.io import finish_interrupted_writes, npz_declared_sizes
 
 SCORES_FILE = "scores.npz"
+RECORDS_FILE = "attention_records.npz"  # every word's attention record (mlasm.attention_stats), same fingerprint
 _FINGERPRINT_KEY = "fingerprint"
 _CHECKSUM_KEY = "checksum"
 LEVEL_NAMES = ("t2i", "i2t", "local", "global", "final")  # mlasm.model.LEVELS, every one saved
@@ -75,8 +79,10 @@ def write_scores(path: str | Path, scores: Mapping[str, torch.Tensor | np.ndarra
                        _CHECKSUM_KEY: np.array(arrays_checksum(arrays))}, **arrays)
 
 
-def read_saved_scores(path: str | Path, fingerprint: dict) -> dict[str, np.ndarray] | None:
-    """The saved matrices when ``path`` holds scores of exactly this fingerprint, else None.
+def read_saved_scores(path: str | Path, fingerprint: dict, levels: Sequence[str] = LEVEL_NAMES
+                      ) -> dict[str, np.ndarray] | None:
+    """The saved matrices of ``levels`` (default: MLASM's; a SCAN model has two) when ``path`` holds
+    scores of exactly this fingerprint, else None.
 
     Scores of another checkpoint or split are passed over without a word (a folder may hold an
     older run's); a file that is damaged, incomplete or non-finite gets one SavedScoresIgnored
@@ -85,7 +91,7 @@ def read_saved_scores(path: str | Path, fingerprint: dict) -> dict[str, np.ndarr
     path = Path(path)
     if not path.is_file():
         return None
-    scores = _checked_scores(path, fingerprint)
+    scores = _checked_scores(path, fingerprint, tuple(levels))
     if isinstance(scores, str):
         if scores:
             warnings.warn(f"{path}: {scores}; ignored, the scores are computed again", SavedScoresIgnored,
@@ -94,7 +100,7 @@ def read_saved_scores(path: str | Path, fingerprint: dict) -> dict[str, np.ndarr
     return scores
 
 
-def _checked_scores(path: Path, fingerprint: dict) -> dict[str, np.ndarray] | str:
+def _checked_scores(path: Path, fingerprint: dict, levels: tuple[str, ...]) -> dict[str, np.ndarray] | str:
     """The matrices, or why they cannot be used ("" when they are another checkpoint's or split's)."""
     shape = (int(fingerprint["n_images"]), int(fingerprint["n_captions"]))
     matrix_bytes = 4 * shape[0] * shape[1]
@@ -102,12 +108,12 @@ def _checked_scores(path: Path, fingerprint: dict) -> dict[str, np.ndarray] | st
         declared = npz_declared_sizes(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
         return f"not a readable .npz archive ({error})"
-    missing = [name for name in (_FINGERPRINT_KEY, _CHECKSUM_KEY, *LEVEL_NAMES) if name not in declared]
+    missing = [name for name in (_FINGERPRINT_KEY, _CHECKSUM_KEY, *levels) if name not in declared]
     if missing:
         return f"incomplete: no {', '.join(missing)}" + (" (written by an earlier mlasm)" if missing ==
                                                           [_CHECKSUM_KEY] else "")
     for name, size in declared.items():
-        limit = matrix_bytes + _NPY_HEADER_BYTES if name in LEVEL_NAMES else _SMALL_MEMBER_BYTES
+        limit = matrix_bytes + _NPY_HEADER_BYTES if name in LEVEL_NAMES or name in levels else _SMALL_MEMBER_BYTES
         if size > limit:
             return (f"member {name}.npy declares {size:,} bytes uncompressed, more than the {limit:,} of "
                     f"a {shape[0]} x {shape[1]} float32 matrix; not decompressed")
@@ -116,7 +122,7 @@ def _checked_scores(path: Path, fingerprint: dict) -> dict[str, np.ndarray] | st
             if json.loads(str(saved[_FINGERPRINT_KEY])) != fingerprint:
                 return ""
             checksum = str(saved[_CHECKSUM_KEY])
-            scores = {level: saved[level] for level in LEVEL_NAMES}
+            scores = {level: saved[level] for level in levels}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as error:
         return f"unreadable ({type(error).__name__}: {error})"
     for level, matrix in scores.items():
@@ -131,10 +137,61 @@ def _checked_scores(path: Path, fingerprint: dict) -> dict[str, np.ndarray] | st
     return scores
 
 
-def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Path] | None = None
-                      ) -> tuple[dict[str, np.ndarray] | None, Path | None]:
-    """Saved scores of one checkpoint on ``split``: in ``folders`` (default: the checkpoint's own
-    folder and the one above it, where ``mlasm evaluate`` and ``mlasm demo`` write them).
+def _read_fingerprinted(path: str | Path, fingerprint: dict) -> dict[str, np.ndarray] | None:
+    """Every array of the .npz at ``path`` but its fingerprint, when that is exactly ``fingerprint``; else None
+    (no file, another fingerprint, unreadable: the caller computes again rather than fails)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if json.loads(str(saved[_FINGERPRINT_KEY])) != fingerprint:
+                return None
+            return {key: saved[key] for key in saved.files if key != _FINGERPRINT_KEY}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+
+
+def write_records(path: str | Path, records, fingerprint: dict) -> None:
+    """Write an attention-records table (``mlasm.attention_stats.records_frame``), column by column, and
+    its fingerprint, to an open temporary (``write_together``)."""
+    columns = {f"column {name}": _plain_column(records[name]) for name in records.columns}
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **{_FINGERPRINT_KEY: np.array(json.dumps(fingerprint, sort_keys=True))},
+                            order=np.array(list(records.columns)), **columns)
+
+
+def _plain_column(values) -> np.ndarray:
+    """A table column as an array np.load reads without pickles: numbers and booleans as they are, text as
+    unicode, booleans with gaps (``pointed``: NaN where a word names nothing) as 1.0 / 0.0 / NaN."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy()
+    if all(isinstance(value, str) for value in values):
+        return np.array(values.tolist(), dtype=str)
+    return values.to_numpy(dtype=float)
+
+
+def read_saved_records(path: str | Path, fingerprint: dict):
+    """The saved attention records (a DataFrame) when ``path`` holds those of exactly this fingerprint, else None."""
+    import pandas as pd
+
+    saved = _read_fingerprinted(path, fingerprint)
+    if saved is None or "order" not in saved:
+        return None
+    names = [str(name) for name in saved["order"]]
+    if any(f"column {name}" not in saved for name in names):
+        return None
+    columns = {name: saved[f"column {name}"] for name in names}
+    return pd.DataFrame({name: column.astype(object) if column.dtype.kind == "U" else column
+                         for name, column in columns.items()}, columns=names)
+
+
+def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Path] | None = None,
+                      levels: Sequence[str] = LEVEL_NAMES) -> tuple[dict[str, np.ndarray] | None, Path | None]:
+    """Saved scores of ``levels`` of one checkpoint on ``split``: in ``folders`` (default: the
+    checkpoint's own folder and the one above it, where ``mlasm evaluate`` and ``mlasm demo`` write them).
 
     Returns the matrices and the file they came from, or (None, None).
     """
@@ -147,7 +204,7 @@ def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Pat
         return None, None
     fingerprint = scores_fingerprint([checkpoint], split)
     for candidate in candidates:
-        scores = read_saved_scores(candidate, fingerprint)
+        scores = read_saved_scores(candidate, fingerprint, levels)
         if scores is not None:
             return scores, candidate
     return None, None

@@ -335,8 +335,8 @@ class SCANModel(MLASM):
 
     # --- the scorer: MLASM's blocks of pairs, SCAN's attention -----------------------------
 
-    def _image_terms(self, img: ImageEncoding) -> _RegionTerms:
-        return _region_terms(img.regions, img.mask)
+    def _image_terms(self, img: ImageEncoding, gram: bool = True) -> _RegionTerms:
+        return _region_terms(img.regions, img.mask, gram)
 
     def _caption_terms(self, cap: CaptionEncoding) -> _WordTerms:
         return _word_terms(cap.words, cap.lengths)

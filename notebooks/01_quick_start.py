@@ -25,18 +25,21 @@
 # with `MLASM_FAST=1`, a tiny model is trained in seconds instead, so every number below is
 # the tiny model's.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 import matplotlib.pyplot as plt
 import numpy as np
 
 from mlasm.demo import demo_checkpoint
 from mlasm.evaluate import score_separation
+from mlasm.explain import showcase_failure, showcase_pairs
 from mlasm.plots import draw_gallery
 from mlasm.sources import fast_mode, open_split
 from widgets import WorkbenchSession
+from widgets.contributions import pair_difference
 
-test = open_split("shapescenes", "test", progress=False)
+test = open_split("shapescenes", "test")  # generated once on first use (it says how long), then read from the cache
 print(f"fast mode: {fast_mode()}; test split: {test.n_images} images, {test.n_captions} captions")
+assert test.n_captions == 5 * test.n_images
 
 # %% [markdown]
 # ## The data
@@ -64,11 +67,13 @@ print(f"{sum(p.numel() for p in model.parameters()):,} parameters; vocabulary of
 # %% [markdown]
 # ## Retrieval: a caption finds its picture
 # `session.scores` holds every level's score of every picture against every caption (computed by
-# `model.score_all`, or read from the run).
+# `model.score_all`, or read from the run). The query below is one the model gets right by the
+# clearest margin among captions true of one picture only (`mlasm.explain.showcase_pairs`): first
+# the model at work, then, further down, one of its failures taken apart.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 scores = session.scores
-caption = 0
+caption = showcase_pairs(scores["final"], test.caption_to_image, test.positive_sets(), count=1)[0]
 top = np.argsort(-scores["final"][:, caption], kind="stable")[:4].tolist()
 truth = int(test.caption_to_image[caption])
 valid = set(test.positive_sets().images_of(caption).tolist())  # every picture the caption is true of
@@ -79,11 +84,36 @@ fig = draw_gallery([test.get_image(i) for i in top],
                     for rank, i in enumerate(top)],
                    highlight=[i == truth for i in top])
 plt.show()
+assert top[0] == truth, "the showcase query finds its own picture first"
 
 # %% [markdown]
 # Green frames the picture the caption was written for; "also true" marks another picture the
 # caption is true of (ShapeScenes checks every caption against every scene), which is a right
 # answer even though the standard protocol counts only the caption's own picture.
+
+# %% [markdown]
+# ## A failure, taken apart
+# `showcase_failure` picks a near miss: a caption whose own picture comes closest behind a picture
+# it is not true of. Every level's score of a pair splits exactly into contributions of its words
+# (and regions; `session.contributions`, from `mlasm.explain`), so the difference between the two
+# pictures splits word by word: the words that gave most of it say why the model preferred the other.
+
+# %% tags=["nbval-ignore-output"]
+caption, preferred = showcase_failure(scores["final"], test.caption_to_image, test.positive_sets())
+truth = int(test.caption_to_image[caption])
+print("query:", test.captions[caption])
+fig = draw_gallery([test.get_image(truth), test.get_image(preferred)],
+                   [f"its own picture: final {scores['final'][truth, caption]:.3f}",
+                    f"preferred instead: final {scores['final'][preferred, caption]:.3f}"],
+                   columns=2, highlight=[True, False])
+plt.show()
+for level in session.levels:
+    difference = pair_difference(session, (truth, caption), (preferred, caption), level)
+    print(f"{level:>6}: {difference.sentence()}")
+    assert abs(difference.deltas.sum() - difference.difference) < 1e-5, "the words' parts add up to the difference"
+
+# %% [markdown]
+# The workbench's failure explorer (notebook 05) shows the same, word by word, for every failure.
 
 # %% [markdown]
 # ## Do true pairs score above false ones?

@@ -17,8 +17,8 @@
 # # 04 · Attention maps
 #
 # Where does each word look? The **attention explorer** shows a picture with its region boxes.
-# Choose a word: the regions light up by its text-to-image attention (heat over the picture,
-# the strongest boxes outlined). Choose a region: the caption's words light up by its
+# Choose a word: its text-to-image attention is drawn without changing any colour: the strongest
+# boxes outlined (wider, more opaque for more weight), the rest of the picture paler. Choose a region: the caption's words light up by its
 # image-to-text attention. The word-by-region matrix sits beside them; click a cell to choose
 # both. The λ sliders change the softmax temperatures and recompute the attention live.
 #
@@ -26,10 +26,15 @@
 
 # %%
 from mlasm.demo import demo_checkpoint
+from mlasm.explain import showcase_failure, showcase_pairs
 from widgets import AttentionExplorer, LevelPanel, Selection, WorkbenchSession
+from widgets.contributions import pair_difference
 
 session = WorkbenchSession.from_checkpoint(demo_checkpoint())
-selection = Selection.start(session)
+split, final = session.split, session.scores["final"]
+# a caption the model gets right, by the clearest margin, true of its own picture alone
+caption = showcase_pairs(final, split.caption_to_image, session.positives, count=1)[0]
+selection = Selection(image=int(split.caption_to_image[caption]), caption=caption)
 explorer = AttentionExplorer(session, selection)
 explorer
 
@@ -57,6 +62,25 @@ print(f"word {words[explorer.word]!r} attends most to region {explorer.explanati
 
 # %%
 LevelPanel(session, selection)
+
+# %% [markdown]
+# Under the table, each level's score is split into the contributions of the words and the
+# regions (green raises the score, red lowers it; each row sums to the score, as
+# `mlasm.explain` states per level).
+#
+# ## A failure, explained
+# A near miss (`showcase_failure`): the caption's own picture against the one the model put
+# above it. The same selection drives the explorer and the panel above; the sentences say which
+# few words made each level prefer the wrong picture.
+
+# %% tags=["nbval-ignore-output"]
+caption, preferred = showcase_failure(final, split.caption_to_image, session.positives)
+truth = int(split.caption_to_image[caption])
+print(f"caption {caption}: {split.captions[caption]}")
+print(f"its own image {truth} final {final[truth, caption]:.3f}; image {preferred} final {final[preferred, caption]:.3f}")
+for level in session.levels:
+    print(f"{level:>6}: {pair_difference(session, (truth, caption), (preferred, caption), level).sentence()}")
+selection.select(image=preferred, caption=caption)  # the explorer and the panel above now show the preferred picture
 
 # %% [markdown]
 # ## A lower temperature spreads attention

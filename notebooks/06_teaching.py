@@ -115,7 +115,7 @@ plt.show()
 
 # %% tags=["nbval-ignore-output"]
 from mlasm.demo import demo_checkpoint  # noqa: E402
-from mlasm.evaluate import encode_split  # noqa: E402
+from mlasm.encoding import encode_split  # noqa: E402
 from mlasm.sources import open_split  # noqa: E402
 from mlasm.checkpoint import load_model  # noqa: E402
 

@@ -65,6 +65,7 @@ class HandModel:
     """Stands in for MLASM: explain returns the attention above; image 1's padding region is not kept."""
 
     config = SimpleNamespace(start_end_tokens=False)
+    directions = ("t2i", "i2t")
 
     def explain(self, img, cap, image, caption):
         return SimpleNamespace(t2i_attention=ATTENTION[caption], region_indices=np.arange(4 if image == 0 else 3))

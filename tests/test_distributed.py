@@ -25,7 +25,8 @@ from mlasm.checkpoint import load_checkpoint
 from mlasm.config import MLASMConfig
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.vocab import Vocabulary
-from mlasm.evaluate import encode_split, evaluate_checkpoints
+from mlasm.encoding import encode_split
+from mlasm.evaluate import evaluate_checkpoints
 from mlasm.model import MLASM
 from mlasm.sources import open_split
 from mlasm.run_folder import RunFolderError

@@ -57,7 +57,7 @@ def test_export_embeds_widget_state_and_loads_nothing_from_the_network(tmp_path)
     require_assets()
     source = tmp_path / "tiny.py"
     source.write_text(NOTEBOOK)
-    pages = export_notebooks(tmp_path / "out", [source], progress=False, timeout=120)
+    pages = export_notebooks(tmp_path / "out", [source], progress=False, timeout=120, linked_assets=True)
     assert pages == [tmp_path / "out" / "tiny.html"]
     page = pages[0].read_text(encoding="utf-8")
 
@@ -97,9 +97,25 @@ def test_a_failing_cell_is_reported(tmp_path):
         export_notebooks(tmp_path / "out", [tmp_path / "bad.py"], progress=False, timeout=60)
 
 
+def test_by_default_a_page_holds_its_scripts_and_needs_no_folder_beside_it(tmp_path):
+    require_assets()
+    source = tmp_path / "tiny.py"
+    source.write_text(NOTEBOOK)
+    page, = export_notebooks(tmp_path / "out", [source], progress=False, timeout=120)
+    text = page.read_text(encoding="utf-8")
+    assert not (tmp_path / "out" / ASSETS_FOLDER).exists()
+    sources = re.findall(r'<script[^>]*\bsrc="([^"]*)"', text) + re.findall(r"widgetRendererSrc = '([^']*)'", text)
+    assert sources and all(src.startswith("data:text/javascript;base64,") or src == "" for src in sources), \
+        [src[:40] for src in sources]
+    assert f"{ASSETS_FOLDER}/" not in text
+    assert 'define("anywidget"' in text and "requirejs" in text
+    assert len(widget_state(text)) > 3 and "printed 42" in text
+
+
 @pytest.mark.browser
 def test_exported_attention_notebook_renders_from_disk(short_tmp):
-    """Notebook 04 exported (fast) and opened from disk: its controls, picture and heatmap are drawn."""
+    """Notebook 04 exported (fast, one self-contained page) and opened from disk: its controls, picture
+    and heatmap are drawn, under the static-snapshot note."""
     from test_browser import require_browser
 
     require_browser()
@@ -114,8 +130,24 @@ def test_exported_attention_notebook_renders_from_disk(short_tmp):
         page.goto(pages[0].resolve().as_uri())
         wait_visible(page, (".widget-dropdown select", ".widget-slider", ".widget-image",
                             ".js-plotly-plot .main-svg"), timeout=90)
+        assert page.locator(".mlasm-static-note").is_visible()
+        assert not (short_tmp / "out" / ASSETS_FOLDER).exists()
         # the explorer's word menu shows the word the notebook left chosen
         assert page.locator(".widget-dropdown select").nth(1).evaluate("s => s.selectedIndex") >= 0
         for index, selector in enumerate((".widget-image", ".js-plotly-plot")):
             assert_not_blank(screenshot(page, selector, short_tmp / f"export-{index}.png"))
     assert outside == [], f"the page asked the network for {outside}"
+
+
+def test_a_static_page_says_so_on_top_and_its_controls_are_disabled():
+    import jupytext
+
+    from mlasm.export import STATIC_CONTROLS, to_html
+
+    page = to_html(jupytext.reads("# %%\nprint('hi')\n", fmt="py:percent"))
+    body = page[page.index("<body"):]
+    assert body.index("mlasm-static-note") < body.index("jp-Cell")  # above the first cell
+    assert "Static snapshot" in body and "controls are disabled" in body
+    style = re.search(r"<style>([^<]*pointer-events: none[^<]*)</style>", page).group(1)
+    assert ".jupyter-widgets.widget-dropdown" in style and ".jupyter-widgets.widget-text" in style
+    assert STATIC_CONTROLS in style and "plotly" not in style  # plotly's zoom and hover work without a kernel

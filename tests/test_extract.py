@@ -293,3 +293,57 @@ def test_an_opencv_without_the_tensorflow_importer_is_named_in_one_line(monkeypa
     monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow")  # as in OpenCV 5
     with pytest.raises(ImportError, match=r"cannot read the detector's TensorFlow graph.*opencv-python-headless>=4.8,<5"):
         SSDMobileNetV2Proposer()
+
+
+def test_scores_on_extracted_photos_are_explained_and_attention_keeps_their_colours(extracted, tmp_path):
+    """Score explanations and honest overlays on real photos with detector boxes and labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from test_overlays import drawn_pixels, hue_change
+
+    from mlasm.checkpoint import load_model
+    from mlasm.config import MLASMConfig
+    from mlasm.data.vocab import Vocabulary
+    from mlasm.train import train
+    from widgets import FailureExplorer, LevelPanel, Selection, WorkbenchSession
+
+    photos = read_split(extracted[0], "all")
+    config = MLASMConfig.cpu(embed_size=32, word_dim=16, batch_size=8, epochs=1, lr_decay_epoch=1)
+    summary = train(config, photos, photos, tmp_path / "run", vocab=Vocabulary.build(photos.captions, min_count=1),
+                    progress=False)
+    model, vocab, _ = load_model(summary["best"], "cpu")
+    session = WorkbenchSession(model, vocab, photos)
+    for image in range(photos.n_images):
+        caption = int(photos.image_to_captions(image)[0])
+        explained = session.contributions(image, caption)
+        for level in session.levels:
+            assert explained.levels[level].total == pytest.approx(float(session.scores[level][image, caption]),
+                                                                  abs=1e-5)
+    panel = LevelPanel(session, Selection(image=0, caption=int(photos.image_to_captions(0)[0])))
+    labels = {photos.label_names[photos.region_labels[0, r]] for r in panel.explained.region_indices}
+    assert any(f"r{r} {label}" in panel.why.value for r in range(photos.regions.shape[1]) for label in labels)
+    failures = FailureExplorer(session, Selection(), controls=False, k=1)
+    if len(failures.table):
+        failures.open_row(failures.table.index[0])
+        diff = failures.difference
+        assert diff.deltas.sum() + diff.rest == pytest.approx(diff.difference, abs=1e-5)
+
+    # attention on a photo: attended or not, every coloured pixel keeps its hue (the outlines and
+    # labels of the three boxes drawn, marks beside the photo's things, are left out)
+    picture = photos.get_image(0)
+    explanation = session.explain(0, int(photos.image_to_captions(0)[0]))
+    weights = explanation.t2i_attention.mean(axis=0)
+    boxes = np.asarray(photos.boxes[0], np.float32)[explanation.region_indices]
+    drawn = drawn_pixels(picture, boxes, weights)
+    original = np.asarray(picture)
+    kept = np.ones(original.shape[:2], bool)
+    for x1, y1, x2, y2 in (boxes[r].astype(int) for r in np.argsort(-weights)[:3]):
+        for x in (x1, x2):
+            kept[:, max(0, x - 8):x + 9] = False
+        for y in (y1, y2):
+            kept[max(0, y - 30):y + 30, :] = False
+    change = hue_change(original, drawn, kept)
+    print(f"photo 0: {change.size} coloured pixels, hue change median {np.median(change) * 360:.2f} deg, "
+          f"95th percentile {np.percentile(change, 95) * 360:.2f} deg")
+    assert change.size > 1000 and np.percentile(change, 95) < 0.02, (change.size, np.percentile(change, 95))

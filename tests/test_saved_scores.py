@@ -88,3 +88,35 @@ def test_half_precision_changes_ranks_that_differ_past_its_digits():
                        [0.8002, 0.3]], dtype=np.float32)
     changed = rank_changes_in_half_precision(scores, np.array([0, 1]))
     assert changed["t2i"] == pytest.approx(0.5) and changed["i2t"] == 0.0
+
+
+def test_the_attention_records_saved_with_the_scores_open_the_statistics_tab_as_computed(evaluated, data_folder,
+                                                                                          tmp_path, monkeypatch):
+    import pandas as pd
+
+    from mlasm import attention_stats
+    from mlasm.saved_scores import RECORDS_FILE
+    from widgets import attention_stats as stats_view
+
+    checkpoint, run = evaluated
+    opened = _open(checkpoint, data_folder, saved_scores=False)
+    if not attention_stats.knows_word_and_region_kinds(opened.split):
+        pytest.skip("this split knows no word and region kinds: no statistics, no records")
+    evaluate_checkpoints([checkpoint], opened.split, out_dir=tmp_path, progress=False)  # the split as the session reads it
+    assert (tmp_path / RECORDS_FILE).is_file()
+    session = _open(checkpoint, data_folder, saved_scores=[tmp_path])
+    assert session.scores_source == tmp_path / SCORES_FILE and session.attention_records is not None
+    fresh = attention_stats.model_records(opened.model, opened.split, opened.vocab, opened.images, opened.captions)
+    pd.testing.assert_frame_equal(session.attention_records, fresh, check_dtype=False)
+
+    monkeypatch.setattr(stats_view, "model_records", lambda *a, **k: pytest.fail("the saved records were not used"))
+    view = stats_view.AttentionStatsView(session)
+    pd.testing.assert_frame_equal(view.records, fresh, check_dtype=False)
+    monkeypatch.undo()
+    assert opened.attention_records is None  # nothing read: computed when asked
+    # the run's records were made from the split generated in memory, which knows more than the folder:
+    # read only where the reading is the same, so whatever a session reads equals what it would compute
+    default = _open(checkpoint, data_folder)
+    assert (run / RECORDS_FILE).is_file() and default.scores_source == run / SCORES_FILE
+    if default.attention_records is not None:
+        pd.testing.assert_frame_equal(default.attention_records, fresh, check_dtype=False)

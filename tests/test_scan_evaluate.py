@@ -12,7 +12,7 @@ from cli_support import answer
 from mlasm.checkpoint import load_model
 from mlasm.config import MLASMConfig
 from mlasm.data.vocab import SPECIAL_TOKENS, Vocabulary
-from mlasm.evaluate import encode_split
+from mlasm.encoding import encode_split
 from mlasm.model import MLASM
 from mlasm.checkpoint import save_checkpoint
 from mlasm.scan_model import SCANConfig, random_scan_model, write_scan_checkpoint

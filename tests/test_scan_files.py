@@ -176,7 +176,8 @@ def test_start_and_end_reach_training_validation_and_the_widgets(splits, tmp_pat
     assert explorer.word == grounded + 1  # the first grounded word, one row down behind <start>
     assert words[explorer.word] == bare.encode(dev.captions[caption]).tokens[grounded]
     # the pointing game reads the row of each grounded word, one below <start>: counted by hand here
-    from mlasm.evaluate import encode_split, grounding_accuracy
+    from mlasm.encoding import encode_split
+    from mlasm.evaluate import grounding_accuracy
     img, cap = encode_split(model, dev, vocab)
     hits = words_counted = 0
     for c, grounded_words in enumerate(dev.grounding):

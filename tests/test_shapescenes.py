@@ -162,3 +162,18 @@ def test_full_size_builds(tmp_path):
     report = ss.positive_set_report(test)
     # measured: 1,911 captions true of one image, 58 images with fewer than 2 such captions
     assert report["true_of_one_image"] >= 1800 and report["images_with_fewer_than_2_unique_captions"] <= 80
+
+
+def test_a_first_build_says_what_it_makes_and_about_how_long_before_it_starts(tmp_path, capsys):
+    from mlasm.sources import announce_generation, generation_notice
+
+    sizes = {"train": 8, "dev": 4, "test": 4}
+    assert announce_generation(sizes, cache=tmp_path)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("ShapeScenes is not in the cache yet: generating 16 pictures") and "train 8, dev 4" in line
+    assert str(tmp_path) in line and "about 1 s" in line and "\n" not in line
+    build_shapescenes(sizes=sizes, cache=tmp_path, progress=False)
+    assert not announce_generation(sizes, cache=tmp_path) and capsys.readouterr().out == ""
+    # the full dataset on two processes: 5,500 x 0.013 s / 2
+    full = generation_notice({"train": 4000, "dev": 500, "test": 1000}, tmp_path)
+    assert "5,500 pictures" in full and ("about 36 s" in full or "about 72 s" in full)  # two CPUs or one

@@ -646,7 +646,8 @@ def test_selection_controls_set_and_follow_the_selection(session):
     assert selection.caption == own[1] and controls.caption_index.value == own[1]
     selection.select(image=5, caption=2)
     assert (controls.image_index.value, controls.caption_index.value) == (5, 2)
-    assert controls.own_captions.value is None  # caption 2 is not one of image 5's
+    assert controls.own_captions.value == 2  # caption 2 is not one of image 5's: listed apart, as another's
+    assert controls.own_captions.options[0][0].endswith("(a caption of image 0, not this one)")
 
 
 def test_workbench_builds_tabs_on_demand_and_links_them(session):
@@ -666,6 +667,15 @@ def test_workbench_builds_tabs_on_demand_and_links_them(session):
     record = examples.iloc[0]
     assert bench.explorer.shown_pair == (int(record["image"]), int(record["caption"]))
     assert bench.explorer.word == int(record["position"])
+
+
+def test_a_workbench_run_for_a_static_page_builds_every_tab(session, monkeypatch):
+    from mlasm.export import STATIC_EXPORT
+
+    monkeypatch.setenv(STATIC_EXPORT, "1")
+    bench = Workbench(session)
+    assert list(bench._built) == list(bench.tabs.titles)
+    assert [type(child) for child in bench.tabs.children] == [type(bench._built[tab]) for tab in bench.tabs.titles]
 
 
 # ------------------------------------------------------------------------------ drawing and plumbing
@@ -759,3 +769,143 @@ def test_id_attributes_are_groups_coloured_by_the_chosen_one(session):
 def test_failure_explorer_starts_at_k_5_as_notebook_05_and_the_workbench_passes_k(session):
     assert FailureExplorer(session, controls=False).k.value == 5
     assert Workbench(session, k=3).failures.k.value == 3
+
+
+# ------------------------------------------------------------------------------ score explanations
+
+def test_level_panel_explains_every_level_by_words_and_regions(session):
+    selection = Selection(image=2, caption=int(session.split.image_to_captions(2)[0]))
+    panel = LevelPanel(session, selection)
+    words = session.tokens(selection.caption)
+    for level in session.levels:
+        parts = panel.explained.levels[level]
+        assert parts.total == pytest.approx(float(session.scores[level][2, selection.caption]), abs=1e-5)
+        assert len(parts.words) == len(words)
+    for word in words:
+        assert f">{word}<br>" in panel.why.value
+    assert panel.why.value.count("<tr>") == len(session.levels) + 1  # a header and one row per level
+    selection.select(text="a red circle", query="text")
+    assert panel.explained.levels["final"].total == pytest.approx(
+        float(session.text_scores("a red circle")["final"][2]), abs=1e-5)
+    selection.select(text="   ", query="text")  # a query with no words: nothing to explain, nothing left over
+    assert panel.explained is None and panel.why.value == ""
+
+
+def test_failure_explorer_says_which_items_made_the_difference(session):
+    failures = FailureExplorer(session, Selection(), k=1)
+    scores = session.scores
+    for direction, kind in (("t2i", "words"), ("i2t", "regions")):
+        row = failures.table[failures.table.direction == direction].iloc[0]
+        failures.open_row(row.name)
+        truth, preferred = failures.pairs()
+        for level in ("final", "t2i"):
+            failures.why_level.value = level
+            diff = failures.difference
+            expected = float(scores[level][preferred]) - float(scores[level][truth])
+            assert diff.kind == kind and diff.level == level
+            assert diff.difference == pytest.approx(expected, abs=1e-5)
+            assert diff.deltas.sum() + diff.rest == pytest.approx(expected, abs=1e-5)
+            assert html_unescape(diff.sentence()) in html_unescape(failures.why.value)
+        failures.why_level.value = "final"
+        assert diff.difference <= 0 or diff.deltas[diff.top].sum() >= 0.8 * diff.difference - 1e-9
+        if kind == "words":
+            assert diff.items == session.tokens(int(row["caption"]))
+
+
+def html_unescape(text):
+    import html
+
+    return html.unescape(text)
+
+
+# ------------------------------------------------------------------------------ one selection
+
+def check_selection_agrees(session, selection, controls, panel, failures):
+    split = session.split
+    own = split.image_to_captions(selection.image).tolist()
+    assert (controls.image_index.value, controls.caption_index.value) == (selection.image, selection.caption)
+    assert controls.own_captions.value == selection.caption
+    listed = [value for _, value in controls.own_captions.options]
+    assert listed == own if selection.caption in own else listed == [selection.caption] + own
+    assert controls.query_kind.value == selection.query
+    assert controls.text_box.value == selection.text
+    assert selection.query == "text" or selection.text == ""
+    assert panel._shown == (selection.image, selection.text_side)
+    if failures.rows.value is not None:
+        row = failures._failures.loc[failures.rows.value]
+        assert (int(row["image"]), int(row["caption"])) == (selection.image, selection.caption)
+
+
+def test_two_hundred_random_selection_changes_keep_every_control_in_agreement(session):
+    import random
+
+    split = session.split
+    selection = Selection.start(session)
+    controls = SelectionControls(session, selection)
+    panel = LevelPanel(session, selection, controls=False)
+    failures = FailureExplorer(session, selection, controls=False, k=1)
+    labels = [value for _, value in failures.rows.options]
+    rng = random.Random(25)
+    texts = ["a red circle", "two small squares", "a zebra", "   "]
+    kinds = []
+    for step in range(200):
+        kind = rng.choice(["image box", "caption box", "captions menu", "query kind", "typed text",
+                           "ranked image", "ranked caption", "failure row", "failure row again"])
+        kinds.append(kind)
+        # a value typed or chosen that is already there changes nothing: each choice here is a new one
+        if kind == "image box":
+            controls.image_index.value = rng.choice([i for i in range(split.n_images) if i != selection.image])
+        elif kind == "caption box":
+            controls.caption_index.value = rng.choice([c for c in range(split.n_captions) if c != selection.caption])
+        elif kind == "captions menu":
+            own = split.image_to_captions(selection.image).tolist()
+            controls.own_captions.value = rng.choice([c for c in own if c != selection.caption])
+        elif kind == "query kind":
+            controls.query_kind.value = rng.choice(["caption", "image", "text"])
+        elif kind == "typed text":
+            controls.text_box.value = rng.choice(texts)
+        elif kind == "ranked image":  # a click on an image of the ranking: a pair that need not match
+            selection.select(image=rng.randrange(split.n_images))
+        elif kind == "ranked caption":
+            selection.select(caption=rng.randrange(split.n_captions))
+        elif kind == "failure row":
+            failures.rows.value = rng.choice(labels)
+        else:  # the row of the last failure chosen, clicked again: it selects its pair again
+            if failures.row is None:
+                continue
+            label = failures.row.name
+            if failures.rows.value == label:  # still highlighted: the selection is already its pair
+                assert (selection.image, selection.caption) == (failures.row["image"], failures.row["caption"])
+            else:
+                failures.rows.value = label
+        check_selection_agrees(session, selection, controls, panel, failures)
+        if kind in ("image box", "caption box", "captions menu"):  # chosen in the bar: a matching pair
+            assert selection.caption in split.image_to_captions(selection.image)
+        if kind.startswith("failure row") and failures.row is not None:
+            assert failures.rows.value == failures.row.name
+            assert (selection.image, selection.caption) == (failures.row["image"], failures.row["caption"])
+    assert len(set(kinds)) == 9
+
+
+def test_a_failure_row_left_and_clicked_again_selects_its_pair_again(session):
+    selection = Selection()
+    failures = FailureExplorer(session, selection, controls=False, k=1)
+    label = failures.rows.options[0][1]
+    failures.rows.value = label
+    pair = (selection.image, selection.caption)
+    selection.select(image=(pair[0] + 1) % session.split.n_images)
+    assert failures.rows.value is None  # no longer highlighted: the selection shows another pair
+    failures.rows.value = label
+    assert (selection.image, selection.caption) == pair
+
+
+def test_comparison_titles_and_legends_stay_inside_the_picture(session):
+    failures = FailureExplorer(session, Selection(), controls=False, k=1)
+    for direction in ("t2i", "i2t"):
+        failures.open_row(failures.table[failures.table.direction == direction].index[0])
+        fig = failures.figure
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            drawn = ax.get_tightbbox(renderer)  # the picture, its title, labels and legend
+            assert drawn.x0 >= -1 and drawn.y0 >= -1 and drawn.x1 <= fig.bbox.x1 + 1 and drawn.y1 <= fig.bbox.y1 + 1, \
+                (direction, drawn, fig.bbox)

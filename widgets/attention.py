@@ -1,6 +1,6 @@
 """AttentionExplorer: where each word of a caption looks in the image, and what each region reads.
 
-Choose a word: the regions light up by its text-to-image attention (heat over the picture).
+Choose a word: the regions light up by its text-to-image attention (outlined, the rest of the picture paler).
 Choose a region: the words light up by its image-to-text attention. The word-by-region
 matrix beside it shows every weight at once; clicking a cell chooses that word and region.
 The lambda sliders change the softmax temperatures and recompute the attention live.
@@ -15,7 +15,7 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 
-from mlasm.data.vocab import START
+from mlasm.data.vocab import START, rows_before_words
 from mlasm.model import PairExplanation
 from widgets.base import LinkedView
 from widgets.drawing import (PictureView, draw_pair_attention, keep_plotly_state, region_names, regions_for_words,
@@ -211,8 +211,7 @@ class AttentionExplorer(LinkedView):
         else, for a typed text, its first word that is not a function word ("a", "on", ...)."""
         text_side, grounding = self.shown_pair[1], self.session.split.grounding
         if not isinstance(text_side, str) and grounding is not None and grounding[text_side]:
-            # grounding counts the caption's own tokens; <start>, where the model reads it, is row 0
-            return int(grounding[text_side][0][0]) + int(self.words[:1] == [START])
+            return int(grounding[text_side][0][0]) + rows_before_words(self.words[:1] == [START])
         naming = [p for p, w in enumerate(self.words) if w.isalnum() and w.lower() not in FUNCTION_WORDS]
         return naming[0] if naming else int(self.matrix.max(axis=1).argmax())
 

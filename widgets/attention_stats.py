@@ -26,7 +26,10 @@ EXAMPLES_LISTED = 30
 
 
 def session_records(session: WorkbenchSession) -> pd.DataFrame:
-    """Every word's record (``mlasm.attention_stats``) over the matching pairs of the session's split."""
+    """Every word's record (``mlasm.attention_stats``) over the matching pairs of the session's split:
+    those its evaluation saved (``session.attention_records``), else computed now (a model.explain per caption)."""
+    if session.attention_records is not None:
+        return session.attention_records
     return model_records(session.model, session.split, session.vocab, session.images, session.captions)
 
 
@@ -56,10 +59,11 @@ class AttentionStatsView(LinkedView):
             text=[[f"{v:.2f}" for v in row] for row in matrix], texttemplate="%{text}",
             hovertemplate="%{y} words → %{x} regions: %{z:.2f} of their attention<extra></extra>",
             colorbar=dict(title=dict(text="share", side="right"), thickness=12)))
-        self.heatmap.update_layout(width=520, height=140 + 30 * len(self.matrix), margin=dict(l=110, r=20, t=50, b=40),
-                                   yaxis=dict(autorange="reversed"),
+        # the title on the left and plotly's toolbar upright on the right (as the explorer's), covering no title
+        self.heatmap.update_layout(width=560, height=140 + 30 * len(self.matrix), margin=dict(l=110, r=60, t=50, b=40),
+                                   yaxis=dict(autorange="reversed"), modebar=dict(orientation="v"),
                                    title=dict(text="where each kind of word looks (rows sum to 1); click a cell",
-                                              font=dict(size=12)))
+                                              font=dict(size=12), x=0.01, xanchor="left"))
         keep_plotly_state(self.heatmap)
         self.cell_title = widgets.HTML()
         self.example_list = widgets.Select(rows=10, layout=widgets.Layout(width="100%"))

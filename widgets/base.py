@@ -44,8 +44,11 @@ class QuietUpdates:
 class SelectionControls(QuietUpdates, widgets.VBox):
     """Image and caption indices, the captions of the image, the query kind and a typed query.
 
-    The image index and the query kind are linked to the selection (``traitlets.link``); the
-    caption goes through ``Selection.select``, which also ends a typed query.
+    What they show always agrees with the selection: the image and caption boxes hold its image
+    and caption, the menu its caption (listed first, apart, when it is another image's, as after a click
+    on a ranked image), the text box its typed text ("" unless a typed text is the query). Choosing
+    here makes a matching pair: a caption brings its own image, an image keeps the caption if it is
+    one of the image's and otherwise takes the image's first. The query kind is linked both ways.
     """
 
     def __init__(self, session: WorkbenchSession, selection: Selection):
@@ -68,21 +71,35 @@ class SelectionControls(QuietUpdates, widgets.VBox):
         for control, name in ((self.image_index, "image"), (self.caption_index, "caption"), (self.text_box, "text")):
             control.add_class(f"mlasm-{name}-box")
 
-        self.links = [traitlets.link((selection, "image"), (self.image_index, "value")),
-                      traitlets.link((selection, "query"), (self.query_kind, "value"))]
-        self.on_user_change(self.caption_index, lambda value: selection.select(caption=value))
-        self.on_user_change(self.own_captions, lambda value: selection.select(caption=value))
+        self.links = [traitlets.link((selection, "query"), (self.query_kind, "value"))]
+        self.on_user_change(self.image_index, self._image_chosen)
+        self.on_user_change(self.caption_index, self._caption_chosen)
+        self.on_user_change(self.own_captions, self._caption_chosen)
         self.on_user_change(self.text_box, lambda value: selection.select(text=value.strip(), query="text"))
         selection.observe(self._refresh, names=["image", "caption", "text", "query"])
         self._refresh()
 
+    def _image_chosen(self, image: int) -> None:
+        selection = self.selection
+        own = self.session.split.image_to_captions(image)
+        caption = selection.caption if selection.caption in own or not len(own) else int(own[0])
+        selection.select(image=image, caption=caption, query=selection.query)  # a typed query stays the query
+
+    def _caption_chosen(self, caption: int) -> None:
+        self.selection.select(caption=caption, image=int(self.session.split.caption_to_image[caption]))
+
     def _refresh(self, change=None) -> None:
         selection, split = self.selection, self.session.split
         own = split.image_to_captions(selection.image)
+        options = [(f"{c}: {split.captions[c]}", int(c)) for c in own]
+        if selection.caption not in own:  # a pair chosen elsewhere (a ranked image, say): say whose caption it is
+            options.insert(0, (f"{selection.caption}: {split.captions[selection.caption]} (a caption of image "
+                               f"{int(split.caption_to_image[selection.caption])}, not this one)", selection.caption))
         with self.quietly():
+            self.image_index.value = selection.image
             self.caption_index.value = selection.caption
-            self.own_captions.options = [(f"{c}: {split.captions[c]}", int(c)) for c in own]
-            self.own_captions.value = selection.caption if selection.caption in own else None
+            self.own_captions.options = options
+            self.own_captions.value = selection.caption
             self.text_box.value = selection.text
         self.notice.value = query_notice(self.session, selection)
 
@@ -102,6 +119,7 @@ class LinkedView(QuietUpdates, widgets.VBox):
         self.selection = selection if selection is not None else Selection.start(session)
         self.controls = SelectionControls(session, self.selection) if controls else None
         self._shown: Hashable = None  # the selection_key last drawn
+        self._row_lists: list[tuple[widgets.Select, Callable]] = []
         super().__init__(([self.controls] if self.controls is not None else []) + list(children))
         self.add_class(f"mlasm-{type(self).__name__.lower()}")  # e.g. mlasm-attentionexplorer, for pages and tests
         self.selection.observe(self._selection_changed, names=list(Selection.TRAITS))
@@ -123,12 +141,29 @@ class LinkedView(QuietUpdates, widgets.VBox):
         self._shown = self.selection_key()
         self.show_selection()
 
+    def release_rows_left(self, rows: widgets.Select, pair_of: Callable[[Hashable], tuple]) -> None:
+        """A list whose rows each select a pair (``pair_of(row value)`` = (image, caption, query)): when the
+        selection moves off the highlighted row's pair, the highlight goes, so that clicking the row again
+        selects it again (a Select reports no click on the value it already has)."""
+        self._row_lists.append((rows, pair_of))
+
     def _selection_changed(self, change=None) -> None:
         if self.selection_key() != self._shown:  # one select() may change several traits: draw once
             self.refresh()
+        now = (self.selection.image, self.selection.caption, self.selection.query)
+        for rows, pair_of in self._row_lists:
+            if rows.value is not None and tuple(pair_of(rows.value)) != now:
+                with self.quietly():
+                    rows.value = None
 
     def __repr__(self) -> str:
         return widget_placeholder(self)
+
+
+def row_selection(row) -> dict:
+    """What a row of a query table (a failure, a comparison) selects: its image, its caption and the query kind."""
+    return dict(image=int(row["image"]), caption=int(row["caption"]),
+                query="caption" if row["direction"] == "t2i" else "image")
 
 
 def widget_placeholder(widget: widgets.Widget) -> str:

@@ -23,7 +23,7 @@ from mlasm.compare import BOTH_RIGHT, BOTH_WRONG, BROKEN, CHANGES, FIXED, PROTOC
     comparison_table, filter_queries, with_changes
 from mlasm.evaluate import average_levels, score_split
 from mlasm.sources import EMBEDDED, open_split
-from widgets.base import LinkedView
+from widgets.base import LinkedView, row_selection
 from widgets.drawing import PictureView, draw_pair_attention, keep_plotly_state, regions_for_words
 from widgets.saving import SaveButtons, save_figure
 from widgets.selection import Selection, toggle_buttons
@@ -182,6 +182,7 @@ class ComparisonView(LinkedView):
             self.on_user_change(control, lambda value: self.update_lists())
         for control in (self.fixed_list, self.broken_list):
             self.on_user_change(control, self.open_query)
+            self.release_rows_left(control, lambda label: tuple(row_selection(self.table.loc[label]).values()))
         self.on_user_change(self.word_choice, lambda value: self._draw_attention())
         self.scatter.data[0].on_click(self._point_clicked)
         self.update_lists()
@@ -245,8 +246,7 @@ class ComparisonView(LinkedView):
     def open_query(self, label) -> None:
         """Select the pair of the comparison row with this index label (as a click in a list or the scatter)."""
         row = self.table.loc[label]
-        self.selection.select(image=int(row["image"]), caption=int(row["caption"]),
-                              query="caption" if row["direction"] == "t2i" else "image")
+        self.selection.select(**row_selection(row))
 
     # --- the pair in view ------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from mlasm.plots import draw_attention
 from widgets.session import WorkbenchSession
 
 CANVAS_GREY = 235
-HIGHLIGHT = "#00d5ff"   # the chosen region's outline, apart from draw_attention's viridis boxes
+HIGHLIGHT = "#00d5ff"   # the chosen region's outline (dashed), apart from draw_attention's white outlines
 WORD_SHADE = (255, 127, 14)  # orange: a word's share of a region's attention
 DPI = 100               # a figure of w inches is w * 100 pixels wide
 DRAW_LOCK = threading.RLock()  # one drawing at a time, whichever thread a callback runs on
@@ -45,6 +45,9 @@ def render_png(fig: Figure) -> bytes:
     """The figure as PNG bytes (drawn under the drawing lock)."""
     buffer = io.BytesIO()
     with DRAW_LOCK:
+        engine = fig.get_layout_engine()
+        if engine is not None:  # a first pass from matplotlib's default axes positions can leave titles and
+            engine.execute(fig)  # legends outside the figure (equal-aspect pictures); the one in savefig settles it
         fig.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
 

@@ -115,12 +115,14 @@ class EmbeddingMap(LinkedView):
             "one; the hover label names the point a click picks. With both kinds shown, the first component "
             "often just parts images from captions: show one kind to see its own structure.</small>")
         self.figure = go.FigureWidget()
-        # the title on the left and plotly's toolbar upright on the right, so the toolbar covers no title;
+        # the title on the left and plotly's toolbar upright on the right, so the toolbar covers no title,
+        # and the legend in a row under the plot, where the toolbar is not;
         # a click picks the point under the pointer only (hoverdistance in pixels), not a near neighbour
-        self.figure.update_layout(width=760, height=600, margin=dict(l=40, r=50, t=40, b=40),
+        self.figure.update_layout(width=760, height=640, margin=dict(l=40, r=50, t=40, b=90),
                                   title=dict(x=0.01, xanchor="left"), modebar=dict(orientation="v"),
                                   xaxis=dict(title="PC 1", zeroline=False), yaxis=dict(title="PC 2", zeroline=False),
-                                  legend=dict(itemclick=False, itemdoubleclick=False), hovermode="closest",
+                                  legend=dict(itemclick=False, itemdoubleclick=False, orientation="h",
+                                              x=0, xanchor="left", y=-0.1, yanchor="top"), hovermode="closest",
                                   hoverdistance=6)
         super().__init__(session, selection, controls, [widgets.HBox([self.show_choice]),
                                                         widgets.HBox([self.colour_choice, self.value_choice]),

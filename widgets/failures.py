@@ -19,7 +19,8 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from widgets.base import LinkedView
+from widgets.base import LinkedView, row_selection
+from widgets.contributions import difference_html
 from widgets.drawing import PictureView, draw_pair_attention, png_thumbnail, regions_for_words
 from widgets.ranking import ALSO_TRUE_TEXT, TRUTH
 from widgets.selection import Selection, toggle_buttons
@@ -41,6 +42,9 @@ class FailureExplorer(LinkedView):
     ``row``: the chosen row or None. ``valid``: what is true of the chosen query
     (WorkbenchSession.valid_items), or None. ``figure``: the last comparison picture (closed).
     ``include_valid``: the toggle that lists the valid alternatives too (off by default).
+    ``why``: the chosen row's true and preferred pairs side by side, word by word (a caption query)
+    or region by region (an image query), on the level chosen in ``why_level`` (final first);
+    ``difference`` the mlasm.explain.Difference shown, or None.
     It writes to the selection and does not follow it: its list is of failures, not of the selection.
     """
 
@@ -75,20 +79,27 @@ class FailureExplorer(LinkedView):
         self.rows.add_class("mlasm-failure-rows")
         self.detail = widgets.HTML()
         self.word_choice = widgets.Dropdown(description="word", layout=widgets.Layout(width="260px"))
+        self.why_level = widgets.Dropdown(options=list(session.levels)[::-1], value="final",
+                                          description="why, on", layout=widgets.Layout(width="200px"))
+        self.why = widgets.HTML()
+        self.difference = None
         self.comparison = PictureView(width=760, save_as="failure")
         self.row: pd.Series | None = None
         super().__init__(session, selection, controls, [
             widgets.HTML(ROW_STYLE),
             widgets.HBox([self.k, self.direction, self.include_valid]),
             widgets.HBox([self.right_under, self.ranks]),
-            self.level_caveat, self.summary, self.rows, self.detail, self.word_choice, self.comparison,
+            self.level_caveat, self.summary, self.rows, self.detail, self.why_level, self.why,
+            self.word_choice, self.comparison,
         ])
         self.k.observe(self._k_changed, names="value")
         self.include_valid.observe(self._k_changed, names="value")
         for control in (self.direction, self.right_under, self.ranks):
             control.observe(lambda change: self._list_rows(), names="value")
         self.on_user_change(self.rows, self._row_chosen)
+        self.release_rows_left(self.rows, lambda label: tuple(row_selection(self._failures.loc[label]).values()))
         self.on_user_change(self.word_choice, lambda value: self._draw_comparison())
+        self.on_user_change(self.why_level, lambda value: self._show_why())
         self._list_rows()
 
     def selection_key(self):
@@ -153,15 +164,15 @@ class FailureExplorer(LinkedView):
                 self.rows.value = chosen
         if self.row is not None and chosen not in shown.index:
             self.row, self.valid = None, None
-            self.detail.value = ""
+            self.detail.value = self.why.value = ""
+            self.difference = None
             self.comparison.show_message("")
 
     def _row_chosen(self, label) -> None:
         row = self._failures.loc[label]
         self.row = row
         self.valid = self.session.valid_items(row["direction"], int(row["query"]))
-        self.selection.select(image=int(row["image"]), caption=int(row["caption"]),
-                              query="caption" if row["direction"] == "t2i" else "image")
+        self.selection.select(**row_selection(row))
         words = self.session.tokens(int(row["caption"]))
         with self.quietly():
             self.word_choice.options = [("every word (mean)", EVERY_WORD)] + [(f"{p}: {w}", p)
@@ -169,7 +180,14 @@ class FailureExplorer(LinkedView):
             self.word_choice.value = EVERY_WORD
         self.word_choice.layout.display = None if row["direction"] == "t2i" else "none"
         self.detail.value = self._detail_html(row)
+        self._show_why()
         self._draw_comparison()
+
+    def _show_why(self) -> None:
+        """The chosen row's true and preferred pairs side by side on the chosen level, and what made the difference."""
+        if self.row is None:
+            return
+        self.difference, self.why.value = difference_html(self.session, *self.pairs(), self.why_level.value)
 
     def pairs(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """The chosen row's (image, caption) pairs: the ground truth, and the one the model preferred."""

@@ -14,6 +14,7 @@ import pandas as pd
 
 from mlasm.plots import LEVEL_COLOURS
 from widgets.base import LinkedView
+from widgets.contributions import level_contributions_html
 from widgets.drawing import PictureView, draw_gate
 from widgets.selection import Selection
 from widgets.session import WorkbenchSession
@@ -58,14 +59,18 @@ class LevelPanel(LinkedView):
     """The selected pair under every level; ``table`` holds what is shown (WorkbenchSession.pair_levels).
 
     ``gate_plot`` shows the gate's histogram, ``gate_mean`` its mean (None without a semantic level).
+    ``why`` shows each level's score as word and region contributions; ``explained`` holds them
+    (WorkbenchSession.contributions, None for a query with no words).
     """
 
     def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True):
         self.table: pd.DataFrame | None = None
         self.gate_mean: float | None = None
+        self.explained = None
         self.summary = widgets.HTML()
+        self.why = widgets.HTML()
         self.gate_plot = PictureView(width=440, save_as="gate")
-        super().__init__(session, selection, controls, [self.summary, self.gate_plot])
+        super().__init__(session, selection, controls, [self.summary, self.why, self.gate_plot])
         self.refresh()
 
     def show_selection(self) -> None:
@@ -73,11 +78,14 @@ class LevelPanel(LinkedView):
         try:
             self.table = self.session.pair_levels(image, text_side)
         except ValueError as error:  # a typed query with no words
-            self.table, self.gate_mean = None, None
+            self.table, self.gate_mean, self.explained = None, None, None
             self.summary.value = f"<span style='color:#b00'>{html.escape(str(error))}</span>"
+            self.why.value = ""
             self.gate_plot.show_message("")
             return
         self.summary.value = self._table_html(image, text_side)
+        self.explained = self.session.contributions(image, text_side)
+        self.why.value = level_contributions_html(self.session, image, text_side)
         self._draw_gate(image, text_side)
 
     def _table_html(self, image: int, text_side) -> str:

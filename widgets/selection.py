@@ -7,7 +7,7 @@ controls that sets it, and the base of every view of it, are in ``widgets.base``
 from __future__ import annotations
 
 import ipywidgets as widgets
-from traitlets import Enum, HasTraits, Int, Unicode
+from traitlets import Enum, HasTraits, Int, Unicode, observe
 
 from widgets.session import CaptionRef, WorkbenchSession
 
@@ -52,14 +52,23 @@ class Selection(HasTraits):
         """Change several at once; observers run after all values are set.
 
         Choosing a caption of the data while a typed text is the query makes that caption the
-        query, so the caption shows wherever the text side is drawn.
+        query, so the caption shows wherever the text side is drawn; a typed text given alone makes
+        it the query. Leaving the typed-text query clears the text (``text`` is "" unless
+        ``query == "text"``), so no old text lingers in a text box.
         """
         if caption is not None and query is None and self.query == "text":
             query = "caption"
+        if text and query is None:
+            query = "text"
         with self.hold_trait_notifications():
             for name, value in (("image", image), ("caption", caption), ("text", text), ("query", query)):
                 if value is not None:
                     setattr(self, name, int(value) if name in ("image", "caption") else value)
+
+    @observe("query")
+    def _typed_text_ends(self, change) -> None:
+        if change["new"] != "text":
+            self.text = ""
 
 
 def query_notice(session: WorkbenchSession, selection: Selection) -> str:

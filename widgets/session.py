@@ -30,12 +30,15 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from mlasm.attention_stats import reader_signature
 from mlasm.data.dataset import RetrievalSplit, caption_tensors, cut_caption
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
-from mlasm.evaluate import encode_split, level_ranks
-from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding, PairExplanation
-from mlasm.saved_scores import find_saved_scores
+from mlasm.encoding import encode_split
+from mlasm.evaluate import level_ranks
+from mlasm.explain import ScoreExplanation, explain_scores
+from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, PairExplanation
+from mlasm.saved_scores import RECORDS_FILE, find_saved_scores, read_saved_records, scores_fingerprint
 from mlasm.sources import EMBEDDED, open_split
 from mlasm.checkpoint import check_model_fits, load_model
 
@@ -80,7 +83,9 @@ class WorkbenchSession:
         self._query_table: pd.DataFrame | None = None
         self._outcome_tables: dict[int, pd.DataFrame] = {}
         # Per-instance caches: the same pair / text / picture is asked for again on every redraw.
+        self.attention_records: pd.DataFrame | None = None  # saved by evaluate (mlasm.saved_scores), if read
         self._explain = lru_cache(maxsize=cache_size)(self._explain_pair)
+        self._contributions = lru_cache(maxsize=cache_size)(self._contributions_of_pair)
         self.encode_text = lru_cache(maxsize=cache_size)(self._encode_text)
         self.text_scores = lru_cache(maxsize=cache_size)(self._text_scores)
         self.picture = lru_cache(maxsize=cache_size)(self._picture)
@@ -107,10 +112,13 @@ class WorkbenchSession:
         found = where = None
         if saved_scores is not False and "scores" not in options:
             folders = None if saved_scores is True else saved_scores
-            found, where = find_saved_scores(path, opened, folders)
+            found, where = find_saved_scores(path, opened, folders, model.levels)
         session = cls(model, vocab, opened, **({"scores": found} if found is not None else {}), **options)
         if where is not None:
             session.scores_source = where
+            # the attention records saved with them: the statistics tab opens without explaining every pair
+            session.attention_records = read_saved_records(
+                where.parent / RECORDS_FILE, {**scores_fingerprint([path], opened), "reader": reader_signature(opened)})
         return session
 
     def __repr__(self) -> str:
@@ -123,15 +131,12 @@ class WorkbenchSession:
     def levels(self) -> tuple[str, ...]:
         """The levels this model scores, in the order they build up (no global level when rho = 1; a SCAN
         model's one direction and final)."""
-        own = getattr(self.model, "levels", None)
-        if own is not None:
-            return tuple(own)
-        return tuple(level for level in LEVELS if level != "global" or self.model.config.uses_global_level)
+        return self.model.levels
 
     @property
     def directions(self) -> tuple[str, ...]:
         """The attention directions the model has: t2i and i2t (MLASM), or a SCAN model's one."""
-        return tuple(direction for direction in ("t2i", "i2t") if direction in self.levels)
+        return self.model.directions
 
     @property
     def level_caveat(self) -> str:
@@ -267,6 +272,16 @@ class WorkbenchSession:
         if isinstance(caption, str):
             return self.model.explain(self.images, self.encode_text(caption).encoding, image, 0, lambda_t2i, lambda_i2t)
         return self.model.explain(self.images, self.captions, image, caption, lambda_t2i, lambda_i2t)
+
+    def contributions(self, image: int, caption: CaptionRef) -> ScoreExplanation:
+        """Every level's score of the pair as word and region contributions (mlasm.explain); cached."""
+        return self._contributions(int(image), caption if isinstance(caption, str) else int(caption))
+
+    def _contributions_of_pair(self, image: int, caption: CaptionRef) -> ScoreExplanation:
+        pair = self.explain(image, caption)
+        if isinstance(caption, str):
+            return explain_scores(self.model, self.images, self.encode_text(caption).encoding, image, 0, pair)
+        return explain_scores(self.model, self.images, self.captions, image, caption, pair)
 
     def _picture(self, image: int) -> Image.Image | None:
         """The image's picture (rendered or read from its file), None when the split has none; cached."""

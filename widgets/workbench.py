@@ -2,7 +2,8 @@
 
 The selection bar stays above the tabs; each tab is built the first time it is opened,
 so the attention explorer shows at once and the score matrix of every pair (which the
-other tabs need) is computed only when one of them is opened.
+other tabs need) is computed only when one of them is opened. In a notebook run for a static
+page (``mlasm export-notebooks``), every tab is built at once: a page cannot build one later.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import html
 import ipywidgets as widgets
 
 from mlasm.attention_stats import knows_word_and_region_kinds
+from mlasm.export import exporting
 from widgets.attention import AttentionExplorer
 from widgets.attention_stats import AttentionStatsView
 from widgets.base import SelectionControls, widget_placeholder
@@ -62,7 +64,8 @@ class Workbench(widgets.VBox):
         super().__init__([title, SelectionControls(session, self.selection), self.tabs])
         self.add_class("mlasm-workbench")
         self.tabs.observe(self._tab_opened, names="selected_index")
-        self.component("Attention")
+        for tab in TABS if exporting() else ("Attention",):
+            self.component(tab)
 
     def _tab_opened(self, change) -> None:
         if change["new"] is not None:

@@ -44,6 +44,12 @@ def _tokens(text: str) -> tuple[str, ...]:
     return tuple(_WORD_TOKENIZER.tokenize(text.lower()))
 
 
+def rows_before_words(reads_start: bool) -> int:
+    """Attention rows before a caption's first word: 1 when the model reads <start> first. Grounding
+    and word positions count the caption's own words, so word k is attention row k + this."""
+    return int(reads_start)
+
+
 def tokenize(text: str) -> list[str]:
     """Lower-case ``text`` and split it into NLTK's word tokens (SCAN's tokenisation)."""
     return list(_tokens(text))
