@@ -313,11 +313,11 @@ def _write_outputs(out_dir: Path, result: dict, scores: dict, ranks: dict, finge
         tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     files = {out_dir / "ranks.npz": write_ranks,
-             out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint),
-             out_dir / "metrics.json": write_metrics}
+             out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint)}
     if records is not None:
         files[out_dir / RECORDS_FILE] = lambda tmp: write_records(
             tmp, records, {**fingerprint, "reader": reader_signature(split)})
+    files[out_dir / "metrics.json"] = write_metrics  # last: its presence means the files beside it are its own
     write_together(files)
 
 

@@ -83,6 +83,7 @@ def test_every_tab_opens_on_a_scan_model_and_says_what_it_lacks(files, direction
     other = "i2t" if direction == "t2i" else "t2i"
     assert f"This SCAN model scores one direction ({direction}): it has no {other} attention" in levels.summary.value
     assert levels.gate_mean is None
+    assert levels.explained is None and "scores are not split into them" in levels.why.value  # said, not guessed
     explorer = bench.explorer
     assert isinstance(explorer, AttentionExplorer)
     assert explorer.matrix_choice.options == (direction,)

@@ -657,7 +657,7 @@ def _fake_export(monkeypatch, tmp_path):
     notebook.write_text("# a notebook\n")
     monkeypatch.setattr(export, "execute", lambda nb, folder, **kwargs: nb)
     monkeypatch.setattr(export, "read_notebook", lambda path: "new page")
-    monkeypatch.setattr(export, "to_html", lambda nb: "<html>the new page</html>")
+    monkeypatch.setattr(export, "to_html", lambda nb, assets=None: "<html>the new page</html>")
     monkeypatch.setattr(export, "widget_state", lambda nb: {})
     monkeypatch.setattr(export, "missing_assets", lambda folder=None: [])
     assets = tmp_path / "assets"
@@ -673,12 +673,13 @@ def _fake_export(monkeypatch, tmp_path):
 def test_an_export_onto_a_full_disk_keeps_the_earlier_files(case, failing, tmp_path, monkeypatch):
     export, notebook = _fake_export(monkeypatch, tmp_path)
     out = tmp_path / "site"
-    export.export_notebooks(out, [notebook], progress=False)
+    linked = failing.endswith(".js")  # the scripts are files of their own only beside linked pages
+    export.export_notebooks(out, [notebook], progress=False, linked_assets=linked)
     earlier = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     _full_disk_for(failing, monkeypatch)
-    monkeypatch.setattr(export, "to_html", lambda nb: "<html>a newer page</html>")
+    monkeypatch.setattr(export, "to_html", lambda nb, assets=None: "<html>a newer page</html>")
     with pytest.raises(OSError) as full:
-        export.export_notebooks(out, [notebook], progress=False)
+        export.export_notebooks(out, [notebook], progress=False, linked_assets=linked)
     assert case.expected(OUT=out, PAGE="01_page").split("; the earlier")[0] == describe_error(full.value)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier  # nothing half-written
 

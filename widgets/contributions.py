@@ -45,8 +45,14 @@ def _top_regions(parts: LevelContributions, names: list[str]) -> tuple[list[str]
     return items, values
 
 
+NOT_SPLIT_HTML = ("<div style='color:#555;margin-top:8px'>Contributions of words and regions are worked out "
+                  "for MLASM's levels; this SCAN model's scores are not split into them.</div>")
+
+
 def level_contributions_html(session: WorkbenchSession, image: int, caption: CaptionRef) -> str:
     """Every level of the pair: its score, each word's contribution and the regions that count most."""
+    if not session.explains_scores:
+        return NOT_SPLIT_HTML
     explained = session.contributions(image, caption)
     words = session.tokens(caption)
     names = region_names(session, image, explained.region_indices)

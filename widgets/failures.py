@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from widgets.base import LinkedView, row_selection
-from widgets.contributions import difference_html
+from widgets.contributions import NOT_SPLIT_HTML, difference_html
 from widgets.drawing import PictureView, draw_pair_attention, png_thumbnail, regions_for_words
 from widgets.ranking import ALSO_TRUE_TEXT, TRUTH
 from widgets.selection import Selection, toggle_buttons
@@ -186,6 +186,9 @@ class FailureExplorer(LinkedView):
     def _show_why(self) -> None:
         """The chosen row's true and preferred pairs side by side on the chosen level, and what made the difference."""
         if self.row is None:
+            return
+        if not self.session.explains_scores:
+            self.difference, self.why.value = None, NOT_SPLIT_HTML
             return
         self.difference, self.why.value = difference_html(self.session, *self.pairs(), self.why_level.value)
 

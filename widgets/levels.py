@@ -84,7 +84,7 @@ class LevelPanel(LinkedView):
             self.gate_plot.show_message("")
             return
         self.summary.value = self._table_html(image, text_side)
-        self.explained = self.session.contributions(image, text_side)
+        self.explained = self.session.contributions(image, text_side) if self.session.explains_scores else None
         self.why.value = level_contributions_html(self.session, image, text_side)
         self._draw_gate(image, text_side)
 

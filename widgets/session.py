@@ -273,6 +273,12 @@ class WorkbenchSession:
             return self.model.explain(self.images, self.encode_text(caption).encoding, image, 0, lambda_t2i, lambda_i2t)
         return self.model.explain(self.images, self.captions, image, caption, lambda_t2i, lambda_i2t)
 
+    @property
+    def explains_scores(self) -> bool:
+        """Whether a pair's scores split into contributions here (mlasm.explain works out MLASM's
+        levels; a SCAN model's pooling options are not split)."""
+        return self.model.config.objective != "scan"
+
     def contributions(self, image: int, caption: CaptionRef) -> ScoreExplanation:
         """Every level's score of the pair as word and region contributions (mlasm.explain); cached."""
         return self._contributions(int(image), caption if isinstance(caption, str) else int(caption))
