@@ -163,9 +163,22 @@ def resume_differences(run_config: MLASMConfig, wanted: MLASMConfig) -> tuple[li
 
 
 def read_log(path: Path) -> list[dict]:
+    """The rows of ``train_log.jsonl``; a damaged line is a RunFolderError naming the file and the line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, nested beyond the stack
+            row = f"{type(error).__name__}"
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool):
+            raise RunFolderError(f"{path}: line {number} is not an epoch's row (a JSON object with a whole-number "
+                                 f"\"epoch\"); the log was changed or damaged: restore it, or remove the line")
+        rows.append(row)
+    return rows
 
 
 def write_log(path: Path, rows: list[dict]) -> None:
@@ -206,7 +219,11 @@ def continue_run(last_path: Path, state: dict, config: MLASMConfig, train_split:
     # a run begun before false-negative masking existed goes on as it began
     run_config = MLASMConfig.from_dict({"mask_false_negatives": False, **state["config"]})
     run_vocab = Vocabulary(state["vocab"])
-    run = RunState(**state["progress"])
+    try:
+        run = RunState(**state["progress"])
+    except TypeError as error:  # a key this mlasm does not know, or one missing
+        raise RunFolderError(f"{last_path}: its \"progress\" is not a run's ({error}); not a checkpoint mlasm "
+                             f"train wrote") from None
     refused, changed = resume_differences(run_config, config_for_data(config, train_split, run_vocab))
     if vocab is not None and vocab.fingerprint != run_vocab.fingerprint:
         refused.append(f"vocabulary: {len(run_vocab)} words in the run, {len(vocab)} given "

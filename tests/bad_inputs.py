@@ -485,6 +485,16 @@ _CASES += [
          "DIR: no such folder (give 'shapescenes' or a folder in the precomp format)"),
 ]
 
+_CASES += [
+    Case("glove_with_a_bom", "silent", "a GloVe text file saved with a byte-order mark", "mlasm train --glove",
+         "the mark is dropped: the first word gets its vector (was a word of its own, the real one left at random)"),
+    Case("train_log_damaged", "readers", "a `train_log.jsonl` line cut short, or not an object", "mlasm train --resume",
+         "LOG: line 1 is not an epoch's row (a JSON object with a whole-number \"epoch\"); the log was changed or "
+         "damaged: restore it, or remove the line"),
+    Case("checkpoint_progress_of_another_run", "readers", "`last.pt` whose progress holds a key this mlasm does not "
+         "know", "mlasm train --resume", "LAST: its \"progress\" is not a run's"),
+]
+
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
 assert len(CASES) == len(_CASES), "case keys must be unique"
 

@@ -1218,3 +1218,29 @@ def test_an_invalid_notebook_is_named_before_anything_runs(case, tmp_path, capsy
 @pytest.mark.parametrize("case", [CASES["check_missing_folder"]], ids=str)
 def test_check_of_a_missing_folder_names_it(case, tmp_path, capsys):
     _refused(capsys, ["check", str(tmp_path / "nowhere")], case, "check", DIR=tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("case", [CASES["glove_with_a_bom"]], ids=str)
+def test_a_byte_order_mark_in_glove_is_not_a_part_of_the_first_word(case, tmp_path):
+    from mlasm.wordvecs import load_word_vectors
+
+    path = tmp_path / "glove.txt"
+    path.write_bytes(b"\xef\xbb\xbfthe 0.5 1.5\nred 2.0 -1.0\n")
+    vectors = load_word_vectors(path)
+    assert vectors.words == ["the", "red"]
+    np.testing.assert_array_equal(vectors.vectors[0], [0.5, 1.5])
+
+
+@pytest.mark.parametrize("case", [CASES["train_log_damaged"], CASES["checkpoint_progress_of_another_run"]], ids=str)
+def test_resume_from_a_damaged_log_or_progress_is_one_line(case, finished_run, data_folder, tmp_path, capsys):
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    if case.key == "train_log_damaged":
+        for text in ('{"epoch": 0, "lo\n', "[1, 2]\n", "[" * 100_000 + "\n"):
+            (run / "train_log.jsonl").write_text(text)
+            _refused(capsys, _train_command(data_folder, run, "--resume", "--epochs", "2"), case, "train",
+                     LOG=run / "train_log.jsonl")
+        return
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["progress"]["a_later_field"] = 1
+    torch.save(state, run / "last.pt")
+    _refused(capsys, _train_command(data_folder, run, "--resume", "--epochs", "2"), case, "train", LAST=run / "last.pt")
