@@ -339,7 +339,8 @@ def _run_check(args: argparse.Namespace) -> int:
 
     names = args.split or (list(SPLITS) if args.data == EMBEDDED else list_splits(args.data))
     if not names and not os.path.isdir(args.data):
-        raise DataError(f"{args.data}: no such folder (give 'shapescenes' or a folder in the precomp format)")
+        what = "a file, expected a folder" if os.path.exists(args.data) else "no such folder"
+        raise DataError(f"{args.data}: {what} (give 'shapescenes' or a folder in the precomp format)")
     if not names:
         raise DataError(f"{args.data}: no split to check (no *_ims.npy file)")
     for name in names:

@@ -495,6 +495,14 @@ _CASES += [
          "know", "mlasm train --resume", "LAST: its \"progress\" is not a run's"),
 ]
 
+_CASES += [
+    Case("line_files_with_a_bom", "silent", "`{split}_ids.txt` and `{split}_positives.txt` saved with a byte-order "
+         "mark", "read_split (every command)", "the mark is dropped: the first image id and the first caption's "
+         "positives read as written"),
+    Case("check_a_file_not_a_folder", "readers", "`mlasm check` given a file", "mlasm check",
+         "FILE: a file, expected a folder (give 'shapescenes' or a folder in the precomp format)"),
+]
+
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
 assert len(CASES) == len(_CASES), "case keys must be unique"
 

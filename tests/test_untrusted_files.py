@@ -1244,3 +1244,24 @@ def test_resume_from_a_damaged_log_or_progress_is_one_line(case, finished_run, d
     state["progress"]["a_later_field"] = 1
     torch.save(state, run / "last.pt")
     _refused(capsys, _train_command(data_folder, run, "--resume", "--epochs", "2"), case, "train", LAST=run / "last.pt")
+
+
+@pytest.mark.parametrize("case", [CASES["line_files_with_a_bom"]], ids=str)
+def test_line_files_with_a_byte_order_mark_read_as_written(case, data_copy):
+    plain = read_split(data_copy, "dev")
+    for name in ("dev_positives.txt", "dev_ids.txt"):
+        path = data_copy / name
+        if not path.is_file():  # the tiny split's ids: written here
+            path.write_text("".join(f"img{i}\n" for i in range(plain.n_images)))
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    split = read_split(data_copy, "dev")
+    assert split.image_ids[0] == (data_copy / "dev_ids.txt").read_bytes()[3:].decode().split("\n")[0]
+    assert not split.image_ids[0].startswith("\ufeff")
+    assert split.positives.images_of(0).tolist() == plain.positives.images_of(0).tolist()
+
+
+@pytest.mark.parametrize("case", [CASES["check_a_file_not_a_folder"]], ids=str)
+def test_check_of_a_file_says_a_folder_was_expected(case, tmp_path, capsys):
+    path = tmp_path / "dev_ims.npy"
+    path.write_bytes(b"")
+    _refused(capsys, ["check", str(path)], case, "check", FILE=path)
