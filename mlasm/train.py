@@ -49,7 +49,7 @@ from mlasm.data.dataset import RetrievalSplit, encode_captions, image_tensors
 from mlasm.data.errors import DataError
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import SPECIAL_TOKENS, Vocabulary
-from mlasm.evaluate import evaluate_model
+from mlasm.evaluate import check_rankable, evaluate_model
 from mlasm.interrupts import InterruptGuard
 from mlasm.io import write_json
 from mlasm.loss import hinge_sums, rows_and_columns_loss, statistics_from_sums
@@ -105,6 +105,7 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
         raise ValueError(f"checkpoint_every must be a whole number of steps >= 1, got {checkpoint_every!r}")
     _check_finite_settings(config)
     dev_split, validation_note = validation_subset(dev_split, validation_images)
+    check_rankable(dev_split)  # a validation rSum over one described image would be a number of nothing
     if validation_note and progress and distributed.is_main():
         print(f"mlasm train: {validation_note}", flush=True)
     processes = distributed.current()

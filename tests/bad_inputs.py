@@ -503,6 +503,11 @@ _CASES += [
          "FILE: a file, expected a folder (give 'shapescenes' or a folder in the precomp format)"),
 ]
 
+_CASES += [
+    Case("train_dev_split_of_one_image", "silent", "a dev split of one image (or `--validation-images 1`)", _TRAIN,
+         "split 'dev' (DATA): its 5 captions describe 1 of its 1 images; ranking needs captions of at least 2 images"),
+]
+
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
 assert len(CASES) == len(_CASES), "case keys must be unique"
 

@@ -1265,3 +1265,21 @@ def test_check_of_a_file_says_a_folder_was_expected(case, tmp_path, capsys):
     path = tmp_path / "dev_ims.npy"
     path.write_bytes(b"")
     _refused(capsys, ["check", str(path)], case, "check", FILE=path)
+
+
+@pytest.mark.parametrize("case", [CASES["train_dev_split_of_one_image"]], ids=str)
+def test_training_refuses_a_dev_split_of_one_described_image(case, splits, tmp_path, capsys):
+    from cli_support import tiny_folder
+
+    dev = splits["dev"]
+    data = tmp_path / "data"
+    write_split(data, "train", splits["train"])
+    write_split(data, "dev", RetrievalSplit(
+        name="dev", regions=np.asarray(dev.regions[:1]), region_mask=np.asarray(dev.region_mask[:1]),
+        global_features=np.asarray(dev.global_features[:1]), captions=list(dev.captions[:5]),
+        caption_to_image=np.zeros(5, np.int64)))
+    _refused(capsys, _train_command(data, tmp_path / "run"), case, "train", DATA=data)
+    assert not (tmp_path / "run" / "last.pt").exists()
+    whole = tiny_folder(splits, tmp_path / "whole")  # the whole dev split, but validation on its first image
+    code, line, _ = answer(capsys, _train_command(whole, tmp_path / "run2", "--validation-images", "1"))
+    assert code == 2 and "split 'dev': its 5 captions describe 1 of its 1 images" in line, line
