@@ -224,6 +224,11 @@ def continue_run(last_path: Path, state: dict, config: MLASMConfig, train_split:
     except TypeError as error:  # a key this mlasm does not know, or one missing
         raise RunFolderError(f"{last_path}: its \"progress\" is not a run's ({error}); not a checkpoint mlasm "
                              f"train wrote") from None
+    counters = ("epoch", "step_in_epoch", "global_step", "best_epoch", "world_size")
+    wrong = next((name for name in counters if type(getattr(run, name)) is not int), None)  # noqa: E721 (bool too)
+    if wrong is not None:
+        raise RunFolderError(f"{last_path}: its \"progress\" field {wrong} is {getattr(run, wrong)!r:.40}, expected a "
+                             f"whole number; not a checkpoint mlasm train wrote")
     refused, changed = resume_differences(run_config, config_for_data(config, train_split, run_vocab))
     if vocab is not None and vocab.fingerprint != run_vocab.fingerprint:
         refused.append(f"vocabulary: {len(run_vocab)} words in the run, {len(vocab)} given "

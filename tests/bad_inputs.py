@@ -492,7 +492,8 @@ _CASES += [
          "LOG: line 1 is not an epoch's row (a JSON object with a whole-number \"epoch\"); the log was changed or "
          "damaged: restore it, or remove the line"),
     Case("checkpoint_progress_of_another_run", "readers", "`last.pt` whose progress holds a key this mlasm does not "
-         "know", "mlasm train --resume", "LAST: its \"progress\" is not a run's"),
+         "know, or a counter of another type (`\"epoch\": \"1\"`)", "mlasm train --resume",
+         "LAST: its \"progress\""),
 ]
 
 _CASES += [

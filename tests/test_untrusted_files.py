@@ -1240,10 +1240,12 @@ def test_resume_from_a_damaged_log_or_progress_is_one_line(case, finished_run, d
             _refused(capsys, _train_command(data_folder, run, "--resume", "--epochs", "2"), case, "train",
                      LOG=run / "train_log.jsonl")
         return
-    state = torch.load(run / "last.pt", weights_only=True)
-    state["progress"]["a_later_field"] = 1
-    torch.save(state, run / "last.pt")
-    _refused(capsys, _train_command(data_folder, run, "--resume", "--epochs", "2"), case, "train", LAST=run / "last.pt")
+    original = torch.load(run / "last.pt", weights_only=True)
+    for change in ({"a_later_field": 1}, {"epoch": "1"}):
+        state = {**original, "progress": {**original["progress"], **change}}
+        torch.save(state, run / "last.pt")
+        _refused(capsys, _train_command(data_folder, run, "--resume", "--epochs", "2"), case, "train",
+                 LAST=run / "last.pt")
 
 
 @pytest.mark.parametrize("case", [CASES["line_files_with_a_bom"]], ids=str)
