@@ -113,7 +113,7 @@ def _environment(changes: dict[str, str]) -> Iterator[None]:
 def execute(notebook, folder: Path, fast: bool = False, timeout: int = 600, name: str = "the notebook"):
     """Run every cell in a fresh kernel started in ``folder``; the widgets' state is kept in the metadata."""
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     changes = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", STATIC_EXPORT: "1"}
     if fast:
@@ -125,6 +125,12 @@ def execute(notebook, folder: Path, fast: bool = False, timeout: int = 600, name
             client.execute()
         except CellExecutionError as error:
             raise ExportError(f"{name}: a cell failed: {error.ename}: {error.evalue}") from None
+        except DeadKernelError:  # os._exit, a crash in native code, the kernel killed for memory
+            raise ExportError(f"{name}: its kernel died while a cell ran (a crash, or killed for memory); no page "
+                              f"was written for it") from None
+        except CellTimeoutError:
+            raise ExportError(f"{name}: a cell ran longer than the timeout ({timeout} s); raise it with --timeout, "
+                              f"or use --fast") from None
     return notebook
 
 

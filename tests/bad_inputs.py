@@ -509,6 +509,12 @@ _CASES += [
          "split 'dev' (DATA): its 5 captions describe 1 of its 1 images; ranking needs captions of at least 2 images"),
 ]
 
+_CASES += [
+    Case("export_kernel_dies", "readers", "a notebook whose kernel dies during export (`os._exit`, killed for memory)",
+         "mlasm export-notebooks", "NB: its kernel died while a cell ran (a crash, or killed for memory); no page "
+                                   "was written for it"),
+]
+
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
 assert len(CASES) == len(_CASES), "case keys must be unique"
 

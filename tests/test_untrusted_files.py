@@ -1285,3 +1285,15 @@ def test_training_refuses_a_dev_split_of_one_described_image(case, splits, tmp_p
     whole = tiny_folder(splits, tmp_path / "whole")  # the whole dev split, but validation on its first image
     code, line, _ = answer(capsys, _train_command(whole, tmp_path / "run2", "--validation-images", "1"))
     assert code == 2 and "split 'dev': its 5 captions describe 1 of its 1 images" in line, line
+
+
+@pytest.mark.parametrize("case", [CASES["export_kernel_dies"]], ids=str)
+def test_a_kernel_that_dies_during_export_is_one_line(case, tmp_path):
+    pytest.importorskip("ipykernel")
+    from mlasm import export
+
+    notebook = tmp_path / "dies.py"
+    notebook.write_text("# %%\nimport os\nos._exit(1)\n")
+    with pytest.raises(export.ExportError) as raised:
+        export.execute(export.read_notebook(notebook), tmp_path, timeout=60, name=str(notebook))
+    assert describe_error(raised.value) == case.expected(NB=notebook)
