@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -120,14 +121,20 @@ def execute(notebook, folder: Path, fast: bool = False, timeout: int = 600, name
         changes["MLASM_FAST"] = "1"
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(folder)}}, store_widget_state=True)
-    with _environment(changes):
+    # the kernel's own stderr (its start-up warnings, ZMQ's tracebacks when it dies) is kept apart, so that
+    # an export prints its one line; the last line of it is told when the kernel dies
+    with _environment(changes), tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as kernel_log:
         try:
-            client.execute()
+            client.execute(stderr=kernel_log)
         except CellExecutionError as error:
             raise ExportError(f"{name}: a cell failed: {error.ename}: {error.evalue}") from None
         except DeadKernelError:  # os._exit, a crash in native code, the kernel killed for memory
+            kernel_log.seek(0)
+            last = [line.strip() for line in kernel_log.read().splitlines()  # a crash's words, not start-up notes
+                    if re.search(r"error|fatal|killed|segmentation|abort", line, re.IGNORECASE)][-1:]
             raise ExportError(f"{name}: its kernel died while a cell ran (a crash, or killed for memory); no page "
-                              f"was written for it") from None
+                              f"was written for it" + (f" (the kernel's last words: {last[0][:160]})" if last
+                                                       else "")) from None
         except CellTimeoutError:
             raise ExportError(f"{name}: a cell ran longer than the timeout ({timeout} s); raise it with --timeout, "
                               f"or use --fast") from None
