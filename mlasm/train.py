@@ -153,6 +153,7 @@ def _restore_or_start(config: MLASMConfig, train_split: RetrievalSplit, out_dir:
         state = load_checkpoint(last_path, map_location=device)
         config, vocab, run, changed = continue_run(last_path, state, config, train_split, vocab, seed, world,
                                                    gather_negatives)
+        read_log(out_dir / "train_log.jsonl")  # a damaged log is refused before config.json is rewritten
         if changed and distributed.is_main():
             write_json(out_dir / "config.json", config.to_dict())
         return _Start(config, vocab, run, state, changed)

@@ -1235,10 +1235,12 @@ def test_a_byte_order_mark_in_glove_is_not_a_part_of_the_first_word(case, tmp_pa
 def test_resume_from_a_damaged_log_or_progress_is_one_line(case, finished_run, data_folder, tmp_path, capsys):
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
     if case.key == "train_log_damaged":
+        config = (run / "config.json").read_bytes()
         for text in ('{"epoch": 0, "lo\n', "[1, 2]\n", "[" * 100_000 + "\n"):
             (run / "train_log.jsonl").write_text(text)
             _refused(capsys, _train_command(data_folder, run, "--resume", "--epochs", "2"), case, "train",
                      LOG=run / "train_log.jsonl")
+            assert (run / "config.json").read_bytes() == config  # refused before --epochs 2 was recorded
         return
     original = torch.load(run / "last.pt", weights_only=True)
     for change in ({"a_later_field": 1}, {"epoch": "1"}):
