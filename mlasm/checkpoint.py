@@ -218,7 +218,46 @@ def _mlasm_state(path: Path, state: Any) -> dict:
         raise CheckpointError(f"{path}: not an mlasm checkpoint (no \"format\": \"{CHECKPOINT_FORMAT}\")")
     if state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
+    _check_vocab_fingerprint(path, state)
     return state
+
+
+def _check_vocab_fingerprint(path: Path, state: dict) -> None:
+    """The word list a checkpoint carries must be the one it was trained with: its stored fingerprint.
+    Other words in the same number (an edited file) would read every caption into other ids silently."""
+    words, stored = state.get("vocab"), state.get("vocab_fingerprint")
+    if stored is None or not isinstance(words, list):
+        return  # no fingerprint to compare with; Vocabulary() refuses a list that is not one
+    try:
+        own = Vocabulary(words).fingerprint
+    except (DataError, TypeError, AttributeError):
+        raise CheckpointError(f"{path}: \"vocab\" is not a word list (expected strings, the first four "
+                              f"<pad> <start> <end> <unk>)") from None
+    if own != stored:
+        raise CheckpointError(f"{path}: its vocabulary ({len(words):,} words) does not match its own "
+                              f"vocab_fingerprint {stored!s:.16} (the words hash to {own}): the word list was "
+                              f"changed after training; use the checkpoint as it was saved")
+
+
+def describe_state_mismatch(model: torch.nn.Module, weights: Any) -> str | None:
+    """Which tensor of ``weights`` does not fit ``model`` and how (names and shapes), or None if all fit."""
+    if not isinstance(weights, dict):
+        return f"\"model\" is a {type(weights).__name__}, expected a state dict (tensor names and tensors)"
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in weights:
+            return f"tensor {name} is missing (the model of its config has it, {tuple(tensor.shape)})"
+        given = weights[name]
+        if not isinstance(given, torch.Tensor):
+            return f"{name} is a {type(given).__name__}, expected a tensor {tuple(tensor.shape)}"
+        if tuple(given.shape) != tuple(tensor.shape):
+            return (f"tensor {name} is {tuple(given.shape)} in the checkpoint, {tuple(tensor.shape)} in the model "
+                    f"its config describes")
+    extra = sorted(set(weights) - set(own))
+    if extra:
+        return f"tensor {extra[0]} is not a part of the model its config describes" + (
+            f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    return None
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None,
@@ -241,6 +280,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
         config = MLASMConfig.from_dict(state["config"])
         own = Vocabulary(state["vocab"], boundaries=config.start_end_tokens)
         model = MLASM(config)
+        mismatch = describe_state_mismatch(model, state["model"])
+        if mismatch:
+            raise CheckpointError(f"{path}: inconsistent checkpoint: {mismatch}")
         model.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: inconsistent checkpoint ({_first_line(e)})") from None

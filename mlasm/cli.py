@@ -40,6 +40,19 @@ def split_mapping(text: str) -> tuple[str, tuple[str, ...]]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _one_mapping_each(mappings: list[tuple[str, tuple[str, ...]]] | None) -> dict | None:
+    """``--split`` mappings as a dict; a name given twice is refused (a dict would keep the last silently)."""
+    if not mappings:
+        return None
+    given: dict[str, tuple[str, ...]] = {}
+    for name, parts in mappings:
+        if name in given:
+            raise DataError(f"--split {name}: given twice ({name}={','.join(given[name])} and {name}={','.join(parts)});"
+                            f" expected each output split once (join its parts: {name}=SPLIT,SPLIT)")
+        given[name] = parts
+    return given
+
+
 def _config_overrides(args: argparse.Namespace) -> dict:
     """The model options given on the command line (a resumed run compares them with its own)."""
     names = ("epochs", "batch_size", "embed_size", "word_dim", "learning_rate", "lr_decay_epoch", "rho",
@@ -356,6 +369,9 @@ def _run_check(args: argparse.Namespace) -> int:
     from mlasm.sources import open_split
 
     names = args.split or (list(SPLITS) if args.data == EMBEDDED else list_splits(args.data))
+    if not names and not os.path.isdir(args.data):
+        what = "a file, expected a folder" if os.path.exists(args.data) else "no such folder"
+        raise DataError(f"{args.data}: {what} (give 'shapescenes' or a folder in the precomp format)")
     if not names:
         raise DataError(f"{args.data}: no split to check (no *_ims.npy file)")
     for name in names:
@@ -371,7 +387,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
     if args.source == "tsv":
         summary = prepare_from_tsv(args.features, args.captions, args.out,
-                                   splits=dict(args.split) if args.split else None, max_regions=args.max_regions,
+                                   splits=_one_mapping_each(args.split), max_regions=args.max_regions,
                                    captions_per_image=args.captions_per_image, match=args.match,
                                    images_root=args.images, restart=args.restart,
                                    allow_images_outside=args.allow_images_outside)

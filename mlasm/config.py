@@ -16,6 +16,18 @@ PAPER_OBJECTIVE_CAVEAT = ("trained with the paper's objective (the final score a
                           "final score, not as retrievers")
 
 
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _of_type(value: Any, default: Any) -> bool:
+    """``value`` has the type of a setting whose default is ``default`` (a whole number is a number too)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
 @dataclass(frozen=True)
 class MLASMConfig:
     # --- sizes given by the data (0 = not known yet) ---
@@ -113,10 +125,16 @@ class MLASMConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "MLASMConfig":
         """Build from ``to_dict()`` output; keys left out take their defaults, unknown keys are an error."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"the config is a {type(values).__name__}, expected a mapping of MLASMConfig settings")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown MLASMConfig keys: {', '.join(unknown)}")
+            raise ValueError(f"unknown MLASMConfig keys: {', '.join(map(str, unknown))}")
+        for field in dataclasses.fields(cls):  # a value of another type would fail later, deep in a comparison
+            if field.name in values and not _of_type(values[field.name], field.default):
+                raise ValueError(f"config {field.name}: expected {_TYPE_NAMES[type(field.default)]}, got "
+                                 f"{values[field.name]!r:.40} ({type(values[field.name]).__name__})")
         return cls(**values)
 
     @classmethod

@@ -179,6 +179,17 @@ def evaluate_model(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, proto
     return distributed.on_rank_zero(measure)
 
 
+def check_rankable(split: RetrievalSplit) -> None:
+    """Retrieval needs captions of two images at least: with one, every image-to-text rank is over one image
+    and no false pair exists for the gap. Refused in one line rather than reported as numbers."""
+    described = int(np.unique(np.asarray(split.caption_to_image)).size)
+    if described < 2:
+        where = f"split {split.name!r}" + (f" ({Path(split.regions_file).parent})" if split.regions_file else "")
+        raise DataError(f"{where}: its {split.n_captions:,} captions describe {described} of its {split.n_images:,} "
+                        f"images; ranking needs captions of at least 2 images (image-to-text recall and the gap "
+                        f"between true and false pairs are undefined here)")
+
+
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSplit, protocol: str = "full",
                          out_dir: str | Path | None = None, device: str | torch.device | None = None,
                          memory_budget_mb: float | None = None, progress: bool = True,
@@ -200,6 +211,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
     if memory_budget_mb is not None and not (isinstance(memory_budget_mb, (int, float))
                                              and np.isfinite(memory_budget_mb) and memory_budget_mb > 0):
         raise ValueError(f"memory_budget_mb must be a finite number > 0, got {memory_budget_mb!r}")
+    check_rankable(split)
     progress = progress and distributed.is_main()  # one set of progress bars
     if out_dir is not None:  # before every pair is scored, not after; rank 0's, which writes there
         def usable_folder() -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -86,7 +87,13 @@ def read_notebook(path: Path):
 
     if not path.is_file():
         raise ExportError(f"{path}: no such notebook")
-    return jupytext.read(path)
+    try:
+        return jupytext.read(path)
+    except Exception as error:  # nbformat's NotJSONError names no file; a JSON of another shape, AttributeError
+        text = str(error).strip().splitlines()
+        why = f"{type(error).__name__}: {text[0][:120]}" if text else type(error).__name__
+        raise ExportError(f"{path}: not a readable notebook ({why}); expected a .ipynb notebook or a jupytext "
+                          f".py") from None
 
 
 @contextmanager
@@ -107,18 +114,30 @@ def _environment(changes: dict[str, str]) -> Iterator[None]:
 def execute(notebook, folder: Path, fast: bool = False, timeout: int = 600, name: str = "the notebook"):
     """Run every cell in a fresh kernel started in ``folder``; the widgets' state is kept in the metadata."""
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     changes = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", STATIC_EXPORT: "1"}
     if fast:
         changes["MLASM_FAST"] = "1"
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(folder)}}, store_widget_state=True)
-    with _environment(changes):
+    # the kernel's own stderr (its start-up warnings, ZMQ's tracebacks when it dies) is kept apart, so that
+    # an export prints its one line; the last line of it is told when the kernel dies
+    with _environment(changes), tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as kernel_log:
         try:
-            client.execute()
+            client.execute(stderr=kernel_log)
         except CellExecutionError as error:
             raise ExportError(f"{name}: a cell failed: {error.ename}: {error.evalue}") from None
+        except DeadKernelError:  # os._exit, a crash in native code, the kernel killed for memory
+            kernel_log.seek(0)
+            last = [line.strip() for line in kernel_log.read().splitlines()  # a crash's words, not start-up notes
+                    if re.search(r"error|fatal|killed|segmentation|abort", line, re.IGNORECASE)][-1:]
+            raise ExportError(f"{name}: its kernel died while a cell ran (a crash, or killed for memory); no page "
+                              f"was written for it" + (f" (the kernel's last words: {last[0][:160]})" if last
+                                                       else "")) from None
+        except CellTimeoutError:
+            raise ExportError(f"{name}: a cell ran longer than the timeout ({timeout} s); raise it with --timeout, "
+                              f"or use --fast") from None
     return notebook
 
 
@@ -194,6 +213,7 @@ def export_notebooks(out: str | Path, notebooks: Sequence[str | Path] = (), fast
     for path in paths:
         if not path.is_file():
             raise ExportError(f"{path}: no such notebook")
+    read = {path: read_notebook(path) for path in paths}  # every one readable, before any runs for minutes
     out.mkdir(parents=True, exist_ok=True)
     if linked_assets:
         copy_assets(out)
@@ -203,7 +223,7 @@ def export_notebooks(out: str | Path, notebooks: Sequence[str | Path] = (), fast
     for path in paths:
         if progress:
             print(f"running {path.name}{' (fast)' if fast else ''}", flush=True)
-        notebook = execute(read_notebook(path), path.resolve().parent, fast=fast, timeout=timeout, name=path.name)
+        notebook = execute(read[path], path.resolve().parent, fast=fast, timeout=timeout, name=path.name)
         page = out / f"{path.stem}.html"
         write_text(page, to_html(notebook, None if linked_assets else assets_dir()))  # atomically: an earlier
         # complete page stays until this one is whole

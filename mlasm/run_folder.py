@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import torch
+
 from mlasm.checkpoint import CheckpointError, load_checkpoint
 from mlasm.config import MLASMConfig
 from mlasm.data.dataset import RetrievalSplit
@@ -161,9 +163,22 @@ def resume_differences(run_config: MLASMConfig, wanted: MLASMConfig) -> tuple[li
 
 
 def read_log(path: Path) -> list[dict]:
+    """The rows of ``train_log.jsonl``; a damaged line is a RunFolderError naming the file and the line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, nested beyond the stack
+            row = f"{type(error).__name__}"
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool):
+            raise RunFolderError(f"{path}: line {number} is not an epoch's row (a JSON object with a whole-number "
+                                 f"\"epoch\"); the log was changed or damaged: restore it, or remove the line")
+        rows.append(row)
+    return rows
 
 
 def write_log(path: Path, rows: list[dict]) -> None:
@@ -193,10 +208,27 @@ def continue_run(last_path: Path, state: dict, config: MLASMConfig, train_split:
     """The settings, vocabulary and state a resumed run goes on with, from its checkpoint ``state``;
     :class:`RunFolderError` naming every setting asked for that differs from the run's, except
     CHANGEABLE_ON_RESUME, returned as ``{name: (old, new)}`` and recorded in the run's changes."""
+    # a checkpoint saved without the optimiser's state (save_checkpoint(optimizer=None): a model kept for
+    # evaluation) cannot continue a run; refused here, before anything of the run folder is rewritten
+    missing = [name for name in ("optimizer", "scheduler", "progress", "torch_rng")
+               if not isinstance(state.get(name), (dict, torch.Tensor))]
+    if missing:
+        raise RunFolderError(f"{last_path}: holds no {' and no '.join(missing)} state (a model saved for use, not "
+                             f"a training checkpoint), so --resume cannot continue it; start a new run with "
+                             f"another --out, or replace this one with --overwrite")
     # a run begun before false-negative masking existed goes on as it began
     run_config = MLASMConfig.from_dict({"mask_false_negatives": False, **state["config"]})
     run_vocab = Vocabulary(state["vocab"])
-    run = RunState(**state["progress"])
+    try:
+        run = RunState(**state["progress"])
+    except TypeError as error:  # a key this mlasm does not know, or one missing
+        raise RunFolderError(f"{last_path}: its \"progress\" is not a run's ({error}); not a checkpoint mlasm "
+                             f"train wrote") from None
+    counters = ("epoch", "step_in_epoch", "global_step", "best_epoch", "world_size")
+    wrong = next((name for name in counters if type(getattr(run, name)) is not int), None)  # noqa: E721 (bool too)
+    if wrong is not None:
+        raise RunFolderError(f"{last_path}: its \"progress\" field {wrong} is {getattr(run, wrong)!r:.40}, expected a "
+                             f"whole number; not a checkpoint mlasm train wrote")
     refused, changed = resume_differences(run_config, config_for_data(config, train_split, run_vocab))
     if vocab is not None and vocab.fingerprint != run_vocab.fingerprint:
         refused.append(f"vocabulary: {len(run_vocab)} words in the run, {len(vocab)} given "

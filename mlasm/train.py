@@ -49,7 +49,7 @@ from mlasm.data.dataset import RetrievalSplit, encode_captions, image_tensors
 from mlasm.data.errors import DataError
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import SPECIAL_TOKENS, Vocabulary
-from mlasm.evaluate import evaluate_model
+from mlasm.evaluate import check_rankable, evaluate_model
 from mlasm.interrupts import InterruptGuard
 from mlasm.io import write_json
 from mlasm.loss import hinge_sums, rows_and_columns_loss, statistics_from_sums
@@ -105,6 +105,7 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
         raise ValueError(f"checkpoint_every must be a whole number of steps >= 1, got {checkpoint_every!r}")
     _check_finite_settings(config)
     dev_split, validation_note = validation_subset(dev_split, validation_images)
+    check_rankable(dev_split)  # a validation rSum over one described image would be a number of nothing
     if validation_note and progress and distributed.is_main():
         print(f"mlasm train: {validation_note}", flush=True)
     processes = distributed.current()
@@ -152,6 +153,7 @@ def _restore_or_start(config: MLASMConfig, train_split: RetrievalSplit, out_dir:
         state = load_checkpoint(last_path, map_location=device)
         config, vocab, run, changed = continue_run(last_path, state, config, train_split, vocab, seed, world,
                                                    gather_negatives)
+        read_log(out_dir / "train_log.jsonl")  # a damaged log is refused before config.json is rewritten
         if changed and distributed.is_main():
             write_json(out_dir / "config.json", config.to_dict())
         return _Start(config, vocab, run, state, changed)

@@ -99,7 +99,7 @@ def load_word_vectors(path: str | os.PathLike) -> WordVectors:
     rows: list[np.ndarray] = []
     dim: int | None = None
     try:
-        with path.open(encoding="utf-8") as lines:
+        with path.open(encoding="utf-8-sig") as lines:  # a byte-order mark is not a part of the first word
             for line_number, line in enumerate(lines, start=1):
                 fields = line.split()
                 if not fields:

@@ -393,6 +393,128 @@ _CASES += [
     _scores("scores_a_text_file", "a text file named `scores.npz`", _NOT_ZIP),
 ]
 
+# issue 26, second part: silent wrong results, tracebacks and poor messages
+_CASES += [
+    Case("checkpoint_vocab_not_its_fingerprint", "data", "a checkpoint whose word list was edited (two words "
+         "swapped) after training: the same size, not its own `vocab_fingerprint`", _EVALUATE,
+         "CKPT: its vocabulary (N words) does not match its own vocab_fingerprint"),
+    Case("checkpoint_config_wrong_type", "data", "a checkpoint config of the wrong type (`\"embed_size\": \"32\"`)",
+         _EVALUATE, "CKPT: inconsistent checkpoint (ValueError: config embed_size: expected a whole number, got "
+                    "'32' (str))"),
+    Case("checkpoint_config_not_a_mapping", "data", "a checkpoint whose config is a list", _EVALUATE,
+         "CKPT: inconsistent checkpoint (ValueError: the config is a list, expected a mapping of MLASMConfig "
+         "settings)"),
+    Case("checkpoint_tensor_of_another_shape", "data", "a checkpoint whose weights hold one tensor of another shape",
+         _EVALUATE, "CKPT: inconsistent checkpoint: tensor NAME is SHAPE in the checkpoint, OWN in the model its "
+                    "config describes"),
+    Case("resume_without_optimizer_state", "runs", "`last.pt` saved without the optimiser's state (best.pt copied "
+         "over it), resumed with a changed `--epochs`; no file of the run changes", "mlasm train --resume",
+         "LAST: holds no optimizer and no scheduler state (a model saved for use, not a training checkpoint), so "
+         "--resume cannot continue it"),
+]
+
+SECTIONS["silent"] = "Inputs once read wrong without a word: read right, or refused in one line"
+_PREPARE = "mlasm prepare tsv"
+_DEEP = "its JSON is nested too deeply to read (more than about"
+_CASES += [
+    Case("caps_txt_with_a_bom", "silent", "`{split}_caps.txt` starting with a UTF-8 byte-order mark",
+         "read_split (every command)", "the mark is dropped: the first caption's first word is read, not <unk>"),
+    Case("caption_csv_with_a_bom", "silent", "a captions CSV saved with a byte-order mark", _EXTRACT,
+         "the mark is dropped: the header and the first row are read as written"),
+    Case("coco_json_with_a_bom", "silent", "a COCO caption JSON saved with a byte-order mark", _EXTRACT,
+         "the mark is dropped: the file is read as written"),
+    Case("tsv_box_inverted", "silent", "a TSV box with x2 < x1 (a negative width)", _PREPARE,
+         "TSV: line 1 (image 0), field boxes: box 0 is (50, 10, 20, 30), a negative width or height (1 such "
+         "boxes); expected x1 y1 x2 y2 with x1 <= x2 and y1 <= y2"),
+    Case("tsv_features_empty", "silent", "a TSV line whose features field is empty", _PREPARE,
+         "TSV: line 1 (image 0), field features: empty; expected num_boxes x D float32 values (D > 0)"),
+    Case("tsv_image_twice", "silent", "the same image_id on two TSV lines, read whole", "read_tsv",
+         "TSV: image 1000 appears a second time (records 1 and 2); expected one line per image"),
+    Case("caption_csv_row_twice", "silent", "a captions CSV row repeated (the same picture and caption)", _EXTRACT,
+         "CSV: line 3 repeats line 2 (a.png, the same caption); expected each caption once"),
+    Case("check_zero_d_features", "silent", "`{split}_ims.npy` of shape (2, 3, 0)", "mlasm check",
+         "ims.npy: shape (2, 3, 0): its regions have 0-d features; expected (images, regions, dim) with dim > 0"),
+    Case("prepare_split_given_twice", "silent", "`--split test=train --split test=test`", _PREPARE,
+         "--split test: given twice (test=train and test=test); expected each output split once"),
+    Case("evaluate_split_of_one_image", "silent", "a split of one image and its 5 captions", _EVALUATE,
+         "split 'one' (DATA): its 5 captions describe 1 of its 1 images; ranking needs captions of at least 2 "
+         "images (image-to-text recall and the gap between true and false pairs are undefined here)"),
+    Case("evaluate_captions_on_one_image", "silent", "a split of 3 images whose captions all describe the first",
+         _EVALUATE, "split 'one' (DATA): its 5 captions describe 1 of its 3 images"),
+    Case("shapescenes_cache_umask", "silent", "the ShapeScenes cache built under umask 022", "load_shapescenes",
+         "the cache folder is drwxr-xr-x, as mkdir makes it (was drwx------)"),
+]
+SECTIONS["readers"] = "Files that ended in a traceback or a line naming no file"
+_CASES += [
+    *[Case(f"json_nested_deep_{what}", "readers", f"{name} nested 100,000 deep", command, f"FILE: not a usable {kind}: "
+           + _DEEP) for what, name, command, kind in (
+        ("grounding", "`{split}_grounding.json`", "mlasm check", "grounding file"),
+        ("meta", "`meta.json`", "mlasm check", "JSON file"),
+        ("attributes", "`{split}_attributes.json`", "mlasm check", "JSON file"),
+        ("karpathy", "a Karpathy split JSON", _PREPARE, "annotation file"),
+        ("scan_vocab", "SCAN's vocabulary JSON", "mlasm prepare scan", "vocabulary file"))],
+    Case("npy_is_a_zip", "readers", "`{split}_ims.npy` that is really a zip (an .npz renamed)", "mlasm check",
+         "FILE: not a readable .npy array: a zip archive (an .npz of several arrays?)"),
+    Case("npy_symlink_to_text", "readers", "`{split}_ims.npy`, a symlink to a text file", "mlasm check",
+         "FILE (a link to TARGET): not a readable .npy array: a file that starts with b'hello, w'"),
+    Case("npy_of_python_objects", "readers", "`{split}_ims.npy` holding a pickled object array", "mlasm check",
+         "FILE: holds Python objects (a pickled array), not numbers; mlasm does not unpickle data files"),
+    Case("prepare_state_not_json", "readers", "a `.prepare-state.json` cut short in a stopped conversion",
+         _PREPARE, "FILE: invalid JSON at line 1, column 2: Unterminated string starting at; the "
+                   "unfinished conversion's state is damaged: pass --restart to begin again"),
+    Case("prepare_state_of_another_shape", "readers", "a `.prepare-state.json` holding a list", _PREPARE,
+         "FILE: a JSON list, expected an object; the unfinished conversion's state is damaged: pass --restart"),
+    Case("prepare_state_damaged_restart", "readers", "either of these with `--restart`", _PREPARE,
+         "the conversion begins again and finishes"),
+    Case("check_file_cut_short", "readers", "`{split}_ims.npy` cut short while `mlasm check` reads it (a memory map: "
+         "SIGBUS, the process killed without a word)", "mlasm check / check_features",
+         "FILE: the file is now N bytes, M when it was opened: it was cut short while being read"),
+    Case("prepare_disk_full", "readers", "the disk fills up while prepare writes a row", _PREPARE,
+         "OUT/train_ims.npy: No space left on device while writing row 1 (kept in .train_ims.npy.partial); free "
+         "some space and run the same command to resume"),
+    Case("shapescenes_disk_full", "readers", "the disk fills up while the ShapeScenes cache is built",
+         "load_shapescenes", "CACHE: No space left on device while building the ShapeScenes cache (nothing was "
+                             "installed; its space was freed)"),
+    Case("caption_csv_latin1", "readers", "a captions CSV saved in Latin-1", _EXTRACT,
+         "CSV: line 2 is not UTF-8 text (byte 0xe9: invalid continuation byte); save the file as UTF-8"),
+    Case("coco_json_duplicate_id", "readers", "two COCO `images` entries with the same id", _EXTRACT,
+         "JSON: images[1]: id 1 is also the id of images[0]; expected each image once, with its own id"),
+    Case("export_invalid_notebook", "readers", "an `.ipynb` that is not JSON, or JSON of another shape",
+         "mlasm export-notebooks", "NB: not a readable notebook ("),
+    Case("check_missing_folder", "readers", "`mlasm check` of a folder that does not exist", "mlasm check",
+         "DIR: no such folder (give 'shapescenes' or a folder in the precomp format)"),
+]
+
+_CASES += [
+    Case("glove_with_a_bom", "silent", "a GloVe text file saved with a byte-order mark", "mlasm train --glove",
+         "the mark is dropped: the first word gets its vector (was a word of its own, the real one left at random)"),
+    Case("train_log_damaged", "readers", "a `train_log.jsonl` line cut short, or not an object", "mlasm train --resume",
+         "LOG: line 1 is not an epoch's row (a JSON object with a whole-number \"epoch\"); the log was changed or "
+         "damaged: restore it, or remove the line"),
+    Case("checkpoint_progress_of_another_run", "readers", "`last.pt` whose progress holds a key this mlasm does not "
+         "know, or a counter of another type (`\"epoch\": \"1\"`)", "mlasm train --resume",
+         "LAST: its \"progress\""),
+]
+
+_CASES += [
+    Case("line_files_with_a_bom", "silent", "`{split}_ids.txt` and `{split}_positives.txt` saved with a byte-order "
+         "mark", "read_split (every command)", "the mark is dropped: the first image id and the first caption's "
+         "positives read as written"),
+    Case("check_a_file_not_a_folder", "readers", "`mlasm check` given a file", "mlasm check",
+         "FILE: a file, expected a folder (give 'shapescenes' or a folder in the precomp format)"),
+]
+
+_CASES += [
+    Case("train_dev_split_of_one_image", "silent", "a dev split of one image (or `--validation-images 1`)", _TRAIN,
+         "split 'dev' (DATA): its 5 captions describe 1 of its 1 images; ranking needs captions of at least 2 images"),
+]
+
+_CASES += [
+    Case("export_kernel_dies", "readers", "a notebook whose kernel dies during export (`os._exit`, killed for memory)",
+         "mlasm export-notebooks", "NB: its kernel died while a cell ran (a crash, or killed for memory); no page "
+                                   "was written for it"),
+]
+
 CASES: dict[str, Case] = {case.key: case for case in _CASES}
 assert len(CASES) == len(_CASES), "case keys must be unique"
 

@@ -282,9 +282,15 @@ def test_write_split_refuses_a_caption_with_a_line_break(tmp_path):
 
 # ---------------------------------------------------------------------------------------- TSV
 
+def _boxes(rng, k: int) -> np.ndarray:
+    """k boxes x1 y1 x2 y2 (x1 <= x2, y1 <= y2: a TSV's boxes with a negative width are refused)."""
+    corners = rng.uniform(0, 400, (k, 2, 2))
+    return np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1).astype(np.float32)
+
+
 def _records():
     rng = np.random.default_rng(2)
-    return [TsvRecord(str(100 + i), 640, 480, rng.uniform(0, 400, (k, 4)).astype(np.float32),
+    return [TsvRecord(str(100 + i), 640, 480, _boxes(rng, k),
                       rng.normal(size=(k, 6)).astype(np.float32)) for i, k in enumerate([3, 1, 2])]
 
 

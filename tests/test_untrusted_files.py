@@ -895,3 +895,407 @@ def test_a_picture_saved_onto_a_full_disk_keeps_the_earlier_one(case, tmp_path, 
         save_figure(fig, path)
     assert describe_error(full.value) == case.expected(FILE=path).split("; the earlier")[0]
     assert path.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == ["attention.svg"]
+
+
+# ------------------------------------------------------------------------------ issue 26, second part
+
+def _edited_checkpoint(finished_run, tmp_path, edit) -> Path:
+    """best.pt of the finished run, with EDIT applied to its state, saved as tmp_path/edited.pt."""
+    from mlasm.checkpoint import load_checkpoint
+
+    state = load_checkpoint(finished_run / "best.pt")
+    edit(state)
+    path = tmp_path / "edited.pt"
+    torch.save(state, path)
+    return path
+
+
+def _swap_two_words(state):
+    state["vocab"][4], state["vocab"][5] = state["vocab"][5], state["vocab"][4]
+
+
+@pytest.mark.parametrize("case, edit", [
+    (CASES["checkpoint_vocab_not_its_fingerprint"], _swap_two_words),
+    (CASES["checkpoint_config_wrong_type"], lambda state: state["config"].update(embed_size="32")),
+    (CASES["checkpoint_config_not_a_mapping"], lambda state: state.update(config=list(state["config"].items()))),
+], ids=str)
+def test_an_inconsistent_checkpoint_is_refused_in_one_line(case, edit, finished_run, data_folder, tmp_path, capsys):
+    path = _edited_checkpoint(finished_run, tmp_path, edit)
+    n_words = len(torch.load(path, weights_only=True)["vocab"])
+    argv = ["evaluate", "--checkpoint", str(path), "--data", str(data_folder), "--split", "dev",
+            "--out", str(tmp_path / "eval"), "--threads", "1"]
+    _refused(capsys, argv, case, "evaluate", CKPT=path, N=f"{n_words:,}")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("case", [CASES["checkpoint_tensor_of_another_shape"]], ids=str)
+def test_a_tensor_of_another_shape_is_named_with_both_shapes(case, finished_run, data_folder, tmp_path, capsys):
+    from mlasm.checkpoint import load_model
+
+    own = load_model(finished_run / "best.pt")[0].state_dict()
+    name = next(n for n, t in own.items() if t.dim() == 2)
+    shape = (own[name].shape[0] + 1, own[name].shape[1])
+    path = _edited_checkpoint(finished_run, tmp_path, lambda state: state["model"].update({name: torch.zeros(shape)}))
+    argv = ["evaluate", "--checkpoint", str(path), "--data", str(data_folder), "--split", "dev",
+            "--out", str(tmp_path / "eval"), "--threads", "1"]
+    _refused(capsys, argv, case, "evaluate", CKPT=path, NAME=name, SHAPE=str(shape), OWN=str(tuple(own[name].shape)))
+
+
+@pytest.mark.parametrize("case", [CASES["resume_without_optimizer_state"]], ids=str)
+def test_resume_without_optimizer_state_is_refused_before_any_file_changes(case, finished_run, data_folder,
+                                                                          tmp_path, capsys):
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    shutil.copy(run / "best.pt", run / "last.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    argv = _train_command(data_folder, run, "--resume", "--epochs", "2")
+    line = _refused(capsys, argv, case, "train", LAST=run / "last.pt")
+    assert "--resume cannot continue it" in line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # config.json as it was
+
+
+# ---- silent wrong results: read right, or refused in one line
+
+@pytest.fixture
+def data_copy(data_folder, tmp_path):
+    """The tiny precomp folder, copied so that a test may damage it."""
+    return Path(shutil.copytree(data_folder, tmp_path / "data"))
+
+
+@pytest.mark.parametrize("case", [CASES["caps_txt_with_a_bom"]], ids=str)
+def test_a_byte_order_mark_in_captions_is_not_a_word(case, data_copy):
+    caps = data_copy / "dev_caps.txt"
+    caps.write_bytes(b"\xef\xbb\xbf" + caps.read_bytes())
+    split = read_split(data_copy, "dev")
+    first = caps.read_bytes()[3:].decode("utf-8").split("\n")[0].strip()
+    assert split.captions[0] == first and not split.captions[0].startswith("\ufeff")
+    vocab = Vocabulary.build(split.captions, min_count=1)
+    assert vocab.encode(split.captions[0]).unknown == []
+
+
+@pytest.mark.parametrize("case", [CASES["caption_csv_with_a_bom"], CASES["coco_json_with_a_bom"]], ids=str)
+def test_captions_with_a_byte_order_mark_read_as_written(case, tmp_path):
+    from mlasm.extract.captions import read_captions
+
+    if "csv" in case.key:
+        path = tmp_path / "captions.csv"
+        path.write_bytes(b"\xef\xbb\xbf" + b"file_name,caption\na.png,red square\n")
+    else:
+        path = tmp_path / "captions.json"
+        path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [
+            {"image_id": 1, "id": 1, "caption": "red square"}]}).encode())
+    [image] = read_captions(path)
+    assert (image.file_name, image.captions) == ("a.png", ["red square"])
+
+
+def _tsv_line(image_id="0", boxes=(10, 10, 20, 30), features=(0.5, 1.5)) -> str:
+    import base64
+
+    def b64(values):
+        return base64.b64encode(np.asarray(values, np.float32).tobytes()).decode() if values else ""
+    return "\t".join([image_id, "120", "90", "1", b64(boxes), b64(features)]) + "\n"
+
+
+@pytest.mark.parametrize("case", [CASES["tsv_box_inverted"], CASES["tsv_features_empty"]], ids=str)
+def test_prepare_refuses_a_tsv_box_inverted_or_features_empty(case, tmp_path, capsys):
+    tsv, captions = _tsv_and_karpathy(tmp_path, {})
+    line = _tsv_line(boxes=(50, 10, 20, 30)) if "inverted" in case.key else _tsv_line(features=())
+    tsv.write_text(line + "".join(tsv.read_text().splitlines(keepends=True)[1:]))
+    argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(tmp_path / "out"),
+            "--max-regions", "6", "--match", "id"]
+    _refused(capsys, argv, case, "prepare", TSV=tsv)
+
+
+@pytest.mark.parametrize("case", [CASES["tsv_image_twice"]], ids=str)
+def test_read_tsv_refuses_an_image_twice(case, tmp_path):
+    from mlasm.data.tsv import read_tsv
+
+    records = _records(2)
+    write_tsv(tmp_path / "f.tsv", [records[0], records[0], records[1]])
+    with pytest.raises(DataError, match=re.escape(case.expected(TSV=tmp_path / "f.tsv"))):
+        read_tsv(tmp_path / "f.tsv")
+
+
+@pytest.mark.parametrize("case", [CASES["caption_csv_row_twice"]], ids=str)
+def test_a_repeated_csv_row_is_refused(case, pictures, tmp_path, capsys):
+    images, _ = pictures
+    csv = tmp_path / "captions.csv"
+    csv.write_text("file_name,caption\na.png,a red picture\na.png,a red picture\n")
+    argv = ["extract", "--images", str(images), "--captions", str(csv), "--out", str(tmp_path / "out")]
+    _refused(capsys, argv, case, "extract", CSV=csv)
+    csv.write_text("file_name,caption\na.png,a red picture\na.png,another caption\n")  # two captions: fine
+    from mlasm.extract.captions import read_captions
+    assert read_captions(csv)[0].captions == ["a red picture", "another caption"]
+
+
+@pytest.mark.parametrize("case", [CASES["check_zero_d_features"]], ids=str)
+def test_check_refuses_0_d_features(case, tmp_path, capsys):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    np.save(folder / "dev_ims.npy", np.zeros((2, 3, 0), np.float32))
+    (folder / "dev_caps.txt").write_text("a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n")
+    line = _refused(capsys, ["check", str(folder)], case, "check")
+    assert str(folder / "dev_ims.npy") in line and "finite" not in line
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_split_given_twice"]], ids=str)
+def test_prepare_refuses_a_split_given_twice(case, tmp_path, capsys):
+    tsv, captions = _tsv_and_karpathy(tmp_path, {})
+    argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(tmp_path / "out"),
+            "--split", "test=train", "--split", "test=test"]
+    _refused(capsys, argv, case, "prepare")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", [CASES["evaluate_split_of_one_image"], CASES["evaluate_captions_on_one_image"]],
+                         ids=str)
+def test_evaluate_refuses_a_split_whose_captions_describe_one_image(case, splits, finished_run, tmp_path, capsys):
+    dev = splits["dev"]
+    n = 1 if "split_of_one" in case.key else 3
+    captions = list(dev.captions[:5])
+    one = RetrievalSplit(name="one", regions=np.asarray(dev.regions[:n]), region_mask=np.asarray(dev.region_mask[:n]),
+                         global_features=np.asarray(dev.global_features[:n]), captions=captions,
+                         caption_to_image=np.zeros(5, np.int64))
+    data = tmp_path / "data"
+    write_split(data, "one", one)
+    argv = ["evaluate", "--checkpoint", str(finished_run / "best.pt"), "--data", str(data), "--split", "one",
+            "--out", str(tmp_path / "eval"), "--threads", "1"]
+    _refused(capsys, argv, case, "evaluate", DATA=data)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("case", [CASES["shapescenes_cache_umask"]], ids=str)
+def test_the_shapescenes_cache_is_made_with_the_users_umask(case, tmp_path):
+    from cli_support import TINY_SIZES
+    from mlasm.data.shapescenes.build import build_shapescenes
+
+    before = os.umask(0o022)
+    try:
+        folder = build_shapescenes(sizes=TINY_SIZES, cache=tmp_path / "cache", progress=False)
+    finally:
+        os.umask(before)
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o755)
+
+
+# ---- tracebacks and lines naming no file
+
+def _deep_json() -> str:
+    return "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("case", [CASES[f"json_nested_deep_{w}"] for w in (
+    "grounding", "meta", "attributes", "karpathy", "scan_vocab")], ids=str)
+def test_json_nested_100000_deep_is_one_line(case, data_copy, tmp_path, capsys):
+    what = case.key.removeprefix("json_nested_deep_")
+    if what in ("grounding", "meta", "attributes"):
+        path = data_copy / ("meta.json" if what == "meta" else f"dev_{what}.json")
+        assert path.is_file()
+        path.write_text(_deep_json())
+        _refused(capsys, ["check", str(data_copy), "--split", "dev"], case, "check", FILE=path)
+    elif what == "karpathy":
+        tsv, path = _tsv_and_karpathy(tmp_path, {})
+        path.write_text(_deep_json())
+        argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(path), "--out", str(tmp_path / "out")]
+        _refused(capsys, argv, case, "prepare", FILE=path)
+    else:
+        path = tmp_path / "vocab.json"
+        path.write_text(_deep_json())
+        with pytest.raises(DataError, match=re.escape(case.expected(FILE=path))):
+            Vocabulary.load(path)
+
+
+@pytest.mark.parametrize("case", [CASES["npy_is_a_zip"], CASES["npy_symlink_to_text"],
+                                  CASES["npy_of_python_objects"]], ids=str)
+def test_an_npy_that_is_not_one_is_named_without_a_pickle_hint(case, data_copy, tmp_path, capsys):
+    path = data_copy / "dev_ims.npy"
+    target = tmp_path / "notes.txt"
+    if case.key == "npy_is_a_zip":
+        features = np.load(path)
+        path.unlink()
+        with open(path, "wb") as f:
+            np.savez(f, ims=features)
+    elif case.key == "npy_symlink_to_text":
+        target.write_text("hello, world\n")
+        path.unlink()
+        path.symlink_to(target)
+    else:
+        np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    line = _refused(capsys, ["check", str(data_copy), "--split", "dev"], case, "check", FILE=path, TARGET=target)
+    assert "allow_pickle" not in line
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_state_not_json"], CASES["prepare_state_of_another_shape"],
+                                  CASES["prepare_state_damaged_restart"]], ids=str)
+def test_a_damaged_conversion_state_is_one_line(case, tmp_path, monkeypatch, capsys):
+    from mlasm.data.prepare import STATE_FILE
+
+    tsv, captions, out, _ = _stopped_conversion(tmp_path, monkeypatch, stop_at_rename=False)
+    state = out / STATE_FILE
+    assert state.is_file()
+    argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(out),
+            "--max-regions", "6", "--match", "id"]
+    if case.key == "prepare_state_damaged_restart":
+        for text in ('{"kind', "[]"):
+            state.write_text(text)
+            code, line, _ = answer(capsys, argv + ["--restart"])
+            assert code == 0, line
+            assert read_split(out, "train").n_images == 3
+        return
+    state.write_text('{"kind' if case.key == "prepare_state_not_json" else "[]")
+    _refused(capsys, argv, case, "prepare", FILE=state)
+
+
+@pytest.mark.parametrize("case", [CASES["check_file_cut_short"]], ids=str)
+def test_a_file_cut_short_while_checked_is_one_line_not_sigbus(case, data_copy):
+    from mlasm.data.dataset import check_features
+
+    split = read_split(data_copy, "dev")  # memory-mapped
+    path = data_copy / "dev_ims.npy"
+    opened = path.stat().st_size
+    os.truncate(path, 4096)  # a page inside the header's: reading the features would be SIGBUS
+    with pytest.raises(DataError, match=re.escape(case.expected(FILE=path, N="4,096", M=f"{opened:,}"))):
+        check_features(split)
+
+
+@pytest.mark.parametrize("case", [CASES["prepare_disk_full"]], ids=str)
+def test_a_full_disk_during_prepare_names_the_users_file(case, tmp_path, monkeypatch, capsys):
+    import errno
+    import mlasm.data.prepare as prepare_module
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    tsv, captions = _tsv_and_karpathy(tmp_path, {})
+    out = tmp_path / "out"
+    monkeypatch.setattr(prepare_module.os, "pwrite", full)
+    argv = ["prepare", "tsv", "--features", str(tsv), "--captions", str(captions), "--out", str(out),
+            "--max-regions", "6", "--match", "id"]
+    _refused(capsys, argv, case, "prepare", OUT=out)
+
+
+@pytest.mark.parametrize("case", [CASES["shapescenes_disk_full"]], ids=str)
+def test_a_full_disk_during_the_shapescenes_build_names_the_cache(case, tmp_path, monkeypatch):
+    import errno
+    import mlasm.data.shapescenes.build as build_module
+    from cli_support import TINY_SIZES
+
+    def full(folder, name, split, meta=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / f".{name}_ims.npy.tmp"))
+
+    monkeypatch.setattr(build_module, "write_split", full)
+    cache = tmp_path / "cache"
+    folder = build_module.shapescenes_folder(0, TINY_SIZES, cache)
+    with pytest.raises(OSError) as raised:
+        build_module.build_shapescenes(sizes=TINY_SIZES, cache=cache, progress=False)
+    from mlasm.cli import describe_error
+    assert describe_error(raised.value) == case.expected(CACHE=folder)
+    assert list(cache.iterdir()) == []  # nothing hidden left behind
+
+
+@pytest.mark.parametrize("case", [CASES["caption_csv_latin1"], CASES["coco_json_duplicate_id"]], ids=str)
+def test_caption_files_of_another_encoding_or_a_repeated_id_are_named(case, pictures, tmp_path, capsys):
+    images, _ = pictures
+    if "csv" in case.key:
+        path = tmp_path / "captions.csv"
+        path.write_bytes("file_name,caption\na.png,un café rouge\n".encode("latin-1"))
+    else:
+        path = tmp_path / "captions.json"
+        path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}],
+                                    "annotations": [{"image_id": 1, "id": 1, "caption": "red"}]}))
+    argv = ["extract", "--images", str(images), "--captions", str(path), "--out", str(tmp_path / "out")]
+    _refused(capsys, argv, case, "extract", CSV=path, JSON=path)
+
+
+@pytest.mark.parametrize("case", [CASES["export_invalid_notebook"]], ids=str)
+def test_an_invalid_notebook_is_named_before_anything_runs(case, tmp_path, capsys):
+    for text in ("{not json", '{"cells": 3}'):
+        notebook = tmp_path / "bad.ipynb"
+        notebook.write_text(text)
+        _refused(capsys, ["export-notebooks", "--out", str(tmp_path / "pages"), str(notebook)], case,
+                 "export-notebooks", NB=notebook)
+        assert not (tmp_path / "pages").exists()
+
+
+@pytest.mark.parametrize("case", [CASES["check_missing_folder"]], ids=str)
+def test_check_of_a_missing_folder_names_it(case, tmp_path, capsys):
+    _refused(capsys, ["check", str(tmp_path / "nowhere")], case, "check", DIR=tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("case", [CASES["glove_with_a_bom"]], ids=str)
+def test_a_byte_order_mark_in_glove_is_not_a_part_of_the_first_word(case, tmp_path):
+    from mlasm.wordvecs import load_word_vectors
+
+    path = tmp_path / "glove.txt"
+    path.write_bytes(b"\xef\xbb\xbfthe 0.5 1.5\nred 2.0 -1.0\n")
+    vectors = load_word_vectors(path)
+    assert vectors.words == ["the", "red"]
+    np.testing.assert_array_equal(vectors.vectors[0], [0.5, 1.5])
+
+
+@pytest.mark.parametrize("case", [CASES["train_log_damaged"], CASES["checkpoint_progress_of_another_run"]], ids=str)
+def test_resume_from_a_damaged_log_or_progress_is_one_line(case, finished_run, data_folder, tmp_path, capsys):
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    if case.key == "train_log_damaged":
+        config = (run / "config.json").read_bytes()
+        for text in ('{"epoch": 0, "lo\n', "[1, 2]\n", "[" * 100_000 + "\n"):
+            (run / "train_log.jsonl").write_text(text)
+            _refused(capsys, _train_command(data_folder, run, "--resume", "--epochs", "2"), case, "train",
+                     LOG=run / "train_log.jsonl")
+            assert (run / "config.json").read_bytes() == config  # refused before --epochs 2 was recorded
+        return
+    original = torch.load(run / "last.pt", weights_only=True)
+    for change in ({"a_later_field": 1}, {"epoch": "1"}):
+        state = {**original, "progress": {**original["progress"], **change}}
+        torch.save(state, run / "last.pt")
+        _refused(capsys, _train_command(data_folder, run, "--resume", "--epochs", "2"), case, "train",
+                 LAST=run / "last.pt")
+
+
+@pytest.mark.parametrize("case", [CASES["line_files_with_a_bom"]], ids=str)
+def test_line_files_with_a_byte_order_mark_read_as_written(case, data_copy):
+    plain = read_split(data_copy, "dev")
+    for name in ("dev_positives.txt", "dev_ids.txt"):
+        path = data_copy / name
+        if not path.is_file():  # the tiny split's ids: written here
+            path.write_text("".join(f"img{i}\n" for i in range(plain.n_images)))
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    split = read_split(data_copy, "dev")
+    assert split.image_ids[0] == (data_copy / "dev_ids.txt").read_bytes()[3:].decode().split("\n")[0]
+    assert not split.image_ids[0].startswith("\ufeff")
+    assert split.positives.images_of(0).tolist() == plain.positives.images_of(0).tolist()
+
+
+@pytest.mark.parametrize("case", [CASES["check_a_file_not_a_folder"]], ids=str)
+def test_check_of_a_file_says_a_folder_was_expected(case, tmp_path, capsys):
+    path = tmp_path / "dev_ims.npy"
+    path.write_bytes(b"")
+    _refused(capsys, ["check", str(path)], case, "check", FILE=path)
+
+
+@pytest.mark.parametrize("case", [CASES["train_dev_split_of_one_image"]], ids=str)
+def test_training_refuses_a_dev_split_of_one_described_image(case, splits, tmp_path, capsys):
+    from cli_support import tiny_folder
+
+    dev = splits["dev"]
+    data = tmp_path / "data"
+    write_split(data, "train", splits["train"])
+    write_split(data, "dev", RetrievalSplit(
+        name="dev", regions=np.asarray(dev.regions[:1]), region_mask=np.asarray(dev.region_mask[:1]),
+        global_features=np.asarray(dev.global_features[:1]), captions=list(dev.captions[:5]),
+        caption_to_image=np.zeros(5, np.int64)))
+    _refused(capsys, _train_command(data, tmp_path / "run"), case, "train", DATA=data)
+    assert not (tmp_path / "run" / "last.pt").exists()
+    whole = tiny_folder(splits, tmp_path / "whole")  # the whole dev split, but validation on its first image
+    code, line, _ = answer(capsys, _train_command(whole, tmp_path / "run2", "--validation-images", "1"))
+    assert code == 2 and "split 'dev': its 5 captions describe 1 of its 1 images" in line, line
+
+
+@pytest.mark.parametrize("case", [CASES["export_kernel_dies"]], ids=str)
+def test_a_kernel_that_dies_during_export_is_one_line(case, tmp_path):
+    pytest.importorskip("ipykernel")
+    from mlasm import export
+
+    notebook = tmp_path / "dies.py"
+    notebook.write_text("# %%\nimport os\nos._exit(1)\n")
+    with pytest.raises(export.ExportError) as raised:
+        export.execute(export.read_notebook(notebook), tmp_path, timeout=60, name=str(notebook))
+    assert describe_error(raised.value).startswith(case.expected(NB=notebook))

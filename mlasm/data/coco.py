@@ -67,10 +67,13 @@ def _coco_images(path: Path, content: Any) -> list[CaptionedImage]:
         if not caption:
             raise DataError(f"{path}: {where} (id {annotation.get('id')}) has an empty caption")
         captions[image_id].append(caption)
-    result = []
+    result, seen = [], {}
     for k, image in enumerate(images):
         where = f"images[{k}]"
         image_id = _field(path, image, where, "id", int)
+        if seen.setdefault(image_id, k) != k:
+            raise DataError(f"{path}: {where}: id {image_id} is also the id of images[{seen[image_id]}]; "
+                            f"expected each image once, with its own id")
         if image_id not in captions:
             raise DataError(f"{path}: {where} (id {image_id}) has no caption in \"annotations\"")
         result.append(CaptionedImage(

@@ -9,6 +9,7 @@ vector, each image's is the masked mean of its regions, computed for the rows re
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
@@ -52,9 +53,25 @@ def scan_regions(regions: np.ndarray, region_mask: np.ndarray, source: str,
     return means
 
 
+def _check_not_cut_short(array, source: str) -> None:
+    """A memory map whose file was cut short since it was opened kills the process (SIGBUS) when a page
+    beyond the new end is read: look at the file's size before each chunk and stop with one line."""
+    if not isinstance(array, np.memmap) or not getattr(array, "filename", None):
+        return
+    try:
+        size = os.stat(array.filename).st_size
+    except OSError as e:
+        raise DataError(f"{source}: can no longer be read ({e.strerror}) while being read") from None
+    needed = int(array.offset) + int(array.nbytes)
+    if size < needed:
+        raise DataError(f"{source}: the file is now {size:,} bytes, {needed:,} when it was opened: it was cut short "
+                        f"while being read (another program changed it); nothing more is read")
+
+
 def checked_rows(array, indices: np.ndarray, source: str, what: str) -> np.ndarray:
     """Rows ``indices`` of ``array`` as float32, read from disk if it is a memory map; a row holding NaN
     or infinity is a DataError naming ``source`` (the file) and the image."""
+    _check_not_cut_short(array, source)
     rows = np.asarray(array[indices], dtype=np.float32)
     finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
     if not finite.all():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 
@@ -15,8 +16,12 @@ def load_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     if os.path.isdir(path):
         raise DataError(f"{path}: is a folder, expected a {what}")
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (as some editors write) is not a part of the JSON
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
+    except RecursionError:  # [[[[... deeper than Python's stack: one line, not a traceback
+        raise DataError(f"{path}: not a usable {what}: its JSON is nested too deeply to read (more than about "
+                        f"{sys.getrecursionlimit():,} levels)") from None
     except FileNotFoundError:
         raise DataError(f"{path}: {what} not found") from None
     except OSError as e:

@@ -153,7 +153,7 @@ def read_positives(path: str | os.PathLike, n_images: int, caption_to_image: np.
     """Read and check a positives file: integers in [0, n_images), one line per caption, own image listed."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not a part of line 1
     except FileNotFoundError:
         raise DataError(f"{path}: positives file not found") from None
     except UnicodeDecodeError as e:

@@ -81,9 +81,12 @@ def read_split(folder: str | os.PathLike, split: str, captions_per_image: int | 
         return folder / f"{split}_{suffix}"
 
     regions = _load_array(file("ims.npy"), mmap, ndim=3, kind="f")
-    n, r, _ = regions.shape
+    n, r, d = regions.shape
     if n == 0 or r == 0:
         raise DataError(f"{file('ims.npy')}: shape {regions.shape} holds no image or no region")
+    if d == 0:  # every feature would be "finite" and mean nothing
+        raise DataError(f"{file('ims.npy')}: shape {regions.shape}: its regions have 0-d features; expected "
+                        f"(images, regions, dim) with dim > 0")
     mask = _optional_array(file("mask.npy"), (n, r), kind="b")
     if mask is None:
         mask = np.ones((n, r), bool)
@@ -206,15 +209,43 @@ def _relative_to(path: str | None, folder: Path) -> str:
 _KINDS = {"f": "floating-point", "i": "integer", "b": "boolean"}
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def check_npy_start(path: Path) -> None:
+    """A DataError naming ``path`` (and where a link leads) unless it starts as a .npy array does: np.load
+    would open a zip as an .npz and call a text file pickled data."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    if head.startswith(NPY_MAGIC):
+        return
+    link = f" (a link to {Path(path).resolve()})" if Path(path).is_symlink() else ""
+    if head.startswith(b"PK"):
+        what = "a zip archive (an .npz of several arrays?)"
+    elif not head:
+        what = "an empty file (0 bytes)"
+    else:
+        what = f"a file that starts with {head!r}"
+    raise DataError(f"{path}{link}: not a readable .npy array: {what}; expected one array saved by numpy.save "
+                    f"(which starts with \\x93NUMPY)")
+
+
 def _load_array(path: Path, mmap: bool, ndim: int, kind: str) -> np.ndarray:
     """np.load with the failure modes turned into messages that name the file."""
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a .npy file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    check_npy_start(path)
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
+        if "allow_pickle" in str(e) or "Python objects" in str(e):  # numpy's hint would be unsafe: a pickle runs code
+            raise DataError(f"{path}: holds Python objects (a pickled array), not numbers; mlasm does not unpickle "
+                            f"data files: expected a .npy array of numbers") from None
         raise DataError(f"{path}: not a readable .npy array ({e})") from None
     if array.ndim != ndim:
         raise DataError(f"{path}: expected {ndim} dimensions, got shape {array.shape}")
@@ -258,7 +289,7 @@ def _read_lines(path: Path, required: bool = False, expected: int | None = None,
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise DataError(f"{path}: line {line} is not valid UTF-8 ({e.reason})") from None
-    lines = text.split("\n")
+    lines = text.removeprefix("\ufeff").split("\n")  # a byte-order mark is not a part of the first line
     if lines and lines[-1] == "":
         lines.pop()
     lines = [line.strip() for line in lines]

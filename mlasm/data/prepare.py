@@ -34,7 +34,7 @@ from mlasm.data.coco import CaptionedImage, read_caption_file
 from mlasm.data.errors import DataError, load_json
 from mlasm.data.pictures import picture_inside
 from mlasm.data.precomp import (DEFAULT_CAPTIONS_PER_IMAGE, EXTRA_SUFFIXES, FORMAT, FORMAT_VERSION, META_FILE,
-                                list_splits, read_caption_lines, read_meta, read_split)
+                                check_npy_start, list_splits, read_caption_lines, read_meta, read_split)
 from mlasm.data.tsv import iter_tsv_from
 from mlasm.data.vocab import Vocabulary, tokenize
 from mlasm.io import (check_output_folder, npz_declared_sizes, remove_stale_temporaries, write_json, write_text,
@@ -80,11 +80,24 @@ class _RowFile:
 
     def write(self, row: int, values: np.ndarray) -> None:
         data = np.ascontiguousarray(values, dtype=self.dtype).tobytes()
-        if os.pwrite(self.fd, data, self.offset + row * self.row_bytes) != len(data):
+        try:
+            written = os.pwrite(self.fd, data, self.offset + row * self.row_bytes)
+        except OSError as error:  # os.pwrite names no file: a full disk would be a bare "No space left"
+            raise self._named(error, f"writing row {row + 1}") from None
+        if written != len(data):
             raise OSError(errno.EIO, "short write", str(self.path))
 
     def sync(self) -> None:
-        os.fsync(self.fd)
+        try:
+            os.fsync(self.fd)
+        except OSError as error:
+            raise self._named(error, "saving its rows") from None
+
+    def _named(self, error: OSError, doing: str) -> OSError:
+        """``error`` naming the file the user asked for (not the hidden .partial one) and how to go on."""
+        final = self.path.with_name(self.path.name.removeprefix(".").removesuffix(".partial"))
+        return OSError(error.errno or errno.EIO, f"{error.strerror or error} while {doing} (kept in {self.path.name}); "
+                                                 f"free some space and run the same command to resume", str(final))
 
     def close(self) -> None:
         os.close(self.fd)
@@ -107,9 +120,29 @@ def _file_identity(path: Path, sample: int = 2**20) -> dict:
     return {"path": str(path.resolve()), "size": size, "sample_sha256": digest.hexdigest()[:16]}
 
 
-def _read_state(out: Path) -> dict | None:
+_STATE_FIELDS = {"kind": (str,), "settings": (dict,), "offset": (int,), "line": (int,), "records": (int,),
+                 "skipped": (int,), "match": (str, type(None)), "dim": (int, type(None))}
+
+
+def _read_state(out: Path, restart: bool = False) -> dict | None:
+    """The unfinished conversion's state, None when there is none (or ``restart`` and it is damaged)."""
     path = out / STATE_FILE
-    return load_json(path, "conversion state") if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        state = load_json(path, "conversion state")
+        if not isinstance(state, dict):
+            raise DataError(f"{path}: a JSON {type(state).__name__}, expected an object")
+        wrong = next((name for name, kinds in _STATE_FIELDS.items() if not isinstance(state.get(name, ()), kinds)
+                      or isinstance(state.get(name), bool) or name not in state), None)
+        if wrong is not None:
+            raise DataError(f"{path}: field \"{wrong}\" is {json.dumps(state.get(wrong))[:40]}")
+    except DataError as error:
+        if restart:  # begun again: its state is not needed
+            return None
+        raise DataError(f"{error}; the unfinished conversion's state is damaged: pass --restart to begin "
+                        f"again") from None
+    return state
 
 
 def _read_filled(path: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -267,7 +300,7 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
     settings = json.loads(json.dumps(settings))  # as it reads back from the state file
     out = check_output_folder(out, "--out")
     remove_stale_temporaries(out)
-    state = _read_state(out)
+    state = _read_state(out, restart)
     if state is not None and (restart or state.get("kind") != "tsv" or state.get("settings") != settings):
         if not restart:
             _refuse_other_conversion(out, state, settings)
@@ -487,6 +520,7 @@ def prepare_from_scan(source: str | os.PathLike, vocab: str | os.PathLike, out: 
                "out": str(out)}
     for name in names:
         ims = source / f"{name}_ims.npy"
+        check_npy_start(ims)
         try:
             shape = np.load(ims, mmap_mode="r").shape
         except (ValueError, OSError) as e:

@@ -83,12 +83,21 @@ def parse_tsv_row(row: list[str], path: Path, line: int) -> TsvRecord:
         raise DataError(f"{path}: line {line}, field boxes: {boxes.size} values, "
                         f"expected num_boxes x 4 = {num_boxes * 4}")
     features = _decode_floats(features, path, line, "features")
+    if not features.size:  # else every region would be a 0-d feature, "finite" and meaningless
+        raise DataError(f"{path}: line {line} (image {image_id}), field features: empty; expected num_boxes x D "
+                        f"float32 values (D > 0)")
     if features.size % num_boxes:
         raise DataError(f"{path}: line {line}, field features: {features.size} values do not divide "
                         f"into num_boxes = {num_boxes} rows")
     record = TsvRecord(image_id, width, height, boxes.reshape(num_boxes, 4), features.reshape(num_boxes, -1))
     if not (np.isfinite(record.features).all() and np.isfinite(record.boxes).all()):
         raise DataError(f"{path}: line {line} (image {image_id}): NaN or infinite boxes or features")
+    inverted = np.flatnonzero((record.boxes[:, 2] < record.boxes[:, 0]) | (record.boxes[:, 3] < record.boxes[:, 1]))
+    if inverted.size:  # a negative width or height: corners swapped, or a box in another layout (x, y, w, h)
+        box = ", ".join(f"{v:g}" for v in record.boxes[inverted[0]])
+        raise DataError(f"{path}: line {line} (image {image_id}), field boxes: box {inverted[0]} is ({box}), a "
+                        f"negative width or height ({inverted.size} such boxes); expected x1 y1 x2 y2 with "
+                        f"x1 <= x2 and y1 <= y2")
     return record
 
 
@@ -138,6 +147,11 @@ def read_tsv(path: str | os.PathLike, max_regions: int | None = None) -> TsvFeat
     records = list(iter_tsv(path))
     if not records:
         raise DataError(f"{path}: TSV file holds no image")
+    seen: dict[str, int] = {}
+    for k, record in enumerate(records):
+        if seen.setdefault(record.image_id, k) != k:
+            raise DataError(f"{path}: image {record.image_id} appears a second time (records "
+                            f"{seen[record.image_id] + 1} and {k + 1}); expected one line per image")
     dims = {r.features.shape[1] for r in records}
     if len(dims) > 1:
         raise DataError(f"{path}: images have features of different sizes {sorted(dims)}")

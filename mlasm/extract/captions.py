@@ -7,6 +7,7 @@ are its rows, in file order, and its id is its file name. Both formats give
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -33,8 +34,14 @@ def read_caption_csv(path: str | os.PathLike) -> list[CaptionedImage]:
     if not path.is_file():
         raise DataError(f"{path}: caption file not found")
     images: dict[str, CaptionedImage] = {}
-    # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    data = path.read_bytes()
+    try:  # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:  # Latin-1, Windows-1252...: say where, not only the codec's words
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte {data[e.start]:#04x}: {e.reason}); save the "
+                        f"file as UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         try:
             _read_rows(path, reader, images)
@@ -50,11 +57,16 @@ def _read_rows(path: Path, reader: csv.DictReader, images: dict[str, CaptionedIm
     if reader.fieldnames is None or not set(CSV_COLUMNS) <= set(reader.fieldnames):
         raise DataError(f"{path}: the first line must be the header {','.join(CSV_COLUMNS)}, "
                         f"got {','.join(reader.fieldnames or [])!r}")
+    first_line: dict[tuple[str, str], int] = {}
     for row in reader:
         file_name = (row["file_name"] or "").strip()
         caption = (row["caption"] or "").strip()
         if not file_name or not caption:
             raise DataError(f"{path}: line {reader.line_num} needs both a file name and a caption")
+        if first_line.setdefault((file_name, caption), reader.line_num) != reader.line_num:
+            # the same caption twice would count twice in every metric of that picture
+            raise DataError(f"{path}: line {reader.line_num} repeats line {first_line[file_name, caption]} "
+                            f"({file_name}, the same caption); expected each caption once")
         image = images.setdefault(file_name, CaptionedImage(
             image_id=file_name, file_name=file_name, captions=[], row=f"line {reader.line_num}"))
         image.captions.append(caption)

@@ -258,6 +258,7 @@ def build_shapescenes(seed: int = 0, sizes: dict | None = None, cache: str | os.
     started = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".building", dir=folder.parent))
+    os.chmod(building, _umask_mode())  # mkdtemp makes it drwx------; the cache is the user's, as mkdir would make it
     try:
         reports = {}
         for name, images in _generate_all(seed, sizes, progress).items():
@@ -272,9 +273,19 @@ def build_shapescenes(seed: int = 0, sizes: dict | None = None, cache: str | os.
                              "generation_seconds": round(time.perf_counter() - started, 1)}}
         write_json(building / "meta.json", {**read_meta(building), **meta})
         _install(building, folder, seed, sizes)
+    except OSError as error:  # a full disk: name the cache the user knows, not the hidden folder being built
+        raise OSError(error.errno, f"{error.strerror or error} while building the ShapeScenes cache (nothing was "
+                                   f"installed; its space was freed)", str(folder)) from None
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return folder
+
+
+def _umask_mode() -> int:
+    """What ``mkdir`` gives a folder under the present umask (os.umask reads it only by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o777 & ~mask
 
 
 def _install(building: Path, folder: Path, seed: int, sizes: dict[str, int]) -> None:
