@@ -300,122 +300,19 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
     settings = json.loads(json.dumps(settings))  # as it reads back from the state file
     out = check_output_folder(out, "--out")
     remove_stale_temporaries(out)
-    state = _read_state(out, restart)
-    if state is not None and (restart or state.get("kind") != "tsv" or state.get("settings") != settings):
-        if not restart:
-            _refuse_other_conversion(out, state, settings)
-        state = None
-    if state is None:
-        _remove_unfinished(out)
-        state = {"version": STATE_VERSION, "kind": "tsv", "settings": settings, "offset": 0, "line": 0,
-                 "records": 0, "skipped": 0, "match": None if match == "auto" else match, "dim": None}
-        filled = {s.name: np.zeros(len(s.images), bool) for s in plan}
-    else:
-        filled = _read_filled(out / FILLED_FILE, {s.name: len(s.images) for s in plan})
-
-    by_key = {"id": _index(plan, lambda image: image.image_id),
-              "file": _index(plan, lambda image: Path(image.file_name).stem)}
-    sizes = {s.name: len(s.images) for s in plan}
-    files: dict[str, dict[str, _RowFile]] = {}
-
-    def open_files(dim: int, create: bool) -> None:
-        for name, n in sizes.items():
-            for suffix in ("ims", "boxes", "mask", "sizes"):  # a run stopped among the final renames
-                final = out / f"{name}_{suffix}.npy"
-                if not create and not _partial(final).exists() and final.exists():
-                    os.replace(final, _partial(final))
-            files[name] = {
-                "ims": _RowFile(_partial(out / f"{name}_ims.npy"), np.float32, (n, max_regions, dim), create),
-                "boxes": _RowFile(_partial(out / f"{name}_boxes.npy"), np.float32, (n, max_regions, 4), create),
-                "mask": _RowFile(_partial(out / f"{name}_mask.npy"), np.bool_, (n, max_regions), create),
-                "sizes": _RowFile(_partial(out / f"{name}_sizes.npy"), np.int32, (n, 2), create),
-            }
-
-    def checkpoint() -> None:
-        for row_files in files.values():
-            for row_file in row_files.values():
-                row_file.sync()
-
-        def save_filled(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **filled)
-
-        def save_state(tmp: Path) -> None:
-            tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-
-        write_together({out / FILLED_FILE: save_filled, out / STATE_FILE: save_state})
-
+    state, filled = _tsv_state(out, restart, settings, plan, match)
+    rows = _TsvRows(out, {s.name: len(s.images) for s in plan}, max_regions)
     if state["dim"] is not None:
-        open_files(state["dim"], create=False)
-    bar = tqdm(total=settings["tsv"]["size"], initial=state["offset"], unit="B", unit_scale=True,
-               desc=f"reading {tsv.name}", disable=not progress)
-    since_checkpoint = 0
+        rows.open(state["dim"], create=False)
     try:
-        for record, line, offset in iter_tsv_from(tsv, state["offset"], state["line"]):
-            if state["match"] is None:  # auto: the first line decides
-                state["match"] = "id" if record.image_id in by_key["id"] else \
-                    "file" if record.image_id in by_key["file"] else None
-                if state["match"] is None:
-                    raise DataError(f"{tsv}: line {line}: image_id {record.image_id!r} is neither an image id nor "
-                                    f"a file name (without extension) of an image of {captions_path.name} in the "
-                                    f"chosen splits; check the pairing of TSV and caption file, or give --match")
-            index = by_key[state["match"]]
-            if record.image_id not in index:
-                state["skipped"] += 1
-            else:
-                target = index[record.image_id]
-                if target is None:
-                    raise DataError(f"{tsv}: line {line}: image_id {record.image_id!r} names two images of "
-                                    f"{captions_path.name} (by {state['match']}); give --match id or file")
-                name, row = target
-                k, dim = record.features.shape
-                if state["dim"] is None:
-                    state["dim"] = dim
-                    open_files(dim, create=True)
-                if k > max_regions:
-                    raise DataError(f"{tsv}: line {line} (image {record.image_id}): {k} boxes, more than "
-                                    f"--max-regions {max_regions}; give a larger --max-regions (images with "
-                                    f"fewer boxes are padded, with a mask)")
-                if dim != state["dim"]:
-                    raise DataError(f"{tsv}: line {line} (image {record.image_id}), field features: {dim}-d "
-                                    f"region features, where the first image had {state['dim']}-d")
-                if filled[name][row]:
-                    raise DataError(f"{tsv}: line {line}: image {record.image_id} appears a second time in the TSV")
-                padded = np.zeros((max_regions, dim), np.float32)
-                padded[:k] = record.features
-                boxes = np.zeros((max_regions, 4), np.float32)
-                boxes[:k] = record.boxes
-                files[name]["ims"].write(row, padded)
-                files[name]["boxes"].write(row, boxes)
-                files[name]["mask"].write(row, np.arange(max_regions) < k)
-                files[name]["sizes"].write(row, np.array([record.width, record.height], np.int32))
-                filled[name][row] = True
-            bar.update(offset - state["offset"])
-            state.update(offset=offset, line=line, records=state["records"] + 1)
-            since_checkpoint += 1
-            if since_checkpoint >= checkpoint_every:
-                checkpoint()
-                since_checkpoint = 0
-            if on_record is not None:
-                on_record(state["records"])
-        checkpoint()
+        _read_tsv(tsv, captions_path, plan, state, filled, rows, max_regions, checkpoint_every, progress, on_record)
     finally:
-        bar.close()
-        for row_files in files.values():
-            for row_file in row_files.values():
-                row_file.close()
-
-    for split in plan:
-        missing = np.flatnonzero(~filled[split.name])
-        if missing.size:
-            examples = ", ".join(split.images[i].image_id for i in missing[:5])
-            raise DataError(f"{tsv}: {missing.size} of the {len(split.images)} images of split {split.name!r} are not "
-                            f"in the TSV (ids {examples}{', ...' if missing.size > 5 else ''}); the TSV must hold "
-                            f"every image of the chosen splits of {captions_path.name}")
+        rows.close()
+    _check_every_image_read(tsv, captions_path, plan, filled)
     for split in plan:
         texts = [_normalised(c) for image in split.images for c in image.captions[:captions_per_image]]
         paths = None if picture_files is None else [str(picture_files[id(image)]) for image in split.images]
-        moved = ("ims.npy", "boxes.npy", "mask.npy", "sizes.npy")
+        moved = tuple(f"{suffix}.npy" for suffix in _TsvRows.SUFFIXES)
         _finish_split_files(out, split.name, texts, [image.image_id for image in split.images], paths, keep=moved)
         for suffix in moved:  # a run stopped among these renames finds some already done
             if _partial(out / f"{split.name}_{suffix}").exists():
@@ -432,6 +329,150 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
         data = read_split(out, split.name)  # cheap: reads no feature; proves the folder reads back
         summary["splits"][split.name] = {"images": data.n_images, "captions": data.n_captions}
     return summary
+
+
+def _tsv_state(out: Path, restart: bool, settings: dict, plan, match: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Where a conversion of these ``settings`` stands in ``out`` (a new one, or the one a stop left),
+    and which rows of each split are already filled."""
+    state = _read_state(out, restart)
+    if state is not None and (restart or state.get("kind") != "tsv" or state.get("settings") != settings):
+        if not restart:
+            _refuse_other_conversion(out, state, settings)
+        state = None
+    if state is None:
+        _remove_unfinished(out)
+        state = {"version": STATE_VERSION, "kind": "tsv", "settings": settings, "offset": 0, "line": 0,
+                 "records": 0, "skipped": 0, "match": None if match == "auto" else match, "dim": None}
+        return state, {s.name: np.zeros(len(s.images), bool) for s in plan}
+    return state, _read_filled(out / FILLED_FILE, {s.name: len(s.images) for s in plan})
+
+
+class _TsvRows:
+    """The splits' row files being filled (as ``.partial`` files until the conversion ends)."""
+
+    SUFFIXES = ("ims", "boxes", "mask", "sizes")
+
+    def __init__(self, out: Path, sizes: dict[str, int], max_regions: int):
+        self.out, self.sizes, self.max_regions = out, sizes, max_regions
+        self.files: dict[str, dict[str, _RowFile]] = {}
+
+    def open(self, dim: int, create: bool) -> None:
+        out, max_regions = self.out, self.max_regions
+        for name, n in self.sizes.items():
+            for suffix in self.SUFFIXES:  # a run stopped among the final renames
+                final = out / f"{name}_{suffix}.npy"
+                if not create and not _partial(final).exists() and final.exists():
+                    os.replace(final, _partial(final))
+            self.files[name] = {
+                "ims": _RowFile(_partial(out / f"{name}_ims.npy"), np.float32, (n, max_regions, dim), create),
+                "boxes": _RowFile(_partial(out / f"{name}_boxes.npy"), np.float32, (n, max_regions, 4), create),
+                "mask": _RowFile(_partial(out / f"{name}_mask.npy"), np.bool_, (n, max_regions), create),
+                "sizes": _RowFile(_partial(out / f"{name}_sizes.npy"), np.int32, (n, 2), create),
+            }
+
+    def write(self, name: str, row: int, record) -> None:
+        """One image's regions, padded to max_regions with a mask, its boxes and size."""
+        k, dim = record.features.shape
+        padded = np.zeros((self.max_regions, dim), np.float32)
+        padded[:k] = record.features
+        boxes = np.zeros((self.max_regions, 4), np.float32)
+        boxes[:k] = record.boxes
+        files = self.files[name]
+        files["ims"].write(row, padded)
+        files["boxes"].write(row, boxes)
+        files["mask"].write(row, np.arange(self.max_regions) < k)
+        files["sizes"].write(row, np.array([record.width, record.height], np.int32))
+
+    def checkpoint(self, state: dict, filled: dict[str, np.ndarray]) -> None:
+        """The rows on disk, then which are filled and where the TSV stands, as one unit."""
+        for row_files in self.files.values():
+            for row_file in row_files.values():
+                row_file.sync()
+
+        def save_filled(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **filled)
+
+        def save_state(tmp: Path) -> None:
+            tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+
+        write_together({self.out / FILLED_FILE: save_filled, self.out / STATE_FILE: save_state})
+
+    def close(self) -> None:
+        for row_files in self.files.values():
+            for row_file in row_files.values():
+                row_file.close()
+
+
+def _read_tsv(tsv: Path, captions_path: Path, plan, state: dict, filled: dict[str, np.ndarray], rows: _TsvRows,
+              max_regions: int, checkpoint_every: int, progress: bool, on_record) -> None:
+    """Read the TSV from where ``state`` stands, each line into its image's row; a checkpoint every
+    ``checkpoint_every`` lines and at the end."""
+    by_key = {"id": _index(plan, lambda image: image.image_id),
+              "file": _index(plan, lambda image: Path(image.file_name).stem)}
+    bar = tqdm(total=state["settings"]["tsv"]["size"], initial=state["offset"], unit="B", unit_scale=True,
+               desc=f"reading {tsv.name}", disable=not progress)
+    since_checkpoint = 0
+    try:
+        for record, line, offset in iter_tsv_from(tsv, state["offset"], state["line"]):
+            if state["match"] is None:  # auto: the first line decides
+                state["match"] = "id" if record.image_id in by_key["id"] else \
+                    "file" if record.image_id in by_key["file"] else None
+                if state["match"] is None:
+                    raise DataError(f"{tsv}: line {line}: image_id {record.image_id!r} is neither an image id nor "
+                                    f"a file name (without extension) of an image of {captions_path.name} in the "
+                                    f"chosen splits; check the pairing of TSV and caption file, or give --match")
+            index = by_key[state["match"]]
+            if record.image_id not in index:
+                state["skipped"] += 1
+            else:
+                _check_tsv_record(tsv, captions_path, line, record, index, state, filled, max_regions)
+                name, row = index[record.image_id]
+                if state["dim"] is None:
+                    state["dim"] = record.features.shape[1]
+                    rows.open(state["dim"], create=True)
+                rows.write(name, row, record)
+                filled[name][row] = True
+            bar.update(offset - state["offset"])
+            state.update(offset=offset, line=line, records=state["records"] + 1)
+            since_checkpoint += 1
+            if since_checkpoint >= checkpoint_every:
+                rows.checkpoint(state, filled)
+                since_checkpoint = 0
+            if on_record is not None:
+                on_record(state["records"])
+        rows.checkpoint(state, filled)
+    finally:
+        bar.close()
+
+
+def _check_tsv_record(tsv: Path, captions_path: Path, line: int, record, index: dict, state: dict,
+                      filled: dict[str, np.ndarray], max_regions: int) -> None:
+    target = index[record.image_id]
+    if target is None:
+        raise DataError(f"{tsv}: line {line}: image_id {record.image_id!r} names two images of "
+                        f"{captions_path.name} (by {state['match']}); give --match id or file")
+    name, row = target
+    k, dim = record.features.shape
+    if k > max_regions:
+        raise DataError(f"{tsv}: line {line} (image {record.image_id}): {k} boxes, more than "
+                        f"--max-regions {max_regions}; give a larger --max-regions (images with "
+                        f"fewer boxes are padded, with a mask)")
+    if state["dim"] is not None and dim != state["dim"]:
+        raise DataError(f"{tsv}: line {line} (image {record.image_id}), field features: {dim}-d "
+                        f"region features, where the first image had {state['dim']}-d")
+    if filled[name][row]:
+        raise DataError(f"{tsv}: line {line}: image {record.image_id} appears a second time in the TSV")
+
+
+def _check_every_image_read(tsv: Path, captions_path: Path, plan, filled: dict[str, np.ndarray]) -> None:
+    for split in plan:
+        missing = np.flatnonzero(~filled[split.name])
+        if missing.size:
+            examples = ", ".join(split.images[i].image_id for i in missing[:5])
+            raise DataError(f"{tsv}: {missing.size} of the {len(split.images)} images of split {split.name!r} are not "
+                            f"in the TSV (ids {examples}{', ...' if missing.size > 5 else ''}); the TSV must hold "
+                            f"every image of the chosen splits of {captions_path.name}")
 
 
 # ----------------------------------------------------------------------------- SCAN precomp + vocabulary
