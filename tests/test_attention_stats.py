@@ -266,7 +266,7 @@ def test_every_view_picture_saves_as_png_and_svg(tiny_session, tmp_path):
     """The existing views draw through PictureView: their pictures save from Python and from buttons."""
     from widgets.attention import AttentionExplorer
     from widgets.levels import LevelPanel
-    from widgets.saving import save_view
+    from widgets.drawing import save_view
 
     explorer = AttentionExplorer(tiny_session, controls=False)
     png = save_view(explorer, tmp_path / "explorer.png")

@@ -12,11 +12,12 @@ from widgets.attention import AttentionExplorer
 from widgets.attention_stats import AttentionStatsView
 from widgets.base import LinkedView, SelectionControls
 from widgets.comparison import ComparisonView, ModelComparison, ensemble_session
+from widgets.drawing import save_view
 from widgets.embedding import EmbeddingMap
 from widgets.failures import FailureExplorer
 from widgets.levels import LevelPanel
 from widgets.ranking import RankedItem, RankingBrowser
-from widgets.saving import SaveButtons, save_figure, save_view
+from widgets.saving import SaveButtons, save_figure
 from widgets.selection import Selection
 from widgets.session import TextQuery, WorkbenchSession
 from widgets.workbench import Workbench

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import html
 import io
-import threading
 import warnings
 from copy import deepcopy
+from pathlib import Path
 from typing import Callable
 
 import ipywidgets as widgets
@@ -32,13 +32,13 @@ from PIL import Image
 
 from mlasm.data.pictures import OutsideFolder
 from mlasm.plots import draw_attention
+from widgets.saving import DRAW_LOCK, SaveButtons, save_figure
 from widgets.session import WorkbenchSession
 
 CANVAS_GREY = 235
 HIGHLIGHT = "#00d5ff"   # the chosen region's outline (dashed), apart from draw_attention's white outlines
 WORD_SHADE = (255, 127, 14)  # orange: a word's share of a region's attention
 DPI = 100               # a figure of w inches is w * 100 pixels wide
-DRAW_LOCK = threading.RLock()  # one drawing at a time, whichever thread a callback runs on
 
 
 def render_png(fig: Figure) -> bytes:
@@ -84,8 +84,6 @@ class PictureView(widgets.VBox):
     """
 
     def __init__(self, width: int, min_height: int = 0, save_as: str = "picture"):
-        from widgets.saving import SaveButtons  # (saving draws under this module's lock)
-
         self.figure: Figure | None = None
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
         self.message = widgets.HTML()
@@ -247,3 +245,21 @@ def png_thumbnail(picture: Image.Image, size: int) -> bytes:
     buffer = io.BytesIO()
     thumbnail.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def pictures_of(view) -> dict:
+    """The matplotlib pictures a view shows (its ``PictureView`` attributes), by attribute name."""
+    return {name: value for name, value in vars(view).items() if isinstance(value, PictureView)}
+
+
+def save_view(view, path: str | Path, picture: str | None = None, dpi: int = 150) -> Path:
+    """Save the picture a view shows (any view drawn through PictureView: explorer, levels, failures...).
+
+    ``picture`` names the PictureView attribute when the view has more than one.
+    """
+    pictures = pictures_of(view)
+    if picture is None and len(pictures) == 1:
+        picture = next(iter(pictures))
+    if picture not in pictures:
+        raise ValueError(f"{type(view).__name__} shows the pictures {sorted(pictures)}; name one (picture=...)")
+    return save_figure(pictures[picture].figure, path, dpi=dpi)

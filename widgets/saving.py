@@ -1,4 +1,5 @@
-"""Saving a view's picture as PNG or SVG, from Python (``save_figure``) and from buttons (``SaveButtons``).
+"""Saving a picture as PNG or SVG, from Python (``save_figure``; a view's: ``widgets.drawing.save_view``)
+and from buttons (``SaveButtons``).
 
 Pictures for papers (SVG: scalable, editable) and for slides (PNG). The figure saved is the
 matplotlib Figure the view drew last, drawn again at the file's own format, not a screenshot.
@@ -6,6 +7,7 @@ matplotlib Figure the view drew last, drawn again at the file's own format, not 
 from __future__ import annotations
 
 import html
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -13,9 +15,9 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 
 from mlasm.io import atomic_path
-from widgets.drawing import DRAW_LOCK
 
 FORMATS = ("png", "svg")
+DRAW_LOCK = threading.RLock()  # one drawing at a time, whichever thread a callback runs on (widgets.drawing too)
 
 
 def save_figure(fig: Figure | None, path: str | Path, dpi: int = 150) -> Path:
@@ -61,23 +63,3 @@ class SaveButtons(widgets.HBox):
             return None
         self.status.value = f"<span style='color:#2a7'>wrote {html.escape(str(self.saved))}</span>"
         return self.saved
-
-
-def pictures_of(view) -> dict:
-    """The matplotlib pictures a view shows (its ``PictureView`` attributes), by attribute name."""
-    from widgets.drawing import PictureView
-
-    return {name: value for name, value in vars(view).items() if isinstance(value, PictureView)}
-
-
-def save_view(view, path: str | Path, picture: str | None = None, dpi: int = 150) -> Path:
-    """Save the picture a view shows (any view drawn through PictureView: explorer, levels, failures...).
-
-    ``picture`` names the PictureView attribute when the view has more than one.
-    """
-    pictures = pictures_of(view)
-    if picture is None and len(pictures) == 1:
-        picture = next(iter(pictures))
-    if picture not in pictures:
-        raise ValueError(f"{type(view).__name__} shows the pictures {sorted(pictures)}; name one (picture=...)")
-    return save_figure(pictures[picture].figure, path, dpi=dpi)
