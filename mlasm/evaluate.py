@@ -35,7 +35,8 @@ from mlasm.metrics import (
     t2i_ranks,
 )
 from mlasm.encoding import encode_split
-from mlasm.model import LEVELS, MLASM, CaptionEncoding, ImageEncoding
+from mlasm.levels import BY_NAME, LEVELS
+from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 from mlasm.saved_scores import RECORDS_FILE, SCORES_FILE, scores_fingerprint, write_records, write_scores
 
 PROTOCOLS = {
@@ -101,7 +102,7 @@ def level_metrics(level_scores: dict[str, torch.Tensor], caption_to_image: np.nd
     measure = retrieval_metrics if protocol == "full" else folded_retrieval_metrics
     levels = {}
     for level, scores in level_scores.items():
-        if level == "global" and torch.isnan(scores).all():  # a local-only model has no global level
+        if BY_NAME[level].semantic and torch.isnan(scores).all():  # a local-only model has no global level
             continue
         check_finite(scores, f"level {level!r}")
         levels[level] = measure(scores, caption_to_image)
@@ -123,7 +124,7 @@ def level_ranks(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndar
     """
     arrays = {}
     for level, scores in level_scores.items():
-        if level == "global" and torch.isnan(scores).all():  # a local-only model has no global level
+        if BY_NAME[level].semantic and torch.isnan(scores).all():  # a local-only model has no global level
             continue
         k = min(TOP_K_SAVED, scores.shape[0], scores.shape[1])
         arrays[f"{level}_i2t_rank"] = i2t_ranks(scores, caption_to_image)
@@ -278,7 +279,7 @@ def _complete_ranks(scores: dict[str, torch.Tensor], split: RetrievalSplit) -> d
         return None
     complete = {}
     for level, level_scores in scores.items():
-        if level == "global" and torch.isnan(level_scores).all():  # a local-only model's
+        if BY_NAME[level].semantic and torch.isnan(level_scores).all():  # a local-only model's
             continue
         check_finite(level_scores, f"level {level!r}")
         complete[level] = complete_positive_ranks(level_scores.numpy(), split.positives)

@@ -54,7 +54,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlasm.model import EPS, LEVELS, MLASM, CaptionEncoding, ImageEncoding, PairExplanation
+from mlasm.levels import LEVELS
+from mlasm.model import EPS, MLASM, CaptionEncoding, ImageEncoding, PairExplanation
 
 SHARE_OF_DIFFERENCE = 0.8  # "these words gave 80 % of the difference"
 

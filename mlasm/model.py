@@ -28,10 +28,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm.auto import tqdm
 
 from mlasm.config import MLASMConfig
+from mlasm.levels import LEVELS, levels_of
 
 EPS = 1e-8
 LEAKY_SLOPE = 0.1
-LEVELS = ("t2i", "i2t", "local", "global", "final")
 MAX_BOUND_SHIFTED_LAMBDA = 40.0  # see _attend
 LARGE_JOB_PAIRS = 1_000_000  # score_all shows a progress bar from this many pairs on, unless told
 TRAINING_LENGTH_GROUPS = 4  # pair_levels: 56 % of one padded block's word positions on ShapeScenes batches
@@ -328,7 +328,7 @@ class MLASM(nn.Module):
     @property
     def levels(self) -> tuple[str, ...]:
         """The levels this model scores, in the order they build up (no global level when rho = 1)."""
-        return tuple(level for level in LEVELS if level != "global" or self.config.uses_global_level)
+        return levels_of(self.config.uses_global_level)
 
     @property
     def directions(self) -> tuple[str, ...]:

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-LEVEL_COLOURS = {"final": "#1f77b4", "local": "#2ca02c", "global": "#d62728", "t2i": "#9467bd", "i2t": "#8c564b"}
+from mlasm.levels import LEVEL_COLOURS
+
 
 
 def _axes(ax=None, figsize=(4, 4)):

@@ -4,9 +4,8 @@ from __future__ import annotations
 from typing import Mapping
 
 from mlasm.config import PAPER_OBJECTIVE_CAVEAT
+from mlasm.levels import LEVEL_LABELS, report_order
 
-LEVEL_NAMES = {"final": "final (MLASM)", "local": "local level", "global": "global level",
-               "t2i": "text-to-image", "i2t": "image-to-text"}
 
 
 def _row(name: str, metrics: Mapping, width: int) -> str:
@@ -26,10 +25,10 @@ def level_rows(result: Mapping) -> dict[str, Mapping]:
     """Every level of an evaluation result under a readable name, then chance level where known."""
     levels = result["levels"]
     kinds = {model.get("kind") for model in result.get("models", ())}
-    names = dict(LEVEL_NAMES)
+    names = dict(LEVEL_LABELS)
     if "SCAN" in kinds:  # the final score is not MLASM's
         names["final"] = "final (ensemble)" if len(result["models"]) > 1 else "final (SCAN)"
-    rows = {names[level]: levels[level] for level in LEVEL_NAMES if level in levels}
+    rows = {names[level]: levels[level] for level in report_order() if level in levels}
     if "chance" in result:
         rows["chance"] = result["chance"]
     return rows
@@ -59,7 +58,7 @@ def format_result(result: Mapping) -> str:
     if any(model.get("kind") == "SCAN" for model in result.get("models", ())):  # say which models scored it
         lines[1:1] = [f"model: {model.get('description', model['kind'])} ({model['checkpoint']})"
                       for model in result["models"]]
-    complete = {LEVEL_NAMES[level]: result["levels"][level]["complete"] for level in LEVEL_NAMES
+    complete = {LEVEL_LABELS[level]: result["levels"][level]["complete"] for level in report_order()
                 if "complete" in result["levels"].get(level, {})}
     if complete and "complete" in result.get("chance", {}):
         complete["chance"] = result["chance"]["complete"]

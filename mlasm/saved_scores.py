@@ -32,13 +32,14 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from mlasm.levels import BY_NAME, LEVELS
+
 from mlasm.io import finish_interrupted_writes, npz_declared_sizes
 
 SCORES_FILE = "scores.npz"
 RECORDS_FILE = "attention_records.npz"  # every word's attention record (mlasm.attention_stats), same fingerprint
 _FINGERPRINT_KEY = "fingerprint"
 _CHECKSUM_KEY = "checksum"
-LEVEL_NAMES = ("t2i", "i2t", "local", "global", "final")  # mlasm.model.LEVELS, every one saved
 _NPY_HEADER_BYTES = 4096  # an .npy header takes 128 bytes for a matrix; anything near this is not one
 _SMALL_MEMBER_BYTES = 2**20  # the fingerprint and the checksum
 
@@ -79,7 +80,7 @@ def write_scores(path: str | Path, scores: Mapping[str, torch.Tensor | np.ndarra
                        _CHECKSUM_KEY: np.array(arrays_checksum(arrays))}, **arrays)
 
 
-def read_saved_scores(path: str | Path, fingerprint: dict, levels: Sequence[str] = LEVEL_NAMES
+def read_saved_scores(path: str | Path, fingerprint: dict, levels: Sequence[str] = LEVELS
                       ) -> dict[str, np.ndarray] | None:
     """The saved matrices of ``levels`` (default: MLASM's; a SCAN model has two) when ``path`` holds
     scores of exactly this fingerprint, else None.
@@ -113,7 +114,7 @@ def _checked_scores(path: Path, fingerprint: dict, levels: tuple[str, ...]) -> d
         return f"incomplete: no {', '.join(missing)}" + (" (written by an earlier mlasm)" if missing ==
                                                           [_CHECKSUM_KEY] else "")
     for name, size in declared.items():
-        limit = matrix_bytes + _NPY_HEADER_BYTES if name in LEVEL_NAMES or name in levels else _SMALL_MEMBER_BYTES
+        limit = matrix_bytes + _NPY_HEADER_BYTES if name in LEVELS or name in levels else _SMALL_MEMBER_BYTES
         if size > limit:
             return (f"member {name}.npy declares {size:,} bytes uncompressed, more than the {limit:,} of "
                     f"a {shape[0]} x {shape[1]} float32 matrix; not decompressed")
@@ -132,7 +133,7 @@ def _checked_scores(path: Path, fingerprint: dict, levels: tuple[str, ...]) -> d
         return "its matrices do not match their checksum (changed or damaged since evaluate wrote them)"
     for level, matrix in scores.items():
         finite = np.isfinite(matrix)
-        if not finite.all() and not (level == "global" and np.isnan(matrix).all()):  # a local-only model's
+        if not finite.all() and not (BY_NAME[level].semantic and np.isnan(matrix).all()):  # a local-only model's
             return f"{level} holds {int((~finite).sum()):,} NaN or infinite scores (the file, not the model)"
     return scores
 
@@ -189,7 +190,7 @@ def read_saved_records(path: str | Path, fingerprint: dict):
 
 
 def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Path] | None = None,
-                      levels: Sequence[str] = LEVEL_NAMES) -> tuple[dict[str, np.ndarray] | None, Path | None]:
+                      levels: Sequence[str] = LEVELS) -> tuple[dict[str, np.ndarray] | None, Path | None]:
     """Saved scores of ``levels`` of one checkpoint on ``split``: in ``folders`` (default: the
     checkpoint's own folder and the one above it, where ``mlasm evaluate`` and ``mlasm demo`` write them).
 

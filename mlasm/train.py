@@ -52,6 +52,7 @@ from mlasm.data.vocab import SPECIAL_TOKENS, Vocabulary
 from mlasm.evaluate import check_rankable, evaluate_model
 from mlasm.interrupts import InterruptGuard
 from mlasm.io import write_json
+from mlasm.levels import supervised_levels
 from mlasm.loss import hinge_sums, rows_and_columns_loss, statistics_from_sums
 from mlasm.metrics import NonFiniteScores
 from mlasm.model import MLASM
@@ -217,8 +218,7 @@ class _Training:
         # Pairs that are in truth positive (another image the caption is true of) are never negatives.
         self.known_positives = train_split.positive_sets() if config.mask_false_negatives else \
             PositiveSets.strict(train_split.caption_to_image, train_split.n_images)
-        self.supervised_levels = [] if config.level_weight == 0 else \
-            ["t2i", "i2t"] + (["global"] if config.uses_global_level else [])
+        self.supervised_levels = [] if config.level_weight == 0 else supervised_levels(config.uses_global_level)
         # every hinge the loss holds collapses alike: the final score's and each supervised level's
         self.hinge_weights = 1 + config.level_weight * len(self.supervised_levels)
 

@@ -13,7 +13,7 @@ import html
 import numpy as np
 
 from mlasm.explain import Difference, LevelContributions, compare_contributions
-from mlasm.plots import LEVEL_COLOURS
+from mlasm.levels import LEVEL_COLOURS
 from widgets.drawing import region_names
 from widgets.session import CaptionRef, WorkbenchSession
 

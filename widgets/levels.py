@@ -12,22 +12,12 @@ import html
 import ipywidgets as widgets
 import pandas as pd
 
-from mlasm.plots import LEVEL_COLOURS
+from mlasm.levels import LEVEL_COLOURS, level_meanings
 from widgets.base import LinkedView
 from widgets.contributions import level_contributions_html
 from widgets.drawing import PictureView, draw_gate
 from widgets.selection import Selection
 from widgets.session import WorkbenchSession
-
-
-def level_meanings(rho: float) -> dict[str, str]:
-    return {
-        "t2i": "words attend to regions; mean over words of cos(word, its attended regions)",
-        "i2t": "regions attend to words; mean over regions of cos(region, its attended words)",
-        "local": "½ t2i + ½ i2t",
-        "global": "semantic level: gated image vector (h and attended regions) · text vector",
-        "final": f"{rho:g} × local + {1 - rho:g} × global",
-    }
 
 
 SCAN_POOLING = {"LogSumExp": "LogSumExp (λ_lse {lse:g})", "Mean": "mean", "Max": "max", "Sum": "sum"}
