@@ -205,6 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fast", action="store_true", help="tiny data and model (MLASM_FAST=1), as CI runs them")
     export.add_argument("--timeout", type=at_least(1), default=600, help="seconds one cell may run (default 600)")
     export.set_defaults(threads=None)  # the notebooks' kernels choose their own
+    serve = commands.add_parser("serve", help="the workbench as web pages for a class, with Voila ([serve] extra)",
+                                description="Serve the workbench and a teaching page over a saved run: every "
+                                            "visitor gets a page (and a kernel) of their own, sees no code and "
+                                            "can run none. Prints the address; Ctrl-C ends every kernel.")
+    serve.add_argument("--run", default=None,
+                       help="a run folder (RUN/mlasm/best.pt as `mlasm demo` writes, or RUN/best.pt; default runs/demo)")
+    serve.add_argument("--data", default=EMBEDDED, help=DATA_HELP + " (default: %(default)s)")
+    serve.add_argument("--split", default="test", help="the split to explore (default: test)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1, this machine only; any other needs a token, "
+                            "which is made and printed)")
+    serve.add_argument("--port", type=at_least(1), default=8866, help="default 8866")
+    serve.add_argument("--token", default=None, help="the token visitors need (default: none on 127.0.0.1, else a new one)")
+    serve.add_argument("--max-visitors", type=at_least(1), default=30,
+                       help="visitors at once (one kernel each); the next one is told the class is full (default 30)")
+    serve.add_argument("--idle-minutes", type=positive_number, default=20.0,
+                       help="end a visitor's kernel after this many minutes without activity (default 20)")
+    serve.set_defaults(threads=None)  # each kernel runs on one thread
     for command in (demo, train, evaluate, check, tsv, scan, extract):  # mlasm.threads
         command.add_argument("--threads", type=at_least(1), default=None,
                              help="torch threads (default: the cores this process may use, shared among "
@@ -345,8 +363,19 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlasm.serve import DEFAULT_RUN, ServeSettings, serve
+
+    return serve(ServeSettings(run=Path(args.run) if args.run else DEFAULT_RUN, data=args.data, split=args.split,
+                               host=args.host, port=args.port, max_visitors=args.max_visitors,
+                               idle_minutes=args.idle_minutes, token=args.token))
+
+
 RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo, "extract": _run_extract,
-           "check": _run_check, "prepare": _run_prepare, "export-notebooks": _run_export_notebooks}
+           "check": _run_check, "prepare": _run_prepare, "export-notebooks": _run_export_notebooks,
+           "serve": _run_serve}
 
 
 def describe_error(error: BaseException) -> str:

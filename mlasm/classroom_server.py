@@ -1,0 +1,106 @@
+"""Voilà for a class (``mlasm serve``): a seat limit with a "class full" page, and a first page of links.
+
+Imported only by ``mlasm.serve`` (and Voilà, which builds ``ClassroomKernelManager`` from its
+configuration): it needs the optional ``serve`` extra.
+"""
+from __future__ import annotations
+
+import html
+
+import tornado.web
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+from traitlets import Integer
+from voila.app import Voila
+from voila.tornado.handler import TornadoVoilaHandler
+from voila.tornado.treehandler import TornadoVoilaTreeHandler
+
+PAGE_STYLE = ("body{font-family:system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em;color:#222}"
+              "a{font-size:1.2em}li{margin:1em 0}")
+CLASS_FULL_PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>The class is full</title>
+<style>{PAGE_STYLE}</style></head><body><h1>The class is full</h1>
+<p>Every seat ({{seats}}) is taken. Try again in a few minutes: a seat frees when someone closes their page
+or leaves it idle.</p><p><a href="">Try again</a></p></body></html>"""
+
+
+class ClassFull(RuntimeError):
+    """No kernel is started: ``max_kernels`` run already."""
+
+
+class ClassroomKernelManager(AsyncMappingKernelManager):
+    """At most ``max_kernels`` kernels; one more is refused with ``ClassFull`` before anything starts.
+
+    The seat is taken before the first ``await``, so visitors arriving at once cannot overshoot.
+    """
+
+    max_kernels = Integer(30, config=True, help="the most kernels (visitors) at once")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._starting = 0
+
+    def seats_taken(self) -> int:
+        return len(self.list_kernel_ids()) + self._starting
+
+    def full(self) -> bool:
+        return self.seats_taken() >= self.max_kernels
+
+    async def start_kernel(self, *args, **kwargs):
+        if kwargs.get("kernel_id") is None and self.full():
+            raise ClassFull(f"{self.max_kernels} visitors already")
+        self._starting += 1
+        try:
+            return await super().start_kernel(*args, **kwargs)
+        finally:
+            self._starting -= 1
+
+
+class ClassroomPageHandler(TornadoVoilaHandler):
+    """A page for a visitor, or the "class full" page (503) when every seat is taken."""
+
+    def _class_full(self) -> None:
+        self.clear()
+        self.set_status(503)
+        self.set_header("Retry-After", "60")
+        self.set_header("Cache-Control", "no-cache, no-store, must-revalidate")
+        self.finish(CLASS_FULL_PAGE.format(seats=self.kernel_manager.max_kernels))
+
+    @tornado.web.authenticated
+    async def get(self, path=None):
+        if self.kernel_manager.full():
+            return self._class_full()
+        try:
+            async for part in self.get_generator(path=path):
+                self.write(part)
+                self.flush()
+        except ClassFull:  # taken by a visitor who arrived at the same moment; nothing was sent yet
+            return self._class_full()
+
+
+class FirstPageHandler(JupyterHandler):
+    """The address students are given: a link to each page, with a line on what it is for."""
+
+    @tornado.web.authenticated
+    def get(self):
+        from mlasm.serve import PAGES
+
+        items = "".join(f'<li><a href="{self.base_url}voila/render/{name}">{html.escape(title)}</a><br>'
+                        f"{html.escape(about)}</li>" for name, (title, about, _) in PAGES.items())
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(f"""<!doctype html><html><head><meta charset="utf-8"><title>MLASM workbench</title>
+<style>{PAGE_STYLE}</style></head><body><h1>MLASM workbench</h1>
+<p>Image-text retrieval, explored. Open a page; what you do there is yours alone.</p><ul>{items}</ul></body></html>""")
+
+
+class ClassroomVoila(Voila):
+    """Voilà serving a folder of pages, with ``ClassroomPageHandler`` and ``FirstPageHandler`` in its routes."""
+
+    def init_handlers(self):
+        handlers = []
+        for pattern, handler, *options in super().init_handlers():
+            if handler is TornadoVoilaHandler:
+                handler = ClassroomPageHandler
+            elif handler is TornadoVoilaTreeHandler and pattern == self.server_url:
+                handler, options = FirstPageHandler, []
+            handlers.append((pattern, handler, *options))
+        return handlers

@@ -1,0 +1,167 @@
+"""A tiny saved run and a running ``mlasm serve`` on it, for tests/test_serve.py and benchmarks/serve_visitors.py.
+
+``tiny_run(folder)`` trains the tiny model of the widget tests (48 ShapeScenes training images, one
+epoch, seconds), evaluates it on 16 test images (so ``scores.npz`` is saved beside it, as ``mlasm demo``
+does) and writes the splits as a precomp folder: ``mlasm serve --run RUN --data DATA`` serves it.
+
+``served(tmp, run, data)`` starts ``python -m mlasm serve`` in its own process group on a free
+loopback port, waits for its "open http://..." line and yields a ``Served`` (address, process, log);
+it always stops the server (SIGINT, then SIGKILL of the group) and never leaves a kernel behind.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
+TINY = dict(embed_size=32, word_dim=16, batch_size=16, epochs=1, learning_rate=1e-3)
+
+
+def tiny_run(folder: Path) -> tuple[Path, Path]:
+    """(run folder, data folder): a tiny trained model with its saved test scores, and its splits."""
+    import torch
+
+    from mlasm.config import MLASMConfig
+    from mlasm.data.precomp import write_split
+    from mlasm.data.shapescenes import load_shapescenes
+    from mlasm.evaluate import evaluate_checkpoints
+    from mlasm.train import train
+
+    run, data = folder / "run", folder / "data"
+    splits = {name: load_shapescenes(name, sizes=TINY_SIZES, cache=folder / "cache", progress=False)
+              for name in ("train", "dev", "test")}
+    for name, split in splits.items():
+        write_split(data, name, split)
+    torch.manual_seed(0)
+    best = train(MLASMConfig.cpu(**TINY), splits["train"], splits["dev"], run, progress=False)["best"]
+    evaluate_checkpoints([best], splits["test"], out_dir=run, progress=False)
+    return run, data
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc): the kernels a server started."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, waiting to be reaped, counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Served:
+    url: str                       # http://127.0.0.1:PORT/ (with ?token=... when one is needed)
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    kernels_seen: set[int] = field(default_factory=set)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kernels(self) -> set[int]:
+        """The server's kernel processes now (and remember them, to check that they end)."""
+        now = descendants(self.process.pid)
+        self.kernels_seen |= now
+        return now
+
+
+def serve_environment(tmp: Path) -> dict[str, str]:
+    from browser_support import isolated_env
+
+    return isolated_env(tmp, {"OMP_NUM_THREADS": "1", "MLASM_CACHE_DIR": str(tmp / "mlasm-cache")})
+
+
+@contextmanager
+def served(tmp: Path, run: Path, data: Path, *options: str, timeout: float = 90) -> Iterator[Served]:
+    """``mlasm serve`` on ``run`` for the block; stopped with SIGINT (as Ctrl-C) afterwards."""
+    port = free_port()
+    log_path = tmp / "serve.log"
+    command = [sys.executable, "-m", "mlasm", "serve", "--run", str(run), "--data", str(data),
+               "--port", str(port), *options]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=tmp, env=serve_environment(tmp), stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    server = None
+    try:
+        deadline = time.monotonic() + timeout
+        while server is None:
+            found = re.search(r"^open (http://\S+)", log_path.read_text(errors="replace"), re.M)
+            if found:
+                server = Served(found.group(1), port, process, log_path)
+            elif process.poll() is not None:
+                raise RuntimeError(f"mlasm serve exited with {process.returncode}:\n{log_path.read_text()}")
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"mlasm serve printed no address within {timeout:.0f} s")
+            else:
+                time.sleep(0.2)
+        _wait_listening(port, deadline)
+        yield server
+    except BaseException:
+        print(f"--- mlasm serve log ({log_path}) ---\n{log_path.read_text(errors='replace')[-4000:]}")
+        raise
+    finally:
+        stop(process, also=server.kernels_seen if server else ())
+
+
+def _wait_listening(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def stop(process: subprocess.Popen, timeout: float = 30, also=()) -> int:
+    """SIGINT, as Ctrl-C; SIGKILL of the whole group if it hangs, and of any kernel (``also``) left.
+    Returns the exit status."""
+    below = set(also)
+    if process.poll() is None:
+        below |= descendants(process.pid)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout)
+    for pid in below:  # never leave a kernel behind, whatever the test found
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return process.returncode
