@@ -19,7 +19,7 @@ PAGE_STYLE = ("body{font-family:system-ui,sans-serif;max-width:40em;margin:3em a
               "a{font-size:1.2em}li{margin:1em 0}")
 CLASS_FULL_PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>The class is full</title>
 <style>{PAGE_STYLE}</style></head><body><h1>The class is full</h1>
-<p>Every seat ({{seats}}) is taken. Try again in a few minutes: a seat frees when someone closes their page
+<p>Every seat (SEATS) is taken. Try again in a few minutes: a seat frees when someone closes their page
 or leaves it idle.</p><p><a href="">Try again</a></p></body></html>"""
 
 
@@ -63,7 +63,7 @@ class ClassroomPageHandler(TornadoVoilaHandler):
         self.set_status(503)
         self.set_header("Retry-After", "60")
         self.set_header("Cache-Control", "no-cache, no-store, must-revalidate")
-        self.finish(CLASS_FULL_PAGE.format(seats=self.kernel_manager.max_kernels))
+        self.finish(CLASS_FULL_PAGE.replace("SEATS", str(self.kernel_manager.max_kernels)))
 
     @tornado.web.authenticated
     async def get(self, path=None):
