@@ -102,7 +102,8 @@ class Served:
 def serve_environment(tmp: Path) -> dict[str, str]:
     from browser_support import isolated_env
 
-    return isolated_env(tmp, {"OMP_NUM_THREADS": "1", "MLASM_CACHE_DIR": str(tmp / "mlasm-cache")})
+    cache = os.environ.get("MLASM_CACHE_DIR") or str(tmp / "mlasm-cache")  # the ShapeScenes cache, when there is one
+    return isolated_env(tmp, {"OMP_NUM_THREADS": "1", "MLASM_CACHE_DIR": cache})
 
 
 @contextmanager

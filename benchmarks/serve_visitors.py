@@ -1,0 +1,93 @@
+"""``mlasm serve`` under a class: first-page time, interaction latency and memory per visitor.
+
+For each number of visitors N it starts ``python -m mlasm serve`` on a run (loopback, a free port,
+at most N seats), measures the memory of the server alone, opens N Chromium pages at once (each in
+a browser context of its own, as N students' computers), then does ``--rounds`` rounds of the
+browser test's interactions (an image, a word, a typed query, a region, the Levels tab and back) in
+every page at once, and reports:
+
+- first page: seconds from asking for the page until its attention picture shows (median, slowest);
+- interaction: seconds from the action until the page's new picture shows (median, 95th percentile);
+- memory: proportional set size (PSS: pages shared by several processes, such as the libraries and
+  the memory-mapped score matrices, counted once in all) of the server and every kernel; per
+  visitor = (everything with N visitors - the server alone) / N; and the private memory per kernel.
+
+The server is stopped with SIGINT after each N, and every kernel checked gone.
+
+    python benchmarks/serve_visitors.py --visitors 1,3                   # the tiny run, built in seconds
+    python benchmarks/serve_visitors.py --run runs/demo --visitors 10,30  # the demo's run (the issue's goals)
+
+Needs the [serve] and [dev] extras and Debian's chromium (scripts/install_browser.sh).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tests"), str(Path(__file__).resolve().parent)]
+
+from classroom_browser import ACTIONS, Class, chromium, memory_kib  # noqa: E402  tests/, for the same pages
+from serve_support import alive, served, tiny_run  # noqa: E402
+from table import print_markdown_table  # noqa: E402
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+def measure(tmp: Path, run: Path, data: str, visitors: int, rounds: int, timeout: float) -> dict:
+    with served(tmp, run, Path(data) if data != "shapescenes" else data, "--max-visitors", str(visitors)) as server, \
+            chromium(tmp, timeout=timeout) as browser:
+        time.sleep(2)
+        alone = memory_kib([server.process.pid])
+        group = Class(browser, visitors, timeout)
+        loaded = list(group.open(server.url + "voila/render/workbench.ipynb").values())
+        latencies = []
+        for round_ in range(rounds):
+            for what, action, selector in ACTIONS:
+                latencies += list(group.act(what, action, selector, round_ * len(ACTIONS)).values())
+        kernels = server.kernels()
+        everything = memory_kib([server.process.pid, *kernels])
+        each = [memory_kib([pid]) for pid in kernels]
+        server.process.send_signal(2)
+        server.process.wait(timeout=120)
+        left = [pid for pid in server.kernels_seen if alive(pid)]
+    mib = 1 / 1024
+    return {"visitors": visitors, "kernels": len(kernels),
+            "first page median s": f"{statistics.median(loaded):.1f}", "first page slowest s": f"{max(loaded):.1f}",
+            "interactions": len(latencies), "interaction median s": f"{statistics.median(latencies):.2f}",
+            "interaction p95 s": f"{percentile(latencies, 0.95):.2f}",
+            "server alone MiB (PSS)": f"{alone['pss'] * mib:.0f}",
+            "per visitor MiB (PSS)": f"{(everything['pss'] - alone['pss']) * mib / visitors:.0f}",
+            "private per kernel MiB": f"{statistics.mean(e['private'] for e in each) * mib:.0f}",
+            "all MiB (PSS)": f"{everything['pss'] * mib:.0f}", "kernels left after Ctrl-C": len(left)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--visitors", default="1,3", help="comma-separated numbers of visitors (default 1,3)")
+    parser.add_argument("--run", default=None, help="a run folder (default: the tiny run of the tests, built now)")
+    parser.add_argument("--data", default="shapescenes", help="the run's data (default shapescenes)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the six interactions (default 2)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds any one wait may take (default 300)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mlasm-serve-bench-") as folder:
+        tmp = Path(folder)
+        run, data = (Path(args.run), args.data) if args.run else tiny_run(tmp / "tiny")
+        for count in (int(n) for n in args.visitors.split(",")):
+            here = tmp / f"n{count}"
+            here.mkdir()
+            rows.append(measure(here, run.resolve(), str(data), count, args.rounds, args.timeout))
+            print(rows[-1], flush=True)
+    print_markdown_table(rows)
+
+
+if __name__ == "__main__":
+    main()
