@@ -32,7 +32,8 @@ def test_each_visitor_sees_their_own_selection_and_no_blank_picture(short_tmp: P
 
     shots = shots_folder(f"serve-{VISITORS}-visitors")
     run, data = tiny_run(short_tmp)
-    with served(short_tmp, run, data, "--max-visitors", str(VISITORS)) as server, \
+    # one seat more than the visitors: the teaching page's; one visitor more is told the class is full
+    with served(short_tmp, run, data, "--max-visitors", str(VISITORS + 1)) as server, \
             chromium(short_tmp, timeout=TIMEOUT_S) as browser:
         visitors = Class(browser, VISITORS, TIMEOUT_S)
         loaded = visitors.open(server.url + "voila/render/workbench.ipynb")
@@ -69,3 +70,17 @@ def test_each_visitor_sees_their_own_selection_and_no_blank_picture(short_tmp: P
             now = visitor.page.evaluate(f"() => document.querySelector('{PICTURE}').src")
             assert now == sources[visitor.index], f"visitor {visitor.index}'s picture changed with visitor 0's choice"
         visitors.visitors[0].page.screenshot(path=str(shots / "workbench-page.png"), full_page=False)
+
+        # the teaching page answers a task; then the class is full, and the next visitor is told so
+        teaching = browser.new_context(viewport={"width": 1280, "height": 1400}).new_page()
+        teaching.set_default_timeout(TIMEOUT_S * 1000)
+        teaching.goto(server.url + "voila/render/teaching.ipynb")
+        first_task = teaching.locator(".mlasm-task").first
+        first_task.locator("button", has_text="Check").click()
+        answer = first_task.locator(".mlasm-answer")
+        answer.wait_for(state="visible")
+        assert answer.inner_text().startswith(("Found one: for caption 0", "Not this one: for caption 0"))
+        teaching.screenshot(path=str(shots / "teaching-page.png"), full_page=True)
+        late = browser.new_context().new_page()
+        response = late.goto(server.url + "voila/render/workbench.ipynb", timeout=60_000)
+        assert response.status == 503 and "The class is full" in late.inner_text("body")

@@ -120,7 +120,7 @@ class ToyAttention(widgets.VBox):
     def __init__(self):
         self.words = widgets.ToggleButtons(options=[("words alone", "context-free"), ("words in context", "contextual")],
                                            value="context-free", description="words")
-        self.lambda_t2i = widgets.FloatLogSlider(value=9.0, base=10, min=-0.5, max=1.5, step=0.05, description="λ")
+        self.lambda_t2i = widgets.FloatSlider(value=9.0, min=0.5, max=30.0, step=0.5, description="λ")
         self.readout = widgets.HTML()
         for control in (self.words, self.lambda_t2i):
             control.observe(lambda _change: self.redraw(), names="value")
