@@ -22,6 +22,7 @@ Needs the [serve] and [dev] extras and Debian's chromium (scripts/install_browse
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -55,7 +56,7 @@ def measure(tmp: Path, run: Path, data: str, visitors: int, rounds: int, timeout
         kernels = server.kernels()
         everything = memory_kib([server.process.pid, *kernels])
         each = [memory_kib([pid]) for pid in kernels]
-        server.process.send_signal(2)
+        server.process.send_signal(signal.SIGINT)
         server.process.wait(timeout=120)
         left = [pid for pid in server.kernels_seen if alive(pid)]
     mib = 1 / 1024
@@ -69,6 +70,10 @@ def measure(tmp: Path, run: Path, data: str, visitors: int, rounds: int, timeout
             "all MiB (PSS)": f"{everything['pss'] * mib:.0f}", "kernels left after Ctrl-C": len(left)}
 
 
+def stop_on_sigterm(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--visitors", default="1,3", help="comma-separated numbers of visitors (default 1,3)")
@@ -77,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the six interactions (default 2)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds any one wait may take (default 300)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # a killed benchmark still stops its server and kernels
     rows = []
     with tempfile.TemporaryDirectory(prefix="mlasm-serve-bench-") as folder:
         tmp = Path(folder)

@@ -40,7 +40,8 @@ class Visitor:
         menu = self.page.locator(f"{EXPLORER} .widget-dropdown select").nth(nth)
         options = menu.locator("option").count()
         current = menu.evaluate("e => e.selectedIndex")
-        menu.select_option(index=(current + 1 + self.index) % options)
+        step = 1 + self.index % max(1, options - 1)  # each visitor its own step, never back to where it is
+        menu.select_option(index=(current + step) % options)
 
     def type_into(self, selector: str, value: str) -> None:
         box = self.page.locator(selector)
