@@ -28,6 +28,8 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ import numpy as np
 
 from mlasm.data.errors import DataError
 from mlasm.io import atomic_path
+from mlasm.kernel_fork import WARM_SOCKET
 from mlasm.paths import cache_dir
 from mlasm.sources import EMBEDDED
 
@@ -83,6 +86,7 @@ class ServeSettings:
     max_visitors: int = 30
     idle_minutes: float = 20.0
     token: str | None = None
+    warm: bool = True  # kernels forked from one warm process (mlasm.kernel_fork), else ordinary ones
 
 
 def run_checkpoint(run: str | Path) -> Path:
@@ -149,6 +153,49 @@ def load_shared_scores(folder: str | Path) -> dict[str, np.ndarray]:
     return {path.stem: np.load(path, mmap_mode="r") for path in sorted(Path(folder).glob("*.npy"))}
 
 
+KERNEL_NAME = "mlasm-classroom"
+
+
+def write_kernelspec(folder: Path) -> Path:
+    """FOLDER/kernels/mlasm-classroom/kernel.json: a kernel started through ``mlasm.kernel_fork``
+    (forked from the warm process when there is one, else an ordinary ipykernel). FOLDER goes on JUPYTER_PATH."""
+    spec = folder / "kernels" / KERNEL_NAME
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "mlasm.kernel_fork", "-f", "{connection_file}"],
+        "display_name": "MLASM classroom", "language": "python", "metadata": {"debugger": False}}))
+    return spec
+
+
+def start_warm_process(folder: Path, timeout: float = 300) -> subprocess.Popen | None:
+    """``python -m mlasm.kernel_fork --warm``, ready (its socket made) within ``timeout`` s, or None."""
+    import time
+
+    path = folder / "warm.sock"
+    process = subprocess.Popen([sys.executable, "-m", "mlasm.kernel_fork", "--warm", str(path)],
+                               stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            print("mlasm serve: the warm process did not start; each visitor's kernel starts on its own",
+                  file=sys.stderr, flush=True)
+            return None
+        time.sleep(0.1)
+    os.environ[WARM_SOCKET] = str(path)
+    return process
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def write_pages(folder: Path) -> list[Path]:
     """The two notebooks Voilà serves: a guide in Markdown and one hidden code cell each."""
     import nbformat
@@ -158,7 +205,7 @@ def write_pages(folder: Path) -> list[Path]:
     for name, (_, _, code) in PAGES.items():
         notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(guides[name]),
                                                    nbformat.v4.new_code_cell(code)])
-        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        notebook.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "MLASM classroom", "language": "python"}
         nbformat.write(notebook, folder / name)
         written.append(folder / name)
     return written
@@ -202,8 +249,13 @@ def serve(settings: ServeSettings) -> int:
                        # many kernels share the cores: one thread each
                        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     pages = Path(tempfile.mkdtemp(prefix="mlasm-serve-"))
+    warm_process = None
     try:
         write_pages(pages)
+        write_kernelspec(pages)
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(pages), os.environ.get("JUPYTER_PATH")]))
+        if settings.warm:
+            warm_process = start_warm_process(pages)
         app = ClassroomVoila()
         app.initialize(voila_arguments(settings, pages, token))
         # Ctrl-C as Voilà takes SIGTERM: the loop stops, then every kernel is shut down (also when the
@@ -223,4 +275,5 @@ def serve(settings: ServeSettings) -> int:
         print("mlasm serve: stopped; every kernel ended", flush=True)
         return 0
     finally:
+        stop_process(warm_process)
         shutil.rmtree(pages, ignore_errors=True)

@@ -152,9 +152,10 @@ class ToyAttention(widgets.VBox):
 class TeachingTasks:
     """The answers the teaching page checks, computed from the session (no widgets: tests read them)."""
 
+    _word_summaries: dict[int, object] = {}  # id(session) -> summary: one computation per session, for every page
+
     def __init__(self, session: WorkbenchSession):
         self.session = session
-        self._word_summary = None
 
     def best_image(self, caption: int, level: str) -> int:
         scores = self.session.image_scores(int(caption), level)
@@ -174,7 +175,8 @@ class TeachingTasks:
 
     def word_summary(self):
         """Pointing accuracy per kind of word over the matching pairs of (up to WORD_TASK_CAPTIONS) captions."""
-        if self._word_summary is None:
+        key = id(self.session)
+        if key not in self._word_summaries:
             from mlasm.attention_stats import model_records, summarize
 
             session = self.session
@@ -182,8 +184,8 @@ class TeachingTasks:
             records = model_records(session.model, session.split, session.vocab, session.images, session.captions,
                                     captions=range(count))
             summary = summarize(records)
-            self._word_summary = summary[summary["grounded"] > 0].sort_values("pointing %", kind="stable")
-        return self._word_summary
+            self._word_summaries[key] = summary[summary["grounded"] > 0].sort_values("pointing %", kind="stable")
+        return self._word_summaries[key]
 
     def word_kinds(self) -> tuple[str, ...]:
         """The kinds a visitor may answer with (ShapeScenes' kinds of word, or detector labels' kinds)."""
