@@ -10,7 +10,8 @@ every page at once, and reports:
 - interaction: seconds from the action until the page's new picture shows (median, 95th percentile);
 - memory: proportional set size (PSS: pages shared by several processes, such as the libraries and
   the memory-mapped score matrices, counted once in all) of the server and every kernel; per
-  visitor = (everything with N visitors - the server alone) / N; and the private memory per kernel.
+  visitor = (everything with N visitors - the server and its warm process alone) / N; and the private
+  memory of the visitors' processes (kernels and their stand-ins) / N.
 
 The server is stopped with SIGINT after each N, and every kernel checked gone.
 
@@ -46,7 +47,7 @@ def measure(tmp: Path, run: Path, data: str, visitors: int, rounds: int, timeout
     with served(tmp, run, Path(data) if data != "shapescenes" else data, "--max-visitors", str(visitors)) as server, \
             chromium(tmp, timeout=timeout) as browser:
         time.sleep(2)
-        alone = memory_kib([server.process.pid])
+        alone = memory_kib([server.process.pid, *server.processes()])  # the server and its warm process
         group = Class(browser, visitors, timeout)
         loaded = list(group.open(server.url + "voila/render/workbench.ipynb").values())
         latencies = []
@@ -54,8 +55,8 @@ def measure(tmp: Path, run: Path, data: str, visitors: int, rounds: int, timeout
             for what, action, selector in ACTIONS:
                 latencies += list(group.act(what, action, selector, round_ * len(ACTIONS)).values())
         kernels = server.kernels()
-        everything = memory_kib([server.process.pid, *kernels])
-        each = [memory_kib([pid]) for pid in kernels]
+        everything = memory_kib([server.process.pid, *server.processes()])
+        visitors_own = memory_kib(server.visitor_processes())  # forked kernels and their stand-ins
         server.process.send_signal(signal.SIGINT)
         server.process.wait(timeout=120)
         left = [pid for pid in server.kernels_seen if alive(pid)]
@@ -66,7 +67,7 @@ def measure(tmp: Path, run: Path, data: str, visitors: int, rounds: int, timeout
             "interaction p95 s": f"{percentile(latencies, 0.95):.2f}",
             "server alone MiB (PSS)": f"{alone['pss'] * mib:.0f}",
             "per visitor MiB (PSS)": f"{(everything['pss'] - alone['pss']) * mib / visitors:.0f}",
-            "private per kernel MiB": f"{statistics.mean(e['private'] for e in each) * mib:.0f}",
+            "private per visitor MiB": f"{visitors_own['private'] * mib / visitors:.0f}",
             "all MiB (PSS)": f"{everything['pss'] * mib:.0f}", "kernels left after Ctrl-C": len(left)}
 
 

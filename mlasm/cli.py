@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="visitors at once (one kernel each); the next one is told the class is full (default 30)")
     serve.add_argument("--idle-minutes", type=positive_number, default=20.0,
                        help="end a visitor's kernel after this many minutes without activity (default 20)")
+    serve.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
+                       help="fork each visitor's kernel from one process that has loaded everything (default): "
+                            "pages in about a second, memory shared; --no-warm starts each kernel on its own")
     serve.set_defaults(threads=None)  # each kernel runs on one thread
     for command in (demo, train, evaluate, check, tsv, scan, extract):  # mlasm.threads
         command.add_argument("--threads", type=at_least(1), default=None,
@@ -370,7 +373,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     return serve(ServeSettings(run=Path(args.run) if args.run else DEFAULT_RUN, data=args.data, split=args.split,
                                host=args.host, port=args.port, max_visitors=args.max_visitors,
-                               idle_minutes=args.idle_minutes, token=args.token))
+                               idle_minutes=args.idle_minutes, token=args.token, warm=args.warm))
 
 
 RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo, "extract": _run_extract,

@@ -72,6 +72,20 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie, waiting to be reaped, counts as ended)."""
     try:
@@ -92,11 +106,23 @@ class Served:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def kernels(self) -> set[int]:
-        """The server's kernel processes now (and remember them, to check that they end)."""
+    def processes(self) -> set[int]:
+        """Every process below the server now (remembered, to check that they end)."""
         now = descendants(self.process.pid)
         self.kernels_seen |= now
         return now
+
+    def warm_process(self) -> set[int]:
+        """The process the kernels are forked from (mlasm.kernel_fork), when there is one."""
+        return {pid for pid in self.processes() if parent_of(pid) == self.process.pid and "--warm" in command_of(pid)}
+
+    def kernels(self) -> set[int]:
+        """One process per kernel Jupyter started: its stand-in (mlasm.kernel_fork -f), or the ipykernel."""
+        return {pid for pid in self.processes() if "kernel-" in command_of(pid) and " -f " in command_of(pid)}
+
+    def visitor_processes(self) -> set[int]:
+        """What the visitors cost: every process below the server but the warm one."""
+        return self.processes() - self.warm_process()
 
 
 def serve_environment(tmp: Path) -> dict[str, str]:

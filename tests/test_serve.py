@@ -38,7 +38,7 @@ from mlasm.serve import (  # noqa: E402
     shared_scores_folder,
     voila_arguments,
 )
-from serve_support import alive, served, tiny_run  # noqa: E402
+from serve_support import alive, parent_of, served, tiny_run  # noqa: E402
 from widgets.classroom import TeachingTasks, failure_sentence, teaching_page, toy_red_weights, toy_scores  # noqa: E402
 from widgets.saving import SaveButtons  # noqa: E402
 from widgets.session import WorkbenchSession  # noqa: E402
@@ -278,6 +278,8 @@ def test_a_class_on_one_server_pages_no_code_seats_and_ctrl_c(needs_voila, run_a
         assert status == 503 and "The class is full" in full and "Every seat (2) is taken" in full
         kernels = server.kernels()
         assert len(kernels) == 2, kernels
+        forked = [pid for pid in server.processes() if parent_of(pid) in server.warm_process()]
+        assert len(server.warm_process()) == 1 and len(forked) == 2, "the kernels were not forked from the warm process"
 
         server.process.send_signal(signal.SIGINT)  # Ctrl-C
         assert server.process.wait(timeout=60) == 0
@@ -287,9 +289,9 @@ def test_a_class_on_one_server_pages_no_code_seats_and_ctrl_c(needs_voila, run_a
 
 
 @pytest.mark.slow
-def test_a_token_given_is_asked_for(needs_voila, run_and_data, short_tmp):
+def test_a_token_given_is_asked_for_and_kernels_start_without_a_warm_process(needs_voila, run_and_data, short_tmp):
     run, data = run_and_data
-    with served(short_tmp, run, data, "--token", "class-of-2026") as server:
+    with served(short_tmp, run, data, "--token", "class-of-2026", "--no-warm") as server:
         assert server.url.endswith("/?token=class-of-2026")
         base = server.url.split("?")[0]
         request = urllib.request.Request(base, method="GET")
@@ -300,6 +302,10 @@ def test_a_token_given_is_asked_for(needs_voila, run_and_data, short_tmp):
             status = error.code
         assert status in (302, 403), status  # sent to the login page, or refused
         assert get(server.url, timeout=30)[0] == 200
+        # --no-warm: each kernel an ordinary ipykernel, the page the same
+        status, page = get(server.url.replace("/?", "/voila/render/workbench.ipynb?"))
+        assert status == 200 and "widget-view+json" in page and "mlasm-error" not in page
+        assert not server.warm_process() and len(server.kernels()) == 1
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
