@@ -16,8 +16,11 @@ What keeps the machine alive and the class safe:
 - the page cannot run code: Voilà's kernel manager passes only comm, kernel_info and shutdown
   messages from the page to a kernel (an ``execute_request`` is dropped); the widgets' save
   buttons offer a download instead of writing a file (``MLASM_SERVED``, ``widgets.saving``);
+- the kernels are forked from one warm process that has imported everything and opened the
+  model, the split and its encodings (``mlasm.kernel_fork``): a page shows in about a second and
+  what the kernels do not change stays shared (``--no-warm``: each kernel starts on its own);
 - the score matrices saved with the run are copied once into ``.npy`` files under the cache
-  folder and memory-mapped by every kernel, so the operating system keeps one copy for all;
+  folder and memory-mapped, so the operating system keeps one copy for all;
 - Ctrl-C (or SIGTERM) ends every kernel before the command returns.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``mlasm serve`` in a real browser, under load: several visitors at once on the tiny run.
 
-VISITORS pages (5, or fewer with ``MLASM_SERVE_VISITORS``; 5 took 83 s on the 2 shared development
-cores, their first pages 50 s as all loaded at once) open the workbench at once, each in a browser context of its own,
-and interact in every page at once: an image, a word, a typed query, a region, the Levels tab and
+VISITORS pages (5, or fewer with ``MLASM_SERVE_VISITORS``; 5 took 73 s on the 2 shared development
+cores, all 5 first pages shown within 16 s) open the workbench at once, each in a browser context of
+its own, and interact in every page at once: an image, a word, a typed query, a region, the Levels tab and
 back. Each page's picture must follow its own selection (the visitors chose different images, so
 their pictures differ, and one visitor's choices never change another's picture) and never be
 blank. Loopback only, bounded in count and time; timing goals are the benchmark's
