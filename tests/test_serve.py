@@ -311,3 +311,25 @@ def test_a_token_given_is_asked_for_and_kernels_start_without_a_warm_process(nee
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+def test_in_a_served_kernel_an_error_shows_one_sentence_not_a_traceback(capsys):
+    import ipywidgets as widgets
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from widgets.classroom import one_sentence_errors
+
+    shell = InteractiveShell.instance()
+    shown = []
+    try:
+        shell.display_pub.publish = lambda data, **_: shown.append(data.get("text/html", ""))
+        one_sentence_errors()
+        shell.run_cell("raise ValueError('no such image: 99')")
+        with widgets.Output():  # a widget callback's error, as the views draw inside Output widgets
+            raise KeyError("word")
+    finally:
+        InteractiveShell.clear_instance()
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.out + printed.err
+    assert len(shown) == 2 and all("mlasm-error" in html for html in shown), shown
+    assert "That did not work: no such image: 99." in shown[0] and "That did not work: &#x27;word&#x27;." in shown[1]
