@@ -333,3 +333,19 @@ def test_in_a_served_kernel_an_error_shows_one_sentence_not_a_traceback(capsys):
     assert "Traceback" not in printed.out + printed.err
     assert len(shown) == 2 and all("mlasm-error" in html for html in shown), shown
     assert "That did not work: no such image: 99." in shown[0] and "That did not work: &#x27;word&#x27;." in shown[1]
+
+
+@pytest.mark.slow
+def test_an_idle_visitor_s_kernel_is_ended_and_the_seat_freed(needs_voila, run_and_data, short_tmp):
+    run, data = run_and_data
+    # one seat; a kernel idle for 3 s is ended (checked every 2 s)
+    with served(short_tmp, run, data, "--max-visitors", "1", "--idle-minutes", "0.05") as server:
+        assert get(server.url + "voila/render/workbench.ipynb")[0] == 200
+        assert len(server.kernels()) == 1
+        deadline = time.monotonic() + 60
+        while server.kernels() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not server.kernels(), "the idle kernel was not ended"
+        assert "seconds of inactivity" in server.log()  # jupyter_server says why it ended the kernel
+        status, page = get(server.url + "voila/render/workbench.ipynb")  # the freed seat is taken again
+        assert status == 200 and "widget-view+json" in page
