@@ -152,7 +152,9 @@ class ToyAttention(widgets.VBox):
 class TeachingTasks:
     """The answers the teaching page checks, computed from the session (no widgets: tests read them)."""
 
-    _word_summaries: dict[int, object] = {}  # id(session) -> summary: one computation per session, for every page
+    # id(session) -> (session, summary): computed once per session for every page (the session is kept,
+    # so that its id is never another's)
+    _word_summaries: dict[int, tuple] = {}
 
     def __init__(self, session: WorkbenchSession):
         self.session = session
@@ -176,7 +178,7 @@ class TeachingTasks:
     def word_summary(self):
         """Pointing accuracy per kind of word over the matching pairs of (up to WORD_TASK_CAPTIONS) captions."""
         key = id(self.session)
-        if key not in self._word_summaries:
+        if key not in self._word_summaries or self._word_summaries[key][0] is not self.session:
             from mlasm.attention_stats import model_records, summarize
 
             session = self.session
@@ -184,8 +186,9 @@ class TeachingTasks:
             records = model_records(session.model, session.split, session.vocab, session.images, session.captions,
                                     captions=range(count))
             summary = summarize(records)
-            self._word_summaries[key] = summary[summary["grounded"] > 0].sort_values("pointing %", kind="stable")
-        return self._word_summaries[key]
+            self._word_summaries[key] = (session, summary[summary["grounded"] > 0].sort_values("pointing %",
+                                                                                                 kind="stable"))
+        return self._word_summaries[key][1]
 
     def word_kinds(self) -> tuple[str, ...]:
         """The kinds a visitor may answer with (ShapeScenes' kinds of word, or detector labels' kinds)."""
