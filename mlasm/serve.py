@@ -251,14 +251,19 @@ def serve(settings: ServeSettings) -> int:
                        RUN_FAST: "" if fast is None else str(int(fast)), RUN_SCORES: str(scores or ""), SERVED: "1",
                        # many kernels share the cores: one thread each
                        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    pages = Path(tempfile.mkdtemp(prefix="mlasm-serve-"))
+    # the pages Voilà serves, and beside them (not under them: Voilà lists its folder) the kernelspec
+    # and the warm process's socket, in a folder only this user may enter (mkdtemp: mode 0700)
+    work = Path(tempfile.mkdtemp(prefix="mlasm-serve-"))
+    pages, private = work / "pages", work / "private"
     warm_process = None
     try:
+        pages.mkdir()
+        private.mkdir()
         write_pages(pages)
-        write_kernelspec(pages)
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(pages), os.environ.get("JUPYTER_PATH")]))
+        write_kernelspec(private)
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(private), os.environ.get("JUPYTER_PATH")]))
         if settings.warm:
-            warm_process = start_warm_process(pages)
+            warm_process = start_warm_process(private)
         app = ClassroomVoila()
         app.initialize(voila_arguments(settings, pages, token))
         # Ctrl-C as Voilà takes SIGTERM: the loop stops, then every kernel is shut down (also when the
@@ -279,4 +284,4 @@ def serve(settings: ServeSettings) -> int:
         return 0
     finally:
         stop_process(warm_process)
-        shutil.rmtree(pages, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
