@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 import urllib.error
@@ -38,7 +39,7 @@ from mlasm.serve import (  # noqa: E402
     shared_scores_folder,
     voila_arguments,
 )
-from serve_support import alive, parent_of, served, tiny_run  # noqa: E402
+from serve_support import alive, command_of, parent_of, served, tiny_run  # noqa: E402
 from widgets.classroom import TeachingTasks, failure_sentence, teaching_page, toy_red_weights, toy_scores  # noqa: E402
 from widgets.saving import SaveButtons  # noqa: E402
 from widgets.session import WorkbenchSession  # noqa: E402
@@ -280,6 +281,14 @@ def test_a_class_on_one_server_pages_no_code_seats_and_ctrl_c(needs_voila, run_a
         assert len(kernels) == 2, kernels
         forked = [pid for pid in server.processes() if parent_of(pid) in server.warm_process()]
         assert len(server.warm_process()) == 1 and len(forked) == 2, "the kernels were not forked from the warm process"
+        # a kernel's stand-in killed outright (as Jupyter kills a kernel that does not stop): its kernel ends too
+        stand_in = min(kernels)
+        kernel_of = {pid for pid in forked if "--warm" in command_of(pid)}
+        os.kill(stand_in, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len([pid for pid in kernel_of if alive(pid)]) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len([pid for pid in kernel_of if alive(pid)]) == 1, "a forked kernel outlived its stand-in"
 
         server.process.send_signal(signal.SIGINT)  # Ctrl-C
         assert server.process.wait(timeout=60) == 0
