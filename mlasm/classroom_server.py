@@ -1,4 +1,5 @@
-"""Voilà for a class (``mlasm serve``): a seat limit with a "class full" page, and a first page of links.
+"""Voilà for a class (``mlasm serve``): a seat limit with a "class full" page, a first page of links,
+and a kernel websocket that a client on the default protocol cannot freeze.
 
 Imported only by ``mlasm.serve`` (and Voilà, which builds ``ClassroomKernelManager`` from its
 configuration): it needs the optional ``serve`` extra.
@@ -13,6 +14,7 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from traitlets import Integer
 from voila.app import Voila
 from voila.tornado.handler import TornadoVoilaHandler
+from voila.tornado.kernel_websocket_handler import VoilaKernelWebsocketHandler
 from voila.tornado.treehandler import TornadoVoilaTreeHandler
 
 PAGE_STYLE = ("body{font-family:system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em;color:#222}"
@@ -92,6 +94,26 @@ class FirstPageHandler(JupyterHandler):
 <p>Image-text retrieval, explored. Open a page; what you do there is yours alone.</p><ul>{items}</ul></body></html>""")
 
 
+class ClassroomKernelWebsocketHandler(VoilaKernelWebsocketHandler):
+    """Voilà's kernel websocket, safe for a client that did not ask for the v1 protocol.
+
+    Voilà reads each binary message to the page as the v1 protocol lays it out (a little-endian
+    8-byte count of offsets first) to drop ``execute_input`` messages. A client on the default
+    protocol gets binary frames only for messages with buffers, laid out otherwise (a big-endian
+    4-byte count): read as v1, the count is in the millions and building the list of offsets held
+    the server's one loop for every visitor (seen: a script that asked for the widgets' states froze
+    the class). Such a frame is never an ``execute_input`` (those carry no buffers): it goes out as
+    it is; a frame that fits the v1 layout goes through Voilà's check.
+    """
+
+    def write_message(self, message, binary=False):
+        if isinstance(message, bytes):
+            count = int.from_bytes(message[:8], "little") if len(message) >= 8 else 0
+            if not 0 < count <= min(64, len(message) // 8):
+                return super(VoilaKernelWebsocketHandler, self).write_message(message, binary)
+        return super().write_message(message, binary)
+
+
 class ClassroomVoila(Voila):
     """Voilà serving a folder of pages, with ``ClassroomPageHandler`` and ``FirstPageHandler`` in its routes."""
 
@@ -100,6 +122,8 @@ class ClassroomVoila(Voila):
         for pattern, handler, *options in super().init_handlers():
             if handler is TornadoVoilaHandler:
                 handler = ClassroomPageHandler
+            elif handler is VoilaKernelWebsocketHandler:
+                handler = ClassroomKernelWebsocketHandler
             elif handler is TornadoVoilaTreeHandler and pattern == self.server_url:
                 handler, options = FirstPageHandler, []
             handlers.append((pattern, handler, *options))

@@ -107,6 +107,11 @@ def _kernel(request: dict, fds: list[int]) -> None:
 
         app = IPKernelApp.instance()
         app.initialize(request["argv"])
+        # ipywidgets registers its comm targets when imported inside a kernel: here it was imported before
+        # there was one, so register them now (the page asks for every widget's state through them)
+        import ipywidgets
+
+        ipywidgets.register_comm_target()
         app.start()
     finally:
         os._exit(0)

@@ -247,6 +247,37 @@ async def send_over_the_kernel_websocket(url: str, kernel: str, tmp: Path) -> tu
             for m in seen], marker
 
 
+async def ask_for_every_widget_state(url: str, kernel: str) -> tuple[int, bool]:
+    """On the default websocket protocol (no v1), as a script would: the widgets' states through
+    ipywidgets' control comm. Returns (how many states, whether they came as a binary frame)."""
+    from tornado.websocket import websocket_connect
+
+    session = uuid.uuid4().hex
+    socket = await websocket_connect(f"{url.split('?')[0].replace('http', 'ws', 1)}api/kernels/{kernel}/channels"
+                                     f"?session_id={session}")
+    comm = uuid.uuid4().hex
+    for kind, content, metadata in (
+            ("comm_open", {"comm_id": comm, "target_name": "jupyter.widget.control", "data": {}}, {"version": "1.0.0"}),
+            ("comm_msg", {"comm_id": comm, "data": {"method": "request_states"}}, {})):
+        header = {"msg_id": uuid.uuid4().hex, "msg_type": kind, "username": "student", "session": session,
+                  "date": "", "version": "5.3"}
+        await socket.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": metadata,
+                                               "content": content, "channel": "shell", "buffers": []}))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        raw = await asyncio.wait_for(socket.read_message(), timeout=30)
+        if isinstance(raw, bytes):  # the default protocol: a big-endian count of offsets, then the JSON
+            count = int.from_bytes(raw[:4], "big")
+            start, end = (int.from_bytes(raw[4 * i:4 * i + 4], "big") for i in (1, 2)) if count > 1 else (8, None)
+            message = json.loads(raw[start:end])
+        else:
+            message = json.loads(raw)
+        if message["msg_type"] == "comm_msg" and message["content"]["data"].get("method") == "update_states":
+            socket.close()
+            return len(message["content"]["data"]["states"]), isinstance(raw, bytes)
+    raise TimeoutError("no widget states within 30 s")
+
+
 @pytest.mark.slow
 def test_a_class_on_one_server_pages_no_code_seats_and_ctrl_c(needs_voila, run_and_data, short_tmp):
     run, data = run_and_data
@@ -270,6 +301,13 @@ def test_a_class_on_one_server_pages_no_code_seats_and_ctrl_c(needs_voila, run_a
         assert not [m for m in seen if m["sent"] == "execute"], "the kernel answered the execute_request"
         assert not marker.exists(), "code sent over the websocket ran"
         assert "execute_request" in server.log() and "not allowed" in server.log()
+
+        # A script on the default protocol gets the widgets' states (with pictures: a binary frame),
+        # and the server keeps answering everyone (Voilà's own handler froze here: ClassroomKernelWebsocketHandler)
+        states, binary = asyncio.run(ask_for_every_widget_state(server.url, kernel))
+        assert states > 20 and binary
+        started = time.monotonic()
+        assert get(server.url, timeout=10)[0] == 200 and time.monotonic() - started < 5
 
         status, teaching = get(server.url + "voila/render/teaching.ipynb")
         assert status == 200 and "Teaching page" in teaching and "Traceback" not in teaching
