@@ -192,3 +192,82 @@ def stop(process: subprocess.Popen, timeout: float = 30, also=()) -> int:
             except ProcessLookupError:
                 pass
     return process.returncode
+
+
+class KernelSocket:
+    """A kernel's websocket as a script would use it: the default protocol (not v1), JSON messages out,
+    and in, JSON text or binary frames (a big-endian count of offsets, then the message's JSON, then buffers)."""
+
+    def __init__(self, socket, session: str):
+        self.socket, self.session = socket, session
+
+    @classmethod
+    async def connect(cls, url: str, kernel: str) -> "KernelSocket":
+        import uuid
+
+        from tornado.websocket import websocket_connect
+
+        session = uuid.uuid4().hex
+        socket = await websocket_connect(f"{url.split('?')[0].replace('http', 'ws', 1)}api/kernels/{kernel}/channels"
+                                         f"?session_id={session}")
+        return cls(socket, session)
+
+    async def send(self, kind: str, content: dict, metadata: dict | None = None) -> dict:
+        import json
+        import uuid
+
+        header = {"msg_id": uuid.uuid4().hex, "msg_type": kind, "username": "student", "session": self.session,
+                  "date": "", "version": "5.3"}
+        message = {"header": header, "parent_header": {}, "metadata": metadata or {}, "content": content,
+                   "channel": "shell", "buffers": []}
+        await self.socket.write_message(json.dumps(message))
+        return message
+
+    async def receive(self, timeout: float) -> tuple[dict | None, bool]:
+        """The next message and whether it came as a binary frame; (None, False) once the socket is closed."""
+        import asyncio
+        import json
+
+        raw = await asyncio.wait_for(self.socket.read_message(), timeout=timeout)
+        if raw is None:
+            return None, False
+        if isinstance(raw, str):
+            return json.loads(raw), False
+        count = int.from_bytes(raw[:4], "big")
+        start, end = (int.from_bytes(raw[4 * i:4 * i + 4], "big") for i in (1, 2)) if count > 1 else (8, None)
+        return json.loads(raw[start:end]), True
+
+    async def widget_states(self, timeout: float = 30) -> tuple[dict, bool]:
+        """Every widget's state through ipywidgets' control comm, and whether it came as a binary frame."""
+        import time
+        import uuid
+
+        comm = uuid.uuid4().hex
+        await self.send("comm_open", {"comm_id": comm, "target_name": "jupyter.widget.control", "data": {}},
+                        {"version": "1.0.0"})
+        await self.send("comm_msg", {"comm_id": comm, "data": {"method": "request_states"}})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message, binary = await self.receive(timeout)
+            if message and message["msg_type"] == "comm_msg" and \
+                    message["content"]["data"].get("method") == "update_states":
+                return message["content"]["data"]["states"], binary
+        raise TimeoutError(f"no widget states within {timeout:.0f} s")
+
+    async def set_widget(self, model_id: str, state: dict, timeout: float = 60) -> float:
+        """Seconds until the kernel is idle again after a widget's new state (what a page's control sends)."""
+        import time
+
+        started = time.monotonic()
+        sent = await self.send("comm_msg", {"comm_id": model_id, "data": {"method": "update", "state": state,
+                                                                          "buffer_paths": []}})
+        while True:
+            message, _ = await self.receive(timeout)
+            if message is None:
+                raise ConnectionError("the kernel's websocket closed")
+            if message["msg_type"] == "status" and message["parent_header"].get("msg_id") == sent["header"]["msg_id"] \
+                    and message["content"]["execution_state"] == "idle":
+                return time.monotonic() - started
+
+    def close(self) -> None:
+        self.socket.close()

@@ -39,7 +39,7 @@ from mlasm.serve import (  # noqa: E402
     shared_scores_folder,
     voila_arguments,
 )
-from serve_support import alive, command_of, parent_of, served, tiny_run  # noqa: E402
+from serve_support import KernelSocket, alive, command_of, parent_of, served, tiny_run  # noqa: E402
 from widgets.classroom import TeachingTasks, failure_sentence, teaching_page, toy_red_weights, toy_scores  # noqa: E402
 from widgets.saving import SaveButtons  # noqa: E402
 from widgets.session import WorkbenchSession  # noqa: E402
@@ -250,32 +250,12 @@ async def send_over_the_kernel_websocket(url: str, kernel: str, tmp: Path) -> tu
 async def ask_for_every_widget_state(url: str, kernel: str) -> tuple[int, bool]:
     """On the default websocket protocol (no v1), as a script would: the widgets' states through
     ipywidgets' control comm. Returns (how many states, whether they came as a binary frame)."""
-    from tornado.websocket import websocket_connect
-
-    session = uuid.uuid4().hex
-    socket = await websocket_connect(f"{url.split('?')[0].replace('http', 'ws', 1)}api/kernels/{kernel}/channels"
-                                     f"?session_id={session}")
-    comm = uuid.uuid4().hex
-    for kind, content, metadata in (
-            ("comm_open", {"comm_id": comm, "target_name": "jupyter.widget.control", "data": {}}, {"version": "1.0.0"}),
-            ("comm_msg", {"comm_id": comm, "data": {"method": "request_states"}}, {})):
-        header = {"msg_id": uuid.uuid4().hex, "msg_type": kind, "username": "student", "session": session,
-                  "date": "", "version": "5.3"}
-        await socket.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": metadata,
-                                               "content": content, "channel": "shell", "buffers": []}))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        raw = await asyncio.wait_for(socket.read_message(), timeout=30)
-        if isinstance(raw, bytes):  # the default protocol: a big-endian count of offsets, then the JSON
-            count = int.from_bytes(raw[:4], "big")
-            start, end = (int.from_bytes(raw[4 * i:4 * i + 4], "big") for i in (1, 2)) if count > 1 else (8, None)
-            message = json.loads(raw[start:end])
-        else:
-            message = json.loads(raw)
-        if message["msg_type"] == "comm_msg" and message["content"]["data"].get("method") == "update_states":
-            socket.close()
-            return len(message["content"]["data"]["states"]), isinstance(raw, bytes)
-    raise TimeoutError("no widget states within 30 s")
+    socket = await KernelSocket.connect(url, kernel)
+    try:
+        states, binary = await socket.widget_states()
+    finally:
+        socket.close()
+    return len(states), binary
 
 
 @pytest.mark.slow
