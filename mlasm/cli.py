@@ -251,6 +251,32 @@ def _export_parser(commands) -> argparse.ArgumentParser:
     return export
 
 
+def _serve_parser(commands) -> argparse.ArgumentParser:
+    """mlasm serve: each visitor's kernel runs on one thread."""
+    serve = commands.add_parser("serve", help="the workbench as web pages for a class, with Voila ([serve] extra)",
+                                description="Serve the workbench and a teaching page over a saved run: every "
+                                            "visitor gets a page (and a kernel) of their own, sees no code and "
+                                            "can run none. Prints the address; Ctrl-C ends every kernel.")
+    serve.add_argument("--run", default=None,
+                       help="a run folder (RUN/mlasm/best.pt as `mlasm demo` writes, or RUN/best.pt; default runs/demo)")
+    serve.add_argument("--data", default=EMBEDDED, help=DATA_HELP + " (default: %(default)s)")
+    serve.add_argument("--split", default="test", help="the split to explore (default: test)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1, this machine only; any other needs a token, "
+                            "which is made and printed)")
+    serve.add_argument("--port", type=at_least(1), default=8866, help="default 8866")
+    serve.add_argument("--token", default=None, help="the token visitors need (default: none on 127.0.0.1, else a new one)")
+    serve.add_argument("--max-visitors", type=at_least(1), default=30,
+                       help="visitors at once (one kernel each); the next one is told the class is full (default 30)")
+    serve.add_argument("--idle-minutes", type=positive_number, default=20.0,
+                       help="end a visitor's kernel after this many minutes without activity (default 20)")
+    serve.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
+                       help="fork each visitor's kernel from one process that has loaded everything (default): "
+                            "pages in about a second, memory shared; --no-warm starts each kernel on its own")
+    serve.set_defaults(threads=None)  # each kernel runs on one thread
+    return serve
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="mlasm",
@@ -260,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     threaded = [_demo_parser(commands), _train_parser(commands), _evaluate_parser(commands), _check_parser(commands),
                 *_prepare_parser(commands), _extract_parser(commands)]
     _export_parser(commands)
+    _serve_parser(commands)
     for command in threaded:  # mlasm.threads
         command.add_argument("--threads", type=at_least(1), default=None,
                              help="torch threads (default: the cores this process may use, shared among "
@@ -407,8 +434,19 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlasm.serve import DEFAULT_RUN, ServeSettings, serve
+
+    return serve(ServeSettings(run=Path(args.run) if args.run else DEFAULT_RUN, data=args.data, split=args.split,
+                               host=args.host, port=args.port, max_visitors=args.max_visitors,
+                               idle_minutes=args.idle_minutes, token=args.token, warm=args.warm))
+
+
 RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo, "extract": _run_extract,
-           "check": _run_check, "prepare": _run_prepare, "export-notebooks": _run_export_notebooks}
+           "check": _run_check, "prepare": _run_prepare, "export-notebooks": _run_export_notebooks,
+           "serve": _run_serve}
 
 
 def describe_error(error: BaseException) -> str:

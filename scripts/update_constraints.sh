@@ -9,7 +9,7 @@
 # own torch) with a header saying when, on which Python and with what result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=dev,extract,eccv
+EXTRAS=dev,extract,eccv,serve
 run_tests=1
 [[ "${1:-}" == "--no-tests" ]] && run_tests=0
 

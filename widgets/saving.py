@@ -55,7 +55,10 @@ class SaveButtons(widgets.HBox):
                          **({"layout": widgets.Layout(flex_flow="row wrap", align_items="center")} if compact else {}))
 
     def save(self, fmt: str) -> Path | None:
-        """What a click does: write STEM.fmt, and say where (or why not)."""
+        """What a click does: write STEM.fmt, and say where (or why not); served, offer it as a download."""
+        if downloads_only():
+            self.status.value = download_link(self.figure(), f"{Path(self.stem.value).name or 'picture'}.{fmt}")
+            return None
         try:
             self.saved = save_figure(self.figure(), f"{self.stem.value}.{fmt}")
         except (ValueError, OSError) as error:
@@ -63,3 +66,27 @@ class SaveButtons(widgets.HBox):
             return None
         self.status.value = f"<span style='color:#2a7'>wrote {html.escape(str(self.saved))}</span>"
         return self.saved
+
+
+def downloads_only() -> bool:
+    """Under ``mlasm serve`` (MLASM_SERVED=1) a save button writes nothing on the server: it offers a download."""
+    import os
+
+    return os.environ.get("MLASM_SERVED") == "1"
+
+
+def download_link(fig: Figure | None, name: str, dpi: int = 150) -> str:
+    """HTML: a link that downloads ``fig`` as ``name`` (.png or .svg) from the page, or why there is none."""
+    import base64
+    import io
+
+    fmt = Path(name).suffix.lower().lstrip(".")
+    if fig is None or fmt not in FORMATS:
+        return "<span style='color:#b00'>nothing is drawn yet: there is no picture to save</span>"
+    buffer = io.BytesIO()
+    with DRAW_LOCK:
+        fig.savefig(buffer, format=fmt, dpi=dpi)
+    kind = "image/svg+xml" if fmt == "svg" else "image/png"
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f"<a class='mlasm-download' download='{html.escape(name)}' href='data:{kind};base64,{data}' "
+            f"style='color:#2a7'>download {html.escape(name)}</a>")
