@@ -14,13 +14,18 @@ contain given words.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from mlasm.attention_stats import caption_kinds
+from mlasm.checkpoint import load_model
 from mlasm.data.vocab import tokenize
+from mlasm.evaluate import average_levels, score_split
+from mlasm.session import WorkbenchSession
+from mlasm.sources import EMBEDDED, open_split
 
 FIXED, BROKEN, BOTH_RIGHT, BOTH_WRONG = "fixed", "broken", "both right", "both wrong"
 CHANGES = (FIXED, BROKEN, BOTH_RIGHT, BOTH_WRONG)
@@ -135,3 +140,94 @@ def recall_at(table: pd.DataFrame, k: int) -> Mapping[str, Mapping[str, float]]:
             result[f"{protocol} {direction}"] = {side: float(100 * (part[f"{column}_{side}"] < k).mean())
                                                  for side in ("a", "b")}
     return result
+
+
+def ensemble_session(checkpoints: Sequence[str | Path], split, device=None, vocab=None) -> WorkbenchSession:
+    """An ensemble as one side: its scores are the mean of the models' (``average_levels``; SCAN's
+    t-i + i-t: a SCAN t2i and a SCAN i2t checkpoint with their ``vocab``).
+
+    Its attention and level panel are those of the first model: an ensemble has no attention of its own.
+    """
+    per_model, first = [], None
+    for path in checkpoints:
+        model, model_vocab, _ = load_model(path, device, vocab=vocab)
+        first = first or (model, model_vocab)
+        per_model.append(score_split(model, split, model_vocab))
+    return WorkbenchSession(first[0], first[1], split, scores=average_levels(per_model))
+
+
+class ModelComparison:
+    """Named sessions of models on the same split, compared two at a time (``a`` against ``b``)."""
+
+    def __init__(self, sessions: Mapping[str, WorkbenchSession], a: str | None = None, b: str | None = None):
+        if len(sessions) < 2:
+            raise ValueError(f"a comparison needs at least two models, got {len(sessions)}")
+        self.sessions = dict(sessions)
+        first = next(iter(self.sessions.values())).split
+        for name, session in self.sessions.items():
+            if session.split.captions != first.captions or session.split.n_images != first.n_images:
+                raise ValueError(f"model {name!r} was opened on another split than the others "
+                                 f"({session.split!r} vs {first!r}): compare models on one split")
+        names = list(self.sessions)
+        self.a, self.b = a or names[0], b or names[1]
+        self._tables: dict[tuple[str, str], pd.DataFrame] = {}
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: Mapping[str, str | Path], source: str = EMBEDDED, split: str = "test",
+                         device=None, fast: bool | None = None, vocab=None) -> "ModelComparison":
+        """One session per named checkpoint, all on the same split, opened once. ``vocab``: SCAN's
+        vocabulary, for SCAN checkpoints among them (an mlasm checkpoint reads with its own)."""
+        data = open_split(source, split, fast=fast, progress=False)
+        sessions = {}
+        for name, path in checkpoints.items():
+            model, vocab_of_model, _ = load_model(path, device, vocab=vocab)
+            sessions[name] = WorkbenchSession(model, vocab_of_model, data)
+        return cls(sessions)
+
+    @property
+    def split(self):
+        return self.sessions[self.a].split
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.sessions)
+
+    def choose(self, a: str, b: str) -> None:
+        """Compare model ``b`` against model ``a`` from now on."""
+        unknown = [name for name in (a, b) if name not in self.sessions]
+        if unknown or a == b:
+            raise ValueError(f"choose two different models among {self.names}, got {a!r} and {b!r}")
+        self.a, self.b = a, b
+
+    def table(self, k: int = 1) -> pd.DataFrame:
+        """``mlasm.compare.comparison_table`` of the chosen pair at k (ranks cached per pair)."""
+        key = (self.a, self.b)
+        if key not in self._tables:
+            split = self.split
+            self._tables[key] = comparison_table(self.sessions[self.a].query_table(),
+                                                 self.sessions[self.b].query_table(),
+                                                 split.captions, split.caption_to_image, k=1)
+        return with_changes(self._tables[key], k)
+
+    def queries(self, change: str, k: int = 1, protocol: str = "strict", direction: str | None = None,
+                kind: str | None = None, words: str | Sequence[str] = ()) -> pd.DataFrame:
+        """The queries with this change at k under a protocol, narrowed like ``filter_queries``, largest moves first."""
+        rows = filter_queries(self.table(k), direction=direction, kind=kind, words=words)
+        return changed(rows, change, protocol)
+
+    def fixed(self, k: int = 1, protocol: str = "strict", **filters) -> pd.DataFrame:
+        """Queries model B gets right within the top k and model A does not."""
+        return self.queries(FIXED, k, protocol, **filters)
+
+    def broken(self, k: int = 1, protocol: str = "strict", **filters) -> pd.DataFrame:
+        """Queries model A gets right within the top k and model B does not."""
+        return self.queries(BROKEN, k, protocol, **filters)
+
+    def counts(self, k: int = 1) -> pd.DataFrame:
+        """How many queries each model fixed or broke, per protocol and direction."""
+        return change_counts(self.table(k))
+
+    def pair_levels(self, image: int, caption) -> pd.DataFrame:
+        """Both models' level scores and ranks of one pair, side by side (columns: model, then measure)."""
+        return pd.concat({name: self.sessions[name].pair_levels(image, caption) for name in (self.a, self.b)},
+                         axis=1)

@@ -83,3 +83,14 @@ def test_who_may_import_whom(module, may_not_import):
     offenders = {name: sorted(t for t in targets if t == may_not_import or t.startswith(may_not_import + "."))
                  for name, targets in GRAPH.items() if name == module or name.startswith(module + ".")}
     assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_the_analysis_imports_no_widgets_library():
+    """The session (failures, queries, ranks, explanations) and the model comparison work without ipywidgets."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['ipywidgets'] = None; sys.modules['plotly'] = None\n"
+            "import mlasm.session, mlasm.compare, mlasm.attention_stats, mlasm.explain; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -189,7 +189,7 @@ def tiny_session(tmp_path_factory):
     from mlasm.data.shapescenes import load_shapescenes
     from mlasm.model import MLASM
     from mlasm.train import config_for_data
-    from widgets.session import WorkbenchSession
+    from mlasm.session import WorkbenchSession
 
     split = load_shapescenes("test", sizes={"train": 48, "dev": 16, "test": 16},
                              cache=tmp_path_factory.mktemp("cache"), progress=False)

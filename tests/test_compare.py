@@ -154,8 +154,8 @@ def hand_scores(split, fooled):
 
 @pytest.fixture(scope="module")
 def comparison(tiny_test):
-    from widgets.comparison import ModelComparison
-    from widgets.session import WorkbenchSession
+    from mlasm.compare import ModelComparison
+    from mlasm.session import WorkbenchSession
 
     vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>"]
                        + sorted({t for c in tiny_test.captions for t in tokenize(c)}))
@@ -276,8 +276,8 @@ def test_an_ensemble_can_be_one_side(tiny_test, tmp_path):
     """An ensemble's session scores every pair by the mean of its models' scores, and compares like a model."""
     from mlasm.checkpoint import save_checkpoint
     from mlasm.evaluate import score_split
-    from widgets.comparison import ModelComparison, ensemble_session
-    from widgets.session import WorkbenchSession
+    from mlasm.compare import ModelComparison, ensemble_session
+    from mlasm.session import WorkbenchSession
 
     vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>"]
                        + sorted({t for c in tiny_test.captions for t in tokenize(c)}))

@@ -13,7 +13,7 @@ from mlasm.evaluate import evaluate_checkpoints
 from mlasm.model import MLASM
 from mlasm.saved_scores import SCORES_FILE, rank_changes_in_half_precision
 from mlasm.train import train
-from widgets.session import WorkbenchSession
+from mlasm.session import WorkbenchSession
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # splits, data_folder: tests/conftest.py
 

@@ -147,7 +147,7 @@ def test_the_paper_preset_adds_start_and_end_and_warns_without_glove(data_folder
 def test_start_and_end_reach_training_validation_and_the_widgets(splits, tmp_path):
     from widgets.attention import AttentionExplorer
     from widgets.selection import Selection
-    from widgets.session import WorkbenchSession
+    from mlasm.session import WorkbenchSession
     from mlasm.checkpoint import load_model
 
     config = MLASMConfig.cpu(**{**TINY, "epochs": 1, "start_end_tokens": True})

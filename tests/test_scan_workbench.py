@@ -19,7 +19,8 @@ from mlasm.evaluate import evaluate_checkpoints  # noqa: E402
 from mlasm.model import MLASM  # noqa: E402
 from mlasm.scan_model import SCANConfig, random_scan_model, write_scan_checkpoint  # noqa: E402
 from widgets import AttentionExplorer, FailureExplorer, LevelPanel, RankingBrowser, Workbench, WorkbenchSession  # noqa: E402,E501
-from widgets.comparison import ComparisonView, ModelComparison, ensemble_session  # noqa: E402
+from mlasm.compare import ModelComparison, ensemble_session  # noqa: E402
+from widgets.comparison import ComparisonView  # noqa: E402
 from widgets.workbench import TABS  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -42,7 +42,7 @@ from mlasm.serve import (  # noqa: E402
 from serve_support import KernelSocket, alive, command_of, parent_of, served, tiny_run  # noqa: E402
 from widgets.classroom import TeachingTasks, failure_sentence, teaching_page, toy_red_weights, toy_scores  # noqa: E402
 from widgets.saving import SaveButtons  # noqa: E402
-from widgets.session import WorkbenchSession  # noqa: E402
+from mlasm.session import WorkbenchSession  # noqa: E402
 
 
 @pytest.fixture(scope="module")

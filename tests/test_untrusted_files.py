@@ -285,7 +285,7 @@ def test_a_cut_caption_keeps_its_first_words_and_its_boundaries():
 
 @pytest.mark.parametrize("case", [CASES["workbench_typed_text_of_10000_words"]], ids=str)
 def test_a_typed_query_of_10000_words_is_cut_with_one_warning(case, finished_run, data_folder):
-    from widgets.session import WorkbenchSession
+    from mlasm.session import WorkbenchSession
 
     session = WorkbenchSession.from_checkpoint(finished_run / "best.pt", str(data_folder), "dev",
                                                device="cpu", saved_scores=False)
@@ -501,7 +501,7 @@ def test_a_damaged_scores_file_is_ignored_with_one_line(case, evaluated_run, dat
 @pytest.mark.parametrize("damage", ["scores_truncated", "scores_missing_level", "scores_nan",
                                     "scores_changed_numbers"])
 def test_the_workbench_scores_again_instead_of_failing(case, damage, evaluated_run, data_folder, tmp_path):
-    from widgets.session import WorkbenchSession
+    from mlasm.session import WorkbenchSession
 
     run = Path(shutil.copytree(evaluated_run, tmp_path / "run"))
     _damage(damage, run / SCORES_FILE)

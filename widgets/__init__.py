@@ -11,7 +11,8 @@ them is plain Python, tested without a browser.
 from widgets.attention import AttentionExplorer
 from widgets.attention_stats import AttentionStatsView
 from widgets.base import LinkedView, SelectionControls
-from widgets.comparison import ComparisonView, ModelComparison, ensemble_session
+from mlasm.compare import ModelComparison, ensemble_session
+from widgets.comparison import ComparisonView
 from widgets.drawing import save_view
 from widgets.embedding import EmbeddingMap
 from widgets.failures import FailureExplorer
@@ -19,7 +20,7 @@ from widgets.levels import LevelPanel
 from widgets.ranking import RankedItem, RankingBrowser
 from widgets.saving import SaveButtons, save_figure
 from widgets.selection import Selection
-from widgets.session import TextQuery, WorkbenchSession
+from mlasm.session import TextQuery, WorkbenchSession
 from widgets.workbench import Workbench
 
 __all__ = ["AttentionExplorer", "AttentionStatsView", "ComparisonView", "EmbeddingMap", "FailureExplorer",

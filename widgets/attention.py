@@ -21,7 +21,7 @@ from widgets.base import LinkedView
 from widgets.drawing import (PictureView, draw_pair_attention, keep_plotly_state, region_names, regions_for_words,
                              shaded_words_html)
 from widgets.selection import Selection, toggle_buttons
-from widgets.session import WorkbenchSession
+from mlasm.session import WorkbenchSession
 
 MATRICES = {
     "t2i": "t2i: each word's weights over the regions (rows sum to 1)",

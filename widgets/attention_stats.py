@@ -20,7 +20,7 @@ from widgets.base import LinkedView
 from widgets.drawing import keep_plotly_state, new_figure
 from widgets.saving import SaveButtons, save_figure
 from widgets.selection import Selection
-from widgets.session import WorkbenchSession
+from mlasm.session import WorkbenchSession
 
 EXAMPLES_LISTED = 30
 

@@ -16,7 +16,7 @@ import ipywidgets as widgets
 import traitlets
 
 from widgets.selection import QUERY_KINDS, Selection, query_notice, toggle_buttons
-from widgets.session import WorkbenchSession
+from mlasm.session import WorkbenchSession
 
 
 class QuietUpdates:

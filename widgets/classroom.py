@@ -26,7 +26,7 @@ import torch
 from mlasm.model import cross_attention_scores, l2norm
 from widgets.levels import LevelPanel
 from widgets.selection import Selection
-from widgets.session import WorkbenchSession
+from mlasm.session import WorkbenchSession
 
 # captions the word-kind task reads at most (the attention of each with its own image): seconds, not minutes
 WORD_TASK_CAPTIONS = 1000

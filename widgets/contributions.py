@@ -15,7 +15,7 @@ import numpy as np
 from mlasm.explain import Difference, LevelContributions, compare_contributions
 from mlasm.levels import LEVEL_COLOURS
 from widgets.drawing import region_names
-from widgets.session import CaptionRef, WorkbenchSession
+from mlasm.session import CaptionRef, WorkbenchSession
 
 UP, DOWN = (44, 160, 44), (214, 39, 40)   # green raises the score, red lowers it
 TOP_REGIONS = 3

@@ -33,7 +33,7 @@ from PIL import Image
 from mlasm.data.pictures import OutsideFolder
 from mlasm.plots import draw_attention
 from widgets.saving import DRAW_LOCK, SaveButtons, save_figure
-from widgets.session import WorkbenchSession
+from mlasm.session import WorkbenchSession
 
 CANVAS_GREY = 235
 HIGHLIGHT = "#00d5ff"   # the chosen region's outline (dashed), apart from draw_attention's white outlines

@@ -26,7 +26,7 @@ from mlasm.model import l2norm, masked_mean
 from widgets.base import LinkedView
 from widgets.drawing import keep_plotly_state
 from widgets.selection import Selection, toggle_buttons
-from widgets.session import WorkbenchSession
+from mlasm.session import WorkbenchSession
 
 IMAGE_COLOUR, CAPTION_COLOUR, ABSENT_COLOUR = "#1f77b4", "#ff7f0e", "#c7c7c7"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",

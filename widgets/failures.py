@@ -24,7 +24,7 @@ from widgets.contributions import NOT_SPLIT_HTML, difference_html
 from widgets.drawing import PictureView, draw_pair_attention, png_thumbnail, regions_for_words
 from widgets.ranking import ALSO_TRUE_TEXT, TRUTH
 from widgets.selection import Selection, toggle_buttons
-from widgets.session import DIRECTIONS, FAILURE, VALID_ALTERNATIVE, WorkbenchSession
+from mlasm.session import DIRECTIONS, FAILURE, VALID_ALTERNATIVE, WorkbenchSession
 
 DEFAULT_K = 5     # as notebook 05 and R@5: a query fails when nothing true of it is in the top 5
 SHOWN_ROWS = 500  # the list shows the worst rows first; the full table is ``table``

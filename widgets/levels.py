@@ -17,7 +17,7 @@ from widgets.base import LinkedView
 from widgets.contributions import level_contributions_html
 from widgets.drawing import PictureView, draw_gate
 from widgets.selection import Selection
-from widgets.session import WorkbenchSession
+from mlasm.session import WorkbenchSession
 
 
 SCAN_POOLING = {"LogSumExp": "LogSumExp (λ_lse {lse:g})", "Mean": "mean", "Max": "max", "Sum": "sum"}

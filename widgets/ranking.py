@@ -19,7 +19,7 @@ import numpy as np
 from widgets.base import LinkedView
 from widgets.drawing import png_thumbnail
 from widgets.selection import Selection
-from widgets.session import WorkbenchSession
+from mlasm.session import WorkbenchSession
 
 THUMBNAIL = 128
 TRUTH, ALSO_TRUE, SELECTED, PLAIN = "#2ca02c", "#bcbd22", "#1f77b4", "#dddddd"

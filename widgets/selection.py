@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipywidgets as widgets
 from traitlets import Enum, HasTraits, Int, Unicode, observe
 
-from widgets.session import CaptionRef, WorkbenchSession
+from mlasm.session import CaptionRef, WorkbenchSession
 
 QUERY_KINDS = {"caption": "a caption of the data", "image": "an image", "text": "a typed text"}
 

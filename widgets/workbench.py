@@ -21,7 +21,7 @@ from widgets.failures import DEFAULT_K, FailureExplorer
 from widgets.levels import LevelPanel
 from widgets.ranking import RankingBrowser
 from widgets.selection import Selection
-from widgets.session import WorkbenchSession
+from mlasm.session import WorkbenchSession
 
 # Every tab's view shares the bench's selection; the one bar of controls sits above the tabs.
 TABS = {
