@@ -192,12 +192,14 @@ def read_saved_records(path: str | Path, fingerprint: dict):
 def find_saved_scores(checkpoint: str | Path, split, folders: Iterable[str | Path] | None = None,
                       levels: Sequence[str] = LEVELS) -> tuple[dict[str, np.ndarray] | None, Path | None]:
     """Saved scores of ``levels`` of one checkpoint on ``split``: in ``folders`` (default: the
-    checkpoint's own folder and the one above it, where ``mlasm evaluate`` and ``mlasm demo`` write them).
+    checkpoint's own folder, its ``eval-SPLIT`` folder and the one above it, where ``mlasm evaluate``
+    (by default) and ``mlasm demo`` write them).
 
     Returns the matrices and the file they came from, or (None, None).
     """
     checkpoint = Path(checkpoint)
-    folders = [checkpoint.parent, checkpoint.parent.parent] if folders is None else [Path(f) for f in folders]
+    folders = [checkpoint.parent, checkpoint.parent / f"eval-{split.name}", checkpoint.parent.parent] \
+        if folders is None else [Path(f) for f in folders]
     for folder in folders:  # an evaluation killed between its renames: its files, all of them
         finish_interrupted_writes(folder)
     candidates = [folder / SCORES_FILE for folder in folders if (folder / SCORES_FILE).is_file()]

@@ -112,6 +112,9 @@ def test_saved_scores_of_mlasm_evaluate_are_reused(files, tmp_path):
                                                vocab=files["vocab"], saved_scores=[files["t2i"].parent / "eval-dev"])
     assert str(session.scores_source).endswith("scores.npz")
     assert set(session.scores) == {"t2i", "final"}
+    # where mlasm evaluate writes by default (CHECKPOINT_FOLDER/eval-SPLIT), found without being named
+    found = WorkbenchSession.from_checkpoint(files["t2i"], source=str(files["data"]), split="dev", vocab=files["vocab"])
+    assert found.scores_source == files["t2i"].parent / "eval-dev" / "scores.npz"
 
 
 def test_scan_against_mlasm_in_the_comparison(files):
