@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mlasm.config import MLASMConfig
+from mlasm.data.errors import load_json
 from mlasm.data.shapescenes import bag_of_words_scores
 from mlasm.data.vocab import rows_before_words, tokenize
 from mlasm.encoding import encode_split
@@ -48,6 +49,12 @@ def demo_config(fast: bool = False, epochs: int | None = None, **overrides) -> M
         settings["epochs"] = epochs
     settings.update(overrides)
     return MLASMConfig.cpu(**settings)
+
+
+def local_only_config(config: MLASMConfig) -> MLASMConfig:
+    """The same model with only its local level: rho = 1 (the final score is the local level alone,
+    as SCAN) and no level-wise loss; the baseline that ``mlasm demo --compare`` and notebook 08 use."""
+    return dataclasses.replace(config, rho=1.0, level_weight=0.0)
 
 
 def attention_figure(checkpoint: Path, split, image_index: int = 0, max_words: int = 4):
@@ -108,8 +115,8 @@ def demo_checkpoint(fast: bool | None = None, progress: bool = False, local_only
     if not fast and demo_best.is_file():
         return demo_best
     config = demo_config(fast=True)
-    if local_only:  # as run_demo's comparison: the final score is the local level alone
-        config = dataclasses.replace(config, rho=1.0, level_weight=0.0)
+    if local_only:  # as run_demo's comparison
+        config = local_only_config(config)
     # keyed by the settings and by the code that makes the model: an edit of any of it retrains
     digest = hashlib.sha256(json.dumps([config.to_dict(), FAST_SIZES]).encode())
     package = Path(__file__).parent
@@ -130,9 +137,31 @@ def demo_pair(fast: bool | None = None, progress: bool = False) -> dict[str, Pat
     each, which would compare sizes, not objectives).
     """
     fast = fast_mode() if fast is None else fast
-    both_run = all((runs_dir() / "demo" / name / "best.pt").is_file() for name in ("mlasm", "local_only"))
+    demo = runs_dir() / "demo"
+    if not fast and (demo / "mlasm" / "best.pt").is_file() and not (demo / "local_only" / "best.pt").is_file():
+        train_missing_baseline(demo, progress=True)
+    both_run = all((demo / name / "best.pt").is_file() for name in ("mlasm", "local_only"))
     tiny = fast or not both_run
     return {"local-only": demo_checkpoint(tiny, progress, local_only=True), "MLASM": demo_checkpoint(tiny, progress)}
+
+
+def train_missing_baseline(demo: Path, progress: bool = True, splits: dict | None = None) -> Path:
+    """The local-only baseline of a demo run without ``--compare``, trained once with that run's own
+    settings and seed into DEMO/local_only, so that a comparison after the README's two commands
+    compares two real models (not two tiny ones). Says beforehand about how long it will take."""
+    config = MLASMConfig.from_dict(load_json(demo / "mlasm" / "config.json", "the demo's config"))
+    record = demo / "demo.json"
+    earlier = load_json(record, "the demo's record") if record.is_file() else {}
+    took = earlier.get("main_job_breakdown", {})
+    minutes = (took.get("training steps", 0.0) + took.get("validation", 0.0)) / 60
+    print(f"{demo} holds MLASM but not its local-only baseline (`mlasm demo --compare` trains both): "
+          f"training it now with the demo's settings, once"
+          + (f"; the demo's own training took {minutes:.0f} min on this machine" if minutes else ""))
+    if splits is None:
+        splits = {name: open_split(EMBEDDED, name, progress=progress) for name in ("train", "dev")}
+    summary = train(local_only_config(config), splits["train"], splits["dev"], demo / "local_only",
+                    device=resolve_device(None), seed=int(earlier.get("seed", 0)), progress=progress)
+    return Path(summary["best"])
 
 
 def check_demo_folder(out: str | Path, compare: bool = False, overwrite: bool = False) -> None:
@@ -180,8 +209,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     print(format_result(result))
     print(time_breakdown(seconds))
     if compare:
-        local_config = dataclasses.replace(config, rho=1.0, level_weight=0.0)  # SCAN-style: its final score alone
-        local_run = _train_and_evaluate(local_config, splits, out / "local_only", out / "local_only", device, seed)
+        local_run = _train_and_evaluate(local_only_config(config), splits, out / "local_only", out / "local_only", device, seed)
         bag_of_words = bag_of_words_scores(test)
         rows = {
             "MLASM (final)": result,
@@ -205,7 +233,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     elapsed = time.time() - started
     write_json(out / "demo.json", {"seconds": round(elapsed, 1), "main_job_seconds": round(main_seconds, 1),
                                    "main_job_breakdown": {name: round(value, 1) for name, value in seconds.items()},
-                                   "threads": torch.get_num_threads(), "device": str(device), "fast": fast,
+                                   "threads": torch.get_num_threads(), "device": str(device), "fast": fast, "seed": seed,
                                    "config": config.to_dict()})
     print(f"\ndone in {elapsed / 60:.1f} min: {out}/metrics.json, {out}/figures/, checkpoint {mlasm_run['train']['best']}")
     return result

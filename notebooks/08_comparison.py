@@ -19,8 +19,10 @@
 # Error analysis asks *which queries did the new model fix, and which did it break?* Here two
 # models differ in one thing: **MLASM** (local and semantic levels mixed, ρ < 1) and a
 # **local-only** model (ρ = 1, its final score is the local level alone, as SCAN). Both are the
-# demo's (`mlasm demo --compare` writes both to `runs/demo`), or else two tiny ones trained now
-# in seconds (always in fast mode, `MLASM_FAST=1`).
+# demo's: `mlasm demo --compare` writes both to `runs/demo`; after a plain `mlasm demo` the next
+# cell trains the local-only baseline once, with the demo's own settings and seed (it says how long
+# the demo's training took; a progress bar shows the rest). Without the demo's run, and always in
+# fast mode (`MLASM_FAST=1`), two tiny ones trained in seconds.
 #
 # A query is *fixed by B* when A ranks its item k or worse and B within the top k; *broken by B*
 # in the opposite case. Two protocols: **strict** (the query's own item counts) and **complete**

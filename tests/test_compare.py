@@ -227,8 +227,14 @@ def test_comparison_view_lists_scatter_and_pair(comparison, tiny_test, tmp_path)
     assert [x - 1 for x in scatter.x] == [int(c in fooled_a) for c in view.shown["query"]]
     assert [y - 1 for y in scatter.y] == [int(c in fooled_b) for c in view.shown["query"]]
 
+    # a row fits its list (no text cut off at the right edge) and says the query and both ranks
+    from widgets.comparison import LABEL_CHARS
+    shown, label = view.fixed_list.options[0]
+    row = view.table.loc[label]
+    assert len(shown) <= LABEL_CHARS
+    assert shown.replace("\u00a0", " ").startswith(f"{row['direction']} #{row['query']} {row['rank_a']}→{row['rank_b']}  ")
+
     # choosing a row of "fixed by B" selects its pair everywhere
-    label = view.fixed_list.options[0][1]
     view.fixed_list.value = label
     caption = int(view.table.loc[label, "query"])
     assert (view.selection.caption, view.selection.image) == (caption, int(tiny_test.caption_to_image[caption]))
@@ -296,3 +302,17 @@ def test_an_ensemble_can_be_one_side(tiny_test, tmp_path):
     expected_b = [int((np.delete(ensemble.scores["final"][:, c], own[c]) >= ensemble.scores["final"][own[c], c]).sum())
                   for c in range(tiny_test.n_captions)]
     assert t2i["rank_b"].tolist() == expected_b
+
+
+def test_a_long_caption_is_cut_to_fit_its_list_row():
+    import pandas as pd
+
+    from widgets.comparison import LABEL_CHARS, _row_label
+
+    text = "Two large triangles are above a small red circle and a purple diamond on a grey ground."
+    row = pd.Series({"direction": "t2i", "query": 4711, "rank_a": 12, "rank_b": 0, "query_text": text})
+    label = _row_label(row, "rank").replace("\u00a0", " ")
+    assert len(label) == LABEL_CHARS and label.endswith("...")
+    assert label == "t2i #4711 12→0  " + text[:LABEL_CHARS - len("t2i #4711 12→0  ") - 3] + "..."
+    short = _row_label(row.replace(text, "A red circle."), "rank").replace("\u00a0", " ")
+    assert short == "t2i #4711 12→0  A red circle."

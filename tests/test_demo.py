@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 
 import mlasm.demo
@@ -46,3 +47,32 @@ def test_demo_writes_run_metrics_figures_and_comparison(tiny_demo, capsys):
     printed = capsys.readouterr().out
     assert "final (MLASM)" in printed and "side by side on the test split" in printed
     assert "complete positives" in printed and "final scores: true pairs" in printed
+
+
+def test_comparison_after_a_demo_without_compare_trains_the_real_baseline_once(tiny_demo, monkeypatch, capsys):
+    """After the README's `mlasm demo` (no --compare) notebook 08 must compare two real models: the
+    local-only baseline is trained then with the demo's settings and seed, and is the very model
+    that `mlasm demo --compare` would have trained."""
+    assert main(["demo", "--fast", "--out", str(tiny_demo)]) == 0
+    assert not (tiny_demo / "local_only").exists()
+    splits = {name: open_split(EMBEDDED, name, fast=True, progress=False) for name in ("train", "dev")}
+    capsys.readouterr()
+    best = mlasm.demo.train_missing_baseline(tiny_demo, progress=False, splits=splits)
+    assert "training it now with the demo's settings" in capsys.readouterr().out
+    config = json.loads((tiny_demo / "mlasm" / "config.json").read_text())
+    assert json.loads((tiny_demo / "local_only" / "config.json").read_text()) == {**config, "rho": 1.0, "level_weight": 0.0}
+
+    reference = tiny_demo.parent / "reference"
+    assert main(["demo", "--fast", "--compare", "--out", str(reference)]) == 0
+    ours, theirs = (torch.load(path, map_location="cpu", weights_only=True)["model"]
+                    for path in (best, reference / "local_only" / "best.pt"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    # the notebooks' pair: both real models once both exist; a demo without its baseline gets it trained
+    monkeypatch.setattr(mlasm.demo, "runs_dir", lambda: tiny_demo.parent)
+    assert mlasm.demo.demo_pair(fast=False) == {"local-only": best, "MLASM": tiny_demo / "mlasm" / "best.pt"}
+    trained = []
+    monkeypatch.setattr(mlasm.demo, "train_missing_baseline", lambda demo, progress: trained.append(demo))
+    (best.parent / "best.pt").rename(best.parent / "kept.pt")
+    mlasm.demo.demo_pair(fast=False)
+    assert trained == [tiny_demo]

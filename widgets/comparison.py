@@ -241,7 +241,12 @@ class ComparisonView(LinkedView):
         return save_figure(self.figure if what == "attention" else self.scatter_figure(), path)
 
 
+LABEL_CHARS = 64  # what a 520-pixel list shows whole; longer captions end in "..."
+
+
 def _row_label(row: pd.Series, column: str) -> str:
-    text = row["query_text"] if len(row["query_text"]) <= 60 else row["query_text"][:57] + "..."
-    label = f"{row['direction']} #{row['query']:<5} A {row[f'{column}_a']:>4} → B {row[f'{column}_b']:>4}  {text}"
-    return label.replace(" ", "\u00a0")
+    """One line of a list: direction, query, rank under A -> under B, then as much text as fits."""
+    head = f"{row['direction']} #{row['query']} {row[f'{column}_a']}→{row[f'{column}_b']}  "
+    room = LABEL_CHARS - len(head)
+    text = row["query_text"] if len(row["query_text"]) <= room else row["query_text"][:room - 3] + "..."
+    return (head + text).replace(" ", "\u00a0")
