@@ -80,6 +80,7 @@ def draw_attention(image, boxes: np.ndarray, weights: np.ndarray, ax=None, title
     order = np.argsort(-weights)[: top_k or len(weights)]
     peak = float(weights.max()) if weights.size else 1.0
     height = image.shape[0]
+    texts = []
     for r in order:
         x1, y1, x2, y2 = boxes[r]
         strength = float(weights[r]) / peak if peak > 0 else 0.0
@@ -89,10 +90,11 @@ def draw_attention(image, boxes: np.ndarray, weights: np.ndarray, ax=None, title
                                path_effects=[patheffects.withStroke(linewidth=width + 1.2, foreground="black")]))
         text = f"{weights[r]:.2f}" if labels is None else f"{labels[r]} {weights[r]:.2f}"
         above = y1 > 0.08 * height  # outside the box: above it, or below it at the picture's top
-        ax.text(x1, y1 - 1 if above else y2 + 1, text, fontsize=7, va="bottom" if above else "top",
-                color="white", bbox=dict(facecolor="black", alpha=0.6, pad=1, lw=0))
+        texts.append(ax.text(x1, y1 - 1 if above else y2 + 1, text, fontsize=7, va="bottom" if above else "top",
+                             color="white", bbox=dict(facecolor="black", alpha=0.6, pad=1, lw=0)))
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    separate_labels(ax, texts)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
@@ -104,6 +106,35 @@ def draw_attention(image, boxes: np.ndarray, weights: np.ndarray, ax=None, title
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=7, frameon=False,
                   ncol=1, handlelength=2.2, borderaxespad=0.2)
     return fig
+
+
+def separate_labels(ax, texts: Sequence, tries: int = 3) -> None:
+    """Move labels up or down, strongest first, until none covers another, and hide a label that
+    still does after ``tries`` moves: regions of one object share corners, so their labels would be
+    drawn on top of each other; on small, crowded boxes the weakest labels give way."""
+    get_renderer = getattr(ax.figure.canvas, "get_renderer", None)
+    if len(texts) < 2 or get_renderer is None:
+        return
+    renderer = get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    placed = []
+    for text in texts:
+        box = text.get_window_extent(renderer).padded(2)  # the label's dark background reaches past its text
+        for _ in range(tries + 1):
+            hit = next((other for other in placed if box.overlaps(other)), None)
+            if hit is None:
+                placed.append(box)
+                break
+            up, down = hit.y1 - box.y0 + 1, hit.y0 - box.y1 - 1  # display y grows upward
+            # away from the label's own box (a label above its box moves up), unless that leaves the picture
+            shift = down if text.get_va() == "top" else up
+            if not (axes_box.y0 <= box.y0 + shift and box.y1 + shift <= axes_box.y1):
+                shift = up if shift == down else down
+            x, y = ax.transData.transform(text.get_position())
+            text.set_position(ax.transData.inverted().transform((x, y + shift)))
+            box = box.translated(0, shift)
+        else:
+            text.set_visible(False)
 
 
 def draw_attention_matrix(attention: np.ndarray, words: Sequence[str], region_names: Sequence[str] | None = None,

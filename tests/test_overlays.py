@@ -127,3 +127,48 @@ def test_recall_legend_sits_under_the_bars_and_a_huge_first_loss_gets_a_log_scal
     fig = draw_training_log([{**row, "loss": 60.0 - row["epoch"]} for row in rows])
     assert fig.axes[0].get_yscale() == "linear"
     plt.close(fig)
+
+
+def _label_boxes(fig):
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in fig.axes[0].texts]
+
+
+def test_labels_of_regions_that_share_a_corner_do_not_cover_each_other():
+    import matplotlib.pyplot as plt
+
+    picture = np.full((120, 160, 3), 200, dtype=np.uint8)
+    # four labels in one place, above their boxes; and at the picture's top, where labels go below
+    for shared in ([[40, 50, 100, 110]] * 3 + [[40, 52, 90, 100]], [[40, 2, 100, 60]] * 4):
+        fig = draw_attention(picture, np.array(shared, dtype=np.float32), np.array([0.4, 0.3, 0.2, 0.1]),
+                             labels=list("abcd"), top_k=4)
+        boxes = _label_boxes(fig)
+        inside = fig.axes[0].get_window_extent(fig.canvas.get_renderer())
+        assert len(boxes) == 4
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        assert all(inside.y0 <= box.y0 and box.y1 <= inside.y1 for box in boxes)
+        plt.close(fig)
+
+    # far apart, every label stays where it was put: just outside its own box's corner
+    apart = np.array([[5, 30, 40, 60], [110, 80, 150, 115]], dtype=np.float32)
+    fig = draw_attention(picture, apart, np.array([0.6, 0.4]), labels=["x", "y"], top_k=2)
+    assert [tuple(t.get_position()) for t in fig.axes[0].texts] == [(5.0, 29.0), (110.0, 79.0)]
+    plt.close(fig)
+
+
+def test_box_labels_that_would_overlap_are_moved_or_hidden():
+    from widgets.drawing import new_figure
+
+    fig, (ax,) = new_figure((3, 3))
+    boxes = np.array([[10, 10, 30, 30], [11, 11, 29, 29], [12, 10, 31, 28], [60, 60, 90, 90]], np.float32)
+    weights = np.array([0.4, 0.3, 0.2, 0.1], np.float32)
+    draw_attention(np.zeros((100, 100, 3), np.uint8), boxes, weights, ax=ax, top_k=4,
+                   labels=["r0 dog", "r1 dog", "r2 cat", "r3 bench"])
+    before = [(x, y - 1) for x, y, *_ in boxes]  # where draw_attention puts each label: above its box's corner
+    renderer = fig.canvas.get_renderer()
+    shown = [text for text in ax.texts if text.get_visible()]
+    extents = [text.get_window_extent(renderer) for text in shown]
+    assert not any(a.overlaps(b) for n, a in enumerate(extents) for b in extents[n + 1:])
+    assert ax.texts[0].get_position() == before[0]  # the strongest box keeps its label in place
+    assert ax.texts[3].get_visible() and ax.texts[3].get_position() == before[3]  # an uncrowded box too
+    assert ax.texts[1].get_position() != before[1] or not ax.texts[1].get_visible()

@@ -24,7 +24,6 @@ from mlasm.data.vocab import Vocabulary  # noqa: E402
 from mlasm.evaluate import evaluate_checkpoints  # noqa: E402
 from mlasm.metrics import i2t_ranks, t2i_ranks  # noqa: E402
 from mlasm.model import MLASM  # noqa: E402
-from mlasm.plots import draw_attention  # noqa: E402
 from mlasm.checkpoint import load_model, save_checkpoint  # noqa: E402
 from mlasm.report import format_result  # noqa: E402
 from mlasm.train import config_for_data, train  # noqa: E402
@@ -40,7 +39,7 @@ from widgets import (  # noqa: E402
     WorkbenchSession,
 )
 from widgets import failures as failures_module  # noqa: E402
-from widgets.drawing import PictureView, draw_pair_attention, new_figure, spread_labels  # noqa: E402
+from widgets.drawing import PictureView, draw_pair_attention  # noqa: E402
 from widgets.embedding import attribute_options, embedding_vectors, principal_components_2d  # noqa: E402
 from widgets.ranking import ALSO_TRUE, TRUTH  # noqa: E402
 
@@ -703,23 +702,6 @@ def test_pictures_drawn_from_many_threads_equal_those_drawn_one_at_a_time(sessio
     assert at_once == one_at_a_time * 4
     assert min(_pixel_spread(png) for png in one_at_a_time) > 10
     assert plt.get_fignums() == []  # no figure went through pyplot
-
-
-def test_box_labels_that_would_overlap_are_moved_or_hidden():
-    fig, (ax,) = new_figure((3, 3))
-    boxes = np.array([[10, 10, 30, 30], [11, 11, 29, 29], [12, 10, 31, 28], [60, 60, 90, 90]], np.float32)
-    weights = np.array([0.4, 0.3, 0.2, 0.1], np.float32)
-    draw_attention(np.zeros((100, 100, 3), np.uint8), boxes, weights, ax=ax, top_k=4,
-                   labels=["r0 dog", "r1 dog", "r2 cat", "r3 bench"])
-    before = [text.get_position() for text in ax.texts]
-    spread_labels(ax)
-    renderer = fig.canvas.get_renderer()
-    shown = [text for text in ax.texts if text.get_visible()]
-    extents = [text.get_window_extent(renderer) for text in shown]
-    assert not any(a.overlaps(b) for n, a in enumerate(extents) for b in extents[n + 1:])
-    assert ax.texts[0].get_position() == before[0]  # the strongest box keeps its label in place
-    assert ax.texts[3].get_visible() and ax.texts[3].get_position() == before[3]  # an uncrowded box too
-    assert ax.texts[1].get_position() != before[1] or not ax.texts[1].get_visible()
 
 
 VIEWS = (AttentionExplorer, LevelPanel, RankingBrowser, FailureExplorer, EmbeddingMap)

@@ -27,7 +27,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.transforms import Bbox
 from PIL import Image
 
 from mlasm.data.pictures import OutsideFolder
@@ -164,7 +163,6 @@ def draw_pair_attention(session: WorkbenchSession, image: int, region_indices: n
     if highlight is not None:
         x1, y1, x2, y2 = boxes[highlight]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2.2, ls="--", edgecolor=HIGHLIGHT))
-    spread_labels(ax)
 
 
 def regions_for_words(explanation, word: int | None = None) -> tuple[np.ndarray, str]:
@@ -178,26 +176,6 @@ def regions_for_words(explanation, word: int | None = None) -> tuple[np.ndarray,
         return (t2i.mean(axis=0) if word is None else t2i[word]), "looked at by"
     i2t = explanation.i2t_attention                                           # (R, L)
     return (i2t.mean(axis=1) if word is None else i2t[:, word]), "attending to (image-to-text)"
-
-
-def spread_labels(ax, tries: int = 3) -> None:
-    """Move each box label that overlaps an earlier one down below it, or hide it after ``tries``.
-
-    draw_attention labels the strongest box first, so on small, crowded boxes the strongest
-    labels stay readable and the weakest give way.
-    """
-    renderer = ax.figure.canvas.get_renderer()
-    kept: list[Bbox] = []
-    for text in ax.texts:
-        for _ in range(tries + 1):
-            extent = text.get_window_extent(renderer).padded(1)
-            if not any(extent.overlaps(other) for other in kept):
-                kept.append(extent)
-                break
-            x, y = ax.transData.transform(text.get_position())
-            text.set_position(ax.transData.inverted().transform((x, y - extent.height)))
-        else:
-            text.set_visible(False)
 
 
 def shaded_words_html(words: list[str], weights: np.ndarray, selected: int | None = None,
