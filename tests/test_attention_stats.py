@@ -216,16 +216,15 @@ def tiny_session(tmp_path_factory):
     import torch
 
     from mlasm.config import MLASMConfig
-    from mlasm.data.shapescenes import load_shapescenes
+    from cli_support import TINY_MODEL, tiny_splits
     from mlasm.model import MLASM
     from mlasm.train import config_for_data
     from mlasm.session import WorkbenchSession
 
-    split = load_shapescenes("test", sizes={"train": 48, "dev": 16, "test": 16},
-                             cache=tmp_path_factory.mktemp("cache"), progress=False)
+    split = tiny_splits(tmp_path_factory.mktemp("cache"), ("test",))["test"]
     vocab = Vocabulary(list(SPECIAL_TOKENS) + sorted({t for c in split.captions for t in tokenize(c)}))
     torch.manual_seed(0)
-    model = MLASM(config_for_data(MLASMConfig.cpu(embed_size=32, word_dim=16), split, vocab)).eval()
+    model = MLASM(config_for_data(MLASMConfig.cpu(**TINY_MODEL), split, vocab)).eval()
     return WorkbenchSession(model, vocab, split)
 
 
