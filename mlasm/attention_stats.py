@@ -320,6 +320,15 @@ def model_records(model, split, vocab, img=None, cap=None, captions: Sequence[in
     return records_frame(pairs(), reader.region_kind_names)
 
 
+def top_regions_after(records: pd.DataFrame, n_captions: int, first_word: int) -> list[list[int]]:
+    """Per caption, the most-attended region of each of its words from ``first_word`` on (the rows
+    ``metrics.pointing_accuracy`` reads), from the records; [] for a caption without records."""
+    top = [[] for _ in range(n_captions)]
+    for caption, regions in records.groupby("caption", sort=False)["top_region"]:
+        top[int(caption)] = [int(r) for r in regions.to_numpy()[first_word:]]
+    return top
+
+
 def statistics(records: pd.DataFrame, region_kind_names: Sequence[str]) -> dict:
     """The JSON-able summary that ``mlasm evaluate`` writes: per word kind, and the kind matrix."""
     def clean(value):
@@ -338,13 +347,27 @@ def attention_statistics(model, split, vocab, img=None, cap=None, max_captions: 
     return attention_statistics_and_records(model, split, vocab, img, cap, max_captions)[0]
 
 
-def attention_statistics_and_records(model, split, vocab, img=None, cap=None, max_captions: int = 5000
-                                     ) -> tuple[dict, pd.DataFrame]:
+def statistics_captions(n_captions: int, max_captions: int = 5000) -> np.ndarray | None:
+    """The captions the statistics read: None for all of them when there are at most ``max_captions``,
+    else ``max_captions`` of them evenly spread (in increasing order)."""
+    if n_captions <= max_captions:
+        return None
+    return np.linspace(0, n_captions - 1, max_captions).round().astype(int)
+
+
+def attention_statistics_and_records(model, split, vocab, img=None, cap=None, max_captions: int = 5000,
+                                     records: pd.DataFrame | None = None) -> tuple[dict, pd.DataFrame]:
     """``attention_statistics`` and the records it was made from (every caption's when there are at most
-    ``max_captions``: what the workbench's statistics tab shows, saved so that it opens at once)."""
+    ``max_captions``: what the workbench's statistics tab shows, saved so that it opens at once).
+
+    ``records``: ``model_records`` already made over these captions or more (evaluate's one pass over the
+    pairs, which the pointing game reads too); only the rows of ``statistics_captions`` are read."""
     n = split.n_captions
-    captions = None if n <= max_captions else np.linspace(0, n - 1, max_captions).round().astype(int)
-    records = model_records(model, split, vocab, img, cap, captions)
+    captions = statistics_captions(n, max_captions)
+    if records is None:
+        records = model_records(model, split, vocab, img, cap, captions)
+    elif captions is not None:
+        records = records[records["caption"].isin(captions)].reset_index(drop=True)
     result = statistics(records, SplitReader(split).region_kind_names)
     result["captions"] = n if captions is None else len(captions)
     return result, records

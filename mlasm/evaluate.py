@@ -10,10 +10,18 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from mlasm import distributed
-from mlasm.attention_stats import attention_statistics_and_records, knows_word_and_region_kinds, reader_signature
+from mlasm.attention_stats import (
+    attention_statistics_and_records,
+    knows_word_and_region_kinds,
+    model_records,
+    reader_signature,
+    statistics_captions,
+    top_regions_after,
+)
 from mlasm.checkpoint import check_model_fits, load_model
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
@@ -143,26 +151,43 @@ def level_ranks(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndar
 
 @torch.no_grad()
 def grounding_accuracy(model: MLASM, split: RetrievalSplit, vocab: Vocabulary,
-                       img: ImageEncoding | None = None, cap: CaptionEncoding | None = None) -> dict | None:
+                       img: ImageEncoding | None = None, cap: CaptionEncoding | None = None,
+                       records: pd.DataFrame | None = None) -> dict | None:
     """Pointing game on the matching pairs: does each object-naming word attend most to its object's box?
 
+    Read off the attention records (``mlasm.attention_stats.model_records``: each word's most-attended
+    region): ``records`` made over every grounded caption or more (evaluate's one pass, which the attention
+    statistics read too), else made here over the grounded captions.
     None when the split does not know which words name which regions.
     """
     if split.grounding is None or "t2i" not in model.directions:  # an i2t SCAN model: no word looks
         return None
-    if img is None or cap is None:
-        img, cap = encode_split(model, split, vocab)
+    if records is None:
+        if img is None or cap is None:
+            img, cap = encode_split(model, split, vocab)
+        records = model_records(model, split, vocab, img, cap, _grounded_captions(split))
     first_word = rows_before_words(model.config.start_end_tokens)
-    top_regions = []
-    for c, words in enumerate(split.grounding):
-        if not words:
-            top_regions.append([])
-            continue
-        explanation = model.explain(img, cap, int(split.caption_to_image[c]), c)
-        top = explanation.t2i_attention.argmax(axis=1)[first_word:]              # (L,) among kept regions
-        top_regions.append(explanation.region_indices[top].tolist())
+    top_regions = top_regions_after(records, split.n_captions, first_word)
     n_regions = split.region_mask.sum(axis=1)[split.caption_to_image]
     return pointing_accuracy(top_regions, split.grounding, n_regions)
+
+
+def _grounded_captions(split: RetrievalSplit) -> list[int]:
+    return [c for c, words in enumerate(split.grounding or ()) if words]
+
+
+def _pointing_and_statistics(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, img: ImageEncoding,
+                             cap: CaptionEncoding) -> tuple[dict | None, dict | None, pd.DataFrame | None]:
+    """The pointing game and the attention statistics of one model, from one pass over the pairs (one
+    explanation a caption, over the captions either reads): (grounding, statistics, records), None for
+    what the model or the split cannot say."""
+    if "t2i" not in model.directions or not knows_word_and_region_kinds(split):
+        return None, None, None  # no word looks (an i2t SCAN model), or nothing is known of the words
+    sampled = statistics_captions(split.n_captions)
+    captions = None if sampled is None else sorted(set(sampled.tolist()) | set(_grounded_captions(split)))
+    records = model_records(model, split, vocab, img, cap, captions)
+    stats, made = attention_statistics_and_records(model, split, vocab, img, cap, records=records)
+    return grounding_accuracy(model, split, vocab, records=records), stats, made
 
 
 def evaluate_model(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, protocol: str = "full",
@@ -265,9 +290,9 @@ def _score_models(checkpoints, split: RetrievalSplit, device, memory_budget_mb, 
         per_model.append(distributed.score_all(model, img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
         if not distributed.is_main():
             continue
-        grounding.append(grounding_accuracy(model, split, model_vocab, img, cap))
-        if knows_word_and_region_kinds(split) and "t2i" in model.directions:  # per word kind
-            stats, made = attention_statistics_and_records(model, split, model_vocab, img, cap)
+        pointing, stats, made = _pointing_and_statistics(model, split, model_vocab, img, cap)
+        grounding.append(pointing)
+        if stats is not None:  # per word kind
             attention.append(stats)
             records = made if stats["captions"] == split.n_captions else None
     return (per_model, models, grounding, attention, records) if distributed.is_main() else None

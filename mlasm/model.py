@@ -551,9 +551,18 @@ class MLASM(nn.Module):
 
 
 def _bytes_per_pair(n_regions: int, n_words: int, d: int, element_size: int) -> int:
-    """A pair holds about six (R, L) grids (similarities, attention weights, products) and
-    five d-vectors (the global level) at once."""
-    return element_size * (6 * n_regions * n_words + 5 * d)
+    """What one pair of a block holds at the block's peak, as measured (tests/test_block_memory.py).
+
+    With R regions and L words: in the image-to-text attention six (R, L) grids at once (the
+    similarities, their LeakyReLU, the text-to-image weights, and the logits, exponentials and
+    weights of the regions' softmax over the words); at the global level five grids and three
+    d-vectors (the attended context, its gate and the gated image vector), the larger share when d
+    outweighs R x L (few regions, wide embeddings); about two R-vectors and three L-vectors besides.
+    Without the Gram matrix (many regions) the attended contexts are built, two (L, d) grids a
+    pair, within the six grids when R >= 2 d / 3 (at d = 1024, wherever the Gram matrix does not fit
+    a budget of 16 MB or more)."""
+    grid = n_regions * n_words
+    return element_size * (max(6 * grid, 5 * grid + 3 * d) + 2 * n_regions + 3 * n_words)
 
 
 def _block_shape(n_images: int, n_captions: int, n_regions: int, n_words: int, d: int,

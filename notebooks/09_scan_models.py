@@ -33,7 +33,7 @@
 import os
 
 from mlasm.demo import demo_checkpoint
-from mlasm.scan_model import tiny_scan_checkpoint
+from mlasm.scan_training import tiny_scan_checkpoint
 from mlasm.sources import EMBEDDED
 
 if os.environ.get("MLASM_SCAN_CHECKPOINT"):

@@ -12,7 +12,8 @@ from mlasm.data.shapescenes import load_shapescenes
 
 # 48 training images x 5 captions / batch 16 = 15 steps per epoch
 TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
-TINY = dict(embed_size=32, word_dim=16, batch_size=16, epochs=2, lr_decay_epoch=1, learning_rate=1e-3)
+TINY_MODEL = dict(embed_size=32, word_dim=16)  # the tiny model's sizes, for tests that build one untrained
+TINY = dict(TINY_MODEL, batch_size=16, epochs=2, lr_decay_epoch=1, learning_rate=1e-3)
 # one thread, as the in-process reference runs (tests/conftest.py one_thread): float sums in another
 # order would make a resumed CLI run differ from its reference when the machine has idle cores
 TINY_OPTIONS = ["--embed-size", "32", "--word-dim", "16", "--batch-size", "16", "--lr-decay-epoch", "1",

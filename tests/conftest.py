@@ -51,6 +51,20 @@ def splits(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """A ShapeScenes cache folder for a module's tiny splits."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_cache):
+    """Tiny ShapeScenes train, dev and test splits (tests/cli_support.py TINY_SIZES)."""
+    from cli_support import tiny_splits
+
+    return tiny_splits(tiny_cache, ("train", "dev", "test"))
+
+
+@pytest.fixture(scope="module")
 def data_folder(splits, tmp_path_factory):
     """The tiny splits as a precomp folder, for the command line's --data."""
     from cli_support import tiny_folder

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
-TINY = dict(embed_size=32, word_dim=16, batch_size=16, epochs=1, learning_rate=1e-3)
+from cli_support import TINY as TINY_SETTINGS, TINY_SIZES  # noqa: E402
+
+TINY = dict(TINY_SETTINGS, epochs=1)
 
 
 def tiny_run(folder: Path) -> tuple[Path, Path]:

@@ -144,6 +144,36 @@ def test_statistics_json_and_table(records):
     assert next(line for line in lines if line.startswith("relation")).split()[2:4] == ["-", "-"]
 
 
+def test_pointing_game_by_hand_and_one_pass_with_the_statistics(split):
+    """evaluate's pointing game reads the attention records: one explanation a caption serves both."""
+    from mlasm.attention_stats import attention_statistics_and_records
+    from mlasm.evaluate import _pointing_and_statistics, grounding_accuracy
+
+    vocab = Vocabulary(list(SPECIAL_TOKENS) + sorted({t for c in CAPTIONS for t in tokenize(c)}))
+    # grounded: red (r0 in {0, 2}), star (r2 in {0, 2}), circle (r1 in {1}) point right; blue (r0) and squares
+    # (r1, the pair box, not {0}) miss. Chance: 2/4, 2/4, 1/4, 1/4 on image 0, 1/3 on image 1 (3 real regions)
+    expected = {"accuracy": 100 * 3 / 5, "words": 5, "hits": 3,
+                "chance": 100 * (2 / 4 + 2 / 4 + 1 / 4 + 1 / 4 + 1 / 3) / 5}
+    alone = grounding_accuracy(HandModel(), split, vocab, img="encoded", cap="encoded")
+    assert alone == pytest.approx(expected)
+
+    calls = []
+
+    class Counting(HandModel):
+        def explain(self, img, cap, image, caption):
+            calls.append(caption)
+            return super().explain(img, cap, image, caption)
+
+    pointing, stats, records = _pointing_and_statistics(Counting(), split, vocab, "encoded", "encoded")
+    assert calls == [0, 1]  # one pass: not once for the statistics and again for the pointing game
+    assert pointing == alone and stats == statistics(records, REGION_KINDS) | {"captions": 2}
+    # a sample of the captions for the statistics, read from records made over more captions: as made alone
+    sampled, _ = attention_statistics_and_records(HandModel(), split, vocab, "encoded", "encoded", max_captions=1,
+                                                  records=records)
+    made, _ = attention_statistics_and_records(HandModel(), split, vocab, "encoded", "encoded", max_captions=1)
+    assert sampled == made and made["captions"] == 1 and made["words"]["colour"]["words"] == 2
+
+
 def test_start_token_shifts_grounding(split):
     """A model that reads <start> has one more attention row: grounding positions move by one."""
     reader = SplitReader(split)
@@ -186,16 +216,15 @@ def tiny_session(tmp_path_factory):
     import torch
 
     from mlasm.config import MLASMConfig
-    from mlasm.data.shapescenes import load_shapescenes
+    from cli_support import TINY_MODEL, tiny_splits
     from mlasm.model import MLASM
     from mlasm.train import config_for_data
     from mlasm.session import WorkbenchSession
 
-    split = load_shapescenes("test", sizes={"train": 48, "dev": 16, "test": 16},
-                             cache=tmp_path_factory.mktemp("cache"), progress=False)
+    split = tiny_splits(tmp_path_factory.mktemp("cache"), ("test",))["test"]
     vocab = Vocabulary(list(SPECIAL_TOKENS) + sorted({t for c in split.captions for t in tokenize(c)}))
     torch.manual_seed(0)
-    model = MLASM(config_for_data(MLASMConfig.cpu(embed_size=32, word_dim=16), split, vocab)).eval()
+    model = MLASM(config_for_data(MLASMConfig.cpu(**TINY_MODEL), split, vocab)).eval()
     return WorkbenchSession(model, vocab, split)
 
 

@@ -117,12 +117,12 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 
 from mlasm.config import MLASMConfig  # noqa: E402
-from mlasm.data.shapescenes import NUMBER_WORDS, load_shapescenes  # noqa: E402
+from cli_support import TINY_MODEL, tiny_splits  # noqa: E402
+from mlasm.data.shapescenes import NUMBER_WORDS  # noqa: E402
 from mlasm.data.vocab import Vocabulary, tokenize  # noqa: E402
 from mlasm.model import MLASM  # noqa: E402
 from mlasm.train import config_for_data  # noqa: E402
 
-TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
 
 
 def click(figure, x, y, point_index):
@@ -133,8 +133,8 @@ def click(figure, x, y, point_index):
 
 
 @pytest.fixture(scope="module")
-def tiny_test(tmp_path_factory):
-    return load_shapescenes("test", sizes=TINY_SIZES, cache=tmp_path_factory.mktemp("cache"), progress=False)
+def tiny_test(tiny_cache):
+    return tiny_splits(tiny_cache, ("test",))["test"]
 
 
 def hand_scores(split, fooled):
@@ -160,7 +160,7 @@ def comparison(tiny_test):
     vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>"]
                        + sorted({t for c in tiny_test.captions for t in tokenize(c)}))
     torch.manual_seed(0)
-    model = MLASM(config_for_data(MLASMConfig.cpu(embed_size=32, word_dim=16), tiny_test, vocab))
+    model = MLASM(config_for_data(MLASMConfig.cpu(**TINY_MODEL), tiny_test, vocab))
     m = tiny_test.n_captions
     fooled_a = {c for c in range(m) if c % 2 == 1}                  # A: odd captions miss their image
     fooled_b = {c for c in range(m) if c % 4 == 2}                  # B: captions 2, 6, 10 ... miss it
@@ -290,7 +290,7 @@ def test_an_ensemble_can_be_one_side(tiny_test, tmp_path):
     models = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        models.append(MLASM(config_for_data(MLASMConfig.cpu(embed_size=32, word_dim=16), tiny_test, vocab)).eval())
+        models.append(MLASM(config_for_data(MLASMConfig.cpu(**TINY_MODEL), tiny_test, vocab)).eval())
         save_checkpoint(tmp_path / f"m{seed}.pt", models[-1], vocab, {})
     ensemble = ensemble_session([tmp_path / "m1.pt", tmp_path / "m2.pt"], tiny_test, device="cpu")
     one, two = (score_split(model, tiny_test, vocab)["final"].numpy() for model in models)

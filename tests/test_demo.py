@@ -7,6 +7,7 @@ import pytest
 
 import mlasm.demo
 import mlasm.sources
+from cli_support import TINY_MODEL, TINY_SIZES
 from mlasm.cli import main
 from mlasm.data.shapescenes import bag_of_words_scores
 from mlasm.metrics import retrieval_metrics
@@ -16,8 +17,8 @@ from mlasm.sources import EMBEDDED, open_split
 @pytest.fixture
 def tiny_demo(monkeypatch, tmp_path):
     monkeypatch.setenv("MLASM_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(mlasm.sources, "FAST_SIZES", {"train": 48, "dev": 16, "test": 16})
-    monkeypatch.setattr(mlasm.demo, "FAST_OVERRIDES", dict(embed_size=32, word_dim=16, epochs=1, batch_size=16))
+    monkeypatch.setattr(mlasm.sources, "FAST_SIZES", dict(TINY_SIZES))
+    monkeypatch.setattr(mlasm.demo, "FAST_OVERRIDES", dict(TINY_MODEL, epochs=1, batch_size=16))
     return tmp_path / "demo"
 
 

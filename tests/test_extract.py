@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_support import TINY_MODEL
 from mlasm.data.errors import DataError
 from mlasm.data.precomp import read_meta, read_split
 from mlasm.extract import (Proposals, UnreadableImageWarning, add_extract_arguments, extract_dataset,
@@ -248,7 +249,7 @@ def test_a_model_trains_and_evaluates_on_extracted_photos(extracted, tmp_path):
     from mlasm.train import train
 
     photos = read_split(extracted[0], "all")
-    config = MLASMConfig.cpu(embed_size=32, word_dim=16, batch_size=8, epochs=2, lr_decay_epoch=1)
+    config = MLASMConfig.cpu(**TINY_MODEL, batch_size=8, epochs=2, lr_decay_epoch=1)
     summary = train(config, photos, photos, tmp_path / "run", vocab=Vocabulary.build(photos.captions, min_count=1),
                     progress=False)
     result = evaluate_checkpoints([summary["best"]], photos, out_dir=tmp_path / "eval", progress=False)
@@ -309,7 +310,7 @@ def test_scores_on_extracted_photos_are_explained_and_attention_keeps_their_colo
     from widgets import FailureExplorer, LevelPanel, Selection, WorkbenchSession
 
     photos = read_split(extracted[0], "all")
-    config = MLASMConfig.cpu(embed_size=32, word_dim=16, batch_size=8, epochs=1, lr_decay_epoch=1)
+    config = MLASMConfig.cpu(**TINY_MODEL, batch_size=8, epochs=1, lr_decay_epoch=1)
     summary = train(config, photos, photos, tmp_path / "run", vocab=Vocabulary.build(photos.captions, min_count=1),
                     progress=False)
     model, vocab, _ = load_model(summary["best"], "cpu")

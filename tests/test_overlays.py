@@ -14,7 +14,7 @@ from matplotlib.colors import rgb_to_hsv  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
-from mlasm.data.shapescenes import load_shapescenes  # noqa: E402
+from cli_support import tiny_splits  # noqa: E402
 from mlasm.data.shapescenes.scenes import outline  # noqa: E402
 from mlasm.plots import draw_attention, faded_picture  # noqa: E402
 
@@ -22,9 +22,8 @@ SCALE = 4  # the figure draws each picture pixel as SCALE x SCALE screen pixels
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    return load_shapescenes("test", sizes={"train": 48, "dev": 16, "test": 16},
-                           cache=tmp_path_factory.mktemp("cache"), progress=False)
+def split(tiny_cache):
+    return tiny_splits(tiny_cache, ("test",))["test"]
 
 
 def drawn_pixels(picture: Image.Image, boxes, weights, **options) -> np.ndarray:

@@ -13,7 +13,8 @@ from cli_support import TINY, answer
 from mlasm.config import MLASMConfig
 from mlasm.data import TsvRecord, read_split, write_tsv
 from mlasm.data.errors import DataError
-from mlasm.data.prepare import STATE_FILE, prepare_from_scan, prepare_from_tsv
+from mlasm.data.prepare import STATE_FILE, prepare_from_tsv
+from mlasm.data.prepare_scan import prepare_from_scan
 from mlasm.data.vocab import Vocabulary
 from mlasm.train import train
 

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cli_support import tiny_folder  # noqa: E402
+from cli_support import TINY_SIZES, tiny_folder  # noqa: E402
 from mlasm.checkpoint import save_checkpoint  # noqa: E402
 from mlasm.config import MLASMConfig  # noqa: E402
 from mlasm.data.shapescenes import load_shapescenes  # noqa: E402
@@ -24,7 +24,7 @@ from widgets.comparison import ComparisonView  # noqa: E402
 from widgets.workbench import TABS  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SIZES = {"train": 48, "dev": 16, "test": 16}
+SIZES = TINY_SIZES
 
 
 @pytest.fixture(scope="module")

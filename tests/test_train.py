@@ -6,18 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from cli_support import TINY, tiny_splits, without_times
+from cli_support import TINY, without_times
 from mlasm.cli import main
 from mlasm.config import MLASMConfig
 from mlasm.data.errors import DataError
 from mlasm.evaluate import evaluate_checkpoints, level_metrics, score_split
 from mlasm.checkpoint import CheckpointError, check_model_fits, load_checkpoint, load_model
 from mlasm.train import train
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return tiny_splits(tmp_path_factory.mktemp("cache"), ("train", "dev", "test"))
-
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):

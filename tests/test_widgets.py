@@ -17,9 +17,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from cli_support import TINY as TINY_SETTINGS, TINY_SIZES  # noqa: E402
 from mlasm.config import MLASMConfig  # noqa: E402
 from mlasm.data.positives import PositiveSets  # noqa: E402
-from mlasm.data.shapescenes import load_shapescenes, shapescenes_folder  # noqa: E402
+from mlasm.data.shapescenes import shapescenes_folder  # noqa: E402
 from mlasm.data.vocab import Vocabulary  # noqa: E402
 from mlasm.evaluate import evaluate_checkpoints  # noqa: E402
 from mlasm.metrics import i2t_ranks, t2i_ranks  # noqa: E402
@@ -43,19 +44,7 @@ from widgets.drawing import PictureView, draw_pair_attention  # noqa: E402
 from widgets.embedding import attribute_options, embedding_vectors, principal_components_2d  # noqa: E402
 from widgets.ranking import ALSO_TRUE, TRUTH  # noqa: E402
 
-TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
-TINY = dict(embed_size=32, word_dim=16, batch_size=16, epochs=1, learning_rate=1e-3)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(cache):
-    return {split: load_shapescenes(split, sizes=TINY_SIZES, cache=cache, progress=False)
-            for split in ("train", "dev", "test")}
+TINY = dict(TINY_SETTINGS, epochs=1)  # one epoch is enough for the views
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +179,8 @@ def test_failures_list_exactly_the_queries_ranked_k_or_worse(session):
             assert split.caption_to_image[row["caption"]] == row["query"]
 
 
-def test_session_from_a_checkpoint_and_a_precomp_folder(checkpoint, cache):
-    folder = shapescenes_folder(sizes=TINY_SIZES, cache=cache)
+def test_session_from_a_checkpoint_and_a_precomp_folder(checkpoint, tiny_cache):
+    folder = shapescenes_folder(sizes=TINY_SIZES, cache=tiny_cache)
     session = WorkbenchSession.from_checkpoint(checkpoint, source=folder, split="test", device="cpu")
     assert session.split.n_images == TINY_SIZES["test"] and session.picture(0) is None  # no renderer there
     explorer = AttentionExplorer(session)

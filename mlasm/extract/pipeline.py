@@ -143,6 +143,19 @@ def _check_proposals(proposals, n_labels: int, proposer: str) -> None:
         raise DataError(f"{proposer}.propose returned label ids outside [0, {n_labels}) (its label_names)")
 
 
+def _default_models(proposer: RegionProposer | None, extractor: RegionFeatureExtractor | None,
+                    device: str | None, short_side: int) -> tuple[RegionProposer, RegionFeatureExtractor]:
+    """The given proposer and extractor, or SSD MobileNet v2 and EfficientNet-Lite0 (loaded only when
+    needed: they need the [extract] extra)."""
+    if proposer is None:
+        from mlasm.extract.detector import SSDMobileNetV2Proposer
+        proposer = SSDMobileNetV2Proposer()
+    if extractor is None:
+        from mlasm.extract.backbone import EfficientNetLite0Extractor
+        extractor = EfficientNetLite0Extractor(device=device, short_side=short_side)
+    return proposer, extractor
+
+
 def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathLike, out_dir: str | os.PathLike,
                     max_regions: int = 36, split_fractions: Sequence[float] | None = None, seed: int = 0,
                     device: str | None = None, progress: bool = True, *, score_threshold: float = 0.2,
@@ -178,12 +191,7 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
                                                f"--images {images_dir}", allow_images_outside)
              for picture in pictures}
     check_output_folder(out_dir, "out_dir")
-    if proposer is None:
-        from mlasm.extract.detector import SSDMobileNetV2Proposer
-        proposer = SSDMobileNetV2Proposer()
-    if extractor is None:
-        from mlasm.extract.backbone import EfficientNetLite0Extractor
-        extractor = EfficientNetLite0Extractor(device=device, short_side=short_side)
+    proposer, extractor = _default_models(proposer, extractor, device, short_side)
     region_settings = {"max_regions": max_regions, "score_threshold": score_threshold,
                        "nms_iou": nms_iou, "min_detections": min_detections}
     producer = {"proposer": proposer.describe(), "extractor": extractor.describe(), "regions": region_settings}
