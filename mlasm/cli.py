@@ -166,6 +166,9 @@ def _evaluate_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--device", type=device_name)
     evaluate.add_argument("--memory-budget-mb", type=positive_number, default=None,
                           help="memory for one block of pairs while scoring (default 64 on the CPU, 1024 on CUDA)")
+    evaluate.add_argument("--score-store", choices=("auto", "yes", "no"), default="auto",
+                          help="write the score matrices as OUT/scores/ (one memory-mappable .npy per level, "
+                               "resumed after an interrupt) instead of scores.npz; auto: from 25 M pairs on")
     return evaluate
 
 
@@ -354,7 +357,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     distributed.on_rank_zero(lambda: check_output_folder(out, "--out"))
     split = open_split(args.data, args.split)
     result = evaluate_checkpoints(args.checkpoint, split, protocol=args.protocol, out_dir=out,
-                                  device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab)
+                                  device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab,
+                                  score_store={"auto": None, "yes": True, "no": False}[args.score_store])
     if result is None:  # a rank of torchrun's other than 0: its share of the pairs is scored
         return 0
     print(format_result(result))
