@@ -228,3 +228,25 @@ def verify_store(folder: str | Path) -> list[str]:
     manifest = read_manifest(folder) or {}
     return [level for level, entry in manifest.get("files", {}).items()
             if not (Path(folder) / entry["file"]).is_file() or file_digest(Path(folder) / entry["file"]) != entry["sha256"]]
+
+
+def find_store(checkpoint: str | Path, split, folders=None, levels: Sequence[str] = ()) -> tuple[dict | None,
+                                                                                                  Path | None]:
+    """A score store of one checkpoint on ``split``, looked for where find_saved_scores looks for scores.npz
+    (``FOLDER/scores/``): its matrices memory-mapped and its folder, or (None, None)."""
+    from mlasm.io import finish_interrupted_writes
+    from mlasm.saved_scores import scores_fingerprint
+
+    checkpoint = Path(checkpoint)
+    folders = [checkpoint.parent, checkpoint.parent / f"eval-{split.name}", checkpoint.parent.parent] \
+        if folders is None else [Path(f) for f in folders]
+    candidates = [folder / STORE_DIR for folder in folders if (folder / STORE_DIR / MANIFEST).is_file()]
+    if not candidates:
+        return None, None
+    fingerprint = scores_fingerprint([checkpoint], split)
+    for candidate in candidates:
+        finish_interrupted_writes(candidate.parent)  # an evaluation killed between its renames: all its files
+        matrices = open_store(candidate, fingerprint, levels)
+        if matrices is not None:
+            return matrices, candidate
+    return None, None

@@ -157,3 +157,40 @@ def test_chunked_measures_equal_the_whole_matrix_ones(splits, monkeypatch):
     assert sorted(ranks) == sorted(expected)
     for key in expected:
         np.testing.assert_array_equal(ranks[key], expected[key], err_msg=key)
+
+
+def test_a_session_memory_maps_a_store_and_shows_what_scores_npz_shows(checkpoint, data_folder, tmp_path,
+                                                                       monkeypatch):
+    from mlasm.session import WorkbenchSession
+    from mlasm.sources import open_split
+
+    split = open_split(str(data_folder), "dev")
+    store_out, npz_out = tmp_path / "store", tmp_path / "npz"
+    evaluate_checkpoints([checkpoint], split, out_dir=store_out, progress=False, score_store=True)
+    evaluate_checkpoints([checkpoint], split, out_dir=npz_out, progress=False)  # today's scores.npz
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("the saved scores should have been used")
+
+    monkeypatch.setattr(MLASM, "score_all", no_scoring)
+    large = WorkbenchSession.from_checkpoint(checkpoint, str(data_folder), "dev", device="cpu",
+                                             saved_scores=[store_out])
+    small = WorkbenchSession.from_checkpoint(checkpoint, str(data_folder), "dev", device="cpu",
+                                             saved_scores=[npz_out])
+    assert large.scores_source == store_out / score_store.STORE_DIR and small.scores_source == npz_out / SCORES_FILE
+    assert large._encodings is None and isinstance(large.scores["final"], np.memmap)  # nothing encoded, mapped
+    assert large._ranks is not None  # evaluate's ranks.npz, not computed again
+    for key, ranks in small.ranks.items():
+        np.testing.assert_array_equal(large.ranks[key], ranks, err_msg=key)
+    for k in (1, 5):
+        pd_testing = pytest.importorskip("pandas.testing")
+        pd_testing.assert_frame_equal(large.query_table(k), small.query_table(k))
+        pd_testing.assert_frame_equal(large.failures(k, include_valid=True), small.failures(k, include_valid=True))
+    large._ranks = None  # computed in chunks when ranks.npz is not there
+    for key, ranks in small.ranks.items():
+        np.testing.assert_array_equal(large.ranks[key], ranks, err_msg=key)
+    pd_testing.assert_frame_equal(large.pair_levels(3, 7), small.pair_levels(3, 7))
+    np.testing.assert_array_equal(large.image_scores(7), small.image_scores(7))
+    for level, value in small.explain(3, 7).scores.items():  # the pair encoded alone: the same scores
+        assert large.explain(3, 7).scores[level] == pytest.approx(value, abs=1e-6)
+    assert large._encodings is None
