@@ -39,7 +39,7 @@ from mlasm.evaluate import level_ranks
 from mlasm.explain import ScoreExplanation, explain_scores
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, PairExplanation
 from mlasm.saved_scores import RECORDS_FILE, find_saved_scores, read_saved_records, scores_fingerprint
-from mlasm.score_store import find_store
+from mlasm.score_store import find_store, read_column, read_rows
 from mlasm.session_tables import query_table_in_chunks, saved_ranks
 from mlasm.store_measures import measure_store
 from mlasm.sources import EMBEDDED, open_split
@@ -334,13 +334,13 @@ class WorkbenchSession:
             return self.text_scores(caption)[level]
         if self._scores is None:  # one caption, not the whole gallery
             return self._caption_column(int(caption))[level]
-        return np.array(self.scores[level][:, int(caption)])  # a copy: one read of a memory-mapped column
+        return read_column(self.scores[level], int(caption))  # of a memory-mapped store: read, not mapped
 
     def caption_scores(self, image: int, level: str = "final") -> np.ndarray:
         """(M,) score of every caption of the split for an image."""
         if self._scores is None:  # one image, not the whole gallery
             return self._image_row(int(image))[level]
-        return np.array(self.scores[level][int(image)])
+        return read_rows(self.scores[level], int(image), int(image) + 1)[0]
 
     def pair_levels(self, image: int, caption: CaptionRef) -> pd.DataFrame:
         """Per level: the pair's score, and where it ranks.

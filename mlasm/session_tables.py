@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlasm.score_store import read_column, read_rows
 from mlasm.store_measures import row_chunks
 
 
@@ -34,7 +35,7 @@ def saved_ranks(path: Path, levels, complete: bool, final: np.ndarray, caption_t
     elif any(f"{level}_{d}_first_valid_rank" not in ranks for level in present for d in ("i2t", "t2i")):
         return None
     for caption in np.linspace(0, final.shape[1] - 1, min(samples, final.shape[1])).astype(int):
-        column = np.array(final[:, caption])
+        column = read_column(final, caption)
         own = caption_to_image[caption]
         if int((column >= column[own]).sum()) - 1 != ranks["final_t2i_rank"][caption]:
             return None  # ranks of other scores (a later evaluation of another checkpoint)
@@ -59,7 +60,7 @@ def query_table_in_chunks(session) -> pd.DataFrame:
     i2t = {name: np.empty(n_images, dtype) for name, dtype in (("best_truth", np.int64), ("preferred", np.int64),
            ("alternative", np.int64), ("n_valid", np.int64), ("preferred_valid", bool), ("has", bool))}
     for a, b in row_chunks(n_images, n_captions):
-        chunk = np.asarray(final[a:b])
+        chunk = read_rows(final, a, b)
         rows = np.arange(b - a)
         positive = caption_to_image[None, :] == np.arange(a, b)[:, None]
         truth = np.zeros((b - a, n_captions), bool)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mlasm.levels import BY_NAME
+from mlasm.score_store import read_rows
 from mlasm.metrics import (NonFiniteScores, complete_positive_ranks, metrics_from_ranks,
                            summarize_complete_ranks)
 
@@ -28,12 +29,12 @@ def row_chunks(n_rows: int, n_columns: int, elements: int = CHUNK_ELEMENTS) -> I
 
 def all_nan(matrix: np.ndarray) -> bool:
     """Whether every score is NaN (a local-only model's global level), read chunk by chunk."""
-    return all(np.isnan(matrix[a:b]).all() for a, b in row_chunks(*matrix.shape))
+    return all(np.isnan(read_rows(matrix, a, b)).all() for a, b in row_chunks(*matrix.shape))
 
 
 def check_finite_in_chunks(matrix: np.ndarray, what: str) -> None:
     """mlasm.metrics.check_finite, counted chunk by chunk."""
-    bad = sum(int((~np.isfinite(matrix[a:b])).sum()) for a, b in row_chunks(*matrix.shape))
+    bad = sum(int((~np.isfinite(read_rows(matrix, a, b))).sum()) for a, b in row_chunks(*matrix.shape))
     if bad:
         raise NonFiniteScores(f"{what}: {bad} of {matrix.size} scores are NaN or infinite; the model "
                               f"has diverged (lower the learning rate, or train without --amp)")
@@ -48,7 +49,7 @@ def ranks_in_chunks(matrix: np.ndarray, caption_to_image: np.ndarray) -> tuple[n
     i2t = np.empty(n_images, np.int64)
     t2i = np.zeros(n_captions, np.int64)
     for a, b in row_chunks(n_images, n_captions):
-        chunk = np.asarray(matrix[a:b])
+        chunk = read_rows(matrix, a, b)
         positive = caption_to_image[None, :] == np.arange(a, b)[:, None]
         best_positive = np.where(positive, chunk, -np.inf).max(axis=1)
         i2t[a:b] = ((chunk >= best_positive[:, None]) & ~positive).sum(axis=1)
@@ -62,7 +63,7 @@ def ranks_in_chunks(matrix: np.ndarray, caption_to_image: np.ndarray) -> tuple[n
 def top_in_chunks(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per image its k best captions (N, k) and per caption its k best images (M, k), as level_ranks saves them."""
     n_images, n_captions = matrix.shape
-    i2t = np.concatenate([torch.from_numpy(np.array(matrix[a:b])).topk(k, dim=1).indices.numpy()
+    i2t = np.concatenate([torch.from_numpy(read_rows(matrix, a, b)).topk(k, dim=1).indices.numpy()
                           for a, b in row_chunks(n_images, n_captions)])
     t2i = np.concatenate([torch.from_numpy(np.array(matrix[:, a:b])).topk(k, dim=0).indices.T.numpy()
                           for a, b in row_chunks(n_captions, n_images)])
@@ -73,7 +74,7 @@ def separation_in_chunks(matrix: np.ndarray, positives) -> dict:
     """mlasm.evaluate.score_separation, summed chunk by chunk."""
     captions = np.repeat(np.arange(positives.n_captions), positives.sizes())
     true_sum = float(np.asarray(matrix[positives.indices, captions]).astype(np.float64).sum())
-    total = sum(float(np.asarray(matrix[a:b]).sum(dtype=np.float64)) for a, b in row_chunks(*matrix.shape))
+    total = sum(float(read_rows(matrix, a, b).sum(dtype=np.float64)) for a, b in row_chunks(*matrix.shape))
     n_true = positives.indices.size
     positive, negative = true_sum / n_true, (total - true_sum) / max(matrix.size - n_true, 1)
     return {"positive": positive, "negative": negative, "gap": positive - negative}
