@@ -83,8 +83,8 @@ EVALUATE = textwrap.dedent("""
     import json, sys, time
     from mlasm.cli import main
     started = time.perf_counter()
-    code = main(["evaluate", "--checkpoint", sys.argv[1], "--data", sys.argv[2], "--split", "test", "--out", sys.argv[3],
-                 "--threads", "1", *sys.argv[4:]])
+    code = main(["evaluate", "--checkpoint", sys.argv[1], "--data", sys.argv[2], "--split", "test",
+                 "--out", sys.argv[3], "--threads", "1", *sys.argv[4:]])
     print(json.dumps({"evaluate_s": time.perf_counter() - started, "peak_mb": next(
         int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024}))
 """)
@@ -177,7 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=5000, help="images (5 captions each); COCO 5K: 5000")
     parser.add_argument("--evaluate", action="store_true", help="run mlasm evaluate (minutes: use small --images)")
-    parser.add_argument("--evaluate-options", default="", help="more options for mlasm evaluate, e.g. '--score-store yes'")
+    parser.add_argument("--evaluate-options", default="",
+                        help="more options for mlasm evaluate, e.g. '--score-store yes'")
     parser.add_argument("--random-scores", action="store_true", help="write the evaluation folder with random scores")
     parser.add_argument("--layout", choices=("store", "npz"), default="store")
     parser.add_argument("--code", help="a checkout whose mlasm the measured processes run (default: this one)")

@@ -226,8 +226,9 @@ def open_store(folder: str | Path, fingerprint: dict, levels: Sequence[str], ver
 def verify_store(folder: str | Path) -> list[str]:
     """The levels whose file does not match the manifest's checksum (every byte read)."""
     manifest = read_manifest(folder) or {}
-    return [level for level, entry in manifest.get("files", {}).items()
-            if not (Path(folder) / entry["file"]).is_file() or file_digest(Path(folder) / entry["file"]) != entry["sha256"]]
+    paths = {level: Path(folder) / entry["file"] for level, entry in manifest.get("files", {}).items()}
+    return [level for level, path in paths.items()
+            if not path.is_file() or file_digest(path) != manifest["files"][level]["sha256"]]
 
 
 def find_store(checkpoint: str | Path, split, folders=None, levels: Sequence[str] = ()) -> tuple[dict | None,
