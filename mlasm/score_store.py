@@ -35,8 +35,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mlasm.io import write_json
-from mlasm.saved_scores import SavedScoresIgnored, file_digest
+from mlasm.io import finish_interrupted_writes, write_json
+from mlasm.saved_scores import SavedScoresIgnored, file_digest, scores_fingerprint
 
 STORE_DIR = "scores"
 PARTIAL_DIR = ".scores.partial"
@@ -235,9 +235,6 @@ def find_store(checkpoint: str | Path, split, folders=None, levels: Sequence[str
                                                                                                   Path | None]:
     """A score store of one checkpoint on ``split``, looked for where find_saved_scores looks for scores.npz
     (``FOLDER/scores/``): its matrices memory-mapped and its folder, or (None, None)."""
-    from mlasm.io import finish_interrupted_writes
-    from mlasm.saved_scores import scores_fingerprint
-
     checkpoint = Path(checkpoint)
     folders = [checkpoint.parent, checkpoint.parent / f"eval-{split.name}", checkpoint.parent.parent] \
         if folders is None else [Path(f) for f in folders]

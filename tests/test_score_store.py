@@ -194,3 +194,14 @@ def test_a_session_memory_maps_a_store_and_shows_what_scores_npz_shows(checkpoin
     for level, value in small.explain(3, 7).scores.items():  # the pair encoded alone: the same scores
         assert large.explain(3, 7).scores[level] == pytest.approx(value, abs=1e-6)
     assert large._encodings is None
+
+
+def test_the_command_line_writes_a_store_when_asked(checkpoint, data_folder, tmp_path, capsys):
+    from cli_support import answer
+
+    code, _, _ = answer(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data_folder),
+                                 "--split", "dev", "--out", str(tmp_path), "--score-store", "yes", "--threads", "1"])
+    assert code == 0 and (tmp_path / score_store.STORE_DIR / score_store.MANIFEST).is_file()
+    assert not (tmp_path / SCORES_FILE).exists()
+    manifest = score_store.read_manifest(tmp_path / score_store.STORE_DIR)
+    assert manifest["shape"] == [16, 80] and score_store.verify_store(tmp_path / score_store.STORE_DIR) == []
