@@ -67,9 +67,12 @@ class WorkbenchSession:
     """A model, its vocabulary and a split, with encodings, score matrices, ranks and explanations."""
 
     def __init__(self, model: MLASM, vocab: Vocabulary, split: RetrievalSplit,
-                 scores: dict | None = None, memory_budget_mb: float | None = None, cache_size: int = 512):
+                 scores: dict | None = None, memory_budget_mb: float | None = None, cache_size: int = 512,
+                 large: bool = False):
         """``scores``: the (N, M) matrices of every level if already computed (e.g. by
-        ``mlasm.evaluate.score_split``, or an ensemble's ``average_levels``), so they are not computed again."""
+        ``mlasm.evaluate.score_split``, or an ensemble's ``average_levels``), so they are not computed again.
+        ``large``: they are a score store's, memory-mapped (mlasm.score_store): nothing is encoded until a
+        typed query needs every image, a pair is encoded alone to be explained, ranks and tables go in chunks."""
         check_model_fits(model, split, "the model")
         vocab.check_fits(model.config.vocab_size, "the model")
         self.model = model.eval()
@@ -78,7 +81,7 @@ class WorkbenchSession:
         self.split = split
         self.memory_budget_mb = memory_budget_mb
         # memory-mapped scores (a score store: a large gallery) open without encoding every image and caption
-        self._large = scores is not None and any(isinstance(s, np.memmap) for s in scores.values())
+        self._large = large and scores is not None
         self._encodings = None if self._large else encode_split(model, split, self.vocab)
         self._scores = None if scores is None else self._checked_scores(scores)
         self.scores_source: Path | str | None = None if scores is None else "given"  # or the file they came from
@@ -120,6 +123,8 @@ class WorkbenchSession:
             found, where = find_store(path, opened, folders, model.levels)  # a large gallery's, memory-mapped
             if found is None:
                 found, where = find_saved_scores(path, opened, folders, model.levels)
+            elif "large" not in options:
+                options["large"] = True
         session = cls(model, vocab, opened, **({"scores": found} if found is not None else {}), **options)
         if where is not None:
             session.scores_source = where
