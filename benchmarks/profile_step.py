@@ -32,7 +32,8 @@ from mlasm.data.dataset import encode_captions, image_tensors  # noqa: E402
 from mlasm.data.shapescenes import load_shapescenes  # noqa: E402
 from mlasm.data.vocab import Vocabulary  # noqa: E402
 from mlasm.loss import rows_and_columns_loss  # noqa: E402
-from mlasm.model import MLASM, _block_shape, _slice, _trim, default_memory_budget_mb  # noqa: E402
+from mlasm.blocks import _block_shape, _slice, _trim, default_memory_budget_mb  # noqa: E402
+from mlasm.model import MLASM  # noqa: E402
 from mlasm.threads import set_threads  # noqa: E402
 
 

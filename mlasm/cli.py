@@ -112,7 +112,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     distributed.on_rank_zero(lambda: check_output_folder(out, "--out"))
     split = open_split(args.data, args.split)
     result = evaluate_checkpoints(args.checkpoint, split, protocol=args.protocol, out_dir=out,
-                                  device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab)
+                                  device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab,
+                                  score_store={"auto": None, "yes": True, "no": False}[args.score_store])
     if result is None:  # a rank of torchrun's other than 0: its share of the pairs is scored
         return 0
     print(format_result(result))

@@ -46,6 +46,9 @@ from mlasm.encoding import encode_split
 from mlasm.levels import BY_NAME, LEVELS
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 from mlasm.saved_scores import RECORDS_FILE, SCORES_FILE, scores_fingerprint, write_records, write_scores
+from mlasm import score_store
+from mlasm.blocks import default_memory_budget_mb, plan_gallery
+from mlasm.store_measures import measure_store, separation_in_chunks
 
 PROTOCOLS = {
     "full": "the whole split is one gallery (Flickr30K 1K test, COCO 5K on testall, ShapeScenes test)",
@@ -53,6 +56,7 @@ PROTOCOLS = {
 }
 TOP_K_SAVED = 5
 COCO_5K_IMAGES, COCO_5K_CAPTIONS = 5000, 25000  # the Karpathy 5K test, where ECCV Caption and CxC apply
+STORE_FROM_PAIRS = 25_000_000  # from here on (500 MB a level) scores go to a score store, not scores.npz
 
 
 def score_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, memory_budget_mb: float | None = None,
@@ -219,7 +223,7 @@ def check_rankable(split: RetrievalSplit) -> None:
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSplit, protocol: str = "full",
                          out_dir: str | Path | None = None, device: str | torch.device | None = None,
                          memory_budget_mb: float | None = None, progress: bool = True,
-                         vocab: str | Path | Vocabulary | None = None) -> dict:
+                         vocab: str | Path | Vocabulary | None = None, score_store: bool | None = None) -> dict:
     """Evaluate one checkpoint, or the ensemble of several; write ``metrics.json``, ``ranks.npz`` and
     ``scores.npz`` (every level's score matrix, which the workbench reuses: mlasm.saved_scores).
 
@@ -233,6 +237,10 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
     In a process group (torchrun) the ranks share the scoring of every pair; rank 0 alone then
     measures, writes and returns the result (the same numbers as one process: ``world_size``
     records how many scored), the other ranks return None once their share is done.
+
+    ``score_store``: write the matrices as a score store (mlasm.score_store: one memory-mappable .npy
+    per level, written band by band, resumed after an interrupt, measured in chunks) instead of
+    scores.npz; None (default): from STORE_FROM_PAIRS pairs on, for one checkpoint in one process.
     """
     if memory_budget_mb is not None and not (isinstance(memory_budget_mb, (int, float))
                                              and np.isfinite(memory_budget_mb) and memory_budget_mb > 0):
@@ -248,7 +256,13 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         out_dir = distributed.on_rank_zero(usable_folder)
     if protocol == "5fold":
         return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress, vocab)
-    scored = _score_models(checkpoints, split, device, memory_budget_mb, progress, vocab)
+    into = None
+    if out_dir is not None and protocol == "full" and len(checkpoints) == 1 and distributed.world_size() == 1 and (
+            score_store if score_store is not None else split.n_images * split.n_captions >= STORE_FROM_PAIRS):
+        fingerprint = scores_fingerprint(checkpoints, split)
+        into = lambda model, img, cap: _score_into_store(model, img, cap, out_dir, fingerprint,  # noqa: E731
+                                                         memory_budget_mb, progress)
+    scored = _score_models(checkpoints, split, device, memory_budget_mb, progress, vocab, into)
     if scored is None:  # another rank: its share of the pairs is scored
         return None
     per_model, models, grounding, attention, records = scored
@@ -263,31 +277,72 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
         "models": models,  # per checkpoint: MLASM or SCAN, its levels, and a SCAN model's options
         "world_size": distributed.world_size(),  # the processes that scored it (torchrun); 1 alone
     }
-    complete = _complete_ranks(scores, split)
-    result.update(_measures(scores, split, protocol, complete))
+    if into is not None:  # memory-mapped matrices, measured in chunks
+        metrics, ranks = measure_store(scores, split.caption_to_image, split.positives, TOP_K_SAVED)
+        result.update(_measures(scores, split, protocol, None, metrics,
+                                separation_in_chunks(scores["final"], split.positive_sets())))
+    else:
+        complete = _complete_ranks(scores, split)
+        result.update(_measures(scores, split, protocol, complete))
     if any(g is not None for g in grounding):
         result["grounding"] = grounding[0] if len(grounding) == 1 else grounding
     if attention:
         result["attention_statistics"] = attention[0] if len(attention) == 1 else attention
-    if out_dir is not None:
+    if into is not None:
+        _write_outputs(out_dir, result, None, ranks, fingerprint, split, records, store=per_model[0])
+    elif out_dir is not None:
         _write_outputs(out_dir, result, scores, level_ranks(scores, split.caption_to_image, split.positives, complete),
                        scores_fingerprint(checkpoints, split), split,
                        records if len(checkpoints) == 1 else None)  # and the statistics tab opens at once
     return result
 
 
-def _score_models(checkpoints, split: RetrievalSplit, device, memory_budget_mb, progress: bool, vocab):
+class _StoredScores(dict):
+    """Level -> memory-mapped matrix of a score store being written, with its writer."""
+
+    writer: score_store.StoreWriter
+
+
+def _score_into_store(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, out_dir: Path, fingerprint: dict,
+                      memory_budget_mb: float | None, progress: bool) -> _StoredScores:
+    """Every level of every pair written band by band into the partial store (resumed where a killed run of
+    this evaluation left it); at most one band of rows per level in memory."""
+    remove_stale_temporaries(out_dir / score_store.STORE_DIR)
+    budget = default_memory_budget_mb(model.device) if memory_budget_mb is None else memory_budget_mb
+    n_captions = len(cap.words)
+    writer = score_store.StoreWriter(out_dir, fingerprint, (len(img.regions), n_captions), model.levels,
+                                     plan_gallery(img.regions, cap.lengths, budget)[1].rows,
+                                     score_store.RECORD_EVERY_S)
+    band, start = None, writer.done_rows
+    for rows, columns, levels in model.score_blocks(img, cap, budget, progress, from_image=writer.done_rows):
+        if band is not None and rows.start != start:
+            writer.write_band(start, band)
+            band = None
+        if band is None:
+            band, start = {level: np.empty((rows.stop - rows.start, n_captions), np.float32)
+                           for level in model.levels}, rows.start
+        for level in model.levels:
+            band[level][:, columns.numpy()] = levels[level].to("cpu", img.regions.dtype).numpy()
+    if band is not None:
+        writer.write_band(start, band)
+    stored = _StoredScores(writer.matrices())
+    stored.writer = writer
+    return stored
+
+
+def _score_models(checkpoints, split: RetrievalSplit, device, memory_budget_mb, progress: bool, vocab, into=None):
     """Every level of every pair for each checkpoint, with what metrics.json says of the model, its
     pointing game and attention statistics: (per_model, models, grounding, attention, records: every
     word's attention record when made over every caption); None on the ranks other than 0 of a
-    process group, once their share is scored."""
+    process group, once their share is scored. ``into(model, img, cap)``: scores them elsewhere (a score store)."""
     per_model, models, grounding, attention, records = [], [], [], [], None
     for path in checkpoints:
         model, model_vocab, _ = load_model(path, device, vocab=vocab)
         models.append(describe_model(path, model))
         check_model_fits(model, split, str(path))
         img, cap = encode_split(model, split, model_vocab, progress=progress)
-        per_model.append(distributed.score_all(model, img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
+        per_model.append(into(model, img, cap) if into is not None else
+                         distributed.score_all(model, img, cap, memory_budget_mb=memory_budget_mb, progress=progress))
         if not distributed.is_main():
             continue
         pointing, stats, made = _pointing_and_statistics(model, split, model_vocab, img, cap)
@@ -311,12 +366,15 @@ def _complete_ranks(scores: dict[str, torch.Tensor], split: RetrievalSplit) -> d
     return complete
 
 
-def _measures(scores: dict[str, torch.Tensor], split: RetrievalSplit, protocol: str, complete: dict | None) -> dict:
-    """The levels' metrics, chance, score separation and what the split's positives are."""
+def _measures(scores: dict[str, torch.Tensor], split: RetrievalSplit, protocol: str, complete: dict | None,
+              metrics: dict | None = None, separation: dict | None = None) -> dict:
+    """The levels' metrics, chance, score separation and what the split's positives are (``metrics``
+    and ``separation``: computed already, from a score store)."""
     result = {
-        **level_metrics(scores, split.caption_to_image, protocol, positives=split.positives, complete_ranks=complete),
+        **(metrics or level_metrics(scores, split.caption_to_image, protocol, positives=split.positives,
+                                    complete_ranks=complete)),
         "chance": chance_metrics(split.n_images, split.caption_to_image, split.positives),
-        "score_separation": score_separation(scores["final"], split.positive_sets()),
+        "score_separation": separation or score_separation(scores["final"], split.positive_sets()),
     }
     if (split.n_images, split.n_captions) == (COCO_5K_IMAGES, COCO_5K_CAPTIONS):
         result["eccv_caption"] = _eccv_caption(scores["final"], split)
@@ -327,10 +385,10 @@ def _measures(scores: dict[str, torch.Tensor], split: RetrievalSplit, protocol: 
     return result
 
 
-def _write_outputs(out_dir: Path, result: dict, scores: dict, ranks: dict, fingerprint: dict, split: RetrievalSplit,
-                   records=None) -> None:
-    """metrics.json, ranks.npz, scores.npz (which the workbench reuses: mlasm.saved_scores) and the
-    attention records when given, as one unit."""
+def _write_outputs(out_dir: Path, result: dict, scores: dict | None, ranks: dict, fingerprint: dict,
+                   split: RetrievalSplit, records=None, store: _StoredScores | None = None) -> None:
+    """metrics.json, ranks.npz, scores.npz (which the workbench reuses: mlasm.saved_scores) or the finished
+    score ``store`` (mlasm.score_store) and the attention records when given, as one unit."""
     def write_ranks(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, caption_to_image=split.caption_to_image, **ranks)
@@ -338,13 +396,18 @@ def _write_outputs(out_dir: Path, result: dict, scores: dict, ranks: dict, finge
     def write_metrics(tmp: Path) -> None:
         tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    files = {out_dir / "ranks.npz": write_ranks,
-             out_dir / SCORES_FILE: lambda tmp: write_scores(tmp, scores, fingerprint)}
+    files = {out_dir / "ranks.npz": write_ranks}
+    if store is None:
+        files[out_dir / SCORES_FILE] = lambda tmp: write_scores(tmp, scores, fingerprint)
+    else:  # checksums first: a failure here leaves the partial store to finish from
+        files.update(store.writer.writers(store.writer.finish()))
     if records is not None:
         files[out_dir / RECORDS_FILE] = lambda tmp: write_records(
             tmp, records, {**fingerprint, "reader": reader_signature(split)})
     files[out_dir / "metrics.json"] = write_metrics  # last: its presence means the files beside it are its own
     write_together(files)
+    if store is not None:
+        store.writer.remove()  # its files are the store's now (hard links)
 
 
 def _evaluate_folds(checkpoints: Sequence[str | Path], split: RetrievalSplit, out_dir: Path | None,

@@ -71,8 +71,12 @@ def recall_summary(ranks: np.ndarray) -> dict:
 def retrieval_metrics(scores, caption_to_image) -> dict:
     """Both directions and rSum (the sum of the six recalls, not 6 x one of them: defect 4)."""
     check_finite(scores)
-    i2t = recall_summary(i2t_ranks(scores, caption_to_image))
-    t2i = recall_summary(t2i_ranks(scores, caption_to_image))
+    return metrics_from_ranks(i2t_ranks(scores, caption_to_image), t2i_ranks(scores, caption_to_image))
+
+
+def metrics_from_ranks(i2t_rank: np.ndarray, t2i_rank: np.ndarray) -> dict:
+    """``retrieval_metrics`` from the ranks of both directions (computed elsewhere, e.g. in chunks)."""
+    i2t, t2i = recall_summary(i2t_rank), recall_summary(t2i_rank)
     rsum = sum(i2t[f"r{k}"] + t2i[f"r{k}"] for k in RECALL_KS)
     return {"rsum": float(rsum), "i2t": i2t, "t2i": t2i}
 

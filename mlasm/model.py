@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm.auto import tqdm
 
+from mlasm import blocks as planning
+from mlasm.blocks import _slice, _take, _to, _trim, default_memory_budget_mb
 from mlasm.config import MLASMConfig
 from mlasm.levels import LEVELS, levels_of
 
@@ -35,13 +37,6 @@ LEAKY_SLOPE = 0.1
 MAX_BOUND_SHIFTED_LAMBDA = 40.0  # see _attend
 LARGE_JOB_PAIRS = 1_000_000  # score_all shows a progress bar from this many pairs on, unless told
 TRAINING_LENGTH_GROUPS = 4  # pair_levels: 56 % of one padded block's word positions on ShapeScenes batches
-
-
-def default_memory_budget_mb(device: torch.device | str) -> float:
-    """Memory for one block of pairs in score_all. On the CPU a block that stays near the caches
-    is faster: 64 MB scored 1.2x faster than 512 MB on 2 idle cores and 1.5-2x on busy ones
-    (benchmarks/bench_scorer.py --budgets); a GPU needs large blocks to stay busy."""
-    return 1024.0 if torch.device(device).type == "cuda" else 64.0
 
 
 def l2norm(x: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
@@ -119,12 +114,6 @@ def _region_terms(regions: Tensor, mask: Tensor, gram: bool = True) -> _RegionTe
                         vectors @ vectors.transpose(1, 2) if gram else None)
 
 
-def _gram_fits(n_regions: int, element_size: int, budget_bytes: int) -> bool:
-    """Whether one image's (R, R) Gram matrix takes at most an eighth of the block budget: it makes
-    |a_l|^2 cheap for tens of regions, but an image of 10,000 regions would need 400 MB for it."""
-    return element_size * n_regions * n_regions <= budget_bytes // 8
-
-
 def _word_terms(words: Tensor, lengths: Tensor) -> _WordTerms:
     lengths = lengths.to(words.device)
     if not ((lengths >= 1) & (lengths <= words.shape[1])).all():
@@ -133,39 +122,6 @@ def _word_terms(words: Tensor, lengths: Tensor) -> _WordTerms:
     mask = lengths_to_mask(lengths, words.shape[1])
     vectors = words.masked_fill(~mask[..., None], 0.0)
     return _WordTerms(vectors, mask, torch.linalg.vector_norm(vectors, dim=-1), vectors @ vectors.transpose(1, 2))
-
-
-def _slice(items: NamedTuple, start: int, stop: int) -> NamedTuple:
-    return type(items)._make(None if t is None else t[start:stop] for t in items)
-
-
-def _take(items: NamedTuple, index: Tensor) -> NamedTuple:
-    return type(items)._make(None if t is None else t[index.to(t.device)] for t in items)
-
-
-def _trim(words: _WordTerms, length: int) -> _WordTerms:
-    """Word terms cut to their first ``length`` positions (the block's longest caption)."""
-    return _WordTerms._make(None if t is None else
-                            t[:, :length, :length] if name.endswith("gram") else t[:, :length]
-                            for name, t in zip(_WordTerms._fields, words))
-
-
-def _length_chunks(sorted_lengths: Tensor, captions_fitting: Callable[[int], int]) -> list[tuple[int, int]]:
-    """Consecutive [start, stop) runs of length-sorted captions, each as wide as its longest caption allows."""
-    chunks, start, n = [], 0, len(sorted_lengths)
-    lengths = sorted_lengths.tolist()
-    while start < n:
-        stop = start + 1
-        # the run's longest caption is its last; widen while the run still fits at that length
-        while stop < n and stop - start < captions_fitting(lengths[stop]):
-            stop += 1
-        chunks.append((start, stop))
-        start = stop
-    return chunks
-
-
-def _to(items: NamedTuple, device: torch.device) -> NamedTuple:
-    return type(items)._make(None if t is None else t.to(device) for t in items)
 
 
 # ---------------------------------------------------------------------------------------
@@ -452,60 +408,51 @@ class MLASM(nn.Module):
     def score_all(self, img: ImageEncoding, cap: CaptionEncoding, memory_budget_mb: Optional[float] = None,
                   progress: Optional[bool] = None, device=None,
                   blocks: Optional[tuple[int, int]] = None) -> dict[str, Tensor]:
-        """Every level for every image x caption of a gallery: (N, M) CPU tensors.
+        """Every level for every image x caption of a gallery: (N, M) CPU tensors, in the captions'
+        own order; the blocks of ``score_blocks`` (which see) put in place. ``blocks = (first, step)``
+        scores only blocks first, first + step, ... of the plan and leaves the others zero: the share
+        of one of ``step`` processes (mlasm.distributed), whose sum is the whole.
+        """
+        allocate = torch.empty if blocks is None else torch.zeros
+        scores = {level: allocate(len(img.regions), len(cap.words), dtype=img.regions.dtype) for level in LEVELS}
+        for rows, columns, block in self.score_blocks(img, cap, memory_budget_mb, progress, device, blocks):
+            for level, value in block.items():
+                scores[level][rows, columns] = value.to(scores[level].device, scores[level].dtype)
+        return scores
 
-        Captions are taken shortest first, and each block of them is trimmed to its own longest
-        caption: the work of a pair grows with its padded length, and real captions vary from a
-        few words to dozens. Blocks of images x captions are sized so that one block's
-        intermediates take about ``memory_budget_mb`` (default: ``default_memory_budget_mb``), short
-        captions in wider blocks. Runs on ``device`` (default: the model's); the encodings may live
-        elsewhere (e.g. in CPU memory) and travel one block at a time. Besides the budget, the
-        terms of all captions are held at once (about twice the size of ``cap.words``).
-        ``progress``: a tqdm bar; None shows one for large jobs. Scores come back in the captions'
-        own order. ``blocks = (first, step)`` scores only blocks first, first + step, ... of this
-        plan and leaves the others zero: the share of one of ``step`` processes
-        (mlasm.distributed), whose sum is the whole.
+    @torch.no_grad()
+    def score_blocks(self, img: ImageEncoding, cap: CaptionEncoding, memory_budget_mb: Optional[float] = None,
+                     progress: Optional[bool] = None, device=None, blocks: Optional[tuple[int, int]] = None,
+                     from_image: int = 0) -> Iterator[tuple[slice, Tensor, dict[str, Tensor]]]:
+        """Every level of every image x caption, one block at a time: (images, caption columns, level -> (n, m)).
+
+        The blocks of mlasm.blocks.plan_gallery (captions shortest first, each run trimmed to its longest
+        caption; about ``memory_budget_mb`` of intermediates per block, default ``default_memory_budget_mb``),
+        band by band: every caption run of one slice of images, then the next slice. Runs on ``device``
+        (default: the model's); the encodings may live elsewhere and travel one block at a time; the terms
+        of all captions are held at once (about twice ``cap.words``). ``progress``: a tqdm bar (None: for
+        large jobs). ``from_image`` (the first image of a band: a resumed evaluation) skips the bands
+        before it. ``blocks``: see score_all.
         """
         device = self.device if device is None else torch.device(device)
-        if memory_budget_mb is None:
-            memory_budget_mb = default_memory_budget_mb(device)
-        n_images, n_regions, d = img.regions.shape
-        n_captions = cap.words.shape[0]
-        order = torch.argsort(cap.lengths.cpu(), stable=True)                     # shortest first
-        sorted_lengths = cap.lengths.cpu()[order]
+        budget = default_memory_budget_mb(device) if memory_budget_mb is None else memory_budget_mb
+        order, plan = planning.plan_gallery(img.regions, cap.lengths, budget)
+        if from_image % plan.rows:
+            raise ValueError(f"from_image {from_image} is not the first image of a band of {plan.rows} images")
+        n_images, n_captions, sorted_lengths = len(img.regions), len(cap.words), cap.lengths.cpu()[order]
         words = _to(self._caption_terms(_to(_take(cap, order), self.device)), device)
-        element_size = img.regions.element_size()
-        budget = int(memory_budget_mb * 2**20)
-        typical = int(sorted_lengths.float().mean().ceil())
-        block_images, _ = _block_shape(n_images, n_captions, n_regions, typical, d, element_size, memory_budget_mb)
-        # the images' own terms (vectors, context and gate rows, the Gram matrix where it fits) take at
-        # most half the budget: the region count bounds the block too
-        gram = _gram_fits(n_regions, element_size, budget)
-        per_image = element_size * n_regions * ((n_regions if gram else 0) + 3 * d)
-        block_images = min(block_images, max(1, budget // (2 * per_image)))
-        chunks = _length_chunks(sorted_lengths, lambda length: max(1, budget // (
-            block_images * _bytes_per_pair(n_regions, length, d, element_size))))
-        allocate = torch.empty if blocks is None else torch.zeros
-        scores = {level: allocate(n_images, n_captions, dtype=img.regions.dtype) for level in LEVELS}
-        block_index = -1
         show = progress if progress is not None else n_images * n_captions >= LARGE_JOB_PAIRS
-        with tqdm(total=n_images * n_captions, unit="pair", unit_scale=True, desc="scoring pairs",
-                  disable=not show) as bar:
-            for i in range(0, n_images, block_images):
-                regions = _to(self._image_terms(_to(_slice(img, i, i + block_images), self.device), gram), device)
-                for start, stop in chunks:
-                    block_index += 1
-                    if blocks is not None and block_index % blocks[1] != blocks[0]:  # another process's
-                        bar.update(regions.vectors.shape[0] * (stop - start))
-                        continue
-                    block_words = _trim(_slice(words, start, stop), int(sorted_lengths[stop - 1]))
-                    block = self._score_block(regions, block_words, self.config.lambda_t2i, self.config.lambda_i2t)
-                    columns = order[start:stop]
-                    for level, value in block.levels.items():
-                        scores[level][i:i + value.shape[0], columns] = value.to(scores[level].device,
-                                                                                scores[level].dtype)
-                    bar.update(value.numel())
-        return scores
+        with tqdm(total=n_images * n_captions, initial=from_image * n_captions, unit="pair", unit_scale=True,
+                  desc="scoring pairs", disable=not show) as bar:
+            for i in range(from_image, n_images, plan.rows):
+                regions = _to(self._image_terms(_to(_slice(img, i, i + plan.rows), self.device), plan.gram), device)
+                n = regions.vectors.shape[0]
+                for c, (start, stop) in enumerate(plan.chunks):
+                    if blocks is None or (i // plan.rows * len(plan.chunks) + c) % blocks[1] == blocks[0]:
+                        block_words = _trim(_slice(words, start, stop), int(sorted_lengths[stop - 1]))
+                        block = self._score_block(regions, block_words, self.config.lambda_t2i, self.config.lambda_i2t)
+                        yield slice(i, i + n), order[start:stop], block.levels  # (else another process's block)
+                    bar.update(n * (stop - start))
 
     @torch.no_grad()
     def explain(self, img: ImageEncoding, cap: CaptionEncoding, image_index: int = 0, caption_index: int = 0,
@@ -521,8 +468,8 @@ class MLASM(nn.Module):
             raise IndexError(f"caption_index {caption_index} out of range for {cap.words.shape[0]} captions")
         lambda_t2i = self.config.lambda_t2i if lambda_t2i is None else float(lambda_t2i)
         lambda_i2t = self.config.lambda_i2t if lambda_i2t is None else float(lambda_i2t)
-        gram = _gram_fits(img.regions.shape[1], img.regions.element_size(),
-                          int(default_memory_budget_mb(self.device) * 2**20))
+        gram = planning._gram_fits(img.regions.shape[1], img.regions.element_size(),
+                                   int(default_memory_budget_mb(self.device) * 2**20))
         regions = self._image_terms(_to(_slice(img, image_index, image_index + 1), self.device), gram)
         words = self._caption_terms(_to(_slice(cap, caption_index, caption_index + 1), self.device))
         block = self._score_block(regions, words, lambda_t2i, lambda_i2t)
@@ -549,29 +496,3 @@ class MLASM(nn.Module):
             region_indices=numpy(kept),
         )
 
-
-def _bytes_per_pair(n_regions: int, n_words: int, d: int, element_size: int) -> int:
-    """What one pair of a block holds at the block's peak, as measured (tests/test_block_memory.py).
-
-    With R regions and L words: in the image-to-text attention six (R, L) grids at once (the
-    similarities, their LeakyReLU, the text-to-image weights, and the logits, exponentials and
-    weights of the regions' softmax over the words); at the global level five grids and three
-    d-vectors (the attended context, its gate and the gated image vector), the larger share when d
-    outweighs R x L (few regions, wide embeddings); about two R-vectors and three L-vectors besides.
-    Without the Gram matrix (many regions) the attended contexts are built, two (L, d) grids a
-    pair, within the six grids when R >= 2 d / 3 (at d = 1024, wherever the Gram matrix does not fit
-    a budget of 16 MB or more)."""
-    grid = n_regions * n_words
-    return element_size * (max(6 * grid, 5 * grid + 3 * d) + 2 * n_regions + 3 * n_words)
-
-
-def _block_shape(n_images: int, n_captions: int, n_regions: int, n_words: int, d: int,
-                 element_size: int, memory_budget_mb: float) -> tuple[int, int]:
-    """Images x captions per block so that a block's intermediates take about the budget.
-
-    Blocks are kept near square, which keeps the similarity matrix product efficient.
-    """
-    pairs = max(1, int(memory_budget_mb * 2**20) // _bytes_per_pair(n_regions, n_words, d, element_size))
-    block_captions = min(n_captions, max(1, pairs // min(n_images, max(1, math.isqrt(pairs)))))
-    block_images = min(n_images, max(1, pairs // block_captions))
-    return block_images, block_captions

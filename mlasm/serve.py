@@ -132,7 +132,11 @@ def shared_scores_folder(checkpoint: Path, split) -> Path | None:
     None when the run has no scores of this checkpoint and split (each kernel then scores the pairs).
     """
     from mlasm.saved_scores import file_digest, find_saved_scores
+    from mlasm.score_store import find_store
 
+    stored, where = find_store(checkpoint, split)
+    if stored is not None:  # a score store (a large gallery) is one .npy per level already
+        return where
     scores, where = find_saved_scores(checkpoint, split)
     if scores is None:
         return None

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from mlasm.attention_stats import reader_signature
-from mlasm.data.dataset import RetrievalSplit, caption_tensors, cut_caption
+from mlasm.data.dataset import RetrievalSplit, caption_tensors, cut_caption, image_tensors
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
 from mlasm.encoding import encode_split
@@ -39,6 +39,9 @@ from mlasm.evaluate import level_ranks
 from mlasm.explain import ScoreExplanation, explain_scores
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, PairExplanation
 from mlasm.saved_scores import RECORDS_FILE, find_saved_scores, read_saved_records, scores_fingerprint
+from mlasm.score_store import find_store, read_column, read_rows
+from mlasm.session_tables import query_table_in_chunks, saved_ranks
+from mlasm.store_measures import measure_store
 from mlasm.sources import EMBEDDED, open_split
 from mlasm.checkpoint import check_model_fits, load_model
 
@@ -64,9 +67,12 @@ class WorkbenchSession:
     """A model, its vocabulary and a split, with encodings, score matrices, ranks and explanations."""
 
     def __init__(self, model: MLASM, vocab: Vocabulary, split: RetrievalSplit,
-                 scores: dict | None = None, memory_budget_mb: float | None = None, cache_size: int = 512):
+                 scores: dict | None = None, memory_budget_mb: float | None = None, cache_size: int = 512,
+                 large: bool = False):
         """``scores``: the (N, M) matrices of every level if already computed (e.g. by
-        ``mlasm.evaluate.score_split``, or an ensemble's ``average_levels``), so they are not computed again."""
+        ``mlasm.evaluate.score_split``, or an ensemble's ``average_levels``), so they are not computed again.
+        ``large``: they are a score store's, memory-mapped (mlasm.score_store): nothing is encoded until a
+        typed query needs every image, a pair is encoded alone to be explained, ranks and tables go in chunks."""
         check_model_fits(model, split, "the model")
         vocab.check_fits(model.config.vocab_size, "the model")
         self.model = model.eval()
@@ -74,7 +80,9 @@ class WorkbenchSession:
         self.vocab = vocab.with_boundaries(model.config.start_end_tokens)
         self.split = split
         self.memory_budget_mb = memory_budget_mb
-        self.images, self.captions = encode_split(model, split, self.vocab)
+        # memory-mapped scores (a score store: a large gallery) open without encoding every image and caption
+        self._large = large and scores is not None
+        self._encodings = None if self._large else encode_split(model, split, self.vocab)
         self._scores = None if scores is None else self._checked_scores(scores)
         self.scores_source: Path | str | None = None if scores is None else "given"  # or the file they came from
         self._ranks: dict[str, np.ndarray] | None = None
@@ -112,10 +120,17 @@ class WorkbenchSession:
         found = where = None
         if saved_scores is not False and "scores" not in options:
             folders = None if saved_scores is True else saved_scores
-            found, where = find_saved_scores(path, opened, folders, model.levels)
+            found, where = find_store(path, opened, folders, model.levels)  # a large gallery's, memory-mapped
+            if found is None:
+                found, where = find_saved_scores(path, opened, folders, model.levels)
+            elif "large" not in options:
+                options["large"] = True
         session = cls(model, vocab, opened, **({"scores": found} if found is not None else {}), **options)
         if where is not None:
             session.scores_source = where
+            if where.is_dir():  # a score store: evaluate's ranks.npz beside it, when complete
+                session._ranks = saved_ranks(where.parent / "ranks.npz", session.levels, opened.positives is not None,
+                                             found["final"], opened.caption_to_image)
             # the attention records saved with them: the statistics tab opens without explaining every pair
             session.attention_records = read_saved_records(
                 where.parent / RECORDS_FILE, {**scores_fingerprint([path], opened), "reader": reader_signature(opened)})
@@ -144,10 +159,33 @@ class WorkbenchSession:
         config = self.model.config
         return "" if config.levels_trained_alone else "This model was " + config.describe_objective() + "."
 
+    @property
+    def images(self) -> ImageEncoding:
+        """Every image of the split encoded (on first use where the scores are memory-mapped)."""
+        if self._encodings is None:
+            self._encodings = encode_split(self.model, self.split, self.vocab)
+        return self._encodings[0]
+
+    @property
+    def captions(self) -> CaptionEncoding:
+        self.images  # noqa: B018 (both are encoded together)
+        return self._encodings[1]
+
+    def _one_pair(self, image: int, caption: int) -> tuple[ImageEncoding, CaptionEncoding, int, int]:
+        """The encodings explain reads for a pair: the split's, or (a large gallery not encoded) the pair's alone."""
+        if self._encodings is not None:
+            return self.images, self.captions, image, caption
+        with torch.no_grad():
+            img = self.model.encode_images(*(t.to(self.model.device) for t in image_tensors(self.split, [image])))
+            tokens, lengths = caption_tensors(self.vocab, [self.split.captions[caption]])
+            cap = self.model.encode_captions(tokens.to(self.model.device), lengths.to(self.model.device))
+        return img, cap, 0, 0
+
     def _checked_scores(self, scores: dict) -> dict[str, np.ndarray]:
         shape = (self.split.n_images, self.split.n_captions)
-        checked = {level: np.asarray(scores[level].cpu() if hasattr(scores[level], "cpu") else scores[level],
-                                     dtype=np.float32) for level in self.levels}
+        checked = {level: scores[level] if isinstance(scores[level], np.memmap) and scores[level].dtype == np.float32
+                   else np.asarray(scores[level].cpu() if hasattr(scores[level], "cpu") else scores[level],
+                                   dtype=np.float32) for level in self.levels}
         wrong = {level: s.shape for level, s in checked.items() if s.shape != shape}
         if wrong:
             raise ValueError(f"scores must be (N, M) = {shape} per level, got {wrong}")
@@ -181,6 +219,8 @@ class WorkbenchSession:
     @property
     def ranks(self) -> dict[str, np.ndarray]:
         """``mlasm.evaluate.level_ranks`` of the scores: the arrays that evaluate writes to ranks.npz."""
+        if self._ranks is None and self._large:  # in chunks, as evaluate measures a score store
+            self._ranks = measure_store(self.scores, self.split.caption_to_image, self.positives)[1]
         if self._ranks is None:
             self._ranks = level_ranks({level: torch.from_numpy(s) for level, s in self.scores.items()},
                                       self.split.caption_to_image, self.positives)
@@ -271,7 +311,7 @@ class WorkbenchSession:
     def _explain_pair(self, image: int, caption: CaptionRef, lambda_t2i: float, lambda_i2t: float) -> PairExplanation:
         if isinstance(caption, str):
             return self.model.explain(self.images, self.encode_text(caption).encoding, image, 0, lambda_t2i, lambda_i2t)
-        return self.model.explain(self.images, self.captions, image, caption, lambda_t2i, lambda_i2t)
+        return self.model.explain(*self._one_pair(image, caption), lambda_t2i, lambda_i2t)
 
     @property
     def explains_scores(self) -> bool:
@@ -287,7 +327,7 @@ class WorkbenchSession:
         pair = self.explain(image, caption)
         if isinstance(caption, str):
             return explain_scores(self.model, self.images, self.encode_text(caption).encoding, image, 0, pair)
-        return explain_scores(self.model, self.images, self.captions, image, caption, pair)
+        return explain_scores(self.model, *self._one_pair(image, caption), pair)
 
     def _picture(self, image: int) -> Image.Image | None:
         """The image's picture (rendered or read from its file), None when the split has none; cached."""
@@ -299,13 +339,13 @@ class WorkbenchSession:
             return self.text_scores(caption)[level]
         if self._scores is None:  # one caption, not the whole gallery
             return self._caption_column(int(caption))[level]
-        return self.scores[level][:, int(caption)]
+        return read_column(self.scores[level], int(caption))  # of a memory-mapped store: read, not mapped
 
     def caption_scores(self, image: int, level: str = "final") -> np.ndarray:
         """(M,) score of every caption of the split for an image."""
         if self._scores is None:  # one image, not the whole gallery
             return self._image_row(int(image))[level]
-        return self.scores[level][int(image)]
+        return read_rows(self.scores[level], int(image), int(image) + 1)[0]
 
     def pair_levels(self, image: int, caption: CaptionRef) -> pd.DataFrame:
         """Per level: the pair's score, and where it ranks.
@@ -349,7 +389,7 @@ class WorkbenchSession:
         complete positives valid_rank equals rank and no query is a valid alternative.
         """
         if self._query_table is None:
-            self._query_table = self._build_query_table()
+            self._query_table = (query_table_in_chunks(self) if self._large else self._build_query_table())
         k = int(k)
         if k not in self._outcome_tables:
             table = self._query_table.copy()

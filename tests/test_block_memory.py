@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-import mlasm.model as model_module
+import mlasm.blocks as blocks
 from mlasm.config import MLASMConfig
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 
@@ -59,7 +59,7 @@ def _block_peak(d: int, n_regions: int, n_words: int, n_images: int = 3, n_capti
     img = ImageEncoding(F.normalize(torch.randn(n_images, n_regions, d), dim=-1),
                         torch.ones(n_images, n_regions, dtype=torch.bool), F.normalize(torch.randn(n_images, d), dim=-1))
     cap = CaptionEncoding(F.normalize(torch.randn(n_captions, n_words, d), dim=-1), torch.full((n_captions,), n_words))
-    gram = model_module._gram_fits(n_regions, 4, int(model_module.default_memory_budget_mb("cpu") * 2**20))
+    gram = blocks._gram_fits(n_regions, 4, int(blocks.default_memory_budget_mb("cpu") * 2**20))
     with torch.no_grad():
         regions, words = model._image_terms(img, gram), model._caption_terms(cap)
         with PeakBytes() as counted:
@@ -73,14 +73,14 @@ def _block_peak(d: int, n_regions: int, n_words: int, n_images: int = 3, n_capti
 def test_the_estimate_covers_a_block_and_no_more_than_a_tenth_beyond(d, n_regions, n_words):
     n_images, n_captions = 3, 4
     peak = _block_peak(d, n_regions, n_words, n_images, n_captions)
-    estimate = n_images * n_captions * model_module._bytes_per_pair(n_regions, n_words, d, 4)
+    estimate = n_images * n_captions * blocks._bytes_per_pair(n_regions, n_words, d, 4)
     assert peak <= estimate <= 1.1 * peak, (peak, estimate)
 
 
 def test_ten_thousand_regions_a_block_within_its_estimate():
     """The worst input of docs/bad-inputs.md (10,000 regions an image), one image x a few captions."""
     peak = _block_peak(32, 10_000, 12, n_images=1, n_captions=5)
-    estimate = 5 * model_module._bytes_per_pair(10_000, 12, 32, 4)
+    estimate = 5 * blocks._bytes_per_pair(10_000, 12, 32, 4)
     assert peak <= estimate <= 1.1 * peak, (peak, estimate)
 
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from mlasm.config import MLASMConfig
 from mlasm.loss import triplet_loss
-from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, _length_chunks, cross_attention_scores
+from mlasm.blocks import _length_chunks
+from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, cross_attention_scores
 
 D = 12
 LEVELS = ("t2i", "i2t", "local", "global", "final")
@@ -458,3 +459,32 @@ def test_config_round_trip_presets_and_validation():
     with pytest.raises(ValueError, match="region_dim, vocab_size"):
         MLASM(MLASMConfig(global_dim=6, embed_size=8))
     MLASM(dataclasses.replace(MLASMConfig(rho=1.0, embed_size=8), region_dim=4, vocab_size=10))  # no global_dim needed
+
+
+def test_score_blocks_cover_every_pair_once_and_score_all_puts_them_in_place():
+    """score_all is score_blocks' consumer: the same numbers bit for bit; a resumed run (from_image at a band's
+    first image) yields the very blocks the whole run yields from there on."""
+    model = make_model()
+    img, cap = random_gallery(n_images=5, n_captions=12, n_words=60, seed=3)
+    cap = CaptionEncoding(cap.words, torch.tensor([1, 60, 3, 17, 2, 45, 8, 60, 5, 30, 1, 12]))
+    budget = 2e-3  # blocks of a few images x a few captions
+    blocks = list(model.score_blocks(img, cap, memory_budget_mb=budget))
+    seen = torch.zeros(5, 12, dtype=torch.long)
+    assembled = {level: torch.full((5, 12), math.nan, dtype=torch.float64) for level in LEVELS}
+    for rows, columns, levels in blocks:
+        seen[rows, columns] += 1
+        for level, value in levels.items():
+            assembled[level][rows, columns] = value
+    assert (seen == 1).all() and len({rows.start for rows, _, _ in blocks}) > 1
+    gallery = model.score_all(img, cap, memory_budget_mb=budget)
+    for level in LEVELS:
+        assert torch.equal(gallery[level], assembled[level])
+    second_band = sorted({rows.start for rows, _, _ in blocks})[1]
+    resumed = list(model.score_blocks(img, cap, memory_budget_mb=budget, from_image=second_band))
+    later = [block for block in blocks if block[0].start >= second_band]
+    assert len(resumed) == len(later)
+    for (rows, columns, levels), (rows2, columns2, levels2) in zip(resumed, later):
+        assert rows == rows2 and torch.equal(columns, columns2)
+        assert all(torch.equal(levels[level], levels2[level]) for level in LEVELS)
+    with pytest.raises(ValueError, match="first image of a band"):
+        next(model.score_blocks(img, cap, memory_budget_mb=1024, from_image=1))  # one band of 5 images

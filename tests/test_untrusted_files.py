@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-import mlasm.model as model_module
+import mlasm.blocks as blocks_module
 from bad_inputs import CASES
 from cli_support import answer
 from mlasm.cli import describe_error, main
@@ -377,13 +377,13 @@ def test_many_regions_are_scored_within_the_block_budget(case, monkeypatch):
         n, r, d = regions.vectors.shape
         m, length, _ = words.vectors.shape
         own = sum(t.numel() for t in regions if t is not None) * 4
-        seen.append((n * m * model_module._bytes_per_pair(r, length, d, 4), own, regions.gram is None))
+        seen.append((n * m * blocks_module._bytes_per_pair(r, length, d, 4), own, regions.gram is None))
         return score_block(self, regions, words, *args)
 
     monkeypatch.setattr(MLASM, "_score_block", recording)
     scores = model.score_all(img, cap, memory_budget_mb=64)
     assert seen and all(pairs <= budget and own <= budget / 2 and no_gram for pairs, own, no_gram in seen), seen
-    monkeypatch.setattr(model_module, "_gram_fits", lambda *args: True)  # the Gram path, as for few regions
+    monkeypatch.setattr(blocks_module, "_gram_fits", lambda *args: True)  # the Gram path, as for few regions
     with_gram = model.score_all(img, cap, memory_budget_mb=1024)
     for level in ("t2i", "i2t", "local", "global", "final"):
         torch.testing.assert_close(scores[level], with_gram[level], rtol=0, atol=1e-6)

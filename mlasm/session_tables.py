@@ -1,0 +1,120 @@
+"""The session's query table over memory-mapped score matrices (a score store), in row chunks.
+
+The same columns and values as WorkbenchSession's table over whole matrices (its docstring says
+what each means), from one pass over the final level's rows: no (N, M) matrix is made besides
+the store's, each chunk's truth is built from the sparse positive sets, and the best image of
+each caption is kept as the chunks go (the first of equal scores, as argmax takes it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlasm.score_store import read_column, read_rows
+from mlasm.store_measures import row_chunks
+
+
+def saved_ranks(path: Path, levels, complete: bool, final: np.ndarray, caption_to_image: np.ndarray,
+                samples: int = 8) -> dict | None:
+    """ranks.npz as evaluate wrote it beside a score store, when it has every level's ranks and the final
+    t2i ranks of a few captions, counted again from the store's columns, agree; else None (computed again).
+    Without complete positives, the first valid rank is the rank (what the session's strict sets give)."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            ranks = {key: saved[key] for key in saved.files if key != "caption_to_image"}
+    except (OSError, ValueError):
+        return None
+    present = [level for level in levels if f"{level}_t2i_rank" in ranks]
+    if "final" not in present or any(f"{level}_i2t_rank" not in ranks for level in present):
+        return None
+    if not complete:
+        ranks.update({f"{level}_{d}_first_valid_rank": ranks[f"{level}_{d}_rank"] for level in present
+                      for d in ("i2t", "t2i")})
+    elif any(f"{level}_{d}_first_valid_rank" not in ranks for level in present for d in ("i2t", "t2i")):
+        return None
+    for caption in np.linspace(0, final.shape[1] - 1, min(samples, final.shape[1])).astype(int):
+        column = read_column(final, caption)
+        own = caption_to_image[caption]
+        if int((column >= column[own]).sum()) - 1 != ranks["final_t2i_rank"][caption]:
+            return None  # ranks of other scores (a later evaluation of another checkpoint)
+    return ranks
+
+
+def query_table_in_chunks(session) -> pd.DataFrame:
+    split, final, ranks, positives = session.split, session.scores["final"], session.ranks, session.positives
+    n_images, n_captions = final.shape
+    caption_to_image = split.caption_to_image
+    by_image = positives.transpose()  # per image: the captions true of it
+    others = [level for level in session.levels if level != "final"]
+    captions = np.arange(n_captions)
+    # t2i, kept across chunks: best image other than the own (and whether it is true), best other true image
+    preferred_score = np.full(n_captions, -np.inf)
+    preferred_image = np.zeros(n_captions, np.int64)
+    preferred_true = np.zeros(n_captions, bool)
+    alternative_score = np.full(n_captions, -np.inf)
+    alternative_image = np.zeros(n_captions, np.int64)
+    has_alternative = np.zeros(n_captions, bool)
+    n_valid_t2i = np.zeros(n_captions, np.int64)
+    i2t = {name: np.empty(n_images, dtype) for name, dtype in (("best_truth", np.int64), ("preferred", np.int64),
+           ("alternative", np.int64), ("n_valid", np.int64), ("preferred_valid", bool), ("has", bool))}
+    for a, b in row_chunks(n_images, n_captions):
+        chunk = read_rows(final, a, b)
+        rows = np.arange(b - a)
+        positive = caption_to_image[None, :] == np.arange(a, b)[:, None]
+        truth = np.zeros((b - a, n_captions), bool)
+        starts, stops = by_image.indptr[a:b], by_image.indptr[a + 1:b + 1]
+        truth[np.repeat(rows, stops - starts), by_image.indices[starts[0]:stops[-1]]] = True
+        also = truth & ~positive
+        # image queries: within the chunk
+        i2t["has"][a:b] = positive.any(axis=1)
+        i2t["best_truth"][a:b] = np.where(positive, chunk, -np.inf).argmax(axis=1)
+        not_own = np.where(positive, -np.inf, chunk)
+        i2t["preferred"][a:b] = not_own.argmax(axis=1)
+        i2t["alternative"][a:b] = np.where(also.any(axis=1), np.where(also, chunk, -np.inf).argmax(axis=1), -1)
+        i2t["n_valid"][a:b] = truth.sum(axis=1)
+        i2t["preferred_valid"][a:b] = truth[rows, i2t["preferred"][a:b]]
+        # caption queries: the chunk's best, kept where strictly better than the earlier chunks' (first wins)
+        best = not_own.argmax(axis=0)
+        value = not_own[best, captions]
+        better = value > preferred_score
+        if a == 0:  # an all -inf column (no other image) takes image 0, as argmax does
+            better[:] = True
+        preferred_score = np.where(better, value, preferred_score)
+        preferred_image = np.where(better, a + best, preferred_image)
+        preferred_true = np.where(better, truth[best, captions], preferred_true)
+        also_scores = np.where(also, chunk, -np.inf)
+        best = also_scores.argmax(axis=0)
+        value = also_scores[best, captions]
+        chunk_has = also.any(axis=0)
+        better = chunk_has & (~has_alternative | (value > alternative_score))
+        alternative_score = np.where(better, value, alternative_score)
+        alternative_image = np.where(better, a + best, alternative_image)
+        has_alternative |= chunk_has
+        n_valid_t2i += truth.sum(axis=0)
+    t2i = pd.DataFrame({
+        "direction": "t2i", "query": captions, "query_text": split.captions,
+        "rank": ranks["final_t2i_rank"],
+        **{f"rank_{level}": ranks[f"{level}_t2i_rank"] for level in others},
+        "valid_rank": ranks["final_t2i_first_valid_rank"],
+        **{f"valid_rank_{level}": ranks[f"{level}_t2i_first_valid_rank"] for level in others},
+        "n_valid": n_valid_t2i,
+        "preferred": preferred_image, "preferred_valid": preferred_true,
+        "preferred_text": [split.image_ids[i] for i in preferred_image],
+        "alternative": np.where(has_alternative, alternative_image, -1),
+        "image": caption_to_image, "caption": captions})
+    images = np.flatnonzero(i2t["has"])
+    preferred_caption = i2t["preferred"][images]
+    image_table = pd.DataFrame({
+        "direction": "i2t", "query": images, "query_text": [split.image_ids[i] for i in images],
+        "rank": ranks["final_i2t_rank"][images],
+        **{f"rank_{level}": ranks[f"{level}_i2t_rank"][images] for level in others},
+        "valid_rank": ranks["final_i2t_first_valid_rank"][images],
+        **{f"valid_rank_{level}": ranks[f"{level}_i2t_first_valid_rank"][images] for level in others},
+        "n_valid": i2t["n_valid"][images],
+        "preferred": preferred_caption, "preferred_valid": i2t["preferred_valid"][images],
+        "preferred_text": [split.captions[c] for c in preferred_caption],
+        "alternative": i2t["alternative"][images],
+        "image": images, "caption": i2t["best_truth"][images]})
+    return pd.concat([t2i, image_table], ignore_index=True)
