@@ -164,6 +164,9 @@ def _evaluate_parser(commands) -> argparse.ArgumentParser:
                           help="; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()))
     evaluate.add_argument("--out", help="folder for metrics.json and ranks.npz (default: beside the checkpoint)")
     evaluate.add_argument("--device", type=device_name)
+    evaluate.add_argument("--shortlist", type=at_least(1), default=None, metavar="K",
+                          help="two-stage: a first stage picks K candidates per query by one matrix product and "
+                               "the full model ranks only those (default: exact, every pair; mlasm.shortlist)")
     evaluate.add_argument("--memory-budget-mb", type=positive_number, default=None,
                           help="memory for one block of pairs while scoring (default 64 on the CPU, 1024 on CUDA)")
     return evaluate
@@ -354,10 +357,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     distributed.on_rank_zero(lambda: check_output_folder(out, "--out"))
     split = open_split(args.data, args.split)
     result = evaluate_checkpoints(args.checkpoint, split, protocol=args.protocol, out_dir=out,
-                                  device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab)
+                                  device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab,
+                                  shortlist=args.shortlist)
     if result is None:  # a rank of torchrun's other than 0: its share of the pairs is scored
         return 0
     print(format_result(result))
+    if "two_stage" in result:
+        recall = result["two_stage"]["first_stage_recall"]
+        print(f"two-stage: the full model ranked each query's shortlist of {result['two_stage']['shortlist']}; "
+              f"first-stage recall i2t {recall['i2t']:.1f} %, t2i {recall['t2i']:.1f} %")
     print(f"wrote {out}/metrics.json and {out}/ranks.npz")
     return 0
 

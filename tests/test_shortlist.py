@@ -177,3 +177,66 @@ def test_a_shortlist_that_is_not_a_positive_whole_number_is_refused_in_one_line(
         check_shortlist(value)
     assert "\n" not in str(error.value)
     assert check_shortlist(7) == 7 and check_shortlist(np.int64(3)) == 3
+
+
+# --- mlasm evaluate --shortlist ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(data_folder, tmp_path_factory, one_thread):
+    """A 1-epoch tiny run trained by the command line."""
+    from cli_support import TINY_OPTIONS
+
+    from mlasm.cli import main
+
+    out = tmp_path_factory.mktemp("shortlist") / "run"
+    assert main(["train", "--data", str(data_folder), "--out", str(out), "--epochs", "1", *TINY_OPTIONS]) == 0
+    return out / "best.pt"
+
+
+def _evaluate(capsys, checkpoint, data_folder, out, *more):
+    from cli_support import answer
+
+    return answer(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data_folder), "--split", "dev",
+                           "--out", str(out), "--threads", "1", *more])
+
+
+def test_evaluate_with_a_shortlist_as_large_as_the_gallery_gives_the_exact_metrics(trained, data_folder, tmp_path,
+                                                                                   capsys):
+    import json
+
+    assert _evaluate(capsys, trained, data_folder, tmp_path / "exact")[0] == 0
+    code, _, printed = _evaluate(capsys, trained, data_folder, tmp_path / "two", "--shortlist", "1000")
+    assert code == 0 and "two-stage" in printed and "first-stage recall i2t 100.0 %, t2i 100.0 %" in printed
+    exact = json.loads((tmp_path / "exact" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["two_stage"]["shortlist"] == 1000 and two["two_stage"]["first_stage_recall"] == {"i2t": 100.0,
+                                                                                                "t2i": 100.0}
+    for level in two["levels"]:
+        for direction in ("i2t", "t2i"):
+            assert two["levels"][level][direction] == pytest.approx(exact["levels"][level][direction])
+        assert two["levels"][level]["rsum"] == pytest.approx(exact["levels"][level]["rsum"])
+    exact_ranks, two_ranks = np.load(tmp_path / "exact" / "ranks.npz"), np.load(tmp_path / "two" / "ranks.npz")
+    for name in ("final_t2i_rank", "final_i2t_rank", "t2i_i2t_rank", "global_t2i_rank"):
+        np.testing.assert_array_equal(two_ranks[name], exact_ranks[name])
+    assert not (tmp_path / "two" / "scores.npz").exists()  # no full matrix exists to save
+
+
+def test_evaluate_with_a_short_shortlist_says_so_and_ranks_outside_it_below_k(trained, data_folder, tmp_path, capsys):
+    import json
+
+    code, _, printed = _evaluate(capsys, trained, data_folder, tmp_path / "two", "--shortlist", "3")
+    assert code == 0
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["two_stage"]["shortlist"] == 3 and metrics["two_stage"]["first_stage"] == "blend"
+    ranks = np.load(tmp_path / "two" / "ranks.npz")
+    shortlist, owner, t2i = ranks["shortlist_t2i"], ranks["caption_to_image"], ranks["final_t2i_rank"]
+    inside = (shortlist == owner[:, None]).any(axis=1)
+    assert (t2i[inside] < 3).all() and (t2i[~inside] >= 3).all()
+    assert metrics["two_stage"]["first_stage_recall"]["t2i"] == pytest.approx(100 * inside.mean())
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "2.5", "many"])
+def test_evaluate_refuses_a_shortlist_that_is_not_a_positive_whole_number_in_one_line(value, data_folder, tmp_path,
+                                                                                     capsys):
+    code, line, _ = _evaluate(capsys, tmp_path / "any.pt", data_folder, tmp_path / "out", "--shortlist", value)
+    assert code == 2 and "--shortlist" in line and "whole number" in line, line
