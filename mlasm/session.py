@@ -39,6 +39,7 @@ from mlasm.evaluate import level_ranks
 from mlasm.explain import ScoreExplanation, explain_scores
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, PairExplanation
 from mlasm.saved_scores import RECORDS_FILE, find_saved_scores, read_saved_records, scores_fingerprint
+from mlasm.shortlist import image_vectors, text_query_scores, typed_ranking_note, typed_shortlist_size
 from mlasm.sources import EMBEDDED, open_split
 from mlasm.checkpoint import check_model_fits, load_model
 
@@ -64,9 +65,12 @@ class WorkbenchSession:
     """A model, its vocabulary and a split, with encodings, score matrices, ranks and explanations."""
 
     def __init__(self, model: MLASM, vocab: Vocabulary, split: RetrievalSplit,
-                 scores: dict | None = None, memory_budget_mb: float | None = None, cache_size: int = 512):
+                 scores: dict | None = None, memory_budget_mb: float | None = None, cache_size: int = 512,
+                 typed_shortlist: int | str | None = "auto"):
         """``scores``: the (N, M) matrices of every level if already computed (e.g. by
-        ``mlasm.evaluate.score_split``, or an ensemble's ``average_levels``), so they are not computed again."""
+        ``mlasm.evaluate.score_split``, or an ensemble's ``average_levels``), so they are not computed again.
+        ``typed_shortlist``: typed queries rank a shortlist of K images (mlasm.shortlist; None: every
+        image; "auto": K = 100 above 2,000 images)."""
         check_model_fits(model, split, "the model")
         vocab.check_fits(model.config.vocab_size, "the model")
         self.model = model.eval()
@@ -75,6 +79,8 @@ class WorkbenchSession:
         self.split = split
         self.memory_budget_mb = memory_budget_mb
         self.images, self.captions = encode_split(model, split, self.vocab)
+        self.typed_shortlist = typed_shortlist_size(typed_shortlist, split.n_images)  # K, or None: exact
+        self._first_stage_images: torch.Tensor | None = None
         self._scores = None if scores is None else self._checked_scores(scores)
         self.scores_source: Path | str | None = None if scores is None else "given"  # or the file they came from
         self._ranks: dict[str, np.ndarray] | None = None
@@ -252,8 +258,20 @@ class WorkbenchSession:
         return TextQuery(text, cut_caption(encoded.tokens, self.vocab.boundaries), encoded.unknown, encoding)
 
     def _text_scores(self, text: str) -> dict[str, np.ndarray]:
-        """Level -> (N,) score of every image for a typed text; cached."""
-        return self._against_every_image(self.encode_text(text).encoding)
+        """Level -> (N,) score of every image for a typed text; cached. With a shortlist (``typed_ranking``)
+        only its K images are scored, the others are NaN."""
+        if self.typed_shortlist is None:
+            return self._against_every_image(self.encode_text(text).encoding)
+        if self._first_stage_images is None:
+            self._first_stage_images = image_vectors(self.model, self.images).cpu()
+        scores = text_query_scores(self.model, self.images, self._first_stage_images, self.encode_text(text).encoding,
+                                   self.typed_shortlist)
+        return {level: scores[level] for level in self.levels}
+
+    @property
+    def typed_ranking(self) -> str:
+        """One line: whether typed queries are ranked exactly or two-stage, and K."""
+        return typed_ranking_note(self.typed_shortlist, self.split.n_images)
 
     # --- one pair ----------------------------------------------------------------------
 

@@ -309,3 +309,30 @@ def text_query_scores(model: MLASM, img: ImageEncoding, image_vecs: Tensor, one:
         column[candidates.numpy()] = values.numpy()
         out[level] = column
     return out
+
+
+# --- typed queries in the workbench ------------------------------------------------------------
+
+TYPED_SHORTLIST_K = 100        # "auto": the shortlist a typed query gets over a large gallery
+TYPED_EXACT_UP_TO = 2000       # "auto": galleries of at most this many images are scored exactly
+
+
+def typed_shortlist_size(choice, n_images: int) -> int | None:
+    """K for a session's typed queries, or None for exact (every image scored by the full model).
+
+    ``choice``: "auto" (K = TYPED_SHORTLIST_K above TYPED_EXACT_UP_TO images, else exact), None
+    (exact) or K. A K that covers the gallery is exact.
+    """
+    if choice == "auto":
+        k = TYPED_SHORTLIST_K if n_images > TYPED_EXACT_UP_TO else None
+    else:
+        k = None if choice is None else check_shortlist(choice, "typed_shortlist")
+    return None if k is None or k >= n_images else k
+
+
+def typed_ranking_note(k: int | None, n_images: int) -> str:
+    """One line: how a typed query's images were ranked."""
+    if k is None:
+        return f"exact: the full model scored all {n_images:,} images"
+    return (f"two-stage: the full model ranked the first stage's {k:,} best of {n_images:,} images; "
+            f"the others are not scored and rank below them")

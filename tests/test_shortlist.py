@@ -240,3 +240,26 @@ def test_evaluate_refuses_a_shortlist_that_is_not_a_positive_whole_number_in_one
                                                                                      capsys):
     code, line, _ = _evaluate(capsys, tmp_path / "any.pt", data_folder, tmp_path / "out", "--shortlist", value)
     assert code == 2 and "--shortlist" in line and "whole number" in line, line
+
+
+# --- typed queries in the workbench --------------------------------------------------------------
+
+def test_typed_queries_over_a_shortlist_score_its_images_as_exactly_and_the_ranking_says_so(trained, data_folder):
+    from widgets import RankingBrowser, Selection
+
+    from mlasm.session import WorkbenchSession
+
+    exact = WorkbenchSession.from_checkpoint(trained, str(data_folder), "dev", saved_scores=False)
+    two = WorkbenchSession(exact.model, exact.vocab, exact.split, typed_shortlist=3)
+    assert exact.typed_shortlist is None and two.typed_shortlist == 3           # 16 images: "auto" is exact
+    text = "a red circle"
+    full, short = exact.image_scores(text), two.image_scores(text)
+    kept = np.flatnonzero(~np.isnan(short))
+    assert len(kept) == 3
+    np.testing.assert_allclose(short[kept], full[kept], atol=1e-6)
+    selection = Selection(image=0, caption=0)
+    browser = RankingBrowser(two, selection, top_k=3)
+    selection.select(text=text, query="text")
+    assert set(item.index for item in browser.results) == set(kept.tolist())
+    assert "two-stage" in browser.query_view.value and "3 best of 16 images" in browser.query_view.value
+    assert "exact" in RankingBrowser(exact, Selection(image=0, caption=0, text=text, query="text")).query_view.value
