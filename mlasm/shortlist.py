@@ -67,10 +67,18 @@ def _check_kind(kind: str) -> str:
 
 # --- first stage: one vector per item ------------------------------------------------------
 
+ENCODE_CHUNK = 4096          # items whose first-stage vectors are made at once (no copy of a whole gallery)
+
+
 @torch.no_grad()
 def image_vectors(model: MLASM, img: ImageEncoding, kind: str = DEFAULT_FIRST_STAGE) -> Tensor:
     """(N, D) unit vectors of the images; masked regions never count."""
     _check_kind(kind)
+    return torch.cat([_image_vectors(model, _pick(img, slice(start, start + ENCODE_CHUNK)), kind)
+                      for start in range(0, img.regions.shape[0], ENCODE_CHUNK)])
+
+
+def _image_vectors(model: MLASM, img: ImageEncoding, kind: str) -> Tensor:
     mask = img.mask.bool()[..., None]
     mean_region = masked_mean(img.regions.masked_fill(~mask, 0.0), mask, 1)        # abar, (N, d)
     if kind == "mean" or not model.config.uses_global_level:
@@ -85,6 +93,11 @@ def image_vectors(model: MLASM, img: ImageEncoding, kind: str = DEFAULT_FIRST_ST
 def caption_vectors(model: MLASM, cap: CaptionEncoding, kind: str = DEFAULT_FIRST_STAGE) -> Tensor:
     """(M, D) unit vectors of the captions; padded words never count."""
     _check_kind(kind)
+    return torch.cat([_caption_vectors(model, _pick(cap, slice(start, start + ENCODE_CHUNK)), kind)
+                      for start in range(0, cap.words.shape[0], ENCODE_CHUNK)])
+
+
+def _caption_vectors(model: MLASM, cap: CaptionEncoding, kind: str) -> Tensor:
     mask = lengths_to_mask(cap.lengths.to(cap.words.device), cap.words.shape[1])[..., None]
     mean_word = masked_mean(cap.words.masked_fill(~mask, 0.0), mask, 1)            # ubar, (M, d)
     if kind == "mean" or not model.config.uses_global_level:
