@@ -12,7 +12,11 @@ its own (``top_candidates``). The vectors come from what the model already has
   l2norm(W_t ubar + b_t) with ubar the mean word vector;
 - ``blend``: both, concatenated with weights sqrt(rho) and sqrt(1 - rho), so that one dot product
   is rho * mean + (1 - rho) * semantic, as the final score mixes its levels.
-  A local-only model (rho = 1) has no semantic level: ``semantic`` and ``blend`` are ``mean`` there.
+  A local-only model (rho = 1) has no semantic level: ``semantic`` and ``blend`` are ``mean`` there;
+- a ``FirstStage``: attention pooling (a few heads) of the model's region and word vectors, trained
+  afterwards on the frozen model's encodings of a training split with its own contrastive loss
+  (``train_first_stage``; the model itself and its numbers never change). On ShapeScenes the
+  partner-free kinds above keep the true item in the shortlist far too rarely (benchmarks/README.md).
 
 Second stage: the full model scores only the pairs (query, candidate), every level; a pair that
 both directions need is scored once (``rescore_pairs``).
@@ -35,8 +39,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from mlasm.io import write_together
 from mlasm.levels import BY_NAME
 from mlasm.metrics import RECALL_KS, recall_summary
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, l2norm, lengths_to_mask, masked_mean
@@ -59,7 +64,9 @@ def check_shortlist(k, what: str = "--shortlist") -> int:
     return int(k)
 
 
-def _check_kind(kind: str) -> str:
+def _check_kind(kind) -> str:
+    if isinstance(kind, FirstStage):
+        return kind
     if kind not in FIRST_STAGES:
         raise ValueError(f"first stage must be one of {', '.join(FIRST_STAGES)}, got {kind!r}")
     return kind
@@ -71,14 +78,16 @@ ENCODE_CHUNK = 4096          # items whose first-stage vectors are made at once 
 
 
 @torch.no_grad()
-def image_vectors(model: MLASM, img: ImageEncoding, kind: str = DEFAULT_FIRST_STAGE) -> Tensor:
+def image_vectors(model: MLASM, img: ImageEncoding, kind=DEFAULT_FIRST_STAGE) -> Tensor:
     """(N, D) unit vectors of the images; masked regions never count."""
     _check_kind(kind)
     return torch.cat([_image_vectors(model, _pick(img, slice(start, start + ENCODE_CHUNK)), kind)
                       for start in range(0, img.regions.shape[0], ENCODE_CHUNK)])
 
 
-def _image_vectors(model: MLASM, img: ImageEncoding, kind: str) -> Tensor:
+def _image_vectors(model: MLASM, img: ImageEncoding, kind) -> Tensor:
+    if isinstance(kind, FirstStage):
+        return kind.image(img.regions, img.mask.bool())
     mask = img.mask.bool()[..., None]
     mean_region = masked_mean(img.regions.masked_fill(~mask, 0.0), mask, 1)        # abar, (N, d)
     if kind == "mean" or not model.config.uses_global_level:
@@ -90,14 +99,16 @@ def _image_vectors(model: MLASM, img: ImageEncoding, kind: str) -> Tensor:
 
 
 @torch.no_grad()
-def caption_vectors(model: MLASM, cap: CaptionEncoding, kind: str = DEFAULT_FIRST_STAGE) -> Tensor:
+def caption_vectors(model: MLASM, cap: CaptionEncoding, kind=DEFAULT_FIRST_STAGE) -> Tensor:
     """(M, D) unit vectors of the captions; padded words never count."""
     _check_kind(kind)
     return torch.cat([_caption_vectors(model, _pick(cap, slice(start, start + ENCODE_CHUNK)), kind)
                       for start in range(0, cap.words.shape[0], ENCODE_CHUNK)])
 
 
-def _caption_vectors(model: MLASM, cap: CaptionEncoding, kind: str) -> Tensor:
+def _caption_vectors(model: MLASM, cap: CaptionEncoding, kind) -> Tensor:
+    if isinstance(kind, FirstStage):
+        return kind.caption(cap.words, lengths_to_mask(cap.lengths.to(cap.words.device), cap.words.shape[1]))
     mask = lengths_to_mask(cap.lengths.to(cap.words.device), cap.words.shape[1])[..., None]
     mean_word = masked_mean(cap.words.masked_fill(~mask, 0.0), mask, 1)            # ubar, (M, d)
     if kind == "mean" or not model.config.uses_global_level:
@@ -114,6 +125,88 @@ def _blend(model: MLASM, local: Tensor, semantic: Tensor) -> Tensor:
 def first_stage_scores(queries: Tensor, items: Tensor) -> Tensor:
     """(Q, I): every query's first-stage score of every item (one matrix product)."""
     return queries @ items.T
+
+
+# --- a first stage trained beside the model ------------------------------------------------------
+
+FIRST_STAGE_FORMAT = "mlasm-first-stage"
+
+
+class PooledVector(nn.Module):
+    """One side's vector: ``heads`` attention poolings of its (masked) vectors, concatenated,
+    projected to d and made unit length. Masked positions never count."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.attend = nn.Linear(d, heads)
+        self.project = nn.Linear(heads * d, d)
+
+    def forward(self, vectors: Tensor, mask: Tensor) -> Tensor:
+        vectors = vectors.masked_fill(~mask[..., None], 0.0)
+        weights = self.attend(vectors).masked_fill(~mask[..., None], -math.inf).softmax(dim=1)   # (n, R, H)
+        return l2norm(self.project(torch.einsum("nrh,nrd->nhd", weights, vectors).flatten(1)))
+
+
+class FirstStage(nn.Module):
+    """A trained first stage: a ``PooledVector`` for the images' region vectors, one for the captions' words."""
+
+    def __init__(self, d: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.image = PooledVector(d, heads)
+        self.caption = PooledVector(d, heads)
+
+    def save(self, path, about: dict | None = None) -> None:
+        """Atomically, as plain tensors and numbers (read back with ``load`` under weights_only)."""
+        state = {"format": FIRST_STAGE_FORMAT, "embed_size": self.image.project.out_features, "heads": self.heads,
+                 "about": dict(about or {}), "state": self.state_dict()}
+        write_together({path: lambda tmp: torch.save(state, tmp)})
+
+    @classmethod
+    def load(cls, path, model: MLASM | None = None) -> "FirstStage":
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or saved.get("format") != FIRST_STAGE_FORMAT:
+            raise ValueError(f"{path}: not a first stage written by mlasm.shortlist (no format {FIRST_STAGE_FORMAT!r})")
+        if model is not None and saved["embed_size"] != model.config.embed_size:
+            raise ValueError(f"{path}: a first stage for embedding size {saved['embed_size']}, the model has "
+                             f"{model.config.embed_size}")
+        stage = cls(saved["embed_size"], saved["heads"])
+        stage.load_state_dict(saved["state"])
+        return stage.eval()
+
+
+def train_first_stage(img: ImageEncoding, cap: CaptionEncoding, caption_to_image, epochs: int = 20,
+                      batch_size: int = 128, learning_rate: float = 2e-3, temperature: float = 0.05,
+                      heads: int = 4, seed: int = 0) -> FirstStage:
+    """A FirstStage fitted to a frozen model's encodings of a training split: in each batch of
+    captions, each caption's own image against the batch's other images and the reverse, by
+    softmax cross-entropy over the scaled dot products (the other captions of the same image are
+    not counted as negatives). A hinge on the hardest negative stayed at twice its margin here."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    stage = FirstStage(img.regions.shape[-1], heads)
+    optimiser = torch.optim.Adam(stage.parameters(), lr=learning_rate)
+    owner = torch.as_tensor(np.asarray(caption_to_image), dtype=torch.long)
+    region_mask = img.mask.bool()
+    word_mask = lengths_to_mask(cap.lengths, cap.words.shape[1])
+    for epoch in range(epochs):
+        if epoch == epochs * 3 // 4:
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate / 10
+        order = torch.randperm(len(owner), generator=generator)
+        for start in range(0, len(order), batch_size):
+            captions = order[start:start + batch_size]
+            images = owner[captions]
+            logits = stage.image(img.regions[images], region_mask[images]) @ \
+                stage.caption(cap.words[captions], word_mask[captions]).T / temperature
+            same_image = (images[:, None] == images[None, :]) & ~torch.eye(len(captions), dtype=torch.bool)
+            logits = logits.masked_fill(same_image, -math.inf)
+            target = torch.arange(len(captions))
+            loss = F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return stage.eval()
 
 
 # --- first stage: shortlists and the ranks outside them --------------------------------------
@@ -260,7 +353,7 @@ class TwoStageResult:
 
     directions: dict[str, TwoStageDirection]
     scores: dict[str, dict[str, Tensor]]       # direction -> level -> (Q, K)
-    first_stage: str
+    first_stage: str           # its name: one of FIRST_STAGES, or "trained"
     k: int
 
     def ranks(self, level: str, direction: str) -> np.ndarray:
@@ -289,7 +382,7 @@ class TwoStageResult:
 
 @torch.no_grad()
 def two_stage(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, caption_to_image, k: int,
-              first_stage: str = DEFAULT_FIRST_STAGE, chunk: int = QUERY_CHUNK) -> TwoStageResult:
+              first_stage=DEFAULT_FIRST_STAGE, chunk: int = QUERY_CHUNK) -> TwoStageResult:
     """Shortlist K items per query in both directions, and score those pairs with the full model."""
     k = check_shortlist(k)
     image_vecs, caption_vecs = image_vectors(model, img, first_stage).cpu(), caption_vectors(model, cap, first_stage).cpu()
@@ -304,12 +397,12 @@ def two_stage(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, caption_to
     split_at = t2i.numel()
     scores = {"t2i": {level: s[inverse[:split_at]].view_as(t2i) for level, s in pair_scores.items()},
               "i2t": {level: s[inverse[split_at:]].view_as(i2t) for level, s in pair_scores.items()}}
-    return TwoStageResult(directions, scores, first_stage, k)
+    return TwoStageResult(directions, scores, "trained" if isinstance(first_stage, FirstStage) else first_stage, k)
 
 
 @torch.no_grad()
 def text_query_scores(model: MLASM, img: ImageEncoding, image_vecs: Tensor, one: CaptionEncoding, k: int,
-                      first_stage: str = DEFAULT_FIRST_STAGE) -> dict[str, np.ndarray]:
+                      first_stage=DEFAULT_FIRST_STAGE) -> dict[str, np.ndarray]:
     """Level -> (N,) scores of one caption against a gallery: its K shortlisted images scored by the
     full model, every other image NaN (not scored; it ranks below them). ``image_vecs``: the
     gallery's ``image_vectors`` (made once)."""

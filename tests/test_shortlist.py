@@ -10,6 +10,7 @@ from mlasm.metrics import i2t_ranks, retrieval_metrics, t2i_ranks
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 from mlasm.shortlist import (
     FIRST_STAGES,
+    FirstStage,
     TwoStageDirection,
     caption_vectors,
     check_shortlist,
@@ -18,6 +19,7 @@ from mlasm.shortlist import (
     shortlists,
     text_query_scores,
     top_candidates,
+    train_first_stage,
     two_stage,
 )
 
@@ -96,10 +98,13 @@ def test_candidates_are_a_brute_force_top_k_of_the_first_stage_scores():
         np.testing.assert_array_equal(direction.candidates.numpy(), brute)
 
 
-@pytest.mark.parametrize("kind", FIRST_STAGES)
+@pytest.mark.parametrize("kind", [*FIRST_STAGES, "trained"])
 def test_padding_never_changes_a_first_stage_vector(kind):
     model = make_model()
-    img, cap, _ = gallery()
+    img, cap, owner = gallery()
+    if kind == "trained":
+        floats = ImageEncoding(img.regions.float(), img.mask, None), CaptionEncoding(cap.words.float(), cap.lengths)
+        kind = train_first_stage(*floats, owner, epochs=1, batch_size=8).double()
     images, captions = image_vectors(model, img, kind), caption_vectors(model, cap, kind)
     assert torch.allclose(images.norm(dim=1), torch.ones(len(images), dtype=images.dtype))
     # other garbage where masked / padded, and more of it: the same vectors
@@ -263,3 +268,21 @@ def test_typed_queries_over_a_shortlist_score_its_images_as_exactly_and_the_rank
     assert set(item.index for item in browser.results) == set(kept.tolist())
     assert "two-stage" in browser.query_view.value and "3 best of 16 images" in browser.query_view.value
     assert "exact" in RankingBrowser(exact, Selection(image=0, caption=0, text=text, query="text")).query_view.value
+
+
+def test_a_trained_first_stage_learns_the_pairs_and_reads_back_as_written(tmp_path):
+    model = make_model()
+    img, cap, owner = gallery(n_images=8, per_image=3, seed=5)
+    img = ImageEncoding(img.regions.float(), img.mask, img.glob.float())
+    cap = CaptionEncoding(cap.words.float(), cap.lengths)
+    untrained = FirstStage(D).eval()
+    stage = train_first_stage(img, cap, owner, epochs=60, batch_size=12)
+    before = shortlists(image_vectors(model, img, untrained), caption_vectors(model, cap, untrained), owner, 1)
+    after = shortlists(image_vectors(model, img, stage), caption_vectors(model, cap, stage), owner, 1)
+    assert after["t2i"].first_stage_recall() > max(50.0, before["t2i"].first_stage_recall())  # fits its training data
+    stage.save(tmp_path / "first_stage.pt", {"checkpoint": "x.pt"})
+    again = FirstStage.load(tmp_path / "first_stage.pt", model)
+    torch.testing.assert_close(image_vectors(model, img, again), image_vectors(model, img, stage))
+    assert two_stage(model.float(), img, cap, owner, 2, first_stage=again).first_stage == "trained"
+    with pytest.raises(ValueError, match="embedding size"):
+        FirstStage.load(tmp_path / "first_stage.pt", make_model(embed_size=D + 4))
