@@ -50,6 +50,7 @@ FIRST_STAGES = ("mean", "semantic", "blend")
 DEFAULT_FIRST_STAGE = "blend"
 QUERY_CHUNK = 1024          # queries whose first-stage scores against every item are held at once
 CAPTION_CHUNK = 8192        # captions whose per-caption terms are held at once while re-scoring
+PIECE = 96                  # one image's captions scored together, cut to the longest of them
 
 
 def check_shortlist(k, what: str = "--shortlist") -> int:
@@ -290,7 +291,9 @@ def shortlists(img_vectors: Tensor, cap_vectors: Tensor, caption_to_image, k: in
 
 def _pick(items: NamedTuple, index: Tensor) -> NamedTuple:
     """The rows ``index`` of every tensor of a tuple of per-item tensors (None stays None)."""
-    return type(items)._make(None if t is None else t[index] for t in items)
+    if isinstance(index, slice):
+        return type(items)._make(None if t is None else t[index] for t in items)
+    return type(items)._make(None if t is None else t.index_select(0, index) for t in items)
 
 
 def _cut_words(words: NamedTuple, length: int) -> NamedTuple:
@@ -324,7 +327,7 @@ def rescore_pairs(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, images
     distinct = torch.unique(captions)
     distinct = distinct[torch.argsort(lengths[distinct], stable=True)]             # shortest captions first
     for start in range(0, len(distinct), caption_chunk):
-        chunk_captions = torch.unique(distinct[start:start + caption_chunk])
+        chunk_captions = distinct[start:start + caption_chunk]
         longest = int(lengths[chunk_captions].max())
         chunk_encoding = CaptionEncoding(cap.words[chunk_captions.to(cap.words.device), :longest].to(device),
                                          lengths[chunk_captions].to(device))
@@ -336,14 +339,17 @@ def rescore_pairs(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, images
         pair_images = images[pairs]
         bounds = torch.nonzero(torch.diff(pair_images, prepend=pair_images[:1] - 1)).flatten().tolist() + [len(pairs)]
         for first, last in zip(bounds[:-1], bounds[1:]):
-            these = pairs[first:last]
-            columns = column_of[captions[these]]
-            words = _cut_words(_pick(word_terms, columns.to(device)), int(lengths[captions[these]].max()))
             row = int(row_of[pair_images[first]])
             regions = _pick(region_terms, torch.tensor([row], device=device))
-            levels = model._score_block(regions, words, model.config.lambda_t2i, model.config.lambda_i2t).levels
-            for level in out:
-                out[level][these] = levels[level][0].to('cpu', out[level].dtype)
+            image_pairs = pairs[first:last]
+            image_pairs = image_pairs[torch.argsort(lengths[captions[image_pairs]], stable=True)]  # shortest first
+            for piece in range(0, len(image_pairs), PIECE):  # each piece cut to its own longest caption
+                these = image_pairs[piece:piece + PIECE]
+                columns = column_of[captions[these]]
+                words = _pick(_cut_words(word_terms, int(lengths[captions[these[-1]]])), columns.to(device))
+                levels = model._score_block(regions, words, model.config.lambda_t2i, model.config.lambda_i2t).levels
+                for level in out:
+                    out[level][these] = levels[level][0].to("cpu", out[level].dtype)
     return out
 
 
