@@ -167,6 +167,8 @@ def _evaluate_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--shortlist", type=at_least(1), default=None, metavar="K",
                           help="two-stage: a first stage picks K candidates per query by one matrix product and "
                                "the full model ranks only those (default: exact, every pair; mlasm.shortlist)")
+    evaluate.add_argument("--first-stage", metavar="FILE", help="with --shortlist: a trained first stage "
+                          "(mlasm.shortlist.FirstStage; default: the model's mean region and word vectors)")
     evaluate.add_argument("--memory-budget-mb", type=positive_number, default=None,
                           help="memory for one block of pairs while scoring (default 64 on the CPU, 1024 on CUDA)")
     return evaluate
@@ -358,7 +360,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     split = open_split(args.data, args.split)
     result = evaluate_checkpoints(args.checkpoint, split, protocol=args.protocol, out_dir=out,
                                   device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab,
-                                  shortlist=args.shortlist)
+                                  shortlist=args.shortlist, first_stage=args.first_stage)
     if result is None:  # a rank of torchrun's other than 0: its share of the pairs is scored
         return 0
     print(format_result(result))

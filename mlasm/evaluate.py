@@ -38,7 +38,7 @@ from mlasm.encoding import encode_split
 from mlasm.levels import BY_NAME, LEVELS
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 from mlasm.saved_scores import RECORDS_FILE, SCORES_FILE, scores_fingerprint, write_records, write_scores
-from mlasm.shortlist import check_shortlist, two_stage
+from mlasm.shortlist import DEFAULT_FIRST_STAGE, FirstStage, check_shortlist, two_stage
 
 PROTOCOLS = {
     "full": "the whole split is one gallery (Flickr30K 1K test, COCO 5K on testall, ShapeScenes test)",
@@ -195,7 +195,8 @@ def check_rankable(split: RetrievalSplit) -> None:
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSplit, protocol: str = "full",
                          out_dir: str | Path | None = None, device: str | torch.device | None = None,
                          memory_budget_mb: float | None = None, progress: bool = True,
-                         vocab: str | Path | Vocabulary | None = None, shortlist: int | None = None) -> dict:
+                         vocab: str | Path | Vocabulary | None = None, shortlist: int | None = None,
+                         first_stage: str | Path | None = None) -> dict:
     """Evaluate one checkpoint, or the ensemble of several; write ``metrics.json``, ``ranks.npz`` and
     ``scores.npz`` (every level's score matrix, which the workbench reuses: mlasm.saved_scores).
 
@@ -211,7 +212,8 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
     records how many scored), the other ranks return None once their share is done.
 
     ``shortlist`` = K: two-stage instead of all pairs (mlasm.shortlist; one checkpoint, full protocol,
-    one process): metrics.json and ranks.npz under its rank convention, no scores.npz.
+    one process): metrics.json and ranks.npz under its rank convention, no scores.npz. ``first_stage``:
+    a trained first stage's file (mlasm.shortlist.FirstStage; default: the untrained ``mean`` vectors).
     """
     if memory_budget_mb is not None and not (isinstance(memory_budget_mb, (int, float))
                                              and np.isfinite(memory_budget_mb) and memory_budget_mb > 0):
@@ -225,8 +227,11 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
             return folder
 
         out_dir = distributed.on_rank_zero(usable_folder)
+    if first_stage is not None and shortlist is None:
+        raise ValueError(f"--first-stage {first_stage}: a first stage is only used with --shortlist K")
     if shortlist is not None:
-        return _evaluate_two_stage(checkpoints, split, protocol, out_dir, device, shortlist, progress, vocab)
+        return _evaluate_two_stage(checkpoints, split, protocol, out_dir, device, shortlist, progress, vocab,
+                                   first_stage)
     if protocol == "5fold":
         return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress, vocab)
     scored = _score_models(checkpoints, split, device, memory_budget_mb, progress, vocab)
@@ -258,7 +263,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
 
 
 def _evaluate_two_stage(checkpoints, split: RetrievalSplit, protocol: str, out_dir: Path | None, device,
-                        k: int, progress: bool, vocab) -> dict:
+                        k: int, progress: bool, vocab, first_stage=None) -> dict:
     """``mlasm evaluate --shortlist K``: the first stage shortlists K items per query, the full model
     scores those pairs (mlasm.shortlist); writes metrics.json (with ``two_stage``) and ranks.npz."""
     k = check_shortlist(k)
@@ -269,12 +274,15 @@ def _evaluate_two_stage(checkpoints, split: RetrievalSplit, protocol: str, out_d
     model, model_vocab, _ = load_model(checkpoints[0], device, vocab=vocab)
     check_model_fits(model, split, str(checkpoints[0]))
     img, cap = encode_split(model, split, model_vocab, progress=progress)
-    found = two_stage(model, img, cap, split.caption_to_image, k)
+    stage = DEFAULT_FIRST_STAGE if first_stage is None else FirstStage.load(first_stage, model)
+    found = two_stage(model, img, cap, split.caption_to_image, k, stage)
     described = describe_model(checkpoints[0], model)
     result = {"split": split.name, "n_images": split.n_images, "n_captions": split.n_captions,
               "checkpoints": [str(checkpoints[0])], "objectives": [described.get("objective", "scan")],
               "models": [described], "world_size": 1, **found.metrics(),
               "chance": chance_metrics(split.n_images, split.caption_to_image)}
+    if first_stage is not None:
+        result["two_stage"]["first_stage_file"] = str(first_stage)
     if out_dir is not None:
         ranks = {}
         for level in result["levels"]:

@@ -39,7 +39,9 @@ from mlasm.evaluate import level_ranks
 from mlasm.explain import ScoreExplanation, explain_scores
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, PairExplanation
 from mlasm.saved_scores import RECORDS_FILE, find_saved_scores, read_saved_records, scores_fingerprint
-from mlasm.shortlist import image_vectors, text_query_scores, typed_ranking_note, typed_shortlist_size
+from mlasm.shortlist import (
+    DEFAULT_FIRST_STAGE, FirstStage, image_vectors, text_query_scores, typed_ranking_note, typed_shortlist_size,
+)
 from mlasm.sources import EMBEDDED, open_split
 from mlasm.checkpoint import check_model_fits, load_model
 
@@ -66,11 +68,12 @@ class WorkbenchSession:
 
     def __init__(self, model: MLASM, vocab: Vocabulary, split: RetrievalSplit,
                  scores: dict | None = None, memory_budget_mb: float | None = None, cache_size: int = 512,
-                 typed_shortlist: int | str | None = "auto"):
+                 typed_shortlist: int | str | None = "auto", first_stage=None):
         """``scores``: the (N, M) matrices of every level if already computed (e.g. by
         ``mlasm.evaluate.score_split``, or an ensemble's ``average_levels``), so they are not computed again.
         ``typed_shortlist``: typed queries rank a shortlist of K images (mlasm.shortlist; None: every
-        image; "auto": K = 100 above 2,000 images)."""
+        image; "auto": K = 100 above 2,000 images), chosen by ``first_stage``: a trained
+        ``FirstStage`` or its file (default: the untrained mean vectors)."""
         check_model_fits(model, split, "the model")
         vocab.check_fits(model.config.vocab_size, "the model")
         self.model = model.eval()
@@ -81,6 +84,8 @@ class WorkbenchSession:
         self.images, self.captions = encode_split(model, split, self.vocab)
         self.typed_shortlist = typed_shortlist_size(typed_shortlist, split.n_images)  # K, or None: exact
         self._first_stage_images: torch.Tensor | None = None
+        self.first_stage = (DEFAULT_FIRST_STAGE if first_stage is None else first_stage
+                            if isinstance(first_stage, FirstStage) else FirstStage.load(first_stage, model))
         self._scores = None if scores is None else self._checked_scores(scores)
         self.scores_source: Path | str | None = None if scores is None else "given"  # or the file they came from
         self._ranks: dict[str, np.ndarray] | None = None
@@ -263,9 +268,9 @@ class WorkbenchSession:
         if self.typed_shortlist is None:
             return self._against_every_image(self.encode_text(text).encoding)
         if self._first_stage_images is None:
-            self._first_stage_images = image_vectors(self.model, self.images).cpu()
+            self._first_stage_images = image_vectors(self.model, self.images, self.first_stage).cpu()
         scores = text_query_scores(self.model, self.images, self._first_stage_images, self.encode_text(text).encoding,
-                                   self.typed_shortlist)
+                                   self.typed_shortlist, self.first_stage)
         return {level: scores[level] for level in self.levels}
 
     @property

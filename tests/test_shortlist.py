@@ -232,7 +232,7 @@ def test_evaluate_with_a_short_shortlist_says_so_and_ranks_outside_it_below_k(tr
     code, _, printed = _evaluate(capsys, trained, data_folder, tmp_path / "two", "--shortlist", "3")
     assert code == 0
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert metrics["two_stage"]["shortlist"] == 3 and metrics["two_stage"]["first_stage"] == "blend"
+    assert metrics["two_stage"]["shortlist"] == 3 and metrics["two_stage"]["first_stage"] == "mean"
     ranks = np.load(tmp_path / "two" / "ranks.npz")
     shortlist, owner, t2i = ranks["shortlist_t2i"], ranks["caption_to_image"], ranks["final_t2i_rank"]
     inside = (shortlist == owner[:, None]).any(axis=1)
