@@ -40,7 +40,7 @@ from mlasm.config import MLASMConfig  # noqa: E402
 from mlasm.metrics import retrieval_metrics  # noqa: E402
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, l2norm  # noqa: E402
 from mlasm.shortlist import (  # noqa: E402
-    FIRST_STAGES, caption_vectors, image_vectors, rescore_pairs, shortlists, top_candidates,
+    FIRST_STAGES, FirstStage, caption_vectors, image_vectors, rescore_pairs, shortlists, top_candidates,
     train_first_stage, two_stage,
 )
 from mlasm.threads import set_threads  # noqa: E402
@@ -110,12 +110,14 @@ def shapescenes(args) -> None:
 
 
 def coco(args) -> None:
-    n_images, n_captions = 5000, 25000
+    n_images = args.images
+    n_captions = 5 * n_images
     model = real_shape_model()
+    stage = FirstStage(1024).eval()  # untrained weights cost what trained ones do
     lengths = caption_lengths("coco", n_captions)
     img, cap = random_encodings(n_images, lengths, 36, 1024, torch.device("cpu"))
     owner = np.repeat(np.arange(n_images), 5)
-    print(f"COCO-5K-shaped: {n_images} images x 36 regions, {n_captions} captions (COCO-like lengths, mean "
+    print(f"COCO-shaped: {n_images} images x 36 regions, {n_captions} captions (COCO-like lengths, mean "
           f"{lengths.float().mean():.1f}), d 1024, {torch.get_num_threads()} thread(s)")
     sub_images, sub_captions = args.subset
     sub_img = ImageEncoding(img.regions[:sub_images], img.mask[:sub_images], img.glob[:sub_images])
@@ -128,8 +130,9 @@ def coco(args) -> None:
     print("| K | pairs scored | first stage (s) | two-stage total (s) | all-pairs, extrapolated (s) | speed-up |")
     print("|---|---|---|---|---|---|")
     for k in args.k:
-        _, first_s = timed(lambda: shortlists(image_vectors(model, img), caption_vectors(model, cap), owner, k))
-        result, total_s = timed(lambda: two_stage(model, img, cap, owner, k))
+        _, first_s = timed(lambda: shortlists(image_vectors(model, img, stage), caption_vectors(model, cap, stage),
+                                              owner, k))
+        result, total_s = timed(lambda: two_stage(model, img, cap, owner, k, stage))
         pairs = len(torch.unique(torch.cat([
             (result.directions["t2i"].candidates * n_captions + torch.arange(n_captions)[:, None]).flatten(),
             (torch.arange(n_images)[:, None] * n_captions + result.directions["i2t"].candidates).flatten()])))
@@ -173,6 +176,7 @@ def main() -> None:
     parser.add_argument("--save-first-stage", help="shapescenes: write the trained first stage here")
     parser.add_argument("--k", type=lambda text: [int(v) for v in text.split(",")], default=None)
     parser.add_argument("--subset", type=lambda text: [int(v) for v in text.split("x")], default=[500, 2500])
+    parser.add_argument("--images", type=int, default=5000, help="coco: images (5 captions each)")
     parser.add_argument("--pool", type=int, default=500, help="typed: distinct random images behind the gallery")
     parser.add_argument("--exact-images", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
