@@ -339,10 +339,15 @@ class WorkbenchSession:
         placed among them); other matching captions above it count, so for a matching pair
         it can exceed the i2t rank of ranks.npz, which counts from the best matching caption.
         """
-        rows = {}
+        rows, alone = {}, None
         for level in self.levels:
             column, row = self.image_scores(caption, level), self.caption_scores(image, level)
             score = float(column[image])
+            if np.isnan(score) and isinstance(caption, str):  # outside a typed query's shortlist: scored alone,
+                if alone is None:                               # ranked among the shortlisted images
+                    one = ImageEncoding(*(None if t is None else t[image:image + 1] for t in self.images))
+                    alone = self.model.score_all(one, self.encode_text(caption).encoding, progress=False)
+                score = float(alone[level][0, 0])
             others = row if isinstance(caption, str) else np.delete(row, int(caption))
             rows[level] = {"score": score,
                            "image_rank": int((np.delete(column, image) >= score).sum()),

@@ -268,6 +268,9 @@ def test_typed_queries_over_a_shortlist_score_its_images_as_exactly_and_the_rank
     assert set(item.index for item in browser.results) == set(kept.tolist())
     assert "two-stage" in browser.query_view.value and "3 best of 16 images" in browser.query_view.value
     assert "exact" in RankingBrowser(exact, Selection(image=0, caption=0, text=text, query="text")).query_view.value
+    outside = int(np.flatnonzero(np.isnan(short))[0])                              # a pair's levels still show
+    np.testing.assert_allclose(two.pair_levels(outside, text)["score"], exact.pair_levels(outside, text)["score"],
+                               atol=1e-6)
 
 
 def test_a_trained_first_stage_learns_the_pairs_and_reads_back_as_written(tmp_path):
