@@ -81,41 +81,43 @@ ENCODE_CHUNK = 4096          # items whose first-stage vectors are made at once 
 @torch.no_grad()
 def image_vectors(model: MLASM, img: ImageEncoding, kind=DEFAULT_FIRST_STAGE) -> Tensor:
     """(N, D) unit vectors of the images; masked regions never count."""
-    _check_kind(kind)
-    return torch.cat([_image_vectors(model, _pick(img, slice(start, start + ENCODE_CHUNK)), kind)
-                      for start in range(0, img.regions.shape[0], ENCODE_CHUNK)])
+    def semantic(mean_region: Tensor, part: ImageEncoding) -> Tensor:  # abar -> l2norm(t * h + (1 - t) * x)
+        x = model.image_context_proj(mean_region)                                  # W_x abar + b_x
+        glob = part.glob.to(x.dtype)
+        return l2norm(torch.lerp(x, glob, torch.sigmoid(model.gate(torch.cat([glob, x], dim=-1)))))
 
-
-def _image_vectors(model: MLASM, img: ImageEncoding, kind) -> Tensor:
-    if isinstance(kind, FirstStage):
-        return kind.image(img.regions, img.mask.bool())
-    mask = img.mask.bool()[..., None]
-    mean_region = masked_mean(img.regions.masked_fill(~mask, 0.0), mask, 1)        # abar, (N, d)
-    if kind == "mean" or not model.config.uses_global_level:
-        return l2norm(mean_region)
-    x = model.image_context_proj(mean_region)                                      # W_x abar + b_x
-    gate = torch.sigmoid(model.gate(torch.cat([img.glob.to(x.dtype), x], dim=-1)))
-    semantic = l2norm(torch.lerp(x, img.glob.to(x.dtype), gate))                   # t * h + (1 - t) * x
-    return semantic if kind == "semantic" else _blend(model, l2norm(mean_region), semantic)
+    return _item_vectors(model, img, lambda part: (part.regions, part.mask.bool()), "image", semantic, kind)
 
 
 @torch.no_grad()
 def caption_vectors(model: MLASM, cap: CaptionEncoding, kind=DEFAULT_FIRST_STAGE) -> Tensor:
     """(M, D) unit vectors of the captions; padded words never count."""
+    def words_and_mask(part: CaptionEncoding):
+        return part.words, lengths_to_mask(part.lengths.to(part.words.device), part.words.shape[1])
+
+    return _item_vectors(model, cap, words_and_mask, "caption",
+                         lambda mean_word, part: l2norm(model.text_context_proj(mean_word)), kind)  # W_t ubar + b_t
+
+
+def _item_vectors(model: MLASM, items: NamedTuple, vectors_and_mask, side: str, semantic, kind) -> Tensor:
+    """One side's first-stage vectors, ENCODE_CHUNK items at a time: a FirstStage's, or from the masked
+    mean of the item's vectors (``semantic(mean, part)`` makes the semantic kind's)."""
     _check_kind(kind)
-    return torch.cat([_caption_vectors(model, _pick(cap, slice(start, start + ENCODE_CHUNK)), kind)
-                      for start in range(0, cap.words.shape[0], ENCODE_CHUNK)])
-
-
-def _caption_vectors(model: MLASM, cap: CaptionEncoding, kind) -> Tensor:
-    if isinstance(kind, FirstStage):
-        return kind.caption(cap.words, lengths_to_mask(cap.lengths.to(cap.words.device), cap.words.shape[1]))
-    mask = lengths_to_mask(cap.lengths.to(cap.words.device), cap.words.shape[1])[..., None]
-    mean_word = masked_mean(cap.words.masked_fill(~mask, 0.0), mask, 1)            # ubar, (M, d)
-    if kind == "mean" or not model.config.uses_global_level:
-        return l2norm(mean_word)
-    semantic = l2norm(model.text_context_proj(mean_word))                          # l2norm(W_t ubar + b_t)
-    return semantic if kind == "semantic" else _blend(model, l2norm(mean_word), semantic)
+    parts = []
+    for start in range(0, items[0].shape[0], ENCODE_CHUNK):
+        part = _pick(items, slice(start, start + ENCODE_CHUNK))
+        vectors, mask = vectors_and_mask(part)
+        if isinstance(kind, FirstStage):
+            parts.append(getattr(kind, side)(vectors, mask))
+            continue
+        mean = masked_mean(vectors.masked_fill(~mask[..., None], 0.0), mask[..., None], 1)   # (n, d)
+        if kind == "mean" or not model.config.uses_global_level:
+            parts.append(l2norm(mean))
+        elif kind == "semantic":
+            parts.append(semantic(mean, part))
+        else:
+            parts.append(_blend(model, l2norm(mean), semantic(mean, part)))
+    return torch.cat(parts)
 
 
 def _blend(model: MLASM, local: Tensor, semantic: Tensor) -> Tensor:

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlasm.config import MLASMConfig
 from mlasm.metrics import i2t_ranks, retrieval_metrics, t2i_ranks
-from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
+from mlasm.model import CaptionEncoding, ImageEncoding
 from mlasm.shortlist import (
     FIRST_STAGES,
     FirstStage,
@@ -22,15 +21,7 @@ from mlasm.shortlist import (
     train_first_stage,
     two_stage,
 )
-
-D = 12
-
-
-def make_model(**overrides):
-    settings = dict(region_dim=8, global_dim=6, vocab_size=30, embed_size=D, word_dim=10)
-    settings.update(overrides)
-    torch.manual_seed(0)
-    return MLASM(MLASMConfig(**settings)).double().eval()
+from test_model import D, make_model  # the tiny model of the scorer's tests, in float64
 
 
 def gallery(n_images=7, per_image=3, n_regions=5, n_words=6, seed=0):
