@@ -92,7 +92,7 @@ def shapescenes(args) -> None:
             found = shortlists(images, captions, owner, k)
             cells.append(f"{found['i2t'].first_stage_recall():.1f} / {found['t2i'].first_stage_recall():.1f}")
         print(f"| {'trained' if kind is stage else kind} | " + " | ".join(cells) + " |")
-    print(f"\ntwo-stage (trained first stage) minus exact, final level (R@K in points, medr/meanr in ranks):")
+    print("\ntwo-stage (trained first stage) minus exact, final level (R@K in points, medr/meanr in ranks):")
     print("| K | first-stage recall i2t / t2i | rSum | " + " | ".join(f"{d} {m}" for d, m in METRICS)
           + " | time (s) | speed-up |")
     print("|---|---|---|" + "---|" * len(METRICS) + "---|---|")
@@ -103,7 +103,8 @@ def shapescenes(args) -> None:
         deltas = [f"{metrics[d][m] - exact[d][m]:+.1f}" for d, m in METRICS]
         print(f"| {k} | {recall['i2t']:.1f} / {recall['t2i']:.1f} | {metrics['rsum'] - exact['rsum']:+.1f} | "
               + " | ".join(deltas) + f" | {seconds:.1f} | {exact_s / seconds:.1f}x |")
-        levels = ", ".join(f"{level} {metrics['levels'][level]['rsum'] - retrieval_metrics(exact_scores[level], owner)['rsum']:+.1f}"
+        exact_rsum = {level: retrieval_metrics(exact_scores[level], owner)["rsum"] for level in metrics["levels"]}
+        levels = ", ".join(f"{level} {metrics['levels'][level]['rsum'] - exact_rsum[level]:+.1f}"
                            for level in metrics["levels"])
         print(f"|   | rSum change per level: {levels} |")
     print(f"exact: {', '.join(f'{d} {m} {exact[d][m]:.1f}' for d, m in METRICS)}")

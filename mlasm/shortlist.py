@@ -393,7 +393,8 @@ def two_stage(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, caption_to
               first_stage=DEFAULT_FIRST_STAGE, chunk: int = QUERY_CHUNK) -> TwoStageResult:
     """Shortlist K items per query in both directions, and score those pairs with the full model."""
     k = check_shortlist(k)
-    image_vecs, caption_vecs = image_vectors(model, img, first_stage).cpu(), caption_vectors(model, cap, first_stage).cpu()
+    image_vecs = image_vectors(model, img, first_stage).cpu()
+    caption_vecs = caption_vectors(model, cap, first_stage).cpu()
     directions = shortlists(image_vecs, caption_vecs, caption_to_image, k, chunk)
     t2i, i2t = directions["t2i"].candidates, directions["i2t"].candidates
     n_images, n_captions = img.regions.shape[0], cap.words.shape[0]
