@@ -113,10 +113,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     split = open_split(args.data, args.split)
     result = evaluate_checkpoints(args.checkpoint, split, protocol=args.protocol, out_dir=out,
                                   device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab,
-                                  score_store={"auto": None, "yes": True, "no": False}[args.score_store])
+                                  score_store={"auto": None, "yes": True, "no": False}[args.score_store],
+                                  shortlist=args.shortlist, first_stage=args.first_stage)
     if result is None:  # a rank of torchrun's other than 0: its share of the pairs is scored
         return 0
     print(format_result(result))
+    if "two_stage" in result:
+        recall = result["two_stage"]["first_stage_recall"]
+        print(f"two-stage: the full model ranked each query's shortlist of {result['two_stage']['shortlist']}; "
+              f"first-stage recall i2t {recall['i2t']:.1f} %, t2i {recall['t2i']:.1f} %")
     print(f"wrote {out}/metrics.json and {out}/ranks.npz")
     return 0
 

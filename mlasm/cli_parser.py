@@ -124,6 +124,11 @@ def _evaluate_parser(commands) -> argparse.ArgumentParser:
                           help="; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()))
     evaluate.add_argument("--out", help="folder for metrics.json and ranks.npz (default: beside the checkpoint)")
     evaluate.add_argument("--device", type=device_name)
+    evaluate.add_argument("--shortlist", type=at_least(1), default=None, metavar="K",
+                          help="two-stage: a first stage picks K candidates per query by one matrix product and "
+                               "the full model ranks only those (default: exact, every pair; mlasm.shortlist)")
+    evaluate.add_argument("--first-stage", metavar="FILE", help="with --shortlist: a trained first stage "
+                          "(mlasm.shortlist.FirstStage; default: the model's mean region and word vectors)")
     evaluate.add_argument("--memory-budget-mb", type=positive_number, default=None,
                           help="memory for one block of pairs while scoring (default 64 on the CPU, 1024 on CUDA)")
     evaluate.add_argument("--score-store", choices=("auto", "yes", "no"), default="auto",

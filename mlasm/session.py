@@ -42,6 +42,9 @@ from mlasm.saved_scores import RECORDS_FILE, find_saved_scores, read_saved_recor
 from mlasm.score_store import find_store, read_column, read_rows
 from mlasm.session_tables import query_table_in_chunks, saved_ranks
 from mlasm.store_measures import measure_store
+from mlasm.shortlist import (
+    DEFAULT_FIRST_STAGE, FirstStage, image_vectors, text_query_scores, typed_ranking_note, typed_shortlist_size,
+)
 from mlasm.sources import EMBEDDED, open_split
 from mlasm.checkpoint import check_model_fits, load_model
 
@@ -68,11 +71,14 @@ class WorkbenchSession:
 
     def __init__(self, model: MLASM, vocab: Vocabulary, split: RetrievalSplit,
                  scores: dict | None = None, memory_budget_mb: float | None = None, cache_size: int = 512,
-                 large: bool = False):
+                 large: bool = False, typed_shortlist: int | str | None = "auto", first_stage=None):
         """``scores``: the (N, M) matrices of every level if already computed (e.g. by
         ``mlasm.evaluate.score_split``, or an ensemble's ``average_levels``), so they are not computed again.
         ``large``: they are a score store's, memory-mapped (mlasm.score_store): nothing is encoded until a
-        typed query needs every image, a pair is encoded alone to be explained, ranks and tables go in chunks."""
+        typed query needs every image, a pair is encoded alone to be explained, ranks and tables go in chunks.
+        ``typed_shortlist``: typed queries rank a shortlist of K images (mlasm.shortlist; None: every
+        image; "auto": K = 100 above 2,000 images), chosen by ``first_stage``: a trained
+        ``FirstStage`` or its file (default: the untrained mean vectors)."""
         check_model_fits(model, split, "the model")
         vocab.check_fits(model.config.vocab_size, "the model")
         self.model = model.eval()
@@ -83,6 +89,10 @@ class WorkbenchSession:
         # memory-mapped scores (a score store: a large gallery) open without encoding every image and caption
         self._large = large and scores is not None
         self._encodings = None if self._large else encode_split(model, split, self.vocab)
+        self.typed_shortlist = typed_shortlist_size(typed_shortlist, split.n_images)  # K, or None: exact
+        self._first_stage_images: torch.Tensor | None = None
+        self.first_stage = (DEFAULT_FIRST_STAGE if first_stage is None else first_stage
+                            if isinstance(first_stage, FirstStage) else FirstStage.load(first_stage, model))
         self._scores = None if scores is None else self._checked_scores(scores)
         self.scores_source: Path | str | None = None if scores is None else "given"  # or the file they came from
         self._ranks: dict[str, np.ndarray] | None = None
@@ -292,8 +302,20 @@ class WorkbenchSession:
         return TextQuery(text, cut_caption(encoded.tokens, self.vocab.boundaries), encoded.unknown, encoding)
 
     def _text_scores(self, text: str) -> dict[str, np.ndarray]:
-        """Level -> (N,) score of every image for a typed text; cached."""
-        return self._against_every_image(self.encode_text(text).encoding)
+        """Level -> (N,) score of every image for a typed text; cached. With a shortlist (``typed_ranking``)
+        only its K images are scored, the others are NaN."""
+        if self.typed_shortlist is None:
+            return self._against_every_image(self.encode_text(text).encoding)
+        if self._first_stage_images is None:
+            self._first_stage_images = image_vectors(self.model, self.images, self.first_stage).cpu()
+        scores = text_query_scores(self.model, self.images, self._first_stage_images, self.encode_text(text).encoding,
+                                   self.typed_shortlist, self.first_stage)
+        return {level: scores[level] for level in self.levels}
+
+    @property
+    def typed_ranking(self) -> str:
+        """One line: whether typed queries are ranked exactly or two-stage, and K."""
+        return typed_ranking_note(self.typed_shortlist, self.split.n_images)
 
     # --- one pair ----------------------------------------------------------------------
 
@@ -356,10 +378,15 @@ class WorkbenchSession:
         placed among them); other matching captions above it count, so for a matching pair
         it can exceed the i2t rank of ranks.npz, which counts from the best matching caption.
         """
-        rows = {}
+        rows, alone = {}, None
         for level in self.levels:
             column, row = self.image_scores(caption, level), self.caption_scores(image, level)
             score = float(column[image])
+            if np.isnan(score) and isinstance(caption, str):  # outside a typed query's shortlist: scored alone,
+                if alone is None:                               # ranked among the shortlisted images
+                    one = ImageEncoding(*(None if t is None else t[image:image + 1] for t in self.images))
+                    alone = self.model.score_all(one, self.encode_text(caption).encoding, progress=False)
+                score = float(alone[level][0, 0])
             others = row if isinstance(caption, str) else np.delete(row, int(caption))
             rows[level] = {"score": score,
                            "image_rank": int((np.delete(column, image) >= score).sum()),

@@ -219,7 +219,8 @@ class RankingBrowser(LinkedView):
         self.query_picture.layout.display = "none"
         text = html.escape(session.caption_text(selection.text_side))
         if selection.query == "text":  # its unknown words are listed by the selection bar
-            known = "a typed query: the results are not judged right or wrong"
+            known = ("a typed query: the results are not judged right or wrong"
+                     f"</div><div>{html.escape(session.typed_ranking)}")
         else:
             truth = self.truths[0]
             known = f"ground truth: image {truth.index}, rank <b>{truth.rank}</b>" + self._also_true_line("image")
