@@ -678,6 +678,70 @@ def test_a_workbench_run_for_a_static_page_builds_every_tab(session, monkeypatch
     assert [type(child) for child in bench.tabs.children] == [type(bench._built[tab]) for tab in bench.tabs.titles]
 
 
+def count_redraws(bench, monkeypatch) -> dict:
+    """tab -> how many times its view drew the selection (its show_selection ran) from now on."""
+    counts = {}
+    for tab, view in bench._built.items():
+        counts[tab] = []
+        original = view.show_selection
+        monkeypatch.setattr(view, "show_selection",
+                            lambda original=original, tab=tab, view=view: (counts[tab].append(view.selection_key()),
+                                                                           original()))
+    return counts
+
+
+def test_only_the_tab_on_screen_redraws_and_a_hidden_tab_catches_up_once_when_shown(session, monkeypatch):
+    bench = Workbench(session)
+    tabs = list(bench.tabs.titles)
+    for index in range(len(tabs)):  # every tab built, as a visitor who looked at each
+        bench.tabs.selected_index = index
+    bench.tabs.selected_index = tabs.index("Attention")
+    drawn = count_redraws(bench, monkeypatch)
+    controls = bench.children[1]
+    for image in (3, 7, 11, 2, 5):
+        controls.image_index.value = image
+    assert len(drawn["Attention"]) == 5
+    assert all(drawn[tab] == [] for tab in tabs if tab != "Attention")  # hidden: nothing drawn
+    pair = (5, int(session.split.image_to_captions(5)[0]))
+    assert (bench.selection.image, bench.selection.caption) == pair
+
+    for tab in ("Levels", "Ranking", "Embedding map"):  # shown: one drawing, of the selection of now
+        bench.tabs.selected_index = tabs.index(tab)
+        assert len(drawn[tab]) == 1 and drawn[tab][0][:2] == (5, pair[1])
+    assert bench.levels.table.equals(session.pair_levels(*pair))
+    assert [item.index for item in bench.ranking.results] == \
+        list(np.argsort(-session.image_scores(pair[1]), kind="stable")[:bench.ranking.top_k.value])
+    ringed = bench.embedding.figure.data[2]
+    assert (ringed.x[0], ringed.y[0]) == tuple(bench.embedding.coordinates["image"][5])
+    bench.tabs.selected_index = tabs.index("Levels")  # shown again, nothing changed since: no redraw
+    assert len(drawn["Levels"]) == 1
+    assert drawn["Failures"] == []  # the failure list does not follow the selection at all
+
+    bench.tabs.selected_index = tabs.index("Attention")
+    assert len(drawn["Attention"]) == 5  # it drew this pair last: shown again, not drawn again
+    bench.selection.select(query="image")  # the pair in view is the same: the explorer does not redraw
+    assert len(drawn["Attention"]) == 5
+    bench.tabs.selected_index = tabs.index("Ranking")  # the ranking's query changed: drawn once, as images ranked
+    assert len(drawn["Ranking"]) == 2
+    assert [item.index for item in bench.ranking.results] == \
+        list(np.argsort(-session.caption_scores(5), kind="stable")[:bench.ranking.top_k.value])
+
+
+def test_a_hidden_view_read_through_the_workbench_shows_the_current_selection(session):
+    bench = Workbench(session)
+    levels = bench.levels  # built while the Attention tab is on screen: hidden
+    assert not levels.on_screen and bench.explorer.on_screen
+    bench.selection.select(image=4, caption=int(session.split.image_to_captions(4)[0]))
+    assert levels._shown != bench.explorer._shown  # it waited
+    assert bench.levels.table.equals(session.pair_levels(4, bench.selection.caption))  # read: caught up
+    bench.tabs.selected_index = list(bench.tabs.titles).index("Levels")
+    bench.selection.select(image=6, caption=int(session.split.image_to_captions(6)[1]))
+    explorer = bench._built["Attention"]  # as another view holds it (the statistics tab does), not caught up
+    assert explorer._shown != (6, bench.selection.caption)  # hidden now: it waited
+    explorer.select(word=1)  # choosing a word in it is about the selection of now
+    assert explorer.shown_pair == (6, bench.selection.caption) and explorer.word == 1
+
+
 # ------------------------------------------------------------------------------ drawing and plumbing
 
 def _pixel_spread(png: bytes) -> float:
@@ -703,6 +767,27 @@ def test_pictures_drawn_from_many_threads_equal_those_drawn_one_at_a_time(sessio
     assert at_once == one_at_a_time * 4
     assert min(_pixel_spread(png) for png in one_at_a_time) > 10
     assert plt.get_fignums() == []  # no figure went through pyplot
+
+
+def test_a_picture_is_rendered_as_matplotlib_saves_it_to_the_pixel(session):
+    from widgets.drawing import render_png
+
+    explorer = AttentionExplorer(session)
+    image, explanation = explorer.shown_pair[0], explorer.explanation
+
+    def figure():
+        fig, (ax,) = new_figure((3.8, 3.8))
+        draw_pair_attention(session, image, explanation.region_indices, explanation.t2i_attention[0], ax, "word 0",
+                            highlight=int(explanation.region_indices[0]))
+        return fig
+
+    fast = np.asarray(Image.open(io.BytesIO(render_png(figure()))).convert("RGB"))
+    saved = figure()
+    saved.get_layout_engine().execute(saved)  # as render_png lays it out: twice, the second in the drawing
+    buffer = io.BytesIO()
+    saved.savefig(buffer, format="png", dpi=100)
+    np.testing.assert_array_equal(fast, np.asarray(Image.open(buffer).convert("RGB")))
+    assert fast.shape == (380, 380, 3) and _pixel_spread(render_png(figure())) > 10
 
 
 def test_box_labels_that_would_overlap_are_moved_or_hidden():

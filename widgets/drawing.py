@@ -27,6 +27,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullLocator
 from matplotlib.transforms import Bbox
 from PIL import Image
 
@@ -41,14 +42,28 @@ WORD_SHADE = (255, 127, 14)  # orange: a word's share of a region's attention
 DPI = 100               # a figure of w inches is w * 100 pixels wide
 
 
+PNG_COMPRESSION = 1  # zlib level: 1 encodes a 380 px picture in about 7 ms, matplotlib's 6 in about 30 ms,
+#                      for files about 15 % larger; lossless either way, so no colour changes
+
+
 def render_png(fig: Figure) -> bytes:
-    """The figure as PNG bytes (drawn under the drawing lock)."""
-    buffer = io.BytesIO()
+    """The figure as PNG bytes (drawn under the drawing lock), as ``fig.savefig(format="png")`` at ``DPI`` draws it.
+
+    Drawn on the figure's own Agg canvas and encoded as RGB (the figure is opaque) at a fast zlib
+    level: a picture is drawn on every change of the selection, and encoding was a third of its cost.
+    """
     with DRAW_LOCK:
         engine = fig.get_layout_engine()
         if engine is not None:  # a first pass from matplotlib's default axes positions can leave titles and
-            engine.execute(fig)  # legends outside the figure (equal-aspect pictures); the one in savefig settles it
-        fig.savefig(buffer, format="png", dpi=DPI)
+            engine.execute(fig)  # legends outside the figure (equal-aspect pictures); the one in draw settles it
+        if fig.dpi != DPI:
+            fig.set_dpi(DPI)
+        canvas = FigureCanvasAgg(fig) if not isinstance(fig.canvas, FigureCanvasAgg) else fig.canvas
+        canvas.draw()
+        rgba = np.asarray(canvas.buffer_rgba())
+        picture = Image.fromarray(rgba[..., :3] if (rgba[..., 3] == 255).all() else rgba)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=PNG_COMPRESSION)
     return buffer.getvalue()
 
 
@@ -161,6 +176,9 @@ def draw_pair_attention(session: WorkbenchSession, image: int, region_indices: n
     picture, boxes, note = picture_with_boxes(session, image)
     draw_attention(picture, boxes[region_indices], weights, ax=ax, title=title + note, top_k=top_k,
                    labels=region_names(session, image, region_indices))
+    for axis in (ax.xaxis, ax.yaxis):  # the axes are off: without ticks to place, laying out the title is
+        axis.set_major_locator(NullLocator())  # a third quicker, and the picture is the same to the pixel
+        axis.set_minor_locator(NullLocator())
     if highlight is not None:
         x1, y1, x2, y2 = boxes[highlight]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2.2, ls="--", edgecolor=HIGHLIGHT))
