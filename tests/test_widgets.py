@@ -41,7 +41,8 @@ from widgets import (  # noqa: E402
 )
 from widgets import failures as failures_module  # noqa: E402
 from widgets.drawing import PictureView, draw_pair_attention, new_figure, spread_labels  # noqa: E402
-from widgets.embedding import attribute_options, embedding_vectors, principal_components_2d  # noqa: E402
+from widgets.embedding import (  # noqa: E402
+    ZOOMS, attribute_options, embedding_vectors, map_of, principal_components_2d, zoom_ranges)
 from widgets.ranking import ALSO_TRUE, TRUTH  # noqa: E402
 
 TINY_SIZES = {"train": 48, "dev": 16, "test": 16}
@@ -607,7 +608,8 @@ def test_embedding_map_points_select_images_and_captions(session):
     images, captions = embedding_vectors(session)
     np.testing.assert_allclose(images, torch.nn.functional.normalize(session.images.glob, dim=1).numpy(),
                                atol=1e-5)
-    expected = principal_components_2d(np.concatenate([images, captions]))
+    # each kind centred on its own mean first, then the principal components of all of them
+    expected = principal_components_2d(np.concatenate([images - images.mean(0), captions - captions.mean(0)]))
     np.testing.assert_allclose(embedding.coordinates["image"], expected[:len(images)], atol=1e-5)
 
     split = session.split
@@ -631,6 +633,63 @@ def test_embedding_map_points_select_images_and_captions(session):
     embedding.colour_choice.value = "variant"
     names = {trace.name for trace in embedding.figure.data[3:]}
     assert names == {a["variant"] for a in session.split.image_attributes}
+
+
+
+def test_the_projection_is_deterministic_signed_and_centres_each_kind(session):
+    images, captions = embedding_vectors(session)
+    both = np.concatenate([images - images.mean(0), captions - captions.mean(0)])
+    points = principal_components_2d(both)
+    np.testing.assert_array_equal(points, principal_components_2d(both))  # the same vectors, the same map
+    order = np.random.default_rng(0).permutation(len(both))
+    np.testing.assert_allclose(principal_components_2d(both[order]), points[order], atol=1e-6)  # order-free
+    np.testing.assert_allclose(principal_components_2d(-both), points, atol=1e-6)  # signed by its data
+    assert (points[np.abs(points).argmax(0), [0, 1]] > 0).all()
+    _, _, right = np.linalg.svd(both - both.mean(0), full_matrices=False)  # independently: the SVD's axes
+    np.testing.assert_allclose(np.abs(points), np.abs((both - both.mean(0)) @ right[:2].T), atol=1e-6)
+    coordinates = map_of(session).coordinates("images and captions")
+    for kind in ("image", "caption"):  # centred per kind: no gap between images and captions is left
+        np.testing.assert_allclose(coordinates[kind].mean(0), 0, atol=1e-6)
+    assert map_of(session) is map_of(session)  # computed once per session, for every map on it
+
+
+def test_the_map_opens_zoomed_to_the_selection_where_single_points_stand_apart(session):
+    from scipy.spatial import cKDTree
+
+    selection = Selection.start(session)
+    embedding = EmbeddingMap(session, selection)
+    assert embedding.zoom.value == ZOOMS[0]
+    every = np.concatenate([embedding.coordinates["image"], embedding.coordinates["caption"]])
+    selected = embedding.coordinates["image"][selection.image]
+    x_range, y_range = embedding.view_ranges()
+    assert [list(embedding.figure.layout.xaxis.range), list(embedding.figure.layout.yaxis.range)] == \
+        [x_range, y_range]
+    assert x_range[0] < selected[0] < x_range[1] and y_range[0] < selected[1] < y_range[1]
+    nearest = np.argsort(np.linalg.norm(every - selected, axis=1))[:41]  # its 40 nearest are in view
+    assert ((every[nearest] >= [x_range[0], y_range[0]]) & (every[nearest] <= [x_range[1], y_range[1]])).all()
+    # Single images can be picked: the plot is about 650 px across and a click picks the point within 6 px
+    # (hoverdistance), so the median distance from an image to the nearest other image in view should be at
+    # least 1.5 % of the view (about 10 px). (The demo's whole map of 1,000 images has 1 %, in a
+    # 1.5-pixel-per-point crowd of 6,000 with the captions; captions of the same words share one point.)
+    embedding.show_choice.value = "images"
+    images = embedding.coordinates["image"]
+    x_view, y_view = embedding.view_ranges()
+    inside = images[(images[:, 0] >= x_view[0]) & (images[:, 0] <= x_view[1])
+                    & (images[:, 1] >= y_view[0]) & (images[:, 1] <= y_view[1])]
+    distances, _ = cKDTree(inside).query(inside, k=2)
+    assert np.median(distances[:, 1]) / max(np.ptp(x_view), np.ptp(y_view)) >= 0.015
+    embedding.show_choice.value = "images and captions"
+
+    split = session.split
+    image = int(nearest[nearest < split.n_images][-1])  # a point in view, clicked: it is what gets selected
+    click(embedding.figure, 0, *embedding.coordinates["image"][image], point_index=image)
+    assert selection.image == image
+    ringed = embedding.figure.data[2]
+    assert (ringed.x[0], ringed.y[0]) == tuple(embedding.coordinates["image"][image])
+    assert [list(embedding.figure.layout.xaxis.range), list(embedding.figure.layout.yaxis.range)] == \
+        list(zoom_ranges(every, embedding.coordinates["image"][image]))  # the view follows the selection
+    embedding.zoom.value = ZOOMS[1]
+    assert embedding.view_ranges() is None and embedding.figure.layout.xaxis.autorange is True
 
 
 # ------------------------------------------------------------------------------ workbench
