@@ -849,6 +849,31 @@ def test_a_picture_is_rendered_as_matplotlib_saves_it_to_the_pixel(session):
     assert fast.shape == (380, 380, 3) and _pixel_spread(render_png(figure())) > 10
 
 
+def test_going_back_to_a_pair_shows_its_kept_picture_without_drawing_it(session, monkeypatch):
+    from widgets import attention as attention_module
+
+    painted = []
+    paint = attention_module.draw_pair_attention
+    monkeypatch.setattr(attention_module, "draw_pair_attention",
+                        lambda *args, **kwargs: (painted.append(args[1]), paint(*args, **kwargs)))
+    selection = Selection.start(session)
+    explorer = AttentionExplorer(session, selection, controls=False)
+    first, first_png, first_figure = explorer.shown_pair, explorer.picture.png, explorer.figure
+    other = (first[0] + 1) % session.split.n_images
+    selection.select(image=other, caption=int(session.split.image_to_captions(other)[0]))
+    assert len(painted) == 2 and explorer.picture.png != first_png
+    selection.select(image=first[0], caption=first[1])  # back: the same picture, not drawn again
+    assert len(painted) == 2 and explorer.picture.png == first_png and explorer.figure is first_figure
+    explorer.select(word=(explorer.word + 1) % len(explorer.words))  # another word: drawn
+    assert len(painted) == 3
+    explorer.set_lambdas(explorer.lambda_t2i.value + 1, explorer.lambda_i2t.value)  # other weights: drawn
+    assert len(painted) == 4
+    kept = explorer.picture._kept
+    for image in range(session.split.n_images):  # the kept pictures are bounded
+        selection.select(image=image, caption=int(session.split.image_to_captions(image)[0]))
+    assert len(kept) <= 12
+
+
 def test_box_labels_that_would_overlap_are_moved_or_hidden():
     fig, (ax,) = new_figure((3, 3))
     boxes = np.array([[10, 10, 30, 30], [11, 11, 29, 29], [12, 10, 31, 28], [60, 60, 90, 90]], np.float32)

@@ -292,4 +292,4 @@ class AttentionExplorer(LinkedView):
             self.session, image, explanation.region_indices, self.region_weights, ax,
             f"“{self.words[word]}” looks at (text-to-image, λ = {explanation.lambda_t2i:g})" if "t2i" in self.directions
             else f"regions attending to “{self.words[word]}” (image-to-text, λ = {explanation.lambda_i2t:g})",
-            highlight=region))
+            highlight=region), key=(self.shown_pair, explanation.lambda_t2i, explanation.lambda_i2t, word, region))

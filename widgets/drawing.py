@@ -20,7 +20,7 @@ import io
 import warnings
 from copy import deepcopy
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable
 
 import ipywidgets as widgets
 import numpy as np
@@ -40,6 +40,7 @@ CANVAS_GREY = 235
 HIGHLIGHT = "#00d5ff"   # the chosen region's outline (dashed), apart from draw_attention's white outlines
 WORD_SHADE = (255, 127, 14)  # orange: a word's share of a region's attention
 DPI = 100               # a figure of w inches is w * 100 pixels wide
+KEPT_PICTURES = 12      # keyed pictures a PictureView keeps (about 0.7 MB each, with the figure's canvas)
 
 
 PNG_COMPRESSION = 1  # zlib level: 1 encodes a 380 px picture in about 7 ms, matplotlib's 6 in about 30 ms,
@@ -100,6 +101,7 @@ class PictureView(widgets.VBox):
 
     def __init__(self, width: int, min_height: int = 0, save_as: str = "picture"):
         self.figure: Figure | None = None
+        self._kept: dict[Hashable, tuple[Figure, bytes]] = {}  # key -> (figure, PNG), oldest first
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
         self.message = widgets.HTML()
         self.save = SaveButtons(lambda: self.figure, f"figures/{save_as}", compact=True)
@@ -114,12 +116,24 @@ class PictureView(widgets.VBox):
     def png(self) -> bytes:
         return self.image.value
 
-    def draw(self, size: tuple[float, float], paint: Callable[..., None], columns: int = 1) -> Figure:
-        """Draw a new figure with ``paint(*axes)``, show it, and return it."""
-        with DRAW_LOCK:  # one figure made, drawn and rendered at a time
-            fig, axes = new_figure(size, columns)
-            paint(*axes)
-            png = render_png(fig)
+    def draw(self, size: tuple[float, float], paint: Callable[..., None], columns: int = 1,
+             key: Hashable = None) -> Figure:
+        """Draw a new figure with ``paint(*axes)``, show it, and return it.
+
+        ``key``: what the picture shows (hashable; None: no reuse). The last ``KEPT_PICTURES`` keyed
+        pictures are kept, so that going back to a pair shows its picture again without drawing it.
+        """
+        if key is not None and key in self._kept:
+            fig, png = self._kept.pop(key)
+        else:
+            with DRAW_LOCK:  # one figure made, drawn and rendered at a time
+                fig, axes = new_figure(size, columns)
+                paint(*axes)
+                png = render_png(fig)
+        if key is not None:
+            self._kept[key] = (fig, png)  # the most recent last
+            while len(self._kept) > KEPT_PICTURES:
+                self._kept.pop(next(iter(self._kept)))
         self.figure = fig
         self.image.value = png
         self.message.layout.display = "none"
