@@ -40,8 +40,9 @@ from widgets import (  # noqa: E402
     WorkbenchSession,
 )
 from widgets import failures as failures_module  # noqa: E402
-from widgets.drawing import PictureView, draw_pair_attention  # noqa: E402
-from widgets.embedding import attribute_options, embedding_vectors, principal_components_2d  # noqa: E402
+from widgets.drawing import PictureView, draw_pair_attention, new_figure  # noqa: E402
+from widgets.embedding import (  # noqa: E402
+    ZOOMS, attribute_options, embedding_vectors, map_of, principal_components_2d, zoom_ranges)
 from widgets.ranking import ALSO_TRUE, TRUTH  # noqa: E402
 
 TINY = dict(TINY_SETTINGS, epochs=1)  # one epoch is enough for the views
@@ -595,7 +596,8 @@ def test_embedding_map_points_select_images_and_captions(session):
     images, captions = embedding_vectors(session)
     np.testing.assert_allclose(images, torch.nn.functional.normalize(session.images.glob, dim=1).numpy(),
                                atol=1e-5)
-    expected = principal_components_2d(np.concatenate([images, captions]))
+    # each kind centred on its own mean first, then the principal components of all of them
+    expected = principal_components_2d(np.concatenate([images - images.mean(0), captions - captions.mean(0)]))
     np.testing.assert_allclose(embedding.coordinates["image"], expected[:len(images)], atol=1e-5)
 
     split = session.split
@@ -619,6 +621,63 @@ def test_embedding_map_points_select_images_and_captions(session):
     embedding.colour_choice.value = "variant"
     names = {trace.name for trace in embedding.figure.data[3:]}
     assert names == {a["variant"] for a in session.split.image_attributes}
+
+
+
+def test_the_projection_is_deterministic_signed_and_centres_each_kind(session):
+    images, captions = embedding_vectors(session)
+    both = np.concatenate([images - images.mean(0), captions - captions.mean(0)])
+    points = principal_components_2d(both)
+    np.testing.assert_array_equal(points, principal_components_2d(both))  # the same vectors, the same map
+    order = np.random.default_rng(0).permutation(len(both))
+    np.testing.assert_allclose(principal_components_2d(both[order]), points[order], atol=1e-6)  # order-free
+    np.testing.assert_allclose(principal_components_2d(-both), points, atol=1e-6)  # signed by its data
+    assert (points[np.abs(points).argmax(0), [0, 1]] > 0).all()
+    _, _, right = np.linalg.svd(both - both.mean(0), full_matrices=False)  # independently: the SVD's axes
+    np.testing.assert_allclose(np.abs(points), np.abs((both - both.mean(0)) @ right[:2].T), atol=1e-6)
+    coordinates = map_of(session).coordinates("images and captions")
+    for kind in ("image", "caption"):  # centred per kind: no gap between images and captions is left
+        np.testing.assert_allclose(coordinates[kind].mean(0), 0, atol=1e-6)
+    assert map_of(session) is map_of(session)  # computed once per session, for every map on it
+
+
+def test_the_map_opens_zoomed_to_the_selection_where_single_points_stand_apart(session):
+    from scipy.spatial import cKDTree
+
+    selection = Selection.start(session)
+    embedding = EmbeddingMap(session, selection)
+    assert embedding.zoom.value == ZOOMS[0]
+    every = np.concatenate([embedding.coordinates["image"], embedding.coordinates["caption"]])
+    selected = embedding.coordinates["image"][selection.image]
+    x_range, y_range = embedding.view_ranges()
+    assert [list(embedding.figure.layout.xaxis.range), list(embedding.figure.layout.yaxis.range)] == \
+        [x_range, y_range]
+    assert x_range[0] < selected[0] < x_range[1] and y_range[0] < selected[1] < y_range[1]
+    nearest = np.argsort(np.linalg.norm(every - selected, axis=1))[:41]  # its 40 nearest are in view
+    assert ((every[nearest] >= [x_range[0], y_range[0]]) & (every[nearest] <= [x_range[1], y_range[1]])).all()
+    # Single images can be picked: the plot is about 650 px across and a click picks the point within 6 px
+    # (hoverdistance), so the median distance from an image to the nearest other image in view should be at
+    # least 1.5 % of the view (about 10 px). (The demo's whole map of 1,000 images has 1 %, in a
+    # 1.5-pixel-per-point crowd of 6,000 with the captions; captions of the same words share one point.)
+    embedding.show_choice.value = "images"
+    images = embedding.coordinates["image"]
+    x_view, y_view = embedding.view_ranges()
+    inside = images[(images[:, 0] >= x_view[0]) & (images[:, 0] <= x_view[1])
+                    & (images[:, 1] >= y_view[0]) & (images[:, 1] <= y_view[1])]
+    distances, _ = cKDTree(inside).query(inside, k=2)
+    assert np.median(distances[:, 1]) / max(np.ptp(x_view), np.ptp(y_view)) >= 0.015
+    embedding.show_choice.value = "images and captions"
+
+    split = session.split
+    image = int(nearest[nearest < split.n_images][-1])  # a point in view, clicked: it is what gets selected
+    click(embedding.figure, 0, *embedding.coordinates["image"][image], point_index=image)
+    assert selection.image == image
+    ringed = embedding.figure.data[2]
+    assert (ringed.x[0], ringed.y[0]) == tuple(embedding.coordinates["image"][image])
+    assert [list(embedding.figure.layout.xaxis.range), list(embedding.figure.layout.yaxis.range)] == \
+        list(zoom_ranges(every, embedding.coordinates["image"][image]))  # the view follows the selection
+    embedding.zoom.value = ZOOMS[1]
+    assert embedding.view_ranges() is None and embedding.figure.layout.xaxis.autorange is True
 
 
 # ------------------------------------------------------------------------------ workbench
@@ -666,6 +725,70 @@ def test_a_workbench_run_for_a_static_page_builds_every_tab(session, monkeypatch
     assert [type(child) for child in bench.tabs.children] == [type(bench._built[tab]) for tab in bench.tabs.titles]
 
 
+def count_redraws(bench, monkeypatch) -> dict:
+    """tab -> how many times its view drew the selection (its show_selection ran) from now on."""
+    counts = {}
+    for tab, view in bench._built.items():
+        counts[tab] = []
+        original = view.show_selection
+        monkeypatch.setattr(view, "show_selection",
+                            lambda original=original, tab=tab, view=view: (counts[tab].append(view.selection_key()),
+                                                                           original()))
+    return counts
+
+
+def test_only_the_tab_on_screen_redraws_and_a_hidden_tab_catches_up_once_when_shown(session, monkeypatch):
+    bench = Workbench(session)
+    tabs = list(bench.tabs.titles)
+    for index in range(len(tabs)):  # every tab built, as a visitor who looked at each
+        bench.tabs.selected_index = index
+    bench.tabs.selected_index = tabs.index("Attention")
+    drawn = count_redraws(bench, monkeypatch)
+    controls = bench.children[1]
+    for image in (3, 7, 11, 2, 5):
+        controls.image_index.value = image
+    assert len(drawn["Attention"]) == 5
+    assert all(drawn[tab] == [] for tab in tabs if tab != "Attention")  # hidden: nothing drawn
+    pair = (5, int(session.split.image_to_captions(5)[0]))
+    assert (bench.selection.image, bench.selection.caption) == pair
+
+    for tab in ("Levels", "Ranking", "Embedding map"):  # shown: one drawing, of the selection of now
+        bench.tabs.selected_index = tabs.index(tab)
+        assert len(drawn[tab]) == 1 and drawn[tab][0][:2] == (5, pair[1])
+    assert bench.levels.table.equals(session.pair_levels(*pair))
+    assert [item.index for item in bench.ranking.results] == \
+        list(np.argsort(-session.image_scores(pair[1]), kind="stable")[:bench.ranking.top_k.value])
+    ringed = bench.embedding.figure.data[2]
+    assert (ringed.x[0], ringed.y[0]) == tuple(bench.embedding.coordinates["image"][5])
+    bench.tabs.selected_index = tabs.index("Levels")  # shown again, nothing changed since: no redraw
+    assert len(drawn["Levels"]) == 1
+    assert drawn["Failures"] == []  # the failure list does not follow the selection at all
+
+    bench.tabs.selected_index = tabs.index("Attention")
+    assert len(drawn["Attention"]) == 5  # it drew this pair last: shown again, not drawn again
+    bench.selection.select(query="image")  # the pair in view is the same: the explorer does not redraw
+    assert len(drawn["Attention"]) == 5
+    bench.tabs.selected_index = tabs.index("Ranking")  # the ranking's query changed: drawn once, as images ranked
+    assert len(drawn["Ranking"]) == 2
+    assert [item.index for item in bench.ranking.results] == \
+        list(np.argsort(-session.caption_scores(5), kind="stable")[:bench.ranking.top_k.value])
+
+
+def test_a_hidden_view_read_through_the_workbench_shows_the_current_selection(session):
+    bench = Workbench(session)
+    levels = bench.levels  # built while the Attention tab is on screen: hidden
+    assert not levels.on_screen and bench.explorer.on_screen
+    bench.selection.select(image=4, caption=int(session.split.image_to_captions(4)[0]))
+    assert levels._shown != bench.explorer._shown  # it waited
+    assert bench.levels.table.equals(session.pair_levels(4, bench.selection.caption))  # read: caught up
+    bench.tabs.selected_index = list(bench.tabs.titles).index("Levels")
+    bench.selection.select(image=6, caption=int(session.split.image_to_captions(6)[1]))
+    explorer = bench._built["Attention"]  # as another view holds it (the statistics tab does), not caught up
+    assert explorer._shown != (6, bench.selection.caption)  # hidden now: it waited
+    explorer.select(word=1)  # choosing a word in it is about the selection of now
+    assert explorer.shown_pair == (6, bench.selection.caption) and explorer.word == 1
+
+
 # ------------------------------------------------------------------------------ drawing and plumbing
 
 def _pixel_spread(png: bytes) -> float:
@@ -691,6 +814,52 @@ def test_pictures_drawn_from_many_threads_equal_those_drawn_one_at_a_time(sessio
     assert at_once == one_at_a_time * 4
     assert min(_pixel_spread(png) for png in one_at_a_time) > 10
     assert plt.get_fignums() == []  # no figure went through pyplot
+
+
+def test_a_picture_is_rendered_as_matplotlib_saves_it_to_the_pixel(session):
+    from widgets.drawing import render_png
+
+    explorer = AttentionExplorer(session)
+    image, explanation = explorer.shown_pair[0], explorer.explanation
+
+    def figure():
+        fig, (ax,) = new_figure((3.8, 3.8))
+        draw_pair_attention(session, image, explanation.region_indices, explanation.t2i_attention[0], ax, "word 0",
+                            highlight=int(explanation.region_indices[0]))
+        return fig
+
+    fast = np.asarray(Image.open(io.BytesIO(render_png(figure()))).convert("RGB"))
+    saved = figure()
+    saved.get_layout_engine().execute(saved)  # as render_png lays it out: twice, the second in the drawing
+    buffer = io.BytesIO()
+    saved.savefig(buffer, format="png", dpi=100)
+    np.testing.assert_array_equal(fast, np.asarray(Image.open(buffer).convert("RGB")))
+    assert fast.shape == (380, 380, 3) and _pixel_spread(render_png(figure())) > 10
+
+
+def test_going_back_to_a_pair_shows_its_kept_picture_without_drawing_it(session, monkeypatch):
+    from widgets import attention as attention_module
+
+    painted = []
+    paint = attention_module.draw_pair_attention
+    monkeypatch.setattr(attention_module, "draw_pair_attention",
+                        lambda *args, **kwargs: (painted.append(args[1]), paint(*args, **kwargs)))
+    selection = Selection.start(session)
+    explorer = AttentionExplorer(session, selection, controls=False)
+    first, first_png, first_figure = explorer.shown_pair, explorer.picture.png, explorer.figure
+    other = (first[0] + 1) % session.split.n_images
+    selection.select(image=other, caption=int(session.split.image_to_captions(other)[0]))
+    assert len(painted) == 2 and explorer.picture.png != first_png
+    selection.select(image=first[0], caption=first[1])  # back: the same picture, not drawn again
+    assert len(painted) == 2 and explorer.picture.png == first_png and explorer.figure is first_figure
+    explorer.select(word=(explorer.word + 1) % len(explorer.words))  # another word: drawn
+    assert len(painted) == 3
+    explorer.set_lambdas(explorer.lambda_t2i.value + 1, explorer.lambda_i2t.value)  # other weights: drawn
+    assert len(painted) == 4
+    kept = explorer.picture._kept
+    for image in range(session.split.n_images):  # the kept pictures are bounded
+        selection.select(image=image, caption=int(session.split.image_to_captions(image)[0]))
+    assert len(kept) <= 12
 
 
 VIEWS = (AttentionExplorer, LevelPanel, RankingBrowser, FailureExplorer, EmbeddingMap)

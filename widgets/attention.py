@@ -149,7 +149,8 @@ class AttentionExplorer(LinkedView):
     # --- user actions ------------------------------------------------------------------
 
     def select(self, word: int | None = None, region: int | None = None) -> None:
-        """Choose a word (position) and/or a region (index in the image), redrawing once."""
+        """Choose a word (position) and/or a region (index in the image) of the selection's pair, redrawing once."""
+        self.catch_up()  # in a hidden tab, the pair may have changed since it was drawn
         with self.quietly():
             if word is not None:
                 self.word_choice.value = int(word)
@@ -187,7 +188,7 @@ class AttentionExplorer(LinkedView):
         if not keep_focus:
             self._reset_focus(image)
         self._draw_header()
-        self._draw_matrix()
+        self._draw_matrix(keep_state=False)  # _draw_focus keeps the heatmap's state once, marker included
         self._draw_focus()
 
     def _reset_focus(self, image: int) -> None:
@@ -239,7 +240,7 @@ class AttentionExplorer(LinkedView):
             f"<div style='color:#555'>{source} · image {image} ({html.escape(split.image_ids[image])})</div>"
             f"<div>scores at {at}: {scores}</div>")
 
-    def _draw_matrix(self) -> None:
+    def _draw_matrix(self, keep_state: bool = True) -> None:
         if self.explanation is None:
             return
         explanation, image = self.explanation, self.shown_pair[0]
@@ -261,7 +262,8 @@ class AttentionExplorer(LinkedView):
                 f"{explanation.lambda_t2i if direction == 't2i' else explanation.lambda_i2t:g}"
             self.heatmap.layout.height = max(320, 140 + 24 * len(self.words))
             self.heatmap.layout.width = min(640, max(420, 200 + 26 * len(names)))
-        keep_plotly_state(self.heatmap)
+        if keep_state:
+            keep_plotly_state(self.heatmap)
 
     def _draw_cell_marker(self) -> None:
         x, y = self._region_position(self.region), self.word
@@ -290,4 +292,4 @@ class AttentionExplorer(LinkedView):
             self.session, image, explanation.region_indices, self.region_weights, ax,
             f"“{self.words[word]}” looks at (text-to-image, λ = {explanation.lambda_t2i:g})" if "t2i" in self.directions
             else f"regions attending to “{self.words[word]}” (image-to-text, λ = {explanation.lambda_i2t:g})",
-            highlight=region))
+            highlight=region), key=(self.shown_pair, explanation.lambda_t2i, explanation.lambda_i2t, word, region))

@@ -111,6 +111,11 @@ class LinkedView(QuietUpdates, widgets.VBox):
     children)``, and ends its ``__init__`` with ``self.refresh()``. It overrides
     ``show_selection`` (draw what the selection says) and, when it depends on more or less than
     the pair in view, ``selection_key``.
+
+    A view that is not on screen (a hidden tab of the workbench: ``set_shown(False)``) does not
+    redraw when the selection changes; it catches up once, with the selection of that moment, when it
+    is shown again or read through the workbench (``catch_up``). A view draws only when its
+    ``selection_key`` changed since its last drawing.
     """
 
     def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True,
@@ -119,6 +124,7 @@ class LinkedView(QuietUpdates, widgets.VBox):
         self.selection = selection if selection is not None else Selection.start(session)
         self.controls = SelectionControls(session, self.selection) if controls else None
         self._shown: Hashable = None  # the selection_key last drawn
+        self.on_screen = True  # False while in a hidden tab: selection changes wait for catch_up
         self._row_lists: list[tuple[widgets.Select, Callable]] = []
         super().__init__(([self.controls] if self.controls is not None else []) + list(children))
         self.add_class(f"mlasm-{type(self).__name__.lower()}")  # e.g. mlasm-attentionexplorer, for pages and tests
@@ -141,6 +147,17 @@ class LinkedView(QuietUpdates, widgets.VBox):
         self._shown = self.selection_key()
         self.show_selection()
 
+    def catch_up(self) -> None:
+        """Draw the selection if it changed since the last drawing (nothing otherwise)."""
+        if self.selection_key() != self._shown:
+            self.refresh()
+
+    def set_shown(self, shown: bool) -> None:
+        """On screen or not; a view shown again catches up with the selection at once."""
+        self.on_screen = shown
+        if shown:
+            self.catch_up()
+
     def release_rows_left(self, rows: widgets.Select, pair_of: Callable[[Hashable], tuple]) -> None:
         """A list whose rows each select a pair (``pair_of(row value)`` = (image, caption, query)): when the
         selection moves off the highlighted row's pair, the highlight goes, so that clicking the row again
@@ -148,8 +165,8 @@ class LinkedView(QuietUpdates, widgets.VBox):
         self._row_lists.append((rows, pair_of))
 
     def _selection_changed(self, change=None) -> None:
-        if self.selection_key() != self._shown:  # one select() may change several traits: draw once
-            self.refresh()
+        if self.on_screen:  # one select() may change several traits: draw once (catch_up draws on a change only)
+            self.catch_up()
         now = (self.selection.image, self.selection.caption, self.selection.query)
         for rows, pair_of in self._row_lists:
             if rows.value is not None and tuple(pair_of(rows.value)) != now:

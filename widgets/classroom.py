@@ -274,6 +274,8 @@ def warm_up() -> None:
 
     session = served_session()  # the model, the split, its encodings and the memory-mapped scores, shared
     TeachingTasks(session).word_summary()  # the word task's answers, computed once for all
+    from widgets.embedding import SHOW, map_of
+    map_of(session, next(iter(SHOW)))  # the embedding map's vectors and projection, so its first open is quick
     student_workbench(session)
     teaching_page(session)
     widgets.Widget.close_all()

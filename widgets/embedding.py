@@ -9,13 +9,23 @@ caption is what it compares. The map uses the nearest pair-independent vectors:
   l2norm(W_t mean_l(u_l) + b_t) (spec 4 with uniform word weights instead of the
   pair's attention); a local-only model uses the mean of its word vectors u_l.
 
-Both are unit-normalised and projected together onto their first two principal
-components (numpy SVD), fitted on the points shown.
+Both are unit-normalised. With both kinds shown, each kind is first centred on its own mean
+(``kind_centred``): images and captions sit apart by a constant offset (the "modality gap"), which
+would otherwise be the first principal component and squeeze each kind into a thin band. The
+points are then projected onto their first two principal components (``principal_components_2d``,
+numpy), each axis signed so that its largest coordinate is positive: the same vectors always give
+the same map. Vectors, coordinates and hover labels are computed once per session and kept
+(``map_of``): a second workbench on the session (a second visitor's, forked after ``mlasm serve``'s
+warm process made them) opens the map without computing them again.
+
+Thousands of points fill a few hundred pixels, so single points overlap in the whole map: the map
+opens zoomed to the selection (``zoom``): the axes span the selected item's ``ZOOM_NEIGHBOURS``
+nearest points on the map, with a margin, and follow the selection; "whole map" shows everything.
 """
 from __future__ import annotations
 
 import html
-from functools import lru_cache
+import weakref
 
 import ipywidgets as widgets
 import numpy as np
@@ -34,6 +44,9 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 IMAGES, CAPTIONS, SELECTED = 0, 1, 2  # trace order; the traces after them are legend entries only
 MAX_CATEGORIES = len(PALETTE)
 SHOW = {"images and captions": ("image", "caption"), "images": ("image",), "captions": ("caption",)}
+ZOOMS = ("zoom to the selection", "whole map")
+ZOOM_NEIGHBOURS = 40  # the zoomed view spans this many nearest points of the selected one (and it)
+ZOOM_MARGIN = 0.25    # of the span, added on each side
 PICKED = ("list", "group")  # attribute kinds coloured by one chosen value: has it, or not
 
 
@@ -53,11 +66,66 @@ def principal_components_2d(vectors: np.ndarray) -> np.ndarray:
     """(K, 2) coordinates on the first two principal components of the vectors.
 
     The components are the top eigenvectors of the (d, d) scatter matrix, the right singular
-    vectors of the centred data: a d x d problem however many points there are.
+    vectors of the centred data: a d x d problem however many points there are. Each axis is
+    signed so that its coordinate of largest magnitude is positive (an eigenvector's sign is arbitrary).
     """
     centred = (vectors - vectors.mean(axis=0)).astype(np.float64)
     _, eigenvectors = np.linalg.eigh(centred.T @ centred)         # ascending eigenvalues
-    return centred @ eigenvectors[:, ::-1][:, :2]
+    points = centred @ eigenvectors[:, ::-1][:, :2]
+    if len(points):
+        points *= np.where(points[np.abs(points).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
+    return points
+
+
+def kind_centred(vectors: dict[str, np.ndarray], kinds: tuple[str, ...]) -> np.ndarray:
+    """The vectors of ``kinds`` stacked, each kind minus its own mean (one kind alone: as it is)."""
+    if len(kinds) == 1:
+        return vectors[kinds[0]]
+    return np.concatenate([vectors[kind] - vectors[kind].mean(axis=0) for kind in kinds])
+
+
+def zoom_ranges(points: np.ndarray, centre: np.ndarray, neighbours: int = ZOOM_NEIGHBOURS,
+                margin: float = ZOOM_MARGIN) -> tuple[list[float], list[float]]:
+    """x and y ranges around ``centre`` spanning its ``neighbours`` nearest ``points`` (and it), a margin added."""
+    near = points[np.argsort(np.linalg.norm(points - centre, axis=1), kind="stable")[:neighbours + 1]]
+    low, high = np.minimum(near.min(axis=0), centre), np.maximum(near.max(axis=0), centre)
+    span = np.maximum(high - low, 1e-6)
+    return ([float(low[0] - margin * span[0]), float(high[0] + margin * span[0])],
+            [float(low[1] - margin * span[1]), float(high[1] + margin * span[1])])
+
+
+class _SessionMap:
+    """What the map of one session needs, computed once: vectors, hover labels, coordinates per choice."""
+
+    def __init__(self, session: WorkbenchSession):
+        split = session.split
+        self.vectors = dict(zip(("image", "caption"), embedding_vectors(session)))
+        self.hover = {
+            "image": [f"image {i} ({html.escape(split.image_ids[i])})" for i in range(split.n_images)],
+            "caption": [f"caption {c} (image {i})<br>{html.escape(text)}"
+                        for c, (i, text) in enumerate(zip(split.caption_to_image, split.captions))],
+        }
+        self._coordinates: dict[str, dict[str, np.ndarray]] = {}
+
+    def coordinates(self, show: str) -> dict[str, np.ndarray]:
+        """Kind -> (n, 2) coordinates, from a projection fitted on the kinds shown."""
+        if show not in self._coordinates:
+            shown = SHOW[show]
+            points = principal_components_2d(kind_centred(self.vectors, shown))
+            self._coordinates[show] = dict(zip(shown, np.split(points, [len(self.vectors[shown[0]])])))
+        return self._coordinates[show]
+
+
+_MAPS: "weakref.WeakKeyDictionary[WorkbenchSession, _SessionMap]" = weakref.WeakKeyDictionary()
+
+
+def map_of(session: WorkbenchSession, show: str | None = None) -> _SessionMap:
+    """The session's map data, made on first use and kept while the session lives; ``show``: also project now."""
+    if session not in _MAPS:
+        _MAPS[session] = _SessionMap(session)
+    if show is not None:
+        _MAPS[session].coordinates(show)
+    return _MAPS[session]
 
 
 def attribute_options(attributes: list[dict] | None) -> dict[str, str]:
@@ -93,27 +161,28 @@ class EmbeddingMap(LinkedView):
 
     def __init__(self, session: WorkbenchSession, selection: Selection | None = None, controls: bool = True):
         split = session.split
-        self.vectors = dict(zip(("image", "caption"), embedding_vectors(session)))
+        self._map = map_of(session)
+        self.vectors = self._map.vectors
         self.attribute_kinds = attribute_options(split.image_attributes)
         self.coordinates: dict[str, np.ndarray] = {}
         self._owner = {"image": np.arange(split.n_images), "caption": split.caption_to_image}  # image of each point
-        self._hover = {
-            "image": [f"image {i} ({html.escape(split.image_ids[i])})" for i in range(split.n_images)],
-            "caption": [f"caption {c} (image {i})<br>{html.escape(text)}"
-                        for c, (i, text) in enumerate(zip(split.caption_to_image, split.captions))],
-        }
-        self._projection = lru_cache(maxsize=None)(self._project)
+        self._hover = self._map.hover
 
         self.show_choice = toggle_buttons(list(SHOW), "show", "150px")
+        self.zoom = toggle_buttons(list(ZOOMS), "view", "170px",
+                                   tooltips=[f"the selected image's {ZOOM_NEIGHBOURS} nearest points on the map; "
+                                             "follows the selection", "every point"])
         self.colour_choice = widgets.Dropdown(options=["image or caption"] + list(self.attribute_kinds),
                                               description="colour by", layout=widgets.Layout(width="260px"))
         self.value_choice = widgets.Dropdown(layout=widgets.Layout(width="240px"))
         self.note = widgets.HTML(
             "<small>Squares: images (global vector h); dots: captions (text vector of the semantic level, words "
             "weighted equally). Click a point to select it everywhere (a caption selects its image too); the "
-            "ringed points are the selected image and caption. Overlapping points: zoom in (drag a box) to pick "
-            "one; the hover label names the point a click picks. With both kinds shown, the first component "
-            "often just parts images from captions: show one kind to see its own structure.</small>")
+            "ringed points are the selected image and caption. The view opens zoomed to the selection's "
+            "neighbourhood, where single points can be told apart; \u201cwhole map\u201d shows every point "
+            "(drag a box to zoom in anywhere). The hover label names the point a click picks. Each kind is "
+            "centred on its own mean before the projection, so that the map shows how items differ, not the "
+            "constant gap between images and captions.</small>")
         self.figure = go.FigureWidget()
         # the title on the left and plotly's toolbar upright on the right, so the toolbar covers no title,
         # and the legend in a row under the plot, where the toolbar is not;
@@ -124,10 +193,11 @@ class EmbeddingMap(LinkedView):
                                   legend=dict(itemclick=False, itemdoubleclick=False, orientation="h",
                                               x=0, xanchor="left", y=-0.1, yanchor="top"), hovermode="closest",
                                   hoverdistance=6)
-        super().__init__(session, selection, controls, [widgets.HBox([self.show_choice]),
+        super().__init__(session, selection, controls, [widgets.HBox([self.show_choice, self.zoom]),
                                                         widgets.HBox([self.colour_choice, self.value_choice]),
                                                         self.note, self.figure])
         self.show_choice.observe(lambda change: self._draw(), names="value")
+        self.zoom.observe(lambda change: self._zoom_to_selection(), names="value")
         self.colour_choice.observe(self._colour_changed, names="value")
         self.on_user_change(self.value_choice, lambda value: self._draw())
         self._colour_changed()
@@ -171,16 +241,11 @@ class EmbeddingMap(LinkedView):
 
     # --- drawing -----------------------------------------------------------------------
 
-    def _project(self, show: str) -> dict[str, np.ndarray]:
-        """Kind -> (n, 2) coordinates, from a projection fitted on the kinds shown."""
-        shown = SHOW[show]
-        points = principal_components_2d(np.concatenate([self.vectors[kind] for kind in shown]))
-        return dict(zip(shown, np.split(points, [len(self.vectors[shown[0]])])))
-
     def _draw(self) -> None:
         shown = SHOW[self.show_choice.value]
-        self.coordinates = self._projection(self.show_choice.value)
-        self.figure.layout.title.text = f"{self.show_choice.value}, first two principal components"
+        self.coordinates = self._map.coordinates(self.show_choice.value)
+        centred = " (each kind centred)" if len(shown) > 1 else ""
+        self.figure.layout.title.text = f"{self.show_choice.value}, first two principal components{centred}"
         values = self.image_values()
         colours, legend, colour_bar = self._colours(values)
         hover = self._hover
@@ -238,6 +303,26 @@ class EmbeddingMap(LinkedView):
         with self.figure.batch_update():
             trace.x = [p[0] for p in points]
             trace.y = [p[1] for p in points]
+            self._zoom_to_selection()
+
+    def view_ranges(self) -> tuple[list[float], list[float]] | None:
+        """(x range, y range) of the zoomed view around the selection; None for the whole map."""
+        if self.zoom.value != ZOOMS[0]:
+            return None
+        kind, index = ("image", self.selection.image) if "image" in self.coordinates else \
+            ("caption", self.selection.caption)
+        every = np.concatenate(list(self.coordinates.values()))
+        return zoom_ranges(every, self.coordinates[kind][index])
+
+    def _zoom_to_selection(self) -> None:
+        ranges = self.view_ranges()
+        with self.figure.batch_update():
+            if ranges is None:
+                self.figure.layout.xaxis.update(autorange=True, range=None)
+                self.figure.layout.yaxis.update(autorange=True, range=None)
+            else:
+                self.figure.layout.xaxis.update(autorange=False, range=ranges[0])
+                self.figure.layout.yaxis.update(autorange=False, range=ranges[1])
 
     def _point_clicked(self, trace, points, state) -> None:
         if not points.point_inds:

@@ -124,7 +124,7 @@ class LevelPanel(LinkedView):
             return
         gate = self.session.explain(image, text_side).gate
         self.gate_mean = float(gate.mean())
-        self.gate_plot.draw((4.4, 2.8), lambda ax: draw_gate(gate, ax))
+        self.gate_plot.draw((4.4, 2.8), lambda ax: draw_gate(gate, ax), key=(image, text_side))
 
 
 def _rank_html(rank: int) -> str:

@@ -2,8 +2,11 @@
 
 The selection bar stays above the tabs; each tab is built the first time it is opened,
 so the attention explorer shows at once and the score matrix of every pair (which the
-other tabs need) is computed only when one of them is opened. In a notebook run for a static
-page (``mlasm export-notebooks``), every tab is built at once: a page cannot build one later.
+other tabs need) is computed only when one of them is opened. Only the tab on screen redraws
+when the selection changes; a hidden tab redraws once, with the selection of that moment, when it
+is shown again (or read through the workbench's properties), so that a change costs one view's
+drawing, not six. In a notebook run for a static page (``mlasm export-notebooks``), every tab is
+built at once and every tab follows the selection: a page cannot build or redraw one later.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from mlasm.attention_stats import knows_word_and_region_kinds
 from mlasm.export import exporting
 from widgets.attention import AttentionExplorer
 from widgets.attention_stats import AttentionStatsView
-from widgets.base import SelectionControls, widget_placeholder
+from widgets.base import LinkedView, SelectionControls, widget_placeholder
 from widgets.embedding import EmbeddingMap
 from widgets.failures import DEFAULT_K, FailureExplorer
 from widgets.levels import LevelPanel
@@ -70,9 +73,17 @@ class Workbench(widgets.VBox):
     def _tab_opened(self, change) -> None:
         if change["new"] is not None:
             self.component(tuple(TABS)[change["new"]])
+        self._show_only_the_selected_tab()
+
+    def _show_only_the_selected_tab(self) -> None:
+        """The tab on screen follows the selection; the others wait until shown (all follow in a static page)."""
+        selected = self.tabs.selected_index
+        for tab, view in self._built.items():
+            if isinstance(view, LinkedView):
+                view.set_shown(exporting() or selected is None or tuple(TABS).index(tab) == selected)
 
     def component(self, tab: str) -> widgets.Widget:
-        """The widget of a tab, built (and put in its tab) on first use."""
+        """The widget of a tab, built (and put in its tab) on first use, drawn with the current selection."""
         if tab not in self._built:
             index = tuple(TABS).index(tab)
             placeholder = self.tabs.children[index]
@@ -85,7 +96,11 @@ class Workbench(widgets.VBox):
             children[index] = self._built[tab]
             self.tabs.children = children
             placeholder.close()
-        return self._built[tab]
+            self._show_only_the_selected_tab()
+        view = self._built[tab]
+        if isinstance(view, LinkedView):  # a hidden tab read from code shows the current selection too
+            view.catch_up()
+        return view
 
     def __repr__(self) -> str:
         return widget_placeholder(self)
