@@ -104,6 +104,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mlasm.evaluate import evaluate_checkpoints
+    from mlasm.two_stage_evaluate import evaluate_two_stage
     from mlasm.report import format_result
     from mlasm.sources import open_split
 
@@ -111,10 +112,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     # before the data are read and every pair is scored; by rank 0, which writes there, under torchrun
     distributed.on_rank_zero(lambda: check_output_folder(out, "--out"))
     split = open_split(args.data, args.split)
-    result = evaluate_checkpoints(args.checkpoint, split, protocol=args.protocol, out_dir=out,
-                                  device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab,
-                                  score_store={"auto": None, "yes": True, "no": False}[args.score_store],
-                                  shortlist=args.shortlist, first_stage=args.first_stage)
+    if args.first_stage is not None and args.shortlist is None:
+        raise ValueError(f"--first-stage {args.first_stage}: a first stage is only used with --shortlist K")
+    if args.shortlist is not None:
+        result = evaluate_two_stage(args.checkpoint, split, args.shortlist, args.protocol, out, args.device,
+                                    vocab=args.vocab, first_stage=args.first_stage)
+    else:
+        result = evaluate_checkpoints(args.checkpoint, split, protocol=args.protocol, out_dir=out,
+                                      device=args.device, memory_budget_mb=args.memory_budget_mb, vocab=args.vocab,
+                                      score_store={"auto": None, "yes": True, "no": False}[args.score_store])
     if result is None:  # a rank of torchrun's other than 0: its share of the pairs is scored
         return 0
     print(format_result(result))

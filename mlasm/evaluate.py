@@ -46,10 +46,8 @@ from mlasm.encoding import encode_split
 from mlasm.levels import BY_NAME, LEVELS
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 from mlasm.saved_scores import RECORDS_FILE, SCORES_FILE, scores_fingerprint, write_records, write_scores
-from mlasm import score_store
-from mlasm.blocks import default_memory_budget_mb, plan_gallery
+from mlasm.score_store import StoredScores, score_into_store
 from mlasm.store_measures import measure_store, separation_in_chunks
-from mlasm.shortlist import DEFAULT_FIRST_STAGE, FirstStage, check_shortlist, two_stage
 
 PROTOCOLS = {
     "full": "the whole split is one gallery (Flickr30K 1K test, COCO 5K on testall, ShapeScenes test)",
@@ -224,8 +222,7 @@ def check_rankable(split: RetrievalSplit) -> None:
 def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSplit, protocol: str = "full",
                          out_dir: str | Path | None = None, device: str | torch.device | None = None,
                          memory_budget_mb: float | None = None, progress: bool = True,
-                         vocab: str | Path | Vocabulary | None = None, score_store: bool | None = None,
-                         shortlist: int | None = None, first_stage: str | Path | None = None) -> dict:
+                         vocab: str | Path | Vocabulary | None = None, score_store: bool | None = None) -> dict:
     """Evaluate one checkpoint, or the ensemble of several; write ``metrics.json``, ``ranks.npz`` and
     ``scores.npz`` (every level's score matrix, which the workbench reuses: mlasm.saved_scores).
 
@@ -243,9 +240,6 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
     ``score_store``: write the matrices as a score store (mlasm.score_store: one memory-mappable .npy
     per level, written band by band, resumed after an interrupt, measured in chunks) instead of
     scores.npz; None (default): from STORE_FROM_PAIRS pairs on, for one checkpoint in one process.
-    ``shortlist`` = K: two-stage instead of all pairs (mlasm.shortlist; one checkpoint, full protocol,
-    one process): metrics.json and ranks.npz under its rank convention, no scores.npz. ``first_stage``:
-    a trained first stage's file (mlasm.shortlist.FirstStage; default: the untrained ``mean`` vectors).
     """
     if memory_budget_mb is not None and not (isinstance(memory_budget_mb, (int, float))
                                              and np.isfinite(memory_budget_mb) and memory_budget_mb > 0):
@@ -259,18 +253,13 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
             return folder
 
         out_dir = distributed.on_rank_zero(usable_folder)
-    if first_stage is not None and shortlist is None:
-        raise ValueError(f"--first-stage {first_stage}: a first stage is only used with --shortlist K")
-    if shortlist is not None:
-        return _evaluate_two_stage(checkpoints, split, protocol, out_dir, device, shortlist, progress, vocab,
-                                   first_stage)
     if protocol == "5fold":
         return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress, vocab)
     into = None
     if out_dir is not None and protocol == "full" and len(checkpoints) == 1 and distributed.world_size() == 1 and (
             score_store if score_store is not None else split.n_images * split.n_captions >= STORE_FROM_PAIRS):
         fingerprint = scores_fingerprint(checkpoints, split)
-        into = lambda model, img, cap: _score_into_store(model, img, cap, out_dir, fingerprint,  # noqa: E731
+        into = lambda model, img, cap: score_into_store(model, img, cap, out_dir, fingerprint,  # noqa: E731
                                                          memory_budget_mb, progress)
     scored = _score_models(checkpoints, split, device, memory_budget_mb, progress, vocab, into)
     if scored is None:  # another rank: its share of the pairs is scored
@@ -305,81 +294,6 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
                        scores_fingerprint(checkpoints, split), split,
                        records if len(checkpoints) == 1 else None)  # and the statistics tab opens at once
     return result
-
-
-def _evaluate_two_stage(checkpoints, split: RetrievalSplit, protocol: str, out_dir: Path | None, device,
-                        k: int, progress: bool, vocab, first_stage=None) -> dict:
-    """``mlasm evaluate --shortlist K``: the first stage shortlists K items per query, the full model
-    scores those pairs (mlasm.shortlist); writes metrics.json (with ``two_stage``) and ranks.npz."""
-    k = check_shortlist(k)
-    if len(checkpoints) != 1 or protocol != "full" or distributed.world_size() > 1:
-        raise ValueError(f"--shortlist {k}: two-stage evaluation takes one checkpoint, the full protocol and one "
-                         f"process (got {len(checkpoints)} checkpoints, protocol {protocol!r}, "
-                         f"{distributed.world_size()} processes)")
-    model, model_vocab, _ = load_model(checkpoints[0], device, vocab=vocab)
-    check_model_fits(model, split, str(checkpoints[0]))
-    img, cap = encode_split(model, split, model_vocab, progress=progress)
-    stage = DEFAULT_FIRST_STAGE if first_stage is None else FirstStage.load(first_stage, model)
-    found = two_stage(model, img, cap, split.caption_to_image, k, stage)
-    described = describe_model(checkpoints[0], model)
-    result = {"split": split.name, "n_images": split.n_images, "n_captions": split.n_captions,
-              "checkpoints": [str(checkpoints[0])], "objectives": [described.get("objective", "scan")],
-              "models": [described], "world_size": 1, **found.metrics(),
-              "chance": chance_metrics(split.n_images, split.caption_to_image)}
-    if first_stage is not None:
-        result["two_stage"]["first_stage_file"] = str(first_stage)
-    if out_dir is not None:
-        ranks = {}
-        for level in result["levels"]:
-            for direction in ("i2t", "t2i"):
-                ranks[f"{level}_{direction}_rank"] = found.ranks(level, direction)
-                ranks[f"{level}_{direction}_top"] = found.directions[direction].top(
-                    found.scores[direction][level], min(TOP_K_SAVED, found.directions[direction].k))
-        for direction in ("i2t", "t2i"):  # each query's shortlist, best first-stage score first
-            ranks[f"shortlist_{direction}"] = found.directions[direction].candidates.numpy().astype(np.int32)
-
-        def write_ranks(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, caption_to_image=split.caption_to_image, **ranks)
-
-        write_together({out_dir / "ranks.npz": write_ranks, out_dir / "metrics.json": lambda tmp: tmp.write_text(
-            json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")})
-    return result
-
-
-
-
-class _StoredScores(dict):
-    """Level -> memory-mapped matrix of a score store being written, with its writer."""
-
-    writer: score_store.StoreWriter
-
-
-def _score_into_store(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, out_dir: Path, fingerprint: dict,
-                      memory_budget_mb: float | None, progress: bool) -> _StoredScores:
-    """Every level of every pair written band by band into the partial store (resumed where a killed run of
-    this evaluation left it); at most one band of rows per level in memory."""
-    remove_stale_temporaries(out_dir / score_store.STORE_DIR)
-    budget = default_memory_budget_mb(model.device) if memory_budget_mb is None else memory_budget_mb
-    n_captions = len(cap.words)
-    writer = score_store.StoreWriter(out_dir, fingerprint, (len(img.regions), n_captions), model.levels,
-                                     plan_gallery(img.regions, cap.lengths, budget)[1].rows,
-                                     score_store.RECORD_EVERY_S)
-    band, start = None, writer.done_rows
-    for rows, columns, levels in model.score_blocks(img, cap, budget, progress, from_image=writer.done_rows):
-        if band is not None and rows.start != start:
-            writer.write_band(start, band)
-            band = None
-        if band is None:
-            band, start = {level: np.empty((rows.stop - rows.start, n_captions), np.float32)
-                           for level in model.levels}, rows.start
-        for level in model.levels:
-            band[level][:, columns.numpy()] = levels[level].to("cpu", img.regions.dtype).numpy()
-    if band is not None:
-        writer.write_band(start, band)
-    stored = _StoredScores(writer.matrices())
-    stored.writer = writer
-    return stored
 
 
 def _score_models(checkpoints, split: RetrievalSplit, device, memory_budget_mb, progress: bool, vocab, into=None):
@@ -438,7 +352,7 @@ def _measures(scores: dict[str, torch.Tensor], split: RetrievalSplit, protocol: 
 
 
 def _write_outputs(out_dir: Path, result: dict, scores: dict | None, ranks: dict, fingerprint: dict,
-                   split: RetrievalSplit, records=None, store: _StoredScores | None = None) -> None:
+                   split: RetrievalSplit, records=None, store: StoredScores | None = None) -> None:
     """metrics.json, ranks.npz, scores.npz (which the workbench reuses: mlasm.saved_scores) or the finished
     score ``store`` (mlasm.score_store) and the attention records when given, as one unit."""
     def write_ranks(tmp: Path) -> None:

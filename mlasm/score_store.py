@@ -35,7 +35,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mlasm.io import finish_interrupted_writes, write_json
+from mlasm.blocks import default_memory_budget_mb, plan_gallery
+from mlasm.io import finish_interrupted_writes, remove_stale_temporaries, write_json
 from mlasm.saved_scores import SavedScoresIgnored, file_digest, scores_fingerprint
 
 STORE_DIR = "scores"
@@ -273,3 +274,36 @@ def read_column(matrix: np.ndarray, column: int) -> np.ndarray:
     finally:
         os.close(fd)
     return np.frombuffer(data, dtype=matrix.dtype).copy()
+
+
+class StoredScores(dict):
+    """Level -> memory-mapped matrix of a score store being written, with its writer."""
+
+    writer: StoreWriter
+
+
+def score_into_store(model, img, cap, out_dir: Path, fingerprint: dict, memory_budget_mb: float | None,
+                     progress: bool) -> StoredScores:
+    """Every level of every pair of ``model`` (MLASM.score_blocks over the image and caption encodings)
+    written band by band into the partial store (resumed where a killed run of this evaluation left it);
+    at most one band of rows per level in memory."""
+    remove_stale_temporaries(out_dir / STORE_DIR)
+    budget = default_memory_budget_mb(model.device) if memory_budget_mb is None else memory_budget_mb
+    n_captions = len(cap.words)
+    writer = StoreWriter(out_dir, fingerprint, (len(img.regions), n_captions), model.levels,
+                         plan_gallery(img.regions, cap.lengths, budget)[1].rows, RECORD_EVERY_S)
+    band, start = None, writer.done_rows
+    for rows, columns, levels in model.score_blocks(img, cap, budget, progress, from_image=writer.done_rows):
+        if band is not None and rows.start != start:
+            writer.write_band(start, band)
+            band = None
+        if band is None:
+            band, start = {level: np.empty((rows.stop - rows.start, n_captions), np.float32)
+                           for level in model.levels}, rows.start
+        for level in model.levels:
+            band[level][:, columns.numpy()] = levels[level].to("cpu", img.regions.dtype).numpy()
+    if band is not None:
+        writer.write_band(start, band)
+    stored = StoredScores(writer.matrices())
+    stored.writer = writer
+    return stored
