@@ -89,9 +89,12 @@ def draw_attention(image, boxes: np.ndarray, weights: np.ndarray, ax=None, title
                                alpha=0.35 + 0.65 * strength,
                                path_effects=[patheffects.withStroke(linewidth=width + 1.2, foreground="black")]))
         text = f"{weights[r]:.2f}" if labels is None else f"{labels[r]} {weights[r]:.2f}"
-        above = y1 > 0.08 * height  # outside the box: above it, or below it at the picture's top
-        texts.append(ax.text(x1, y1 - 1 if above else y2 + 1, text, fontsize=7, va="bottom" if above else "top",
-                             color="white", bbox=dict(facecolor="black", alpha=0.6, pad=1, lw=0)))
+        # outside the box: above it, or below it at the picture's top, or inside its top edge when the box
+        # spans the picture's height (a label past the picture's edge would meet the legend)
+        above, below = y1 > 0.08 * height, y2 < 0.92 * height
+        y, va = (y1 - 1, "bottom") if above else (y2 + 1, "top") if below else (y1 + 1, "top")
+        texts.append(ax.text(x1, y, text, fontsize=7, va=va, color="white",
+                             bbox=dict(facecolor="black", alpha=0.6, pad=1, lw=0)))
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim(image.shape[0] - 0.5, -0.5)
     separate_labels(ax, texts)

@@ -154,6 +154,12 @@ def test_labels_of_regions_that_share_a_corner_do_not_cover_each_other():
     assert [tuple(t.get_position()) for t in fig.axes[0].texts] == [(5.0, 29.0), (110.0, 79.0)]
     plt.close(fig)
 
+    # a box as tall as the picture: its label inside its top edge, not past the picture (where the legend is)
+    fig = draw_attention(picture, np.array([[20, 0, 60, 120]], dtype=np.float32), np.array([1.0]), labels=["z"])
+    (label,) = fig.axes[0].texts
+    assert tuple(label.get_position()) == (20.0, 1.0) and label.get_va() == "top"
+    plt.close(fig)
+
 
 def test_box_labels_that_would_overlap_are_moved_or_hidden():
     from widgets.drawing import new_figure
