@@ -107,6 +107,10 @@ def plan_blocks(n_images: int, n_regions: int, d: int, sorted_lengths: Tensor, e
     gram = _gram_fits(n_regions, element_size, budget)
     per_image = element_size * n_regions * ((n_regions if gram else 0) + 3 * d)
     rows = min(rows, max(1, budget // (2 * per_image)))
+    # and one caption of the longest length fits with them: a chunk holds at least one caption, so a rare long
+    # caption would otherwise get a block sized for the typical length (with many regions, far over the budget)
+    longest = int(sorted_lengths[-1]) if n_captions else 1
+    rows = min(rows, max(1, budget // _bytes_per_pair(n_regions, longest, d, element_size)))
     chunks = _length_chunks(sorted_lengths, lambda length: max(1, budget // (
         rows * _bytes_per_pair(n_regions, length, d, element_size))))
     return BlockPlan(rows, gram, chunks)

@@ -452,6 +452,7 @@ class MLASM(nn.Module):
                         block_words = _trim(_slice(words, start, stop), int(sorted_lengths[stop - 1]))
                         block = self._score_block(regions, block_words, self.config.lambda_t2i, self.config.lambda_i2t)
                         yield slice(i, i + n), order[start:stop], block.levels  # (else another process's block)
+                        del block  # its attention weights are not kept beside the next block's
                     bar.update(n * (stop - start))
 
     @torch.no_grad()

@@ -102,3 +102,19 @@ def test_the_block_shapes_it_gives_score_as_one_block():
     small = model.score_all(img, cap, memory_budget_mb=0.05)  # blocks of a few pairs
     for level in ("t2i", "i2t", "local", "global", "final"):
         torch.testing.assert_close(small[level], one_block[level], rtol=0, atol=1e-6)
+
+
+def test_a_rare_long_caption_gets_a_block_within_the_budget_and_common_shapes_keep_theirs():
+    """Images per block are chosen for the typical caption; a chunk holds at least one caption, so one
+    100-word caption among short ones must not make its block several times the budget."""
+    from mlasm.blocks import plan_blocks
+
+    budget = 64 * 2**20
+    lengths = torch.tensor([12] * 49 + [100])
+    plan = plan_blocks(10, 10_000, 32, lengths, 4, 64)
+    for start, stop in plan.chunks:  # every block, its longest caption included, within the budget
+        assert plan.rows * (stop - start) * blocks._bytes_per_pair(10_000, int(lengths[stop - 1]), 32, 4) <= budget
+    # at real shapes (36 regions, d = 1,024, captions of up to 60 words) the longest caption binds nothing
+    real = torch.arange(5, 61).repeat_interleave(90)
+    shaped = plan_blocks(1_000, 36, 1024, real, 4, 64)
+    assert shaped.rows < budget // blocks._bytes_per_pair(36, 60, 1024, 4)
