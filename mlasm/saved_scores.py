@@ -92,13 +92,18 @@ def read_saved_scores(path: str | Path, fingerprint: dict, levels: Sequence[str]
     path = Path(path)
     if not path.is_file():
         return None
-    scores = _checked_scores(path, fingerprint, tuple(levels))
-    if isinstance(scores, str):
-        if scores:
-            warnings.warn(f"{path}: {scores}; ignored, the scores are computed again", SavedScoresIgnored,
-                          stacklevel=3)
-        return None
-    return scores
+    return usable_or_ignored(path, _checked_scores(path, fingerprint, tuple(levels)))
+
+
+def usable_or_ignored(path: Path, checked: dict[str, np.ndarray] | str) -> dict[str, np.ndarray] | None:
+    """Checked matrices, or None when the check said why not: one SavedScoresIgnored line naming
+    ``path`` and the reason, none for "" (another checkpoint's or split's scores)."""
+    if not isinstance(checked, str):
+        return checked
+    if checked:
+        warnings.warn(f"{path}: {checked}; ignored, the scores are computed again", SavedScoresIgnored,
+                      stacklevel=4)
+    return None
 
 
 def _checked_scores(path: Path, fingerprint: dict, levels: tuple[str, ...]) -> dict[str, np.ndarray] | str:

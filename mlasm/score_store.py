@@ -29,7 +29,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -37,7 +36,7 @@ import numpy as np
 
 from mlasm.blocks import default_memory_budget_mb, plan_gallery
 from mlasm.io import finish_interrupted_writes, remove_stale_temporaries, write_json
-from mlasm.saved_scores import SavedScoresIgnored, file_digest, scores_fingerprint
+from mlasm.saved_scores import file_digest, scores_fingerprint, usable_or_ignored
 
 STORE_DIR = "scores"
 PARTIAL_DIR = ".scores.partial"
@@ -215,13 +214,7 @@ def open_store(folder: str | Path, fingerprint: dict, levels: Sequence[str], ver
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         return None
-    matrices = _checked_store(folder, fingerprint, tuple(levels), verify)
-    if isinstance(matrices, str):
-        if matrices:
-            warnings.warn(f"{folder}: {matrices}; ignored, the scores are computed again", SavedScoresIgnored,
-                          stacklevel=3)
-        return None
-    return matrices
+    return usable_or_ignored(folder, _checked_store(folder, fingerprint, tuple(levels), verify))
 
 
 def verify_store(folder: str | Path) -> list[str]:
