@@ -7,11 +7,14 @@ each caption is kept as the chunks go (the first of equal scores, as argmax take
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mlasm.evaluate import TOP_K_SAVED
+from mlasm.io import npz_declared_sizes
 from mlasm.score_store import read_column, read_rows
 from mlasm.store_measures import row_chunks
 
@@ -21,10 +24,13 @@ def saved_ranks(path: Path, levels, complete: bool, final: np.ndarray, caption_t
     """ranks.npz as evaluate wrote it beside a score store, when it has every level's ranks and the final
     t2i ranks of a few captions, counted again from the store's columns, agree; else None (computed again).
     Without complete positives, the first valid rank is the rank (what the session's strict sets give)."""
-    try:
+    limit = 8 * (TOP_K_SAVED + 1) * max(final.shape) + 1024  # a query's rank and top items as int64, and a header
+    try:  # the sizes its zip directory declares, before anything is decompressed (a small file may declare GBs)
+        if any(size > limit for size in npz_declared_sizes(path).values()):
+            return None
         with np.load(path, allow_pickle=False) as saved:
             ranks = {key: saved[key] for key in saved.files if key != "caption_to_image"}
-    except (OSError, ValueError):
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         return None
     present = [level for level in levels if f"{level}_t2i_rank" in ranks]
     if "final" not in present or any(f"{level}_i2t_rank" not in ranks for level in present):

@@ -167,14 +167,29 @@ class FirstStage(nn.Module):
 
     @classmethod
     def load(cls, path, model: MLASM | None = None) -> "FirstStage":
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        """A saved first stage; anything else (another file, sizes of another model) one ValueError naming it."""
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ValueError(f"{path}: first stage file not found") from None
+        except Exception as error:  # a zip or pickle that is no saved tensors: torch raises many kinds
+            raise ValueError(f"{path}: not a first stage written by mlasm.shortlist ({type(error).__name__})") from None
         if not isinstance(saved, dict) or saved.get("format") != FIRST_STAGE_FORMAT:
             raise ValueError(f"{path}: not a first stage written by mlasm.shortlist (no format {FIRST_STAGE_FORMAT!r})")
-        if model is not None and saved["embed_size"] != model.config.embed_size:
-            raise ValueError(f"{path}: a first stage for embedding size {saved['embed_size']}, the model has "
+        embed_size, heads = saved.get("embed_size"), saved.get("heads")
+        if not (type(embed_size) is int and type(heads) is int and 1 <= heads <= embed_size <= 65_536):
+            raise ValueError(f"{path}: embed_size {embed_size!r} and heads {heads!r}: expected whole numbers, "
+                             f"1 <= heads <= embed_size <= 65536")
+        if model is not None and embed_size != model.config.embed_size:
+            raise ValueError(f"{path}: a first stage for embedding size {embed_size}, the model has "
                              f"{model.config.embed_size}")
-        stage = cls(saved["embed_size"], saved["heads"])
-        stage.load_state_dict(saved["state"])
+        stage = cls(embed_size, heads)
+        try:
+            stage.load_state_dict(saved.get("state"))
+        except (RuntimeError, TypeError, AttributeError) as error:
+            first = str(error).strip().splitlines()[-1].strip() if str(error).strip() else type(error).__name__
+            raise ValueError(f"{path}: its weights do not fit a first stage of embedding size {embed_size} and "
+                             f"{heads} heads ({first})") from None
         return stage.eval()
 
 

@@ -205,3 +205,14 @@ def test_the_command_line_writes_a_store_when_asked(checkpoint, data_folder, tmp
     assert not (tmp_path / SCORES_FILE).exists()
     manifest = score_store.read_manifest(tmp_path / score_store.STORE_DIR)
     assert manifest["shape"] == [16, 80] and score_store.verify_store(tmp_path / score_store.STORE_DIR) == []
+
+
+def test_a_ranks_file_declaring_more_than_ranks_can_take_is_not_decompressed(tmp_path, monkeypatch):
+    from mlasm import session_tables
+
+    final = np.zeros((4, 10), np.float32)
+    path = tmp_path / "ranks.npz"
+    np.savez_compressed(path, final_t2i_rank=np.zeros(10, np.int64), final_i2t_rank=np.zeros(4, np.int64),
+                        padding=np.zeros(1_000_000, np.uint8))  # 1 MB of zeros: a few KB on disk
+    monkeypatch.setattr(session_tables.np, "load", lambda *a, **k: pytest.fail("decompressed"))
+    assert session_tables.saved_ranks(path, ("final",), False, final, np.arange(10) % 4) is None

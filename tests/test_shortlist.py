@@ -280,3 +280,26 @@ def test_a_trained_first_stage_learns_the_pairs_and_reads_back_as_written(tmp_pa
     assert two_stage(model.float(), img, cap, owner, 2, first_stage=again).first_stage == "trained"
     with pytest.raises(ValueError, match="embedding size"):
         FirstStage.load(tmp_path / "first_stage.pt", make_model(embed_size=D + 4))
+
+
+def test_a_first_stage_file_that_is_not_one_is_refused_in_one_line(tmp_path):
+    untrained = FirstStage(D).eval()
+    good = tmp_path / "first.pt"
+    untrained.save(good)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    lying = tmp_path / "lying.pt"
+    torch.save({"format": torch.load(good, weights_only=True)["format"], "embed_size": 10**9, "heads": 4,
+                "state": {}}, lying)
+    other = tmp_path / "other.pt"
+    FirstStage(D + 2).save(other)
+    for path, says in ((tmp_path / "absent.pt", "not found"), (text, "not a first stage"),
+                       (lying, "expected whole numbers")):
+        with pytest.raises(ValueError, match=says) as error:
+            FirstStage.load(path)
+        assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+    state = torch.load(other, weights_only=True)
+    torch.save({**state, "embed_size": D}, other)  # sizes of one model, weights of another
+    with pytest.raises(ValueError, match="do not fit a first stage"):
+        FirstStage.load(other)
+
