@@ -137,7 +137,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out, "--out")
     run_demo(args.out, fast=args.fast, compare=args.compare, epochs=args.epochs, device=args.device, seed=args.seed,
-             overwrite=args.overwrite)
+             overwrite=args.overwrite, amp=args.amp)
     return 0
 
 

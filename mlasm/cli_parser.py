@@ -13,6 +13,8 @@ from mlasm.evaluate import PROTOCOLS
 from mlasm.sources import EMBEDDED
 from mlasm.train import VALIDATION_IMAGES
 
+AMP_HELP = ("train in bfloat16 mixed precision (float32 weights and loss) where the device multiplies in "
+            "bfloat16 natively: a CUDA GPU, a CPU with AVX-512 BF16 or AMX; ignored elsewhere")
 DATA_HELP = f"'{EMBEDDED}' (the embedded dataset, generated on first use) or a folder in the precomp format"
 
 
@@ -69,6 +71,7 @@ def _demo_parser(commands) -> argparse.ArgumentParser:
     demo.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     demo.add_argument("--seed", type=at_least(0), default=0)
     demo.add_argument("--overwrite", action="store_true", help="replace the models of an earlier demo in --out")
+    demo.add_argument("--amp", action="store_true", help=AMP_HELP)
     return demo
 
 
@@ -93,7 +96,7 @@ def _train_parser(commands) -> argparse.ArgumentParser:
     words.add_argument("--vocab", help="a vocabulary file to use instead of building one: SCAN's "
                                        "(vocab/*_precomp_vocab.json) or mlasm's (vocab.json), same ids")
     train.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    train.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (CUDA only)")
+    train.add_argument("--amp", action="store_true", help=AMP_HELP)
     train.add_argument("--seed", type=at_least(0), default=None, help="default 0 (a resumed run keeps its own)")
     train.add_argument("--validation-images", type=at_least(0), default=VALIDATION_IMAGES,
                        help=f"validate each epoch on the dev split's first N images and their captions when it "

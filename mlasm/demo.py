@@ -34,7 +34,7 @@ from mlasm.report import complete_table, format_result, recall_table
 from mlasm.sources import EMBEDDED, FAST_SIZES, fast_mode, open_split
 from mlasm.checkpoint import load_model, resolve_device
 from mlasm.run_folder import RunFolderError, holds_run
-from mlasm.train import train
+from mlasm.train import native_bfloat16, train
 
 # Tiny settings that still learn: 3 epochs at twice the learning rate, every one summing the hinge over
 # all negatives. Hardest negatives need more steps than a tiny run has to climb out of the collapse
@@ -87,9 +87,9 @@ def _save(fig, path: Path) -> None:
 
 
 def _train_and_evaluate(config: MLASMConfig, splits: dict, run_dir: Path, eval_dir: Path,
-                        device, seed: int) -> dict:
+                        device, seed: int, amp: bool) -> dict:
     started = time.time()
-    summary = train(config, splits["train"], splits["dev"], run_dir, device=device, seed=seed)
+    summary = train(config, splits["train"], splits["dev"], run_dir, device=device, seed=seed, amp=amp)
     trained = time.time()
     result = evaluate_checkpoints([summary["best"]], splits["test"], out_dir=eval_dir, device=device)
     validation = sum(row.get("validation_seconds", 0.0) for row in summary["log"])
@@ -160,7 +160,8 @@ def train_missing_baseline(demo: Path, progress: bool = True, splits: dict | Non
     if splits is None:
         splits = {name: open_split(EMBEDDED, name, progress=progress) for name in ("train", "dev")}
     summary = train(local_only_config(config), splits["train"], splits["dev"], demo / "local_only",
-                    device=resolve_device(None), seed=int(earlier.get("seed", 0)), progress=progress)
+                    device=resolve_device(None), seed=int(earlier.get("seed", 0)), progress=progress,
+                    amp=bool(earlier.get("mixed_precision", False)))
     return Path(summary["best"])
 
 
@@ -176,7 +177,8 @@ def check_demo_folder(out: str | Path, compare: bool = False, overwrite: bool = 
 
 
 def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = False,
-             epochs: int | None = None, device: str | None = None, seed: int = 0, overwrite: bool = False) -> dict:
+             epochs: int | None = None, device: str | None = None, seed: int = 0, overwrite: bool = False,
+             amp: bool = False) -> dict:
     """Run the main job; return the test result (also written to OUT/metrics.json). A folder that
     holds an earlier demo's models is replaced only with ``overwrite``."""
     out = Path(out)
@@ -185,14 +187,15 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     started = time.time()
     n_threads = torch.get_num_threads()
     threads = f", {n_threads} thread{'s' if n_threads != 1 else ''}" if device.type == "cpu" else ""
-    print(f"mlasm demo: ShapeScenes{' (fast, tiny)' if fast else ''} on {device}{threads}; output in {out}")
+    precision = ", training in bfloat16 mixed precision" if amp and native_bfloat16(device) else ""
+    print(f"mlasm demo: ShapeScenes{' (fast, tiny)' if fast else ''} on {device}{threads}{precision}; output in {out}")
     splits = {name: open_split(EMBEDDED, name, fast=fast) for name in ("train", "dev", "test")}
     seconds = {"data": time.time() - started}
     print(", ".join(f"{name} {s.n_images} images / {s.n_captions} captions" for name, s in splits.items())
           + f" ({seconds['data']:.0f} s)")
 
     config = demo_config(fast, epochs)
-    mlasm_run = _train_and_evaluate(config, splits, out / "mlasm", out, device, seed)
+    mlasm_run = _train_and_evaluate(config, splits, out / "mlasm", out, device, seed, amp)
     result = mlasm_run["result"]
     seconds.update(mlasm_run["seconds"])
     drawing_started = time.time()
@@ -209,7 +212,8 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     print(format_result(result))
     print(time_breakdown(seconds))
     if compare:
-        local_run = _train_and_evaluate(local_only_config(config), splits, out / "local_only", out / "local_only", device, seed)
+        local_run = _train_and_evaluate(local_only_config(config), splits, out / "local_only", out / "local_only",
+                                        device, seed, amp)
         bag_of_words = bag_of_words_scores(test)
         rows = {
             "MLASM (final)": result,
@@ -234,6 +238,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     write_json(out / "demo.json", {"seconds": round(elapsed, 1), "main_job_seconds": round(main_seconds, 1),
                                    "main_job_breakdown": {name: round(value, 1) for name, value in seconds.items()},
                                    "threads": torch.get_num_threads(), "device": str(device), "fast": fast, "seed": seed,
+                                   "mixed_precision": mlasm_run["train"]["mixed_precision"],
                                    "config": config.to_dict()})
     print(f"\ndone in {elapsed / 60:.1f} min: {out}/metrics.json, {out}/figures/, checkpoint {mlasm_run['train']['best']}")
     return result

@@ -74,6 +74,18 @@ def epoch_order(n_captions: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_captions)
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Does this device multiply in bfloat16 natively? Then mixed precision (``amp``) pays: a CUDA GPU
+    with bfloat16, a CPU with AVX-512 BF16 or AMX (the demo's step 20 % faster on a 2-core AVX-512
+    BF16 CPU). Elsewhere bfloat16 is emulated and slower than float32, and ``amp`` is ignored."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
 def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: RetrievalSplit, out_dir: str | Path, *,
           vocab: Vocabulary | None = None, word_vectors: torch.Tensor | None = None,
           device: str | torch.device | None = None, seed: int | None = None, resume: bool = False,
@@ -186,7 +198,10 @@ class _Training:
         self.train_split, self.dev_split, self.checkpoint_every = train_split, dev_split, checkpoint_every
         self.last_path, self.best_path = out_dir / "last.pt", out_dir / "best.pt"
         self.log_path = out_dir / "train_log.jsonl"
-        self.use_amp = amp and device.type == "cuda"
+        self.use_amp = amp and native_bfloat16(device)
+        if amp and not self.use_amp and progress and self.main:
+            print(f"mlasm train: {device} has no native bfloat16 arithmetic: training in float32 (--amp ignored)",
+                  flush=True)
         self.vocab = vocab.with_boundaries(config.start_end_tokens)  # validation encodes the dev captions alike
         self.captions = encode_captions(self.vocab, train_split.captions, progress=progress,  # once: NLTK is slow
                                         where=f"of split {train_split.name!r} ")
@@ -429,4 +444,5 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
             "best": str(training.best_path), "last": str(training.last_path), "log": training.log,
             "unknown_token_share": training.unknown_share,
             "changed_on_resume": {name: list(values) for name, values in start.changed.items()},
-            "world_size": training.world, "gather_negatives": run.gather_negatives}
+            "world_size": training.world, "gather_negatives": run.gather_negatives,
+            "mixed_precision": training.use_amp}

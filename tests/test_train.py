@@ -230,6 +230,34 @@ def test_evaluation_and_the_widgets_do_not_import_the_trainer():
     assert out.strip() == "False"
 
 
+def test_amp_trains_in_bfloat16_only_where_the_device_multiplies_in_it(tiny_data, trained, tmp_path, monkeypatch,
+                                                                      capsys):
+    """--amp: bfloat16 products under float32 weights where bfloat16 is native; elsewhere (emulated, slower
+    than float32) exactly the float32 run, with a line saying so."""
+    import mlasm.train as training
+
+    reference_dir, reference = trained
+    assert reference["mixed_precision"] is False
+    expected = load_checkpoint(reference_dir / "last.pt")["model"]
+    config = MLASMConfig.cpu(**TINY)
+
+    monkeypatch.setattr(training, "native_bfloat16", lambda device: False)
+    ignored = train(config, tiny_data["train"], tiny_data["dev"], tmp_path / "ignored", checkpoint_every=4, amp=True)
+    assert "no native bfloat16 arithmetic: training in float32 (--amp ignored)" in capsys.readouterr().out
+    assert ignored["mixed_precision"] is False
+    weights = load_checkpoint(tmp_path / "ignored" / "last.pt")["model"]
+    assert all(torch.equal(weights[name], tensor) for name, tensor in expected.items())
+
+    monkeypatch.setattr(training, "native_bfloat16", lambda device: True)
+    mixed = train(config, tiny_data["train"], tiny_data["dev"], tmp_path / "mixed", progress=False,
+                  checkpoint_every=4, amp=True)
+    assert mixed["mixed_precision"] is True
+    assert all(np.isfinite(row["loss"]) for row in mixed["log"])
+    weights = load_checkpoint(tmp_path / "mixed" / "last.pt")["model"]
+    assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float32}
+    assert not all(torch.equal(weights[name], tensor) for name, tensor in expected.items())  # bfloat16 was used
+
+
 def test_level_wise_supervision_adds_each_level_s_hinge(tiny_data, tmp_path):
     config = MLASMConfig.cpu(**{**TINY, "epochs": 1})
     paper = train(config, tiny_data["train"], tiny_data["dev"], tmp_path / "paper", progress=False)
