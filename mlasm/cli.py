@@ -1,4 +1,4 @@
-"""``mlasm`` (and ``python -m mlasm``): train, evaluate, demo, extract, prepare, check.
+"""``mlasm`` (and ``python -m mlasm``): train, evaluate, first-stage, demo, extract, prepare, check, serve.
 
 A thin layer over the library: every subcommand parses its options and calls the same
 functions the notebooks call. Errors a user can cause end with one line and exit status 2.
@@ -132,6 +132,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_first_stage(args: argparse.Namespace) -> int:
+    from mlasm.first_stage_training import FirstStageJob, describe, train_first_stage_file
+
+    job = FirstStageJob(**{name: getattr(args, name) for name in (
+        "checkpoint", "data", "out", "split", "epochs", "seed", "images", "held_out", "device", "vocab", "overwrite")})
+    print(describe(train_first_stage_file(job)))
+    return 0
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from mlasm.demo import run_demo
 
@@ -215,9 +224,9 @@ def _run_serve(args: argparse.Namespace) -> int:
                                idle_minutes=args.idle_minutes, token=args.token, warm=args.warm))
 
 
-RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "demo": _run_demo, "extract": _run_extract,
-           "check": _run_check, "prepare": _run_prepare, "export-notebooks": _run_export_notebooks,
-           "serve": _run_serve}
+RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "first-stage": _run_first_stage, "demo": _run_demo,
+           "extract": _run_extract, "check": _run_check, "prepare": _run_prepare,
+           "export-notebooks": _run_export_notebooks, "serve": _run_serve}
 
 
 def describe_error(error: BaseException) -> str:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -195,11 +195,15 @@ class FirstStage(nn.Module):
 
 def train_first_stage(img: ImageEncoding, cap: CaptionEncoding, caption_to_image, epochs: int = 20,
                       batch_size: int = 128, learning_rate: float = 2e-3, temperature: float = 0.05,
-                      heads: int = 4, seed: int = 0) -> FirstStage:
+                      heads: int = 4, seed: int = 0, on_epoch: Callable[[int, float], None] | None = None
+                      ) -> FirstStage:
     """A FirstStage fitted to a frozen model's encodings of a training split: in each batch of
     captions, each caption's own image against the batch's other images and the reverse, by
     softmax cross-entropy over the scaled dot products (the other captions of the same image are
-    not counted as negatives). A hinge on the hardest negative stayed at twice its margin here."""
+    not counted as negatives). A hinge on the hardest negative stayed at twice its margin here.
+    ``on_epoch(epoch, mean loss)`` after each epoch (a progress bar); it changes no weight.
+    ``cap.words`` needs only ``shape`` and indexing by a long tensor (mlasm.first_stage_training's
+    unpadded words serve)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     stage = FirstStage(img.regions.shape[-1], heads)
@@ -212,6 +216,7 @@ def train_first_stage(img: ImageEncoding, cap: CaptionEncoding, caption_to_image
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate / 10
         order = torch.randperm(len(owner), generator=generator)
+        losses = []
         for start in range(0, len(order), batch_size):
             captions = order[start:start + batch_size]
             images = owner[captions]
@@ -224,6 +229,10 @@ def train_first_stage(img: ImageEncoding, cap: CaptionEncoding, caption_to_image
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            if on_epoch is not None:
+                losses.append(loss.item())
+        if on_epoch is not None:
+            on_epoch(epoch, sum(losses) / len(losses))
     return stage.eval()
 
 

@@ -146,8 +146,11 @@ def test_cli_help_names_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("demo", "train", "evaluate", "extract"):
-        assert command in text
+    from mlasm.cli import RUNNERS
+
+    assert set(RUNNERS) >= {"demo", "train", "evaluate", "first-stage", "extract", "serve"}
+    for command in RUNNERS:
+        assert f"\n    {command}" in text, command
 
 
 def test_pairs_the_data_knows_to_be_true_are_never_negatives(tiny_data, tmp_path):
