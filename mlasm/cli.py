@@ -90,8 +90,8 @@ def _run_train(args: argparse.Namespace) -> int:
         say(coverage)
     summary = train(config, train_split, dev_split, args.out, vocab=vocab, word_vectors=word_vectors,
                     device=args.device, seed=args.seed, resume=args.resume, overwrite=args.overwrite, amp=args.amp,
-                    checkpoint_every=args.checkpoint_every, gather_negatives=args.gather_negatives,
-                    validation_images=args.validation_images or None)
+                    compile_scorer=args.compile, checkpoint_every=args.checkpoint_every,
+                    gather_negatives=args.gather_negatives, validation_images=args.validation_images or None)
     for name, (old, new) in summary["changed_on_resume"].items():
         say(f"resumed with --{name.replace('_', '-')} {new} (the run had {old}); recorded in config.json")
     say(f"best validation rSum {summary['best_rsum']:.1f} at epoch {summary['best_epoch'] + 1}; "
@@ -146,7 +146,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out, "--out")
     run_demo(args.out, fast=args.fast, compare=args.compare, epochs=args.epochs, device=args.device, seed=args.seed,
-             overwrite=args.overwrite, amp=args.amp)
+             overwrite=args.overwrite, amp=args.amp, compile_scorer=args.compile)
     return 0
 
 

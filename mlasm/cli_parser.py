@@ -15,6 +15,9 @@ from mlasm.train import VALIDATION_IMAGES
 
 AMP_HELP = ("train in bfloat16 mixed precision (float32 weights and loss) where the device multiplies in "
             "bfloat16 natively: a CUDA GPU, a CPU with AVX-512 BF16 or AMX; ignored elsewhere")
+COMPILE_HELP = ("compile the pair scorer of training steps (torch.compile; needs a C compiler on the CPU): "
+                "5-13 %% faster steps on a 2-core CPU after about 40 s of compiling on a machine's first run "
+                "(under 10 s later); for long runs. Eager where compiling fails")
 DATA_HELP = f"'{EMBEDDED}' (the embedded dataset, generated on first use) or a folder in the precomp format"
 
 
@@ -72,6 +75,7 @@ def _demo_parser(commands) -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=at_least(0), default=0)
     demo.add_argument("--overwrite", action="store_true", help="replace the models of an earlier demo in --out")
     demo.add_argument("--amp", action="store_true", help=AMP_HELP)
+    demo.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     return demo
 
 
@@ -97,6 +101,7 @@ def _train_parser(commands) -> argparse.ArgumentParser:
                                        "(vocab/*_precomp_vocab.json) or mlasm's (vocab.json), same ids")
     train.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     train.add_argument("--amp", action="store_true", help=AMP_HELP)
+    train.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     train.add_argument("--seed", type=at_least(0), default=None, help="default 0 (a resumed run keeps its own)")
     train.add_argument("--validation-images", type=at_least(0), default=VALIDATION_IMAGES,
                        help=f"validate each epoch on the dev split's first N images and their captions when it "

@@ -87,9 +87,10 @@ def _save(fig, path: Path) -> None:
 
 
 def _train_and_evaluate(config: MLASMConfig, splits: dict, run_dir: Path, eval_dir: Path,
-                        device, seed: int, amp: bool) -> dict:
+                        device, seed: int, amp: bool, compile_scorer: bool) -> dict:
     started = time.time()
-    summary = train(config, splits["train"], splits["dev"], run_dir, device=device, seed=seed, amp=amp)
+    summary = train(config, splits["train"], splits["dev"], run_dir, device=device, seed=seed, amp=amp,
+                    compile_scorer=compile_scorer)
     trained = time.time()
     result = evaluate_checkpoints([summary["best"]], splits["test"], out_dir=eval_dir, device=device)
     validation = sum(row.get("validation_seconds", 0.0) for row in summary["log"])
@@ -161,7 +162,8 @@ def train_missing_baseline(demo: Path, progress: bool = True, splits: dict | Non
         splits = {name: open_split(EMBEDDED, name, progress=progress) for name in ("train", "dev")}
     summary = train(local_only_config(config), splits["train"], splits["dev"], demo / "local_only",
                     device=resolve_device(None), seed=int(earlier.get("seed", 0)), progress=progress,
-                    amp=bool(earlier.get("mixed_precision", False)))
+                    amp=bool(earlier.get("mixed_precision", False)),
+                    compile_scorer=bool(earlier.get("compiled", False)))
     return Path(summary["best"])
 
 
@@ -178,7 +180,7 @@ def check_demo_folder(out: str | Path, compare: bool = False, overwrite: bool = 
 
 def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = False,
              epochs: int | None = None, device: str | None = None, seed: int = 0, overwrite: bool = False,
-             amp: bool = False) -> dict:
+             amp: bool = False, compile_scorer: bool = False) -> dict:
     """Run the main job; return the test result (also written to OUT/metrics.json). A folder that
     holds an earlier demo's models is replaced only with ``overwrite``."""
     out = Path(out)
@@ -187,7 +189,8 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     started = time.time()
     n_threads = torch.get_num_threads()
     threads = f", {n_threads} thread{'s' if n_threads != 1 else ''}" if device.type == "cpu" else ""
-    precision = ", training in bfloat16 mixed precision" if amp and native_bfloat16(device) else ""
+    precision = (", training in bfloat16 mixed precision" if amp and native_bfloat16(device) else "") + \
+        (", training steps compiled (the first step compiles)" if compile_scorer else "")
     print(f"mlasm demo: ShapeScenes{' (fast, tiny)' if fast else ''} on {device}{threads}{precision}; output in {out}")
     splits = {name: open_split(EMBEDDED, name, fast=fast) for name in ("train", "dev", "test")}
     seconds = {"data": time.time() - started}
@@ -195,7 +198,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
           + f" ({seconds['data']:.0f} s)")
 
     config = demo_config(fast, epochs)
-    mlasm_run = _train_and_evaluate(config, splits, out / "mlasm", out, device, seed, amp)
+    mlasm_run = _train_and_evaluate(config, splits, out / "mlasm", out, device, seed, amp, compile_scorer)
     result = mlasm_run["result"]
     seconds.update(mlasm_run["seconds"])
     drawing_started = time.time()
@@ -213,7 +216,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     print(time_breakdown(seconds))
     if compare:
         local_run = _train_and_evaluate(local_only_config(config), splits, out / "local_only", out / "local_only",
-                                        device, seed, amp)
+                                        device, seed, amp, compile_scorer)
         bag_of_words = bag_of_words_scores(test)
         rows = {
             "MLASM (final)": result,
@@ -239,6 +242,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
                                    "main_job_breakdown": {name: round(value, 1) for name, value in seconds.items()},
                                    "threads": torch.get_num_threads(), "device": str(device), "fast": fast, "seed": seed,
                                    "mixed_precision": mlasm_run["train"]["mixed_precision"],
+                                   "compiled": mlasm_run["train"]["compiled"],
                                    "config": config.to_dict()})
     print(f"\ndone in {elapsed / 60:.1f} min: {out}/metrics.json, {out}/figures/, checkpoint {mlasm_run['train']['best']}")
     return result

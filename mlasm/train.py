@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mlasm import distributed
+from mlasm.compiled import compile_training_scorer
 from mlasm.checkpoint import check_model_fits, load_checkpoint, random_state, resolve_device, save_checkpoint
 from mlasm.config import MLASMConfig
 from mlasm.data.dataset import RetrievalSplit, encode_captions, image_tensors
@@ -89,8 +90,8 @@ def native_bfloat16(device: torch.device) -> bool:
 def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: RetrievalSplit, out_dir: str | Path, *,
           vocab: Vocabulary | None = None, word_vectors: torch.Tensor | None = None,
           device: str | torch.device | None = None, seed: int | None = None, resume: bool = False,
-          overwrite: bool = True, amp: bool = False, checkpoint_every: int = 200, progress: bool = True,
-          on_step: Callable[[int], None] | None = None, gather_negatives: bool | None = None,
+          overwrite: bool = True, amp: bool = False, compile_scorer: bool = False, checkpoint_every: int = 200,
+          progress: bool = True, on_step: Callable[[int], None] | None = None, gather_negatives: bool | None = None,
           validation_images: int | None = VALIDATION_IMAGES) -> dict:
     """Train MLASM; return a summary with the best validation rSum and the paths written.
 
@@ -113,6 +114,10 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
     In a process group (``mlasm.distributed``, under torchrun) ``config.batch_size`` is each
     process's share of a batch; ``gather_negatives`` (default: off, or the resumed run's) scores
     every rank's slice against every other's. Training runs on the process's device.
+
+    ``amp``: bfloat16 mixed precision where the device has it natively (``native_bfloat16``).
+    ``compile_scorer``: the pair scorer of training steps compiled (``mlasm.compiled``; eager
+    where compiling fails). The summary's ``mixed_precision`` and ``compiled`` say what ran.
     """
     if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
         raise ValueError(f"checkpoint_every must be a whole number of steps >= 1, got {checkpoint_every!r}")
@@ -127,7 +132,7 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
     with ExitStack() as held:  # rank 0 alone holds the folder; every rank gets its refusal
         folder = distributed.on_rank_zero(lambda: hold_run_folder(out_dir, resume, overwrite, held))
         summary = _train_in_folder(config, train_split, dev_split, folder, vocab=vocab, word_vectors=word_vectors,
-                                   device=device, seed=seed, resume=resume, amp=amp,
+                                   device=device, seed=seed, resume=resume, amp=amp, compile_scorer=compile_scorer,
                                    checkpoint_every=checkpoint_every, progress=progress, on_step=on_step,
                                    gather_negatives=gather_negatives)
         summary["validation"] = validation_note or f"the whole {dev_split.name} split"
@@ -190,8 +195,8 @@ class _Training:
     """
 
     def __init__(self, start: _Start, train_split: RetrievalSplit, dev_split: RetrievalSplit, out_dir: Path,
-                 word_vectors: torch.Tensor | None, device: torch.device, amp: bool, checkpoint_every: int,
-                 progress: bool):
+                 word_vectors: torch.Tensor | None, device: torch.device, amp: bool, compile_scorer: bool,
+                 checkpoint_every: int, progress: bool):
         config, vocab, run = start.config, start.vocab, start.run
         self.world, self.rank, self.main = distributed.world_size(), distributed.rank(), distributed.is_main()
         self.config, self.run, self.device, self.progress = config, run, device, progress
@@ -207,6 +212,7 @@ class _Training:
                                         where=f"of split {train_split.name!r} ")
         self.unknown_share = float(np.mean(self.captions.ids == self.vocab.unk_id))
         self.model = MLASM(config).to(device)
+        self.compiled = compile_training_scorer(self.model) if compile_scorer else None
         check_model_fits(self.model, train_split, str(out_dir))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_decay_epoch, gamma=0.1)
@@ -389,14 +395,14 @@ class _Training:
 
 def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split: RetrievalSplit, out_dir: Path, *,
                      vocab: Vocabulary | None, word_vectors: torch.Tensor | None, device: torch.device,
-                     seed: int | None, resume: bool, amp: bool, checkpoint_every: int, progress: bool,
-                     on_step: Callable[[int], None] | None, gather_negatives: bool | None) -> dict:
+                     seed: int | None, resume: bool, amp: bool, compile_scorer: bool, checkpoint_every: int,
+                     progress: bool, on_step: Callable[[int], None] | None, gather_negatives: bool | None) -> dict:
     """The training itself, in a folder this process (or rank 0 of its group) holds: the epochs'
     loop, and what an interrupt saves."""
     progress = progress and distributed.is_main()  # one set of progress bars, rank 0's
     start = _restore_or_start(config, train_split, out_dir, vocab, device, seed, resume, gather_negatives)
-    training = _Training(start, train_split, dev_split, out_dir, word_vectors, device, amp, checkpoint_every,
-                         progress)
+    training = _Training(start, train_split, dev_split, out_dir, word_vectors, device, amp, compile_scorer,
+                         checkpoint_every, progress)
     run, n_batches = training.run, training.n_batches
     # phase: "boundary" (between steps: the state is whole), "compute" (a step's forward and backward
     # passes: weights untouched, random state drawn from), "commit" (weights, counters, files being
@@ -445,4 +451,5 @@ def _train_in_folder(config: MLASMConfig, train_split: RetrievalSplit, dev_split
             "unknown_token_share": training.unknown_share,
             "changed_on_resume": {name: list(values) for name, values in start.changed.items()},
             "world_size": training.world, "gather_negatives": run.gather_negatives,
-            "mixed_precision": training.use_amp}
+            "mixed_precision": training.use_amp,
+            "compiled": training.compiled is not None and training.compiled.compiled_in_use}
