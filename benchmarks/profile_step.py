@@ -32,7 +32,7 @@ from mlasm.data.dataset import encode_captions, image_tensors  # noqa: E402
 from mlasm.data.shapescenes import load_shapescenes  # noqa: E402
 from mlasm.data.vocab import Vocabulary  # noqa: E402
 from mlasm.loss import rows_and_columns_loss  # noqa: E402
-from mlasm.blocks import _block_shape, _slice, _trim, default_memory_budget_mb  # noqa: E402
+from mlasm.blocks import _slice, _trim, default_memory_budget_mb, plan_blocks  # noqa: E402
 from mlasm.model import MLASM  # noqa: E402
 from mlasm.threads import set_threads  # noqa: E402
 
@@ -69,12 +69,11 @@ def scoring_block():
     lengths = torch.sort(caption_lengths("f30k", 5000)).values
     img, cap = random_encodings(1000, lengths, 36, config.embed_size, torch.device("cpu"))
     typical = int(lengths.float().mean().ceil())
-    n_images, n_captions = _block_shape(1000, 5000, 36, typical, config.embed_size, 4,
-                                        default_memory_budget_mb("cpu"))
-    middle = 2500  # a block of captions of typical length
-    regions = model._image_terms(_slice(img, 0, n_images))
-    words = model._caption_terms(_slice(cap, middle, middle + n_captions))
-    words = _trim(words, int(lengths[middle + n_captions - 1]))
+    plan = plan_blocks(1000, 36, config.embed_size, lengths, 4, default_memory_budget_mb("cpu"))
+    start, stop = next(chunk for chunk in plan.chunks if chunk[1] > 2500)  # a run of captions of typical length
+    n_images, n_captions = plan.rows, stop - start
+    regions = model._image_terms(_slice(img, 0, n_images), plan.gram)
+    words = _trim(model._caption_terms(_slice(cap, start, stop)), int(lengths[stop - 1]))
 
     def block():
         with torch.no_grad():

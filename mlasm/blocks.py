@@ -1,11 +1,12 @@
 """How MLASM.score_blocks cuts a gallery into blocks of images x captions under a memory budget.
 
 Pure arithmetic on sizes and caption lengths: no model, no tensors but the lengths. A plan is
-a number of images per block (``rows``; the images' own terms take at most half the budget) and
-runs of length-sorted captions (``chunks``), each as wide as its longest caption allows; the
-plan depends only on the gallery's sizes, its caption lengths, the element size and the budget,
-so a resumed evaluation (mlasm.score_store) finds the same blocks again. Also the cutting of
-per-item terms (NamedTuples of tensors) into blocks: ``_slice``, ``_take``, ``_trim``, ``_to``.
+a number of images per block (``rows``) and runs of length-sorted captions (``chunks``), each as
+wide as its longest caption allows, so that a block's pairs and its images' own terms together
+take at most the budget (the terms at most half of it). The plan depends only on the gallery's
+sizes, its caption lengths, the element size and the budget, so a resumed evaluation
+(mlasm.score_store) finds the same blocks again. Also the cutting of per-item terms (NamedTuples
+of tensors) into blocks: ``_slice``, ``_take``, ``_trim``, ``_to``.
 """
 from __future__ import annotations
 
@@ -77,16 +78,21 @@ def _bytes_per_pair(n_regions: int, n_words: int, d: int, element_size: int) -> 
     return element_size * (max(6 * grid, 5 * grid + 3 * d) + 2 * n_regions + 3 * n_words)
 
 
-def _block_shape(n_images: int, n_captions: int, n_regions: int, n_words: int, d: int,
-                 element_size: int, memory_budget_mb: float) -> tuple[int, int]:
-    """Images x captions per block so that a block's intermediates take about the budget.
+def _bytes_per_image(n_regions: int, d: int, element_size: int, gram: bool) -> int:
+    """What one image's own terms hold beside its blocks (``MLASM._image_terms``): its vectors (a masked
+    copy, where a region is masked), the context and gate rows of the global level (three (R, d) grids in
+    all), the Gram matrix where it fits, the norms and mask (counted as two R-vectors), the global vector."""
+    return element_size * (n_regions * ((n_regions if gram else 0) + 3 * d + 2) + d)
 
-    Blocks are kept near square, which keeps the similarity matrix product efficient.
-    """
-    pairs = max(1, int(memory_budget_mb * 2**20) // _bytes_per_pair(n_regions, n_words, d, element_size))
-    block_captions = min(n_captions, max(1, pairs // min(n_images, max(1, math.isqrt(pairs)))))
-    block_images = min(n_images, max(1, pairs // block_captions))
-    return block_images, block_captions
+
+def _block_rows(n_images: int, n_captions: int, per_image: int, per_pair: int, budget: int) -> int:
+    """Images per block so that n images' terms and their near-square block of n x n pairs take about the
+    budget (n per_image + n^2 per_pair <= budget); with fewer captions than that, every caption and as many
+    images as fit. Near square keeps the similarity matrix product efficient."""
+    side = int((math.sqrt(per_image**2 + 4 * per_pair * budget) - per_image) / (2 * per_pair))
+    if side >= n_captions:
+        side = budget // (per_image + n_captions * per_pair)
+    return min(n_images, max(1, side))
 
 
 class BlockPlan(NamedTuple):
@@ -100,19 +106,21 @@ def plan_blocks(n_images: int, n_regions: int, d: int, sorted_lengths: Tensor, e
     """The blocks of an all-pairs scoring: see the module's docstring."""
     n_captions = len(sorted_lengths)
     budget = int(memory_budget_mb * 2**20)
-    typical = int(sorted_lengths.float().mean().ceil())
-    rows, _ = _block_shape(n_images, n_captions, n_regions, typical, d, element_size, memory_budget_mb)
-    # the images' own terms (vectors, context and gate rows, the Gram matrix where it fits) take at
-    # most half the budget: the region count bounds the block too
     gram = _gram_fits(n_regions, element_size, budget)
-    per_image = element_size * n_regions * ((n_regions if gram else 0) + 3 * d)
-    rows = min(rows, max(1, budget // (2 * per_image)))
-    # and one caption of the longest length fits with them: a chunk holds at least one caption, so a rare long
-    # caption would otherwise get a block sized for the typical length (with many regions, far over the budget)
+    per_image = _bytes_per_image(n_regions, d, element_size, gram)
+
+    def per_pair(length: int) -> int:
+        return _bytes_per_pair(n_regions, length, d, element_size)
+
+    typical = int(sorted_lengths.float().mean().ceil())
+    rows = _block_rows(n_images, n_captions, per_image, per_pair(typical), budget)
+    # the images' own terms count inside the budget, and take at most half of it: the region count bounds
+    # the block too; and one caption of the longest length fits beside them (a chunk holds at least one
+    # caption, so a rare long caption would otherwise get a block sized for the typical length)
     longest = int(sorted_lengths[-1]) if n_captions else 1
-    rows = min(rows, max(1, budget // _bytes_per_pair(n_regions, longest, d, element_size)))
-    chunks = _length_chunks(sorted_lengths, lambda length: max(1, budget // (
-        rows * _bytes_per_pair(n_regions, length, d, element_size))))
+    rows = max(1, min(rows, budget // (2 * per_image), budget // (per_image + per_pair(longest))))
+    left = max(0, budget - rows * per_image)  # for the block's pairs
+    chunks = _length_chunks(sorted_lengths, lambda length: max(1, left // (rows * per_pair(length))))
     return BlockPlan(rows, gram, chunks)
 
 

@@ -138,7 +138,8 @@ def _evaluate_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--first-stage", metavar="FILE", help="with --shortlist: a trained first stage "
                           "(mlasm.shortlist.FirstStage; default: the model's mean region and word vectors)")
     evaluate.add_argument("--memory-budget-mb", type=positive_number, default=None,
-                          help="memory for one block of pairs while scoring (default 64 on the CPU, 1024 on CUDA)")
+                          help="memory for one block of pairs and its images' own terms while scoring "
+                               "(default 64 on the CPU, 1024 on CUDA)")
     evaluate.add_argument("--score-store", choices=("auto", "yes", "no"), default="auto",
                           help="write the score matrices as OUT/scores/ (one memory-mappable .npy per level, "
                                "resumed after an interrupt) instead of scores.npz; auto: from 25 M pairs on")

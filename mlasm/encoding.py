@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mlasm.data.dataset import RetrievalSplit, caption_tensors, image_tensors
+from mlasm.data.dataset import RetrievalSplit, caption_tensors, image_tensors, release_read_features
 from mlasm.data.vocab import Vocabulary
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, default_memory_budget_mb
 
@@ -24,6 +24,7 @@ def encode_split(model: MLASM, split: RetrievalSplit, vocab: Vocabulary, batch_s
     for start in tqdm(range(0, split.n_images, image_batch), desc="encoding images", disable=not progress):
         batch = image_tensors(split, np.arange(start, min(start + image_batch, split.n_images)))
         images.append(model.encode_images(*(t.to(device) for t in batch)))
+        release_read_features(split)  # the features read are copies: not kept beside the encodings
     img = ImageEncoding(torch.cat([e.regions for e in images]), torch.cat([e.mask for e in images]),
                         torch.cat([e.glob for e in images]) if images[0].glob is not None else None)
 

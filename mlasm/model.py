@@ -109,7 +109,7 @@ def _region_terms(regions: Tensor, mask: Tensor, gram: bool = True) -> _RegionTe
     mask = mask.bool()
     if not mask.any(dim=1).all():
         raise ValueError("every image needs at least one unmasked region")
-    vectors = regions.masked_fill(~mask[..., None], 0.0)
+    vectors = regions if mask.all() else regions.masked_fill(~mask[..., None], 0.0)  # no copy when none is masked
     return _RegionTerms(vectors, mask, torch.linalg.vector_norm(vectors, dim=-1),
                         vectors @ vectors.transpose(1, 2) if gram else None)
 
@@ -323,7 +323,7 @@ class MLASM(nn.Module):
         # with sum_r wbar_r = 1, so each is the same wbar-weighted sum of these per-region rows.
         gate_h, gate_x = self.gate.weight.split(self.config.embed_size, dim=1)   # W_g = [W_gh | W_gx]
         x_rows = self.image_context_proj(terms.vectors)                           # (n, R, d)
-        gate_rows = F.linear(x_rows, gate_x) + F.linear(img.glob, gate_h, self.gate.bias)[:, None, :]
+        gate_rows = F.linear(x_rows, gate_x).add_(F.linear(img.glob, gate_h, self.gate.bias)[:, None, :])
         return terms._replace(glob=img.glob, context_rows=x_rows, gate_rows=gate_rows)
 
     def _caption_terms(self, cap: CaptionEncoding) -> _WordTerms:
@@ -427,12 +427,12 @@ class MLASM(nn.Module):
         """Every level of every image x caption, one block at a time: (images, caption columns, level -> (n, m)).
 
         The blocks of mlasm.blocks.plan_gallery (captions shortest first, each run trimmed to its longest
-        caption; about ``memory_budget_mb`` of intermediates per block, default ``default_memory_budget_mb``),
-        band by band: every caption run of one slice of images, then the next slice. Runs on ``device``
-        (default: the model's); the encodings may live elsewhere and travel one block at a time; the terms
-        of all captions are held at once (about twice ``cap.words``). ``progress``: a tqdm bar (None: for
-        large jobs). ``from_image`` (the first image of a band: a resumed evaluation) skips the bands
-        before it. ``blocks``: see score_all.
+        caption; a block's intermediates and its images' terms within ``memory_budget_mb``, default
+        ``default_memory_budget_mb``), band by band: every caption run of one slice of images, then the
+        next slice. Runs on ``device`` (default: the model's); the encodings may live elsewhere and travel
+        one block at a time; the terms of all captions are held at once (about twice ``cap.words``).
+        ``progress``: a tqdm bar (None: for large jobs). ``from_image`` (the first image of a band: a
+        resumed evaluation) skips the bands before it. ``blocks``: see score_all.
         """
         device = self.device if device is None else torch.device(device)
         budget = default_memory_budget_mb(device) if memory_budget_mb is None else memory_budget_mb
@@ -454,6 +454,7 @@ class MLASM(nn.Module):
                         yield slice(i, i + n), order[start:stop], block.levels  # (else another process's block)
                         del block  # its attention weights are not kept beside the next block's
                     bar.update(n * (stop - start))
+                del regions  # nor a band's image terms beside the next band's (the plan counts one band's)
 
     @torch.no_grad()
     def explain(self, img: ImageEncoding, cap: CaptionEncoding, image_index: int = 0, caption_index: int = 0,

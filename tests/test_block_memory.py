@@ -112,9 +112,31 @@ def test_a_rare_long_caption_gets_a_block_within_the_budget_and_common_shapes_ke
     budget = 64 * 2**20
     lengths = torch.tensor([12] * 49 + [100])
     plan = plan_blocks(10, 10_000, 32, lengths, 4, 64)
-    for start, stop in plan.chunks:  # every block, its longest caption included, within the budget
-        assert plan.rows * (stop - start) * blocks._bytes_per_pair(10_000, int(lengths[stop - 1]), 32, 4) <= budget
+    terms = plan.rows * 4 * 10_000 * (3 * 32 + 2)  # its images' vectors, context and gate rows, norms and mask
+    for start, stop in plan.chunks:  # every block, its longest caption and its images' terms, within the budget
+        pairs = plan.rows * (stop - start) * blocks._bytes_per_pair(10_000, int(lengths[stop - 1]), 32, 4)
+        assert terms + pairs <= budget
     # at real shapes (36 regions, d = 1,024, captions of up to 60 words) the longest caption binds nothing
     real = torch.arange(5, 61).repeat_interleave(90)
     shaped = plan_blocks(1_000, 36, 1024, real, 4, 64)
     assert shaped.rows < budget // blocks._bytes_per_pair(36, 60, 1024, 4)
+
+
+def test_ten_thousand_regions_a_band_of_blocks_and_its_image_terms_within_the_budget():
+    """score_all over 8 images of 10,000 regions (two bands of images) and captions of 5 to 12 words under a
+    64 MB budget: every block made inside it, with the image terms of its band (the masked vectors and the
+    global level's context and gate rows, 3.8 MB an image at d = 32), the last band's terms while the next
+    are made, and the caption terms and score matrices (under 0.1 MB here) stays within the budget."""
+    torch.manual_seed(0)
+    d, n_images, n_regions, n_captions, budget = 32, 8, 10_000, 10, 64 * 2**20
+    model = MLASM(MLASMConfig.cpu(embed_size=d, vocab_size=10, word_dim=8, region_dim=d, global_dim=d)).eval()
+    img = ImageEncoding(F.normalize(torch.randn(n_images, n_regions, d), dim=-1), torch.ones(
+        n_images, n_regions, dtype=torch.bool), F.normalize(torch.randn(n_images, d), dim=-1))
+    lengths = torch.arange(n_captions) % 8 + 5
+    real = (torch.arange(12) < lengths[:, None])[..., None]
+    cap = CaptionEncoding(F.normalize(torch.randn(n_captions, 12, d), dim=-1) * real, lengths)
+    plan = blocks.plan_gallery(img.regions, cap.lengths, 64)[1]
+    assert plan.rows < n_images and not plan.gram  # several bands, no (R, R) Gram matrix
+    with PeakBytes() as counted:
+        model.score_all(img, cap, memory_budget_mb=64)
+    assert counted.peak <= budget, counted.peak / 2**20

@@ -382,7 +382,7 @@ def test_many_regions_are_scored_within_the_block_budget(case, monkeypatch):
 
     monkeypatch.setattr(MLASM, "_score_block", recording)
     scores = model.score_all(img, cap, memory_budget_mb=64)
-    assert seen and all(pairs <= budget and own <= budget / 2 and no_gram for pairs, own, no_gram in seen), seen
+    assert seen and all(pairs + own <= budget and own <= budget / 2 and no_gram for pairs, own, no_gram in seen), seen
     monkeypatch.setattr(blocks_module, "_gram_fits", lambda *args: True)  # the Gram path, as for few regions
     with_gram = model.score_all(img, cap, memory_budget_mb=1024)
     for level in ("t2i", "i2t", "local", "global", "final"):
@@ -411,6 +411,41 @@ def test_many_regions_are_encoded_in_batches_the_budget_holds(case, monkeypatch)
     per_image = 4 * 10_000 * (2 * 64 + 3 * 32)  # the features twice and about three embeddings a region
     assert batches == [7, 7, 6] and max(batches) * per_image <= 64 * 2**20
     assert img.regions.shape == (20, 10_000, 32)
+
+
+def _resident_bytes_of(path: Path) -> int:
+    """How much of the memory-mapped file ``path`` is in this process's resident memory (/proc/self/smaps)."""
+    resident, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.endswith(" " + str(path))
+        elif inside and line.startswith("Rss:"):
+            resident += int(line.split()[1]) * 1024
+    return resident
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc/self/smaps")
+@pytest.mark.parametrize("case", [CASES["score_10000_regions_in_the_budget"]], ids=str)
+def test_the_features_an_evaluation_encoded_are_not_kept_in_its_memory(case, tmp_path):
+    """The features of a memory-mapped split are copied batch by batch into the encoder; the pages read are
+    given back, so that they do not stay resident beside the scoring (the file is 8 MB here)."""
+    from mlasm.encoding import encode_split
+
+    rng = np.random.default_rng(0)
+    split = RetrievalSplit("many", rng.normal(size=(20, 1_000, 100)).astype(np.float32), None, None,
+                           ["a red square ."] * 20, np.arange(20))
+    write_split(tmp_path, "test", split)
+    mapped = read_split(tmp_path, "test")
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "red", "square", "."])
+    model = MLASM(MLASMConfig.cpu(embed_size=32, vocab_size=len(vocab), word_dim=8, region_dim=100,
+                                  global_dim=100)).eval()
+    np.asarray(mapped.regions).sum()  # every page read once (as a check of the file would), so resident
+    assert _resident_bytes_of(tmp_path / "test_ims.npy") >= split.regions.nbytes
+    img, _ = encode_split(model, mapped, vocab)
+    assert _resident_bytes_of(tmp_path / "test_ims.npy") == 0
+    encoded = model.encode_images(*(torch.from_numpy(a) for a in (split.regions, split.region_mask,
+                                                                  split.regions.mean(axis=1))))
+    torch.testing.assert_close(img.regions, encoded.regions)  # the encodings are those of the features
 
 
 @pytest.mark.parametrize("case", [CASES["threads_above_the_usable_cores"]], ids=str)

@@ -9,6 +9,7 @@ vector, each image's is the masked mean of its regions, computed for the rows re
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import warnings
 from dataclasses import dataclass, replace
@@ -373,6 +374,16 @@ def _read_images(split: RetrievalSplit, indices: np.ndarray) -> tuple[np.ndarray
         global_features = checked_rows(split.global_features, indices,
                                        split.global_file or f"split {split.name!r} global features", "global features")
     return regions, mask, global_features
+
+
+def release_read_features(split: RetrievalSplit) -> None:
+    """Give back the pages of memory-mapped region features that this process has read (the rows read
+    are copies): the kernel keeps them cached, a later read maps them again. Without this, every feature
+    an evaluation has encoded stays in its resident memory beside the scoring (64 MB for 10 images of
+    10,000 regions)."""
+    mapped = getattr(split.regions, "_mmap", None)  # np.memmap's own mapping (None for arrays in memory)
+    if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def image_tensors(split: RetrievalSplit, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
