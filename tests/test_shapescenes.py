@@ -121,6 +121,17 @@ def test_generation_is_deterministic(splits, tmp_path):
     assert other_seed.captions != test.captions
 
 
+def test_captions_chosen_on_several_processes_are_those_one_process_chooses(monkeypatch):
+    from mlasm.data.shapescenes import build
+
+    images = build._generate_all(0, SMALL, progress=False)["train"]
+    alone, alone_positives = build.choose_captions(images, 0, "train", workers=1)
+    assert any(chosen != list(image.captions) for chosen, image in zip(alone, images))  # rich captions were drawn
+    monkeypatch.setattr(build, "PARALLEL_CHOICE_IMAGES", 2)
+    together, together_positives = build.choose_captions(images, 0, "train", workers=2)
+    assert together == alone and together_positives == alone_positives
+
+
 def test_cache_is_reused_rebuilt_when_stale_and_keyed_by_settings(cache, splits):
     folder = ss.shapescenes_folder(sizes=SMALL, cache=cache)
     assert folder.name == "shapescenes-v2-seed0-train80-dev8-test24"

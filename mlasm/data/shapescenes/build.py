@@ -44,6 +44,7 @@ SPLITS = ("train", "dev", "test")
 DEFAULT_SIZES = {"train": 4000, "dev": 500, "test": 1000}
 MIN_UNIQUE_CAPTIONS = 2   # captions per image that are true of that image alone within its split
 RICH_CANDIDATES = 80      # most rich captions drawn per image when its own are too generic
+PARALLEL_CHOICE_IMAGES = 400  # a split this large has its captions chosen on several processes
 _PACKAGE = Path(__file__).parent
 # beside the package: they write the cached files, or (vocab.py, the tokenizer) say what its grounding's
 # token positions count
@@ -96,10 +97,15 @@ def _generate_family(seed: int, split: str, family: int) -> list[_Generated]:
     return generated
 
 
+def _workers() -> int:
+    """Processes for generating pictures and choosing captions: one per core, at most two."""
+    return min(2, os.cpu_count() or 1)
+
+
 def _generate_all(seed: int, sizes: dict[str, int], progress: bool) -> dict[str, list[_Generated]]:
     """Every split, family by family, on two processes when there is enough work to pay for them."""
     jobs = [(split, family) for split in SPLITS for family in range(-(-sizes[split] // FAMILY_SIZE))]
-    workers = min(2, os.cpu_count() or 1)
+    workers = _workers()
     bar = dict(total=len(jobs), desc="ShapeScenes", unit="family", disable=not progress)
     splits, families = [split for split, _ in jobs], [family for _, family in jobs]
     if workers < 2 or len(jobs) < 100:
@@ -132,25 +138,21 @@ def _rich_candidates(scene: dict, rng: np.random.Generator, avoid: set[str]):
             yield caption
 
 
-def choose_captions(images: list[_Generated], seed: int, split: str) -> tuple[list[list], PositiveSets]:
-    """Each image's final captions, and the complete positive sets of the split.
-
-    An image whose captions are true of it alone fewer than MIN_UNIQUE_CAPTIONS times swaps its most
-    generic ones (largest positive sets, later ones first on ties) for rich captions that are true
-    of it alone, drawn from the image's own random stream. Images are never dropped; the few where
-    no candidate is unique keep what they have (``positive_set_report`` counts them).
-    """
-    table = SceneTable([image.scene for image in images])
-    chosen, rows = [], []
-    for i, image in enumerate(images):
-        captions = list(image.captions)
+def _choose_for(scenes: list[dict], captions: list[list], seed: int, split: str, first: int) -> list[tuple]:
+    """``choose_captions`` for the images ``first``, ``first + 1``, ... whose captions are given: each
+    image's captions with their positive sets. An image's choice reads only its own captions, its own
+    random stream and the split's scenes, so any share of the images can be chosen apart."""
+    table = SceneTable(scenes)
+    chosen = []
+    for i, captions in enumerate(captions, start=first):
+        captions = list(captions)
         sets = [np.flatnonzero(truth(meaning, table)) for _, meaning in captions]
         if not all(i in s for s in sets):
-            raise RuntimeError(f"{image.scene['id']}: a caption is false of its own scene")
+            raise RuntimeError(f"{scenes[i]['id']}: a caption is false of its own scene")
         unique = sum(len(s) == 1 for s in sets)
         if unique < MIN_UNIQUE_CAPTIONS:
             rng = np.random.default_rng([seed, SPLITS.index(split), i, 1])
-            candidates = _rich_candidates(image.scene, rng, {text_of(words) for words, _ in captions})
+            candidates = _rich_candidates(scenes[i], rng, {text_of(words) for words, _ in captions})
         while unique < MIN_UNIQUE_CAPTIONS:
             found = next(((c, s) for c in candidates
                           for s in [np.flatnonzero(truth(c[1], table))] if s.tolist() == [i]), None)
@@ -159,12 +161,36 @@ def choose_captions(images: list[_Generated], seed: int, split: str) -> tuple[li
             generic = max((k for k in range(len(captions)) if len(sets[k]) > 1), key=lambda k: (len(sets[k]), k))
             captions[generic], sets[generic] = found
             unique += 1
-        chosen.append(captions)
-        rows.extend(sets)
-    return chosen, PositiveSets.from_lists(rows, len(images))
+        chosen.append((captions, sets))
+    return chosen
 
 
-def _split_data(name: str, images: list[_Generated], seed: int) -> tuple[RetrievalSplit, list[dict]]:
+def choose_captions(images: list[_Generated], seed: int, split: str,
+                    workers: int = 1) -> tuple[list[list], PositiveSets]:
+    """Each image's final captions, and the complete positive sets of the split.
+
+    An image whose captions are true of it alone fewer than MIN_UNIQUE_CAPTIONS times swaps its most
+    generic ones (largest positive sets, later ones first on ties) for rich captions that are true
+    of it alone, drawn from the image's own random stream. Images are never dropped; the few where
+    no candidate is unique keep what they have (``positive_set_report`` counts them). With
+    ``workers`` > 1 a large split is chosen in pieces on that many processes: the same result.
+    """
+    scenes, own = [image.scene for image in images], [image.captions for image in images]
+    if workers < 2 or len(images) < PARALLEL_CHOICE_IMAGES:
+        results = _choose_for(scenes, own, seed, split, 0)
+    else:  # pieces of unequal work (rich candidates are searched for some images only): several per process
+        bounds = np.linspace(0, len(images), 4 * workers + 1).astype(int).tolist()
+        firsts, stops = bounds[:-1], bounds[1:]
+        with ProcessPoolExecutor(workers) as pool:
+            pieces = pool.map(_choose_for, [scenes] * len(firsts), [own[a:b] for a, b in zip(firsts, stops)],
+                              [seed] * len(firsts), [split] * len(firsts), firsts)
+            results = [item for piece in pieces for item in piece]
+    return [captions for captions, _ in results], \
+        PositiveSets.from_lists([s for _, sets in results for s in sets], len(images))
+
+
+def _split_data(name: str, images: list[_Generated], seed: int,
+                workers: int = 1) -> tuple[RetrievalSplit, list[dict]]:
     """The split and its captions' meanings."""
     n = len(images)
     regions = np.zeros((n, MAX_REGIONS, FEATURE_DIM), np.float32)
@@ -174,7 +200,7 @@ def _split_data(name: str, images: list[_Generated], seed: int) -> tuple[Retriev
         k = len(image.regions)
         regions[i, :k], mask[i, :k] = image.regions, True
         boxes[i, :k] = [r["box"] for r in image.scene["regions"]]
-    chosen, positives = choose_captions(images, seed, name)
+    chosen, positives = choose_captions(images, seed, name, workers)
     captions = [(words, meaning, image.scene) for image, own in zip(images, chosen) for words, meaning in own]
     split = RetrievalSplit(
         name=name, regions=regions, region_mask=mask, global_features=np.stack([g.global_feature for g in images]),
@@ -262,7 +288,7 @@ def build_shapescenes(seed: int = 0, sizes: dict | None = None, cache: str | os.
     try:
         reports = {}
         for name, images in _generate_all(seed, sizes, progress).items():
-            split, meanings = _split_data(name, images, seed)
+            split, meanings = _split_data(name, images, seed, _workers())
             write_split(building, name, split)
             write_json_compact(building / f"{name}_scenes.json", [image.scene for image in images])
             write_json_compact(building / f"{name}_meanings.json", meanings)
