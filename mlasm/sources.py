@@ -17,9 +17,10 @@ def fast_mode() -> bool:
     return os.environ.get("MLASM_FAST", "") not in ("", "0")
 
 
-# One process generates a picture with its captions and features in about this long: 35.9 s for
-# the full 5,500 images on two processes (its meta.json), 4.3 s for 450 on one (a busy 2-core machine).
-SECONDS_PER_IMAGE = 0.013
+# One process generates a picture with its captions and features in about this long: 23.8-24.3 s for
+# the full 5,500 images on two processes (an idle 2-core machine, captions chosen on both since 2026-12-05),
+# 4.3 s for 450 on one (a busy 2-core machine).
+SECONDS_PER_IMAGE = 0.009
 
 
 def generation_notice(sizes: dict[str, int], folder: Path) -> str:

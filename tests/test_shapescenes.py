@@ -185,6 +185,6 @@ def test_a_first_build_says_what_it_makes_and_about_how_long_before_it_starts(tm
     assert str(tmp_path) in line and "about 1 s" in line and "\n" not in line
     build_shapescenes(sizes=sizes, cache=tmp_path, progress=False)
     assert not announce_generation(sizes, cache=tmp_path) and capsys.readouterr().out == ""
-    # the full dataset on two processes: 5,500 x 0.013 s / 2
+    # the full dataset on two processes: 5,500 x 0.009 s / 2
     full = generation_notice({"train": 4000, "dev": 500, "test": 1000}, tmp_path)
-    assert "5,500 pictures" in full and ("about 36 s" in full or "about 72 s" in full)  # two CPUs or one
+    assert "5,500 pictures" in full and ("about 25 s" in full or "about 50 s" in full)  # two CPUs or one
