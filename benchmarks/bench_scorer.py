@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mlasm import fused  # noqa: E402
 from mlasm.config import MLASMConfig  # noqa: E402
 from mlasm.model import EPS, LEAKY_SLOPE, MLASM, CaptionEncoding, ImageEncoding, l2norm  # noqa: E402
 from mlasm.threads import set_threads  # noqa: E402
@@ -175,6 +176,7 @@ def main() -> None:
     model = MLASM(config).to(device).eval()
     print(f"device {device}, {torch.get_num_threads()} threads, float32, R={n_regions}, d={d}, "
           f"pooling {config.pooling}, rho {config.rho}; load average before: {os.getloadavg()[0]:.1f}")
+    print(f"scorer: {fused.status() if device.type == 'cpu' else 'torch (fused loop: CPU only)'}")
     if args.sweep:
         sweep(model, 200, 1000, n_regions, d, device, args.memory_budget_mb)
         return

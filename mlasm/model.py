@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm.auto import tqdm
 
 from mlasm import blocks as planning
+from mlasm import fused
 from mlasm.blocks import _slice, _take, _to, _trim, default_memory_budget_mb
 from mlasm.config import MLASMConfig
 from mlasm.levels import LEVELS, levels_of
@@ -207,27 +208,6 @@ def _pool(cosines: Tensor, mask: Tensor, dim: int, pooling: str, lambda_lse: flo
     raise ValueError(f"pooling must be 'mean' or 'lse', got {pooling!r}")
 
 
-def cross_attention_scores(regions: Tensor, region_mask: Tensor, words: Tensor, lengths: Tensor,
-                           direction: str, lambda_softmax: float, pooling: str = "mean",
-                           lambda_lse: float = 6.0) -> Tensor:
-    """SCAN cross-attention score of every image against every caption, one direction: (N, M).
-
-    regions (N, R, d), region_mask (N, R) bool, words (M, L, d), lengths (M,).
-    direction "t2i": words attend to regions, pooled over words; "i2t": the reverse.
-    Not chunked: the (N, R, M, L) similarities must fit in memory (MLASM.score_all chunks).
-    """
-    region_terms, word_terms = _region_terms(regions, region_mask), _word_terms(words, lengths)
-    sim = _similarities(region_terms, word_terms)
-    rectified = F.leaky_relu(sim, LEAKY_SLOPE)
-    if direction == "t2i":
-        _, cosines = _text_to_image(sim, rectified, region_terms, word_terms, lambda_softmax)
-        return _pool(cosines, word_terms.mask[None], 2, pooling, lambda_lse)
-    if direction == "i2t":
-        _, cosines = _image_to_text(sim, rectified, region_terms, word_terms, lambda_softmax)
-        return _pool(cosines, region_terms.mask[:, :, None], 1, pooling, lambda_lse)
-    raise ValueError(f"direction must be 't2i' or 'i2t', got {direction!r}")
-
-
 class _BlockScores(NamedTuple):
     levels: dict                   # level name -> (n, m)
     alpha: Tensor                  # (n, R, m, L) t2i weights
@@ -350,28 +330,46 @@ class MLASM(nn.Module):
         beta, region_cosines = _image_to_text(sim, rectified, regions, words, lambda_i2t)
         t2i = _pool(word_cosines, word_mask, 2, config.pooling, config.lambda_lse)   # (n, m)
         i2t = _pool(region_cosines, region_mask, 1, config.pooling, config.lambda_lse)
-        local = 0.5 * t2i + 0.5 * i2t
-
         if not config.uses_global_level:  # local-only model: no global level to compute
-            levels = {"t2i": t2i, "i2t": i2t, "local": local, "global": torch.full_like(local, math.nan),
-                      "final": local}
-            return _BlockScores(levels, alpha, beta, word_cosines, region_cosines, None)
-
-        # semantic matching level (spec 4), for every pair from that pair alone
+            return _BlockScores(self._levels(t2i, i2t), alpha, beta, word_cosines, region_cosines, None)
         region_weights = masked_mean(alpha, word_mask[:, None], 3).transpose(1, 2)   # (n, m, R) wbar_r
+        word_weights = masked_mean(beta, region_mask[..., None], 1)               # (n, m, L) mean_r beta_rl
+        global_score, gate = self._semantic_level(regions, words, region_weights, word_weights)
+        return _BlockScores(self._levels(t2i, i2t, global_score), alpha, beta, word_cosines, region_cosines, gate)
+
+    def _semantic_level(self, regions: _RegionTerms, words: _WordTerms, region_weights: Tensor,
+                        word_weights: Tensor) -> tuple[Tensor, Tensor]:
+        """Spec 4, for every pair from that pair alone: the gated global score (n, m) and the gate (n, m, d)."""
         x = torch.bmm(region_weights, regions.context_rows)                       # (n, m, d) W_x abar + b_x
         gate = torch.bmm(region_weights, regions.gate_rows).sigmoid_()            # (n, m, d) t; in place is
         # safe for autograd (bmm keeps no copy of its output) and saves a (n, m, d) allocation
         image_side = torch.lerp(x, regions.glob[:, None, :].to(x.dtype), gate)    # t * h + (1 - t) * x
-        word_weights = masked_mean(beta, region_mask[..., None], 1)               # (n, m, L) mean_r beta_rl
         # the text side sum_l wbar_l (W_t u_l + b_t) is never built: only its dot and norm are needed
         dot = (word_weights * torch.einsum("nmd,mld->nml", image_side, words.context_rows)).sum(-1)
         text_sq = (word_weights * torch.einsum("nml,mlk->nmk", word_weights, words.context_gram)).sum(-1)
         image_norm = torch.linalg.vector_norm(image_side, dim=-1)
-        global_score = dot / ((image_norm + EPS) * (text_sq.clamp_min(0).sqrt() + EPS))  # l2norm(.) . l2norm(.)
-        final = config.rho * local + (1 - config.rho) * global_score
-        levels = {"t2i": t2i, "i2t": i2t, "local": local, "global": global_score, "final": final}
-        return _BlockScores(levels, alpha, beta, word_cosines, region_cosines, gate)
+        return dot / ((image_norm + EPS) * (text_sq.clamp_min(0).sqrt() + EPS)), gate  # l2norm(.) . l2norm(.)
+
+    def _levels(self, t2i: Tensor, i2t: Tensor, global_score: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Every level from t2i, i2t and the global score (NaN in a local-only model, whose final is local)."""
+        local = 0.5 * t2i + 0.5 * i2t
+        final = local if global_score is None else self.config.rho * local + (1 - self.config.rho) * global_score
+        global_score = torch.full_like(local, math.nan) if global_score is None else global_score
+        return {"t2i": t2i, "i2t": i2t, "local": local, "global": global_score, "final": final}
+
+    def _block_levels(self, regions: _RegionTerms, words: _WordTerms) -> dict[str, Tensor]:
+        """score_blocks' scorer: the fused pair loop where it applies (mlasm.fused: the same levels to
+        float32 rounding, several times faster on the CPU), else _score_block's."""
+        config = self.config
+        sim = _similarities(regions, words) if fused.usable(regions.vectors, regions.gram) else None  # (n, R, m, L)
+        if sim is None or sim.dtype != torch.float32:  # (bfloat16 autocast: torch's scorer)
+            del sim
+            return self._score_block(regions, words, config.lambda_t2i, config.lambda_i2t).levels
+        local = fused.local_terms(sim, regions, words, config, LEAKY_SLOPE)
+        if not config.uses_global_level:
+            return self._levels(local.t2i, local.i2t)
+        global_score, _ = self._semantic_level(regions, words, local.region_weights, local.word_weights)
+        return self._levels(local.t2i, local.i2t, global_score)
 
     # --- public scoring ----------------------------------------------------------------
 
@@ -450,9 +448,8 @@ class MLASM(nn.Module):
                 for c, (start, stop) in enumerate(plan.chunks):
                     if blocks is None or (i // plan.rows * len(plan.chunks) + c) % blocks[1] == blocks[0]:
                         block_words = _trim(_slice(words, start, stop), int(sorted_lengths[stop - 1]))
-                        block = self._score_block(regions, block_words, self.config.lambda_t2i, self.config.lambda_i2t)
-                        yield slice(i, i + n), order[start:stop], block.levels  # (else another process's block)
-                        del block  # its attention weights are not kept beside the next block's
+                        block = self._block_levels(regions, block_words)
+                        yield slice(i, i + n), order[start:stop], block  # (else another process's block)
                     bar.update(n * (stop - start))
                 del regions  # nor a band's image terms beside the next band's (the plan counts one band's)
 

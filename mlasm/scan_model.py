@@ -44,9 +44,12 @@ from mlasm.model import (
     CaptionEncoding,
     ImageEncoding,
     _BlockScores,
+    _image_to_text,
+    _pool,
     _RegionTerms,
     _region_terms,
     _similarities,
+    _text_to_image,
     _word_terms,
     _WordTerms,
     l2norm,
@@ -242,6 +245,29 @@ def scan_pool(cosines: Tensor, mask: Tensor, dim: int, agg_func: str, lambda_lse
     raise SCANOptionError(f"SCAN option agg_func={agg_func!r} cannot be reproduced here")
 
 
+def cross_attention_scores(regions: Tensor, region_mask: Tensor, words: Tensor, lengths: Tensor,
+                           direction: str, lambda_softmax: float, pooling: str = "mean",
+                           lambda_lse: float = 6.0) -> Tensor:
+    """SCAN cross-attention score of every image against every caption, one direction: (N, M), with
+    MLASM's attention (SCAN's default options: softmax over LeakyReLU'd similarities, L2-normalised
+    across the queries).
+
+    regions (N, R, d), region_mask (N, R) bool, words (M, L, d), lengths (M,).
+    direction "t2i": words attend to regions, pooled over words; "i2t": the reverse.
+    Not chunked: the (N, R, M, L) similarities must fit in memory (MLASM.score_all chunks).
+    """
+    region_terms, word_terms = _region_terms(regions, region_mask), _word_terms(words, lengths)
+    sim = _similarities(region_terms, word_terms)
+    rectified = F.leaky_relu(sim, LEAKY_SLOPE)
+    if direction == "t2i":
+        _, cosines = _text_to_image(sim, rectified, region_terms, word_terms, lambda_softmax)
+        return _pool(cosines, word_terms.mask[None], 2, pooling, lambda_lse)
+    if direction == "i2t":
+        _, cosines = _image_to_text(sim, rectified, region_terms, word_terms, lambda_softmax)
+        return _pool(cosines, region_terms.mask[:, :, None], 1, pooling, lambda_lse)
+    raise ValueError(f"direction must be 't2i' or 'i2t', got {direction!r}")
+
+
 class _WeightNormLinear(nn.Module):
     """SCAN's ``weight_norm(nn.Linear(img_dim, embed_size), dim=None)``: W = g V / ||V|| (one g for all of V).
 
@@ -364,6 +390,10 @@ class SCANModel(MLASM):
             word_cosines = missing[0].expand(sim.shape[0], sim.shape[2], sim.shape[3])
         return _BlockScores({config.cross_attn: score, "final": score}, alpha, beta, word_cosines,
                             region_cosines, None)
+
+    def _block_levels(self, regions: _RegionTerms, words: _WordTerms) -> dict[str, Tensor]:
+        """SCAN's options have no fused loop (mlasm.fused is MLASM's attention): always its own scorer."""
+        return self._score_block(regions, words, self.config.lambda_t2i, self.config.lambda_i2t).levels
 
     @torch.no_grad()
     def score_all(self, img: ImageEncoding, cap: CaptionEncoding, memory_budget_mb: Optional[float] = None,

@@ -373,7 +373,7 @@ def rescore_pairs(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, images
                 these = image_pairs[piece:piece + PIECE]
                 columns = column_of[captions[these]]
                 words = _pick(_cut_words(word_terms, int(lengths[captions[these[-1]]])), columns.to(device))
-                levels = model._score_block(regions, words, model.config.lambda_t2i, model.config.lambda_i2t).levels
+                levels = model._block_levels(regions, words)  # (the fused loop where it applies)
                 for level in out:
                     out[level][these] = levels[level][0].to("cpu", out[level].dtype)
     return out

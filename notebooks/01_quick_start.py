@@ -59,10 +59,11 @@ plt.show()
 # checkpoint on this split, the session reads the saved score matrices (`scores.npz`) instead of
 # scoring 5 million pairs again; otherwise it scores them when first asked.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 session = WorkbenchSession.from_checkpoint(demo_checkpoint())
 model, vocab = session.model, session.vocab
 print(f"{sum(p.numel() for p in model.parameters()):,} parameters; vocabulary of {len(vocab)} words")
+assert len(vocab) == 69, "ShapeScenes' vocabulary: the same words in fast mode and with the demo's model"
 
 # %% [markdown]
 # ## Retrieval: a caption finds its picture

@@ -24,7 +24,7 @@
 # With `MLASM_FAST=1` this notebook trains a tiny model on a tiny split; otherwise it trains the
 # CPU preset for two epochs (a few minutes).
 
-# %%
+# %% tags=["nbval-ignore-output"]
 import dataclasses
 import tempfile
 from pathlib import Path
@@ -42,6 +42,7 @@ train_split = open_split("shapescenes", "train", progress=False)
 dev_split = open_split("shapescenes", "dev", progress=False)
 config = demo_config(fast=fast, epochs=None if fast else 2)
 print({k: v for k, v in config.to_dict().items() if k in ("embed_size", "batch_size", "epochs", "learning_rate", "rho")})
+assert config.epochs == (3 if fast else 2) and config.rho == 0.8, "the tiny preset, or 2 epochs of the CPU preset"
 
 # %% [markdown]
 # ## Every setting lives in one configuration
@@ -72,8 +73,9 @@ plt.show()
 # mid-epoch continues with `mlasm train --resume --out RUN` and ends with the same weights
 # as a run never interrupted (the test suite proves it on a tiny run).
 
-# %%
+# %% tags=["nbval-ignore-output"]
 from mlasm.checkpoint import load_checkpoint
 
 progress = load_checkpoint(run_dir / "last.pt")["progress"]
 print({key: progress[key] for key in ("epoch", "step_in_epoch", "global_step")})
+assert progress["epoch"] == config.epochs and progress["step_in_epoch"] == 0, "saved after the last epoch's end"

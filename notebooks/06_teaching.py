@@ -27,7 +27,8 @@
 import matplotlib.pyplot as plt
 import torch
 
-from mlasm.model import cross_attention_scores, l2norm
+from mlasm.model import l2norm
+from mlasm.scan_model import cross_attention_scores
 
 axes = ["red", "blue", "circle", "square"]
 regions = l2norm(torch.tensor([

@@ -1,16 +1,21 @@
-"""Refresh the stored outputs of the notebooks: sync each pair, run it in fast mode, save it.
+"""Refresh the stored outputs of the notebooks: sync each pair, run it, save it, say how long it took.
 
-    python scripts/execute_notebooks.py [notebooks/04_attention_maps.py ...]
+    python scripts/execute_notebooks.py [notebooks/04_attention_maps.py ...]          # fast mode
+    python scripts/execute_notebooks.py --full [notebooks/04_attention_maps.py ...]   # the demo's model
 
-nbval compares a fresh run with these outputs, so run this after changing a notebook. Widget
-state is not saved (plotly's widget bundle would add megabytes to every notebook); the
-widgets render again when the notebook runs.
+The committed outputs are a full run's (``--full``, after ``python -m mlasm demo``): what a reader
+sees is the trained model at work. nbval runs the notebooks in fast mode and compares their printed
+text with these outputs, except in cells tagged ``nbval-ignore-output``, which print a model's
+numbers and assert the ranges they must fall in (notebooks/conftest.py); a cell whose printed text
+differs between the two modes needs that tag. Widget state is not saved (plotly's widget bundle
+would add megabytes to every notebook); the widgets render again when the notebook runs.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jupytext
@@ -29,13 +34,24 @@ def refresh(source: Path, timeout: int = 600) -> None:
     subprocess.run([sys.executable, "-m", "jupytext", "--sync", "--quiet", str(source)], check=True)
 
 
-def main(paths: list[str]) -> None:
-    os.environ.setdefault("MLASM_FAST", "1")
+def main(arguments: list[str]) -> int:
+    full = "--full" in arguments
+    paths = [a for a in arguments if a != "--full"]
+    if full:
+        from mlasm.paths import runs_dir  # noqa: PLC0415 (only the full run needs the library)
+        demo = runs_dir() / "demo" / "mlasm" / "best.pt"
+        if not demo.is_file():
+            print(f"--full runs the notebooks on the demo's model: run `python -m mlasm demo` first "
+                  f"({demo} is missing)", file=sys.stderr)
+            return 2
+    os.environ["MLASM_FAST"] = "0" if full else "1"
     sources = [Path(p).with_suffix(".py") for p in paths] or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
     for source in sources:
-        print(f"running {source.name}", flush=True)
+        started = time.perf_counter()
         refresh(source)
+        print(f"{source.name}: {time.perf_counter() - started:.1f} s", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

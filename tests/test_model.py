@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from mlasm.config import MLASMConfig
 from mlasm.loss import triplet_loss
 from mlasm.blocks import _length_chunks
-from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, cross_attention_scores
+from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
+from mlasm.scan_model import cross_attention_scores
 
 D = 12
 LEVELS = ("t2i", "i2t", "local", "global", "final")

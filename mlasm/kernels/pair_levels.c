@@ -1,0 +1,186 @@
+/* The local level of a block of n images x m captions, one pair at a time (mlasm/fused.py loads it).
+
+   torch scores a block in about twenty passes over its whole (n, R, m, L) similarity tensor (the
+   LeakyReLU, two norms, two softmaxes, the products with the similarities and the Gram matrices,
+   the means), each reading and writing memory far larger than the caches. Here each pair's (R, L)
+   tile is read once and every one of those steps runs on it while it sits in the L1 cache. The
+   formulas are mlasm/model.py's, named as there (spec section 3); masked regions and padded words
+   are left out exactly as there, so the scores agree with torch's to float32 rounding.
+
+   For the pair of image i and caption j, with s[r][l] = v_r . u_l and x~ = LeakyReLU(x):
+     text-to-image:  alpha[r][l] = softmax over the image's real regions r of
+                                   lambda_t2i * s~[r][l] / (|s~[r][.]| + eps)       (the norm over words)
+                     R_t2i(l) = (sum_r alpha s) / (|u_l| sqrt(alpha^T G_img alpha))  a cosine, G = Gram
+     image-to-text:  beta[r][l]  = softmax over the caption's words l of
+                                   lambda_i2t * s~[r][l] / (|s~[.][l]| + eps)       (the norm over regions)
+                     R_i2t(r) = (sum_l beta s) / (|v_r| sqrt(beta^T G_cap beta))
+     t2i, i2t: each pooled (mean or LogSumExp) over the real words / regions;
+     and, for the semantic level, each region's mean weight over the words (wbar_r) and each word's
+     mean weight over the regions. Two copies of the tile are kept, [r][l] and [l][r], so that every
+     loop's innermost index is contiguous and every reduction runs across vector lanes.
+*/
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define EPS 1e-8f
+
+/* exp(x) for x <= 0, to about 1e-7 relative: x = k ln 2 + f with |f| <= ln 2 / 2, exp(f) by its
+   Taylor series to f^7 (remainder below 3e-9), times 2^k built in the exponent bits. Written with
+   plain arithmetic so that the compiler vectorises the loops that call it (libm's expf does not). */
+#define LANES 16  /* queries per step: a multiple of every vector width (8 floats in AVX2, 16 in AVX-512) */
+typedef float lanes __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float)), may_alias));  /* GCC, Clang */
+
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;                           /* exp(-87) is still a normal float */
+    const float round_shift = 12582912.0f;                  /* 1.5 * 2^23: adding it rounds to an integer */
+    float k = (x * 1.44269504088896341f + round_shift) - round_shift;
+    float f = x - k * 0.693145751953125f - k * 1.428606765330187e-6f;  /* ln 2 in two parts */
+    float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120
+              + f * (1.0f / 720 + f * (1.0f / 5040)))))));
+    union { int32_t i; float f; } scale = { .i = ((int32_t)k + 127) << 23 };
+    return p * scale.f;
+}
+
+static float pool(const float *values, const uint8_t *valid, int64_t count, int lse, float lambda_lse) {
+    float total = 0.0f, largest = -INFINITY;
+    int64_t used = 0;
+    for (int64_t q = 0; q < count; q++) {
+        if (valid && !valid[q]) continue;
+        used++;
+        if (lse) largest = fmaxf(largest, lambda_lse * values[q]);
+        else total += values[q];
+    }
+    if (!lse) return total / (float)used;
+    for (int64_t q = 0; q < count; q++)
+        if (!valid || valid[q]) total += expf(lambda_lse * values[q] - largest);
+    return (logf(total) + largest) / lambda_lse;
+}
+
+/* One direction's attention on one pair: every query attends to the keys. s and rect are the pair's
+   similarities and their LeakyReLU as [key][query], rows Q apart; rect_by_query is rect as
+   [query][key], rows key_stride apart. Keys where key_valid is 0 (masked regions; NULL: all valid)
+   get no weight. Writes weights [key][query] and each query's cosine with its attended context,
+   |context|^2 = weights^T gram weights (gram [key][key], rows gram_stride apart). Q is a multiple of
+   LANES: the queries past the real ones are zero columns, whose results nobody reads, so that no loop
+   over the queries (each runs along the contiguous index) ends in a scalar remainder. */
+static void attend(const float *restrict s, const float *restrict rect, const float *restrict rect_by_query,
+                   int64_t K, int64_t Q, int64_t key_stride, const uint8_t *key_valid, const float *restrict gram,
+                   int64_t gram_stride, const float *restrict query_norms, float lambda, float *restrict weights,
+                   float *restrict cosines, float *restrict work) {
+    float *restrict scale = work, *restrict largest = scale + key_stride, *restrict total = largest + Q,
+          *restrict dots = total + Q, *restrict sq = dots + Q;
+    for (int64_t k = 0; k < K; k++) scale[k] = 0.0f;
+    for (int64_t q = 0; q < Q; q++)                                 /* each key's norm across the queries */
+        for (int64_t k = 0; k < K; k++) scale[k] += rect_by_query[q * key_stride + k] * rect_by_query[q * key_stride + k];
+    for (int64_t k = 0; k < K; k++) {
+        float norm = sqrtf(scale[k] > EPS * EPS ? scale[k] : EPS * EPS);
+        scale[k] = lambda / (norm + EPS);
+    }
+    for (int64_t q = 0; q < Q; q++) { largest[q] = -INFINITY; total[q] = 0.0f; dots[q] = 0.0f; }
+    for (int64_t k = 0; k < K; k++) {                               /* softmax over the keys, per query */
+        if (key_valid && !key_valid[k]) continue;
+        for (int64_t q = 0; q < Q; q++) {
+            float z = rect[k * Q + q] * scale[k];
+            weights[k * Q + q] = z;
+            largest[q] = z > largest[q] ? z : largest[q];
+        }
+    }
+    for (int64_t k = 0; k < K; k++) {
+        if (key_valid && !key_valid[k]) { for (int64_t q = 0; q < Q; q++) weights[k * Q + q] = 0.0f; continue; }
+        for (int64_t q = 0; q < Q; q++) {
+            float e = exp_nonpositive(weights[k * Q + q] - largest[q]);
+            weights[k * Q + q] = e;
+            total[q] += e;
+        }
+    }
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t q = 0; q < Q; q++) {
+            float w = weights[k * Q + q] / total[q];
+            weights[k * Q + q] = w;
+            dots[q] += w * s[k * Q + q];                                /* query . context */
+        }
+    for (int64_t q = 0; q < Q; q += LANES) {                       /* |context|^2 = w^T gram w, LANES */
+        lanes sum = {0};                                            /* queries at a time in registers */
+        for (int64_t k = 0; k < K; k++) {
+            lanes mixed = {0};                                      /* (gram w)[k] */
+            for (int64_t k2 = 0; k2 < K; k2++)
+                mixed += gram[k * gram_stride + k2] * *(const lanes *)(weights + k2 * Q + q);
+            sum += *(const lanes *)(weights + k * Q + q) * mixed;
+        }
+        *(lanes *)(sq + q) = sum;
+    }
+    for (int64_t q = 0; q < Q; q++) {
+        float context = sqrtf(sq[q] > 0.0f ? sq[q] : 0.0f), denominator = query_norms[q] * context;
+        cosines[q] = dots[q] / (denominator > EPS ? denominator : EPS);
+    }
+}
+
+static int64_t padded(int64_t count) { return (count + LANES - 1) / LANES * LANES; }
+
+/* Pairs first_pair .. last_pair - 1 of the block (pair p = image p / m, caption p % m).
+   sim (n, R, m, L); region_mask, region_norms (n, R); region_gram (n, R, R); lengths (m,) in 1 .. L;
+   word_norms (m, L); word_gram (m, L, L); all C-contiguous. Writes t2i, i2t (n, m) and, unless NULL,
+   region_weights (n, m, R) and word_weights (n, m, L) (zero past a caption's length). Returns 0, or
+   -1 when its scratch memory could not be had. */
+int pair_levels(const float *sim, const uint8_t *region_mask, const float *region_norms,
+                const float *region_gram, const int32_t *lengths, const float *word_norms,
+                const float *word_gram, int64_t n, int64_t R, int64_t m, int64_t L,
+                float lambda_t2i, float lambda_i2t, int lse, float lambda_lse, float slope,
+                int64_t first_pair, int64_t last_pair,
+                float *t2i, float *i2t, float *region_weights, float *word_weights) {
+    (void)n;
+    const int64_t Rp = padded(R), Lp = padded(L), tile = Rp * Lp, side = Rp > Lp ? Rp : Lp;
+    float *scratch = calloc(6 * tile + 10 * side, sizeof(float));
+    if (!scratch) return -1;
+    float *s = scratch, *rect = s + tile, *alpha = rect + tile;            /* [region][word], rows Wp apart */
+    float *s_t = alpha + tile, *rect_t = s_t + tile, *beta = rect_t + tile;  /* [word][region], rows Rp apart */
+    float *word_norm = beta + tile, *region_norm = word_norm + side, *cosines = region_norm + side;
+    float *work = cosines + side;
+
+    for (int64_t p = first_pair; p < last_pair; p++) {
+        const int64_t i = p / m, j = p % m, W = lengths[j], Wp = padded(W);  /* W real words */
+        const uint8_t *valid = region_mask + i * R;
+        for (int64_t r = 0; r < R; r++) {                              /* the tile, both ways, zero-padded */
+            const float *row = sim + ((i * R + r) * m + j) * L;
+            for (int64_t l = 0; l < W; l++) {
+                float v = row[l], rv = v > 0.0f ? v : slope * v;
+                s[r * Wp + l] = v; rect[r * Wp + l] = rv;
+                s_t[l * Rp + r] = v; rect_t[l * Rp + r] = rv;
+            }
+            for (int64_t l = W; l < Wp; l++) s[r * Wp + l] = rect[r * Wp + l] = 0.0f;
+        }
+        for (int64_t x = R * Wp; x < Rp * Wp; x++) s[x] = rect[x] = 0.0f;  /* rows past R: the row length changes */
+        for (int64_t l = W; l < Wp; l++)
+            for (int64_t r = 0; r < Rp; r++) s_t[l * Rp + r] = rect_t[l * Rp + r] = 0.0f;
+        for (int64_t l = 0; l < Wp; l++) word_norm[l] = l < W ? word_norms[j * L + l] : 0.0f;
+        for (int64_t r = 0; r < Rp; r++) region_norm[r] = r < R ? region_norms[i * R + r] : 0.0f;
+
+        /* text-to-image: the words attend to the image's real regions */
+        attend(s, rect, rect_t, R, Wp, Rp, valid, region_gram + i * R * R, R, word_norm, lambda_t2i,
+               alpha, cosines, work);
+        t2i[p] = pool(cosines, NULL, W, lse, lambda_lse);
+        if (region_weights)
+            for (int64_t r = 0; r < R; r++) {
+                float sum = 0.0f;
+                for (int64_t l = 0; l < W; l++) sum += alpha[r * Wp + l];
+                region_weights[p * R + r] = sum / (float)W;
+            }
+        /* image-to-text: the regions attend to the caption's words */
+        attend(s_t, rect_t, rect, W, Rp, Wp, NULL, word_gram + j * L * L, L, region_norm, lambda_i2t,
+               beta, cosines, work);
+        i2t[p] = pool(cosines, valid, R, lse, lambda_lse);
+        if (word_weights) {
+            int64_t real = 0;
+            for (int64_t r = 0; r < R; r++) real += valid[r] != 0;
+            for (int64_t l = 0; l < L; l++) {
+                float sum = 0.0f;
+                if (l < W)
+                    for (int64_t r = 0; r < R; r++) sum += valid[r] ? beta[l * Rp + r] : 0.0f;
+                word_weights[p * L + l] = sum / (float)real;
+            }
+        }
+    }
+    free(scratch);
+    return 0;
+}
