@@ -428,7 +428,8 @@ class MLASM(nn.Module):
         caption; a block's intermediates and its images' terms within ``memory_budget_mb``, default
         ``default_memory_budget_mb``), band by band: every caption run of one slice of images, then the
         next slice. Runs on ``device`` (default: the model's); the encodings may live elsewhere and travel
-        one block at a time; the terms of all captions are held at once (about twice ``cap.words``).
+        one block at a time; the terms of all captions are held at once, each run's cut to its longest
+        caption (about twice the captions' words without the gallery's padding).
         ``progress``: a tqdm bar (None: for large jobs). ``from_image`` (the first image of a band: a
         resumed evaluation) skips the bands before it. ``blocks``: see score_all.
         """
@@ -438,7 +439,12 @@ class MLASM(nn.Module):
         if from_image % plan.rows:
             raise ValueError(f"from_image {from_image} is not the first image of a band of {plan.rows} images")
         n_images, n_captions, sorted_lengths = len(img.regions), len(cap.words), cap.lengths.cpu()[order]
-        words = _to(self._caption_terms(_to(_take(cap, order), self.device)), device)
+        # each run of captions' terms, made once at the run's own longest caption (not the gallery's)
+        sorted_cap, runs = _take(cap, order), []
+        for start, stop in plan.chunks:
+            longest = int(sorted_lengths[stop - 1])
+            run = CaptionEncoding(sorted_cap.words[start:stop, :longest], sorted_cap.lengths[start:stop])
+            runs.append(_to(self._caption_terms(_to(run, self.device)), device))
         show = progress if progress is not None else n_images * n_captions >= LARGE_JOB_PAIRS
         with tqdm(total=n_images * n_captions, initial=from_image * n_captions, unit="pair", unit_scale=True,
                   desc="scoring pairs", disable=not show) as bar:
@@ -447,8 +453,7 @@ class MLASM(nn.Module):
                 n = regions.vectors.shape[0]
                 for c, (start, stop) in enumerate(plan.chunks):
                     if blocks is None or (i // plan.rows * len(plan.chunks) + c) % blocks[1] == blocks[0]:
-                        block_words = _trim(_slice(words, start, stop), int(sorted_lengths[stop - 1]))
-                        block = self._block_levels(regions, block_words)
+                        block = self._block_levels(regions, runs[c])
                         yield slice(i, i + n), order[start:stop], block  # (else another process's block)
                     bar.update(n * (stop - start))
                 del regions  # nor a band's image terms beside the next band's (the plan counts one band's)
