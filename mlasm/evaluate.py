@@ -464,8 +464,6 @@ def score_separation(scores, positives: PositiveSets) -> dict:
     return {"positive": positive, "negative": negative, "gap": positive - negative}
 
 
-
-
 def _chance_recall(n_items: int, positives_per_query: np.ndarray, k: int) -> float:
     """Expected R@k (percent) of a random ranking: the chance that none of a query's R positives
     lands in the top k of n_items is prod_{j<k} (n - R - j) / (n - j); averaged over queries."""

@@ -497,4 +497,3 @@ class MLASM(nn.Module):
             lambda_i2t=lambda_i2t,
             region_indices=numpy(kept),
         )
-

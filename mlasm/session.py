@@ -50,10 +50,7 @@ from mlasm.checkpoint import check_model_fits, load_model
 
 CaptionRef = Union[int, str]  # a caption of the split (index) or a typed text
 DIRECTIONS = {"t2i": "caption query, images ranked", "i2t": "image query, captions ranked"}
-HIT, VALID_ALTERNATIVE, FAILURE = "hit", "valid alternative", "failure"
-OUTCOMES = {HIT: "its own item within the top k",
-            VALID_ALTERNATIVE: "not its own item, but another item true of the query within the top k",
-            FAILURE: "nothing true of the query within the top k"}
+HIT, VALID_ALTERNATIVE, FAILURE = "hit", "valid alternative", "failure"  # the outcomes: module docstring
 
 
 @dataclass(frozen=True)

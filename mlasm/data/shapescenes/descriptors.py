@@ -62,4 +62,3 @@ def describe_boxes(image: Image.Image, boxes: np.ndarray) -> np.ndarray:
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     geometry = np.concatenate([b, w[:, None], h[:, None], (w * h)[:, None]], axis=1)
     return np.concatenate([colour, shape, geometry], axis=1).astype(np.float32)
-

@@ -230,4 +230,3 @@ def outline(obj: dict) -> np.ndarray:
 def tight_box(obj: dict) -> list[float]:
     points = outline(obj)
     return _clip_box(*points.min(axis=0), *points.max(axis=0))
-
