@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlasm.blocks import _slice, _take, _to, _trim
 from mlasm.io import write_together
 from mlasm.levels import BY_NAME
 from mlasm.metrics import RECALL_KS, recall_summary
@@ -55,12 +56,9 @@ PIECE = 96                  # one image's captions scored together, cut to the l
 
 def check_shortlist(k, what: str = "--shortlist") -> int:
     """K as a positive integer, or a ValueError in one line."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        if isinstance(k, float) and k.is_integer():
-            k = int(k)
-        else:
-            raise ValueError(f"{what} must be a whole number of candidates >= 1, got {k!r}")
-    if k < 1:
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"{what} must be a whole number of candidates >= 1, got {k!r}")
     return int(k)
 
@@ -105,7 +103,7 @@ def _item_vectors(model: MLASM, items: NamedTuple, vectors_and_mask, side: str, 
     _check_kind(kind)
     parts = []
     for start in range(0, items[0].shape[0], ENCODE_CHUNK):
-        part = _pick(items, slice(start, start + ENCODE_CHUNK))
+        part = _slice(items, start, start + ENCODE_CHUNK)
         vectors, mask = vectors_and_mask(part)
         if isinstance(kind, FirstStage):
             parts.append(getattr(kind, side)(vectors, mask))
@@ -315,19 +313,6 @@ def shortlists(img_vectors: Tensor, cap_vectors: Tensor, caption_to_image, k: in
 
 # --- second stage: the full model on the shortlisted pairs -----------------------------------
 
-def _pick(items: NamedTuple, index: Tensor) -> NamedTuple:
-    """The rows ``index`` of every tensor of a tuple of per-item tensors (None stays None)."""
-    if isinstance(index, slice):
-        return type(items)._make(None if t is None else t[index] for t in items)
-    return type(items)._make(None if t is None else t.index_select(0, index) for t in items)
-
-
-def _cut_words(words: NamedTuple, length: int) -> NamedTuple:
-    """Word terms cut to their first ``length`` positions (L x L matrices on both axes)."""
-    return type(words)._make(None if t is None else t[:, :length, :length] if name.endswith("gram")
-                             else t[:, :length] for name, t in zip(type(words)._fields, words))
-
-
 @torch.no_grad()
 def rescore_pairs(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, images: Tensor, captions: Tensor,
                   caption_chunk: int = CAPTION_CHUNK) -> dict[str, Tensor]:
@@ -345,9 +330,7 @@ def rescore_pairs(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, images
     device = model.device
     lengths = cap.lengths.cpu()
     needed = torch.unique(images)
-    region_terms = model._image_terms(_pick(img, needed.to(img.regions.device)) if len(needed) < len(img.regions)
-                                      else img)
-    region_terms = type(region_terms)._make(None if t is None else t.to(device) for t in region_terms)
+    region_terms = _to(model._image_terms(_take(img, needed) if len(needed) < len(img.regions) else img), device)
     row_of = torch.full((img.regions.shape[0],), -1, dtype=torch.long)
     row_of[needed] = torch.arange(len(needed))
     distinct = torch.unique(captions)
@@ -366,13 +349,13 @@ def rescore_pairs(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, images
         bounds = torch.nonzero(torch.diff(pair_images, prepend=pair_images[:1] - 1)).flatten().tolist() + [len(pairs)]
         for first, last in zip(bounds[:-1], bounds[1:]):
             row = int(row_of[pair_images[first]])
-            regions = _pick(region_terms, torch.tensor([row], device=device))
+            regions = _take(region_terms, torch.tensor([row]))
             image_pairs = pairs[first:last]
             image_pairs = image_pairs[torch.argsort(lengths[captions[image_pairs]], stable=True)]  # shortest first
             for piece in range(0, len(image_pairs), PIECE):  # each piece cut to its own longest caption
                 these = image_pairs[piece:piece + PIECE]
                 columns = column_of[captions[these]]
-                words = _pick(_cut_words(word_terms, int(lengths[captions[these[-1]]])), columns.to(device))
+                words = _take(_trim(word_terms, int(lengths[captions[these[-1]]])), columns)
                 levels = model._score_block(regions, words, model.config.lambda_t2i, model.config.lambda_i2t).levels
                 for level in out:
                     out[level][these] = levels[level][0].to("cpu", out[level].dtype)
