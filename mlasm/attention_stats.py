@@ -48,6 +48,10 @@ _BACKGROUND = frozenset(TEXTURES) | {"background"}
 _SIDES = frozenset({"left", "right"})
 _PLACES = frozenset({"top", "bottom", "corner"})
 _RELATIONS = frozenset({"above", "below"})
+# a word's kind is that of the first set holding it; a "side" is a relation before "of", else a position
+_WORD_SETS = (("colour", _COLOURS), ("shape", _SHAPES), ("generic noun", _GENERIC), ("size", _SIZES),
+              ("count", _COUNTS), ("extreme", _EXTREMES), ("relation", _RELATIONS), ("side", _SIDES),
+              ("position", _PLACES), ("background", _BACKGROUND))
 
 
 def word_kinds(tokens: Sequence[str]) -> list[str]:
@@ -60,26 +64,8 @@ def word_kinds(tokens: Sequence[str]) -> list[str]:
     kinds = []
     for position, token in enumerate(tokens):
         following = tokens[position + 1] if position + 1 < len(tokens) else ""
-        if token in _COLOURS:
-            kinds.append("colour")
-        elif token in _SHAPES:
-            kinds.append("shape")
-        elif token in _GENERIC:
-            kinds.append("generic noun")
-        elif token in _SIZES:
-            kinds.append("size")
-        elif token in _COUNTS:
-            kinds.append("count")
-        elif token in _EXTREMES:
-            kinds.append("extreme")
-        elif token in _RELATIONS or (token in _SIDES and following == "of"):
-            kinds.append("relation")
-        elif token in _SIDES or token in _PLACES:
-            kinds.append("position")
-        elif token in _BACKGROUND:
-            kinds.append("background")
-        else:
-            kinds.append("function")
+        kind = next((kind for kind, words in _WORD_SETS if token in words), "function")
+        kinds.append(kind if kind != "side" else "relation" if following == "of" else "position")
     return kinds
 
 

@@ -44,12 +44,9 @@ def _one_mapping_each(mappings: list[tuple[str, tuple[str, ...]]] | None) -> dic
 def _config_overrides(args: argparse.Namespace) -> dict:
     """The model options given on the command line (a resumed run compares them with its own)."""
     names = ("epochs", "batch_size", "embed_size", "word_dim", "learning_rate", "lr_decay_epoch", "rho",
-             "warmup_epochs", "pooling", "lambda_t2i", "lambda_i2t", "margin", "level_weight")
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    for name in ("bidirectional", "mask_false_negatives", "start_end_tokens"):
-        if getattr(args, name, None) is not None:
-            overrides[name] = getattr(args, name)
-    return overrides
+             "warmup_epochs", "pooling", "lambda_t2i", "lambda_i2t", "margin", "level_weight", "bidirectional",
+             "mask_false_negatives", "start_end_tokens")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _run_train(args: argparse.Namespace) -> int:

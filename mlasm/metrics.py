@@ -107,11 +107,8 @@ def folded_retrieval_metrics(scores, caption_to_image, n_folds: int = 5) -> dict
     """COCO 1K: the protocol on each fold of images with its own captions, averaged over folds."""
     scores = _as_numpy(scores)
     caption_to_image = np.asarray(caption_to_image)
-    per_fold = []
-    for images, captions in fold_indices(scores.shape[0], caption_to_image, n_folds):
-        fold_scores = scores[np.ix_(images, captions)]
-        per_fold.append(retrieval_metrics(fold_scores, caption_to_image[captions] - images[0]))
-    return average_metrics(per_fold)
+    return average_metrics([retrieval_metrics(scores[np.ix_(images, captions)], caption_to_image[captions] - images[0])
+                            for images, captions in fold_indices(scores.shape[0], caption_to_image, n_folds)])
 
 
 def pointing_accuracy(attention_argmax: Sequence[Sequence[int]], grounding: Sequence,
@@ -252,11 +249,8 @@ def complete_positive_ranks(scores, positives, i2t_positives=None) -> dict[str, 
     t2i = _direction_ranks(n_captions, n_images, lambda a, b: np.ascontiguousarray(scores[:, a:b].T),
                            positives.indptr, positives.indices)
     i2t = _direction_ranks(n_images, n_captions, lambda a, b: scores[a:b], by_image.indptr, by_image.indices)
-    result = {}
-    for direction, values in (("t2i", t2i), ("i2t", i2t)):
-        for key, value in values.items():
-            result[f"{direction}_{key}"] = value
-    return result
+    return {f"{direction}_{key}": value for direction, values in (("t2i", t2i), ("i2t", i2t))
+            for key, value in values.items()}
 
 
 def complete_positive_metrics(scores, positives, i2t_positives=None) -> dict:
