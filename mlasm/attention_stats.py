@@ -328,11 +328,6 @@ def statistics(records: pd.DataFrame, region_kind_names: Sequence[str]) -> dict:
             "matrix": {kind: {region: clean(float(v)) for region, v in row.items()} for kind, row in matrix.iterrows()}}
 
 
-def attention_statistics(model, split, vocab, img=None, cap=None, max_captions: int = 5000) -> dict:
-    """``statistics`` of a model on a split; on at most ``max_captions`` captions, evenly spread, then noted."""
-    return attention_statistics_and_records(model, split, vocab, img, cap, max_captions)[0]
-
-
 def statistics_captions(n_captions: int, max_captions: int = 5000) -> np.ndarray | None:
     """The captions the statistics read: None for all of them when there are at most ``max_captions``,
     else ``max_captions`` of them evenly spread (in increasing order)."""
@@ -343,7 +338,8 @@ def statistics_captions(n_captions: int, max_captions: int = 5000) -> np.ndarray
 
 def attention_statistics_and_records(model, split, vocab, img=None, cap=None, max_captions: int = 5000,
                                      records: pd.DataFrame | None = None) -> tuple[dict, pd.DataFrame]:
-    """``attention_statistics`` and the records it was made from (every caption's when there are at most
+    """``statistics`` of a model on a split, on at most ``max_captions`` captions evenly spread (its "captions"
+    says how many), and the records it was made from (every caption's when there are at most
     ``max_captions``: what the workbench's statistics tab shows, saved so that it opens at once).
 
     ``records``: ``model_records`` already made over these captions or more (evaluate's one pass over the

@@ -40,10 +40,11 @@ from mlasm.metrics import (
     i2t_ranks,
     pointing_accuracy,
     retrieval_metrics,
+    scored_levels,
     t2i_ranks,
 )
 from mlasm.encoding import encode_split
-from mlasm.levels import BY_NAME, LEVELS
+from mlasm.levels import LEVELS
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 from mlasm.saved_scores import RECORDS_FILE, SCORES_FILE, scores_fingerprint, write_records, write_scores
 from mlasm.score_store import StoredScores, score_into_store
@@ -112,9 +113,7 @@ def level_metrics(level_scores: dict[str, torch.Tensor], caption_to_image: np.nd
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     measure = retrieval_metrics if protocol == "full" else folded_retrieval_metrics
     levels = {}
-    for level, scores in level_scores.items():
-        if BY_NAME[level].semantic and torch.isnan(scores).all():  # a local-only model has no global level
-            continue
+    for level, scores in scored_levels(level_scores).items():
         check_finite(scores, f"level {level!r}")
         levels[level] = measure(scores, caption_to_image)
         if positives is not None and complete_ranks is not None and protocol == "full":
@@ -134,9 +133,7 @@ def level_ranks(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndar
     and the number of valid items per query (from ``complete_ranks`` where given, as in level_metrics).
     """
     arrays = {}
-    for level, scores in level_scores.items():
-        if BY_NAME[level].semantic and torch.isnan(scores).all():  # a local-only model has no global level
-            continue
+    for level, scores in scored_levels(level_scores).items():
         k = min(TOP_K_SAVED, scores.shape[0], scores.shape[1])
         arrays[f"{level}_i2t_rank"] = i2t_ranks(scores, caption_to_image)
         arrays[f"{level}_t2i_rank"] = t2i_ranks(scores, caption_to_image)
@@ -324,9 +321,7 @@ def _complete_ranks(scores: dict[str, torch.Tensor], split: RetrievalSplit) -> d
     if split.positives is None:
         return None
     complete = {}
-    for level, level_scores in scores.items():
-        if BY_NAME[level].semantic and torch.isnan(level_scores).all():  # a local-only model's
-            continue
+    for level, level_scores in scored_levels(scores).items():
         check_finite(level_scores, f"level {level!r}")
         complete[level] = complete_positive_ranks(level_scores.numpy(), split.positives)
     return complete

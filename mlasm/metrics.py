@@ -5,9 +5,11 @@ positive is ranked above it, so a constant score matrix earns chance-level recal
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+
+from mlasm.levels import BY_NAME
 
 RECALL_KS = (1, 5, 10)
 
@@ -16,6 +18,12 @@ def _as_numpy(scores) -> np.ndarray:
     if hasattr(scores, "detach"):
         scores = scores.detach().cpu().numpy()
     return np.asarray(scores)
+
+
+def scored_levels(level_scores: Mapping) -> dict:
+    """The levels of ``level_scores`` the model scores: a local-only model's global level is NaN everywhere."""
+    return {level: scores for level, scores in level_scores.items()
+            if not (BY_NAME[level].semantic and np.isnan(_as_numpy(scores)).all())}
 
 
 class NonFiniteScores(ValueError):

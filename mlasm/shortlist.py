@@ -43,8 +43,7 @@ from torch import Tensor, nn
 
 from mlasm.blocks import _slice, _take, _to, _trim
 from mlasm.io import write_together
-from mlasm.levels import BY_NAME
-from mlasm.metrics import RECALL_KS, recall_summary
+from mlasm.metrics import RECALL_KS, recall_summary, scored_levels
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, l2norm, lengths_to_mask, masked_mean
 
 FIRST_STAGES = ("mean", "semantic", "blend")
@@ -380,9 +379,7 @@ class TwoStageResult:
     def metrics(self) -> dict:
         """As mlasm.evaluate.level_metrics (protocol "full", no complete positives), with ``two_stage``."""
         levels = {}
-        for level in self.scores["t2i"]:
-            if BY_NAME[level].semantic and torch.isnan(self.scores["t2i"][level]).all():  # a local-only model
-                continue
+        for level in scored_levels(self.scores["t2i"]):
             summary = {direction: recall_summary(self.ranks(level, direction)) for direction in ("i2t", "t2i")}
             rsum = sum(summary[d][f"r{k}"] for d in ("i2t", "t2i") for k in RECALL_KS)
             levels[level] = {"rsum": float(rsum), **summary}
