@@ -133,13 +133,9 @@ def change_counts(table: pd.DataFrame) -> pd.DataFrame:
 
 def recall_at(table: pd.DataFrame, k: int) -> Mapping[str, Mapping[str, float]]:
     """R@k (percent) of A and B per protocol and direction, read from the comparison table."""
-    result = {}
-    for protocol, column in _RANK_COLUMN.items():
-        for direction in ("t2i", "i2t"):
-            part = table[table["direction"] == direction]
-            result[f"{protocol} {direction}"] = {side: float(100 * (part[f"{column}_{side}"] < k).mean())
-                                                 for side in ("a", "b")}
-    return result
+    parts = {direction: table[table["direction"] == direction] for direction in ("t2i", "i2t")}
+    return {f"{protocol} {direction}": {side: float(100 * (part[f"{column}_{side}"] < k).mean()) for side in ("a", "b")}
+            for protocol, column in _RANK_COLUMN.items() for direction, part in parts.items()}
 
 
 def ensemble_session(checkpoints: Sequence[str | Path], split, device=None, vocab=None) -> WorkbenchSession:

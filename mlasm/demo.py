@@ -33,7 +33,7 @@ from mlasm.plots import draw_attention, draw_level_recalls, draw_training_log
 from mlasm.report import complete_table, format_result, recall_table
 from mlasm.sources import EMBEDDED, FAST_SIZES, fast_mode, open_split
 from mlasm.checkpoint import load_model, resolve_device
-from mlasm.run_folder import RunFolderError, holds_run
+from mlasm.run_folder import RunFolderError, holds_run, read_log
 from mlasm.train import native_bfloat16, train
 
 # Tiny settings that still learn: 3 epochs at twice the learning rate, every one summing the hinge over
@@ -203,9 +203,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     seconds.update(mlasm_run["seconds"])
     drawing_started = time.time()
     test = splits["test"]
-    with open(out / "mlasm" / "train_log.jsonl", encoding="utf-8") as f:
-        log = [json.loads(line) for line in f if line.strip()]
-    _save(draw_training_log(log), out / "figures" / "training.png")
+    _save(draw_training_log(read_log(out / "mlasm" / "train_log.jsonl")), out / "figures" / "training.png")
     _save(draw_level_recalls(result, title="ShapeScenes test: recall per level"), out / "figures" / "recall_per_level.png")
     _save(attention_figure(Path(mlasm_run["train"]["best"]), test), out / "figures" / "attention.png")
     seconds["figures"] = time.time() - drawing_started

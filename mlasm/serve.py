@@ -120,9 +120,7 @@ def is_loopback(host: str) -> bool:
 
 def choose_token(host: str, token: str | None) -> str:
     """The token visitors need: the one given, none on a loopback address, else a new random one."""
-    if token:
-        return token
-    return "" if is_loopback(host) else secrets.token_urlsafe(16)
+    return token or ("" if is_loopback(host) else secrets.token_urlsafe(16))
 
 
 def shared_scores_folder(checkpoint: Path, split) -> Path | None:

@@ -227,10 +227,6 @@ def grounding(words: Words, regions: list[dict]) -> list[list]:
 
     Token positions are those of ``tokenize(text_of(words))``: one token per word, then the full stop.
     """
-    entries = []
-    for position, (_, objects) in enumerate(words):
-        if objects is not None:
-            boxes = [r for r, region in enumerate(regions)
-                     if region["kind"] in ("object", "part") and region["objects"][0] in objects]
-            entries.append([position, boxes])
-    return entries
+    return [[position, [r for r, region in enumerate(regions)
+                        if region["kind"] in ("object", "part") and region["objects"][0] in objects]]
+            for position, (_, objects) in enumerate(words) if objects is not None]
