@@ -222,12 +222,8 @@ class SplitReader:
                     continue
                 self.label_ids.setdefault(name, index)
                 self.label_ids.setdefault(_singular(name), index)
-        if self.scene_kinds is not None:
-            self.region_kind_names, self.word_kind_names = REGION_KINDS, WORD_KINDS
-        elif self.labels is not None:
-            self.region_kind_names, self.word_kind_names = LABEL_REGION_KINDS, LABEL_WORD_KINDS
-        else:
-            self.region_kind_names, self.word_kind_names = ("region",), WORD_KINDS
+        self.region_kind_names = (REGION_KINDS if self.scene_kinds is not None else
+                                  LABEL_REGION_KINDS if self.labels is not None else ("region",))
 
     def attended(self, caption: int, image: int, tokens: Sequence[str], attention: np.ndarray,
                  region_indices: np.ndarray) -> AttendedCaption:
@@ -251,10 +247,8 @@ class SplitReader:
                     targets[position] = frozenset(region_indices[same].tolist())
             return AttendedCaption(caption, image, list(tokens), kinds, attention, region_indices, region_kinds,
                                    targets)
-        if self.scene_kinds is not None:
-            names = np.asarray(self.scene_kinds[image], dtype=object)[region_indices]
-        else:
-            names = np.full(len(region_indices), "region", dtype=object)
+        names = (np.asarray(self.scene_kinds[image], dtype=object)[region_indices] if self.scene_kinds is not None
+                 else np.full(len(region_indices), "region", dtype=object))
         targets = {}
         if split.grounding is not None:
             targets = {int(position) + offset: frozenset(int(r) for r in regions)

@@ -90,8 +90,7 @@ def student_workbench(session: WorkbenchSession | None = None):
 
 # --- the toy of notebook 06 ----------------------------------------------------------------------
 
-TOY_AXES = ("red", "blue", "circle", "square")
-# image A: a red circle and a blue square; image B: a blue circle and a red square
+# axes red, blue, circle, square; image A: a red circle and a blue square, image B: a blue circle and a red square
 TOY_REGIONS = l2norm(torch.tensor([[[1.0, 0, 1, 0], [0, 1, 0, 1]], [[0.0, 1, 1, 0], [1, 0, 0, 1]]]))
 TOY_WORDS = {"context-free": l2norm(torch.tensor([[[1.0, 0, 0, 0], [0, 0, 1, 0]]])),   # "red", "circle"
              "contextual": l2norm(torch.tensor([[[1.0, 0, 0.6, 0], [0.6, 0, 1, 0]]]))}  # each leans to the other
