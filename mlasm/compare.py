@@ -174,11 +174,8 @@ class ModelComparison:
         """One session per named checkpoint, all on the same split, opened once. ``vocab``: SCAN's
         vocabulary, for SCAN checkpoints among them (an mlasm checkpoint reads with its own)."""
         data = open_split(source, split, fast=fast, progress=False)
-        sessions = {}
-        for name, path in checkpoints.items():
-            model, vocab_of_model, _ = load_model(path, device, vocab=vocab)
-            sessions[name] = WorkbenchSession(model, vocab_of_model, data)
-        return cls(sessions)
+        return cls({name: WorkbenchSession(*load_model(path, device, vocab=vocab)[:2], data)  # model, its vocabulary
+                    for name, path in checkpoints.items()})
 
     @property
     def split(self):

@@ -31,7 +31,7 @@ from mlasm.encoding import encode_split
 from mlasm.io import check_output_folder
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, lengths_to_mask
 from mlasm.shortlist import FirstStage, caption_vectors, image_vectors, shortlists, train_first_stage
-from mlasm.sources import EMBEDDED, open_split
+from mlasm.sources import open_split, split_names
 
 DEFAULT_IMAGES = 20_000      # images trained on by default: about 8 GB of encodings at COCO's sizes
 ENCODE_IMAGES = 2_000        # images (with their captions) encoded at once
@@ -152,21 +152,11 @@ def train_first_stage_file(job: FirstStageJob, say=print, progress: bool = True)
     return {**summary, "out": str(out), "bytes": out.stat().st_size}
 
 
-def _split_names(data: str) -> list[str]:
-    if str(data) == EMBEDDED:
-        from mlasm.data.shapescenes import SPLITS
-
-        return list(SPLITS)
-    from mlasm.data.precomp import list_splits
-
-    return list_splits(data)
-
-
 def held_out_recall(model: MLASM, stage: FirstStage, job: FirstStageJob, vocab, progress: bool) -> dict | None:
     """Recall at K (a tenth of the gallery, at most SUGGESTED_K) on the first HELD_OUT_IMAGES images of the
     held-out split: the trained first stage's and the model's mean vectors', per direction; None without one."""
     name = job.held_out if job.held_out is not None else (
-        "dev" if job.split != "dev" and "dev" in _split_names(job.data) else None)
+        "dev" if job.split != "dev" and "dev" in split_names(job.data) else None)
     if name is None:
         return None
     split = open_split(job.data, name, progress=progress)
@@ -195,7 +185,7 @@ def describe(summary: dict) -> str:
         recall = (f"recall@{held['k']} on the first {held['images']:,} {held['split']} images: i2t "
                   f"{held['trained']['i2t']:.1f} %, t2i {held['trained']['t2i']:.1f} % (the model's mean vectors: "
                   f"{held['mean']['i2t']:.1f} %, {held['mean']['t2i']:.1f} %)")
-    split = "test" if "test" in _split_names(summary["data"]) else "SPLIT"  # where the data has a test split
+    split = "test" if "test" in split_names(summary["data"]) else "SPLIT"  # where the data has a test split
     command = ["mlasm", "evaluate", "--checkpoint", summary["checkpoint"], "--data", summary["data"], "--split",
                split, "--shortlist", str(SUGGESTED_K), "--first-stage", summary["out"]]
     if summary.get("vocab"):

@@ -38,15 +38,11 @@ def check_finite(scores, what: str = "scores") -> None:
                               f"has diverged (lower the learning rate, or train without --amp)")
 
 
-def _positive_mask(n_images: int, caption_to_image: np.ndarray) -> np.ndarray:
-    return caption_to_image[None, :] == np.arange(n_images)[:, None]  # (N, M)
-
-
 def i2t_ranks(scores, caption_to_image) -> np.ndarray:
     """Per image, the rank of its best-ranked caption among all captions; -1 for an image without captions."""
     scores = _as_numpy(scores)
     caption_to_image = np.asarray(caption_to_image)
-    positive = _positive_mask(scores.shape[0], caption_to_image)
+    positive = caption_to_image[None, :] == np.arange(scores.shape[0])[:, None]  # (N, M) own pairs
     best_positive = np.where(positive, scores, -np.inf).max(axis=1)  # (N,)
     ranks = ((scores >= best_positive[:, None]) & ~positive).sum(axis=1)
     ranks[~positive.any(axis=1)] = -1

@@ -62,14 +62,6 @@ def check_shortlist(k, what: str = "--shortlist") -> int:
     return int(k)
 
 
-def _check_kind(kind) -> str:
-    if isinstance(kind, FirstStage):
-        return kind
-    if kind not in FIRST_STAGES:
-        raise ValueError(f"first stage must be one of {', '.join(FIRST_STAGES)}, got {kind!r}")
-    return kind
-
-
 # --- first stage: one vector per item ------------------------------------------------------
 
 ENCODE_CHUNK = 4096          # items whose first-stage vectors are made at once (no copy of a whole gallery)
@@ -99,7 +91,8 @@ def caption_vectors(model: MLASM, cap: CaptionEncoding, kind=DEFAULT_FIRST_STAGE
 def _item_vectors(model: MLASM, items: NamedTuple, vectors_and_mask, side: str, semantic, kind) -> Tensor:
     """One side's first-stage vectors, ENCODE_CHUNK items at a time: a FirstStage's, or from the masked
     mean of the item's vectors (``semantic(mean, part)`` makes the semantic kind's)."""
-    _check_kind(kind)
+    if not isinstance(kind, FirstStage) and kind not in FIRST_STAGES:
+        raise ValueError(f"first stage must be one of {', '.join(FIRST_STAGES)}, got {kind!r}")
     parts = []
     for start in range(0, items[0].shape[0], ENCODE_CHUNK):
         part = _slice(items, start, start + ENCODE_CHUNK)
@@ -112,14 +105,10 @@ def _item_vectors(model: MLASM, items: NamedTuple, vectors_and_mask, side: str, 
             parts.append(l2norm(mean))
         elif kind == "semantic":
             parts.append(semantic(mean, part))
-        else:
-            parts.append(_blend(model, l2norm(mean), semantic(mean, part)))
+        else:  # blend: one dot product is rho * mean + (1 - rho) * semantic
+            rho = model.config.rho
+            parts.append(torch.cat([math.sqrt(rho) * l2norm(mean), math.sqrt(1 - rho) * semantic(mean, part)], dim=-1))
     return torch.cat(parts)
-
-
-def _blend(model: MLASM, local: Tensor, semantic: Tensor) -> Tensor:
-    rho = model.config.rho
-    return torch.cat([math.sqrt(rho) * local, math.sqrt(1 - rho) * semantic], dim=-1)
 
 
 def first_stage_scores(queries: Tensor, items: Tensor) -> Tensor:

@@ -357,16 +357,14 @@ class _TsvRows:
     def open(self, dim: int, create: bool) -> None:
         out, max_regions = self.out, self.max_regions
         for name, n in self.sizes.items():
+            layouts = {"ims": (np.float32, (n, max_regions, dim)), "boxes": (np.float32, (n, max_regions, 4)),
+                       "mask": (np.bool_, (n, max_regions)), "sizes": (np.int32, (n, 2))}  # per suffix: dtype, shape
             for suffix in self.SUFFIXES:  # a run stopped among the final renames
                 final = out / f"{name}_{suffix}.npy"
                 if not create and not _partial(final).exists() and final.exists():
                     os.replace(final, _partial(final))
-            self.files[name] = {
-                "ims": _RowFile(_partial(out / f"{name}_ims.npy"), np.float32, (n, max_regions, dim), create),
-                "boxes": _RowFile(_partial(out / f"{name}_boxes.npy"), np.float32, (n, max_regions, 4), create),
-                "mask": _RowFile(_partial(out / f"{name}_mask.npy"), np.bool_, (n, max_regions), create),
-                "sizes": _RowFile(_partial(out / f"{name}_sizes.npy"), np.int32, (n, 2), create),
-            }
+            self.files[name] = {suffix: _RowFile(_partial(out / f"{name}_{suffix}.npy"), *layouts[suffix], create)
+                                for suffix in self.SUFFIXES}
 
     def write(self, name: str, row: int, record) -> None:
         """One image's regions, padded to max_regions with a mask, its boxes and size."""
