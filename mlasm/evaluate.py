@@ -27,7 +27,7 @@ from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary, rows_before_words
-from mlasm.io import check_output_folder, remove_stale_temporaries, write_together
+from mlasm.io import check_output_folder, write_together
 from mlasm.metrics import (
     RECALL_KS,
     average_metrics,
@@ -244,12 +244,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
     check_rankable(split)
     progress = progress and distributed.is_main()  # one set of progress bars
     if out_dir is not None:  # before every pair is scored, not after; rank 0's, which writes there
-        def usable_folder() -> Path:
-            folder = check_output_folder(out_dir, "out_dir")
-            remove_stale_temporaries(folder)
-            return folder
-
-        out_dir = distributed.on_rank_zero(usable_folder)
+        out_dir = distributed.on_rank_zero(lambda: check_output_folder(out_dir, "out_dir", clean=True))
     if protocol == "5fold":
         return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress, vocab)
     into = None

@@ -37,8 +37,7 @@ from mlasm.data.pictures import picture_inside
 from mlasm.data.precomp import (DEFAULT_CAPTIONS_PER_IMAGE, EXTRA_SUFFIXES, FORMAT, FORMAT_VERSION, META_FILE,
                                 read_meta, read_split)
 from mlasm.data.tsv import iter_tsv_from
-from mlasm.io import (check_output_folder, npz_declared_sizes, remove_stale_temporaries, write_json, write_text,
-                      write_together)
+from mlasm.io import check_output_folder, npz_declared_sizes, write_json, write_text, write_together
 
 STATE_FILE = ".prepare-state.json"
 FILLED_FILE = ".prepare-filled.npz"
@@ -296,8 +295,7 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
                 "max_regions": max_regions,
                 "captions_per_image": captions_per_image, "match": match}
     settings = json.loads(json.dumps(settings))  # as it reads back from the state file
-    out = check_output_folder(out, "--out")
-    remove_stale_temporaries(out)
+    out = check_output_folder(out, "--out", clean=True)
     state, filled = _tsv_state(out, restart, settings, plan, match)
     rows = _TsvRows(out, {s.name: len(s.images) for s in plan}, max_regions)
     if state["dim"] is not None:
