@@ -249,10 +249,8 @@ class SplitReader:
                                    targets)
         names = (np.asarray(self.scene_kinds[image], dtype=object)[region_indices] if self.scene_kinds is not None
                  else np.full(len(region_indices), "region", dtype=object))
-        targets = {}
-        if split.grounding is not None:
-            targets = {int(position) + offset: frozenset(int(r) for r in regions)
-                       for position, regions in split.grounding[caption] if regions}
+        targets = {} if split.grounding is None else {int(position) + offset: frozenset(int(r) for r in regions)
+                                                      for position, regions in split.grounding[caption] if regions}
         return AttendedCaption(caption, image, list(tokens), word_kinds(tokens), attention, region_indices,
                                [names] * len(tokens), targets)
 

@@ -203,14 +203,12 @@ def write_pages(folder: Path) -> list[Path]:
     from mlasm.classroom_server import PAGES
 
     guides = {"workbench.ipynb": WORKBENCH_GUIDE, "teaching.ipynb": TEACHING_GUIDE}
-    written = []
     for name, (_, _, code) in PAGES.items():
         notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(guides[name]),
                                                    nbformat.v4.new_code_cell(code)])
         notebook.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "MLASM classroom", "language": "python"}
         nbformat.write(notebook, folder / name)
-        written.append(folder / name)
-    return written
+    return [folder / name for name in PAGES]
 
 
 def voila_arguments(settings: ServeSettings, pages: Path, token: str) -> list[str]:
