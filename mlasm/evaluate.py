@@ -375,11 +375,9 @@ def _evaluate_folds(checkpoints: Sequence[str | Path], split: RetrievalSplit, ou
     Each fold's files go to ``OUT/fold1`` ... ``fold5``; OUT/metrics.json holds the means and,
     under ``folds``, each fold's metrics.
     """
-    folds = []
-    for k, (images, _) in enumerate(fold_indices(split.n_images, split.caption_to_image, FOLDS), start=1):
-        fold_dir = None if out_dir is None else out_dir / f"fold{k}"
-        folds.append(evaluate_checkpoints(checkpoints, split.subset(images), "full", fold_dir, device,
-                                          memory_budget_mb, progress, vocab))
+    folds = [evaluate_checkpoints(checkpoints, split.subset(images), "full", None if out_dir is None else
+                                  out_dir / f"fold{k}", device, memory_budget_mb, progress, vocab)
+             for k, (images, _) in enumerate(fold_indices(split.n_images, split.caption_to_image, FOLDS), start=1)]
     if not distributed.is_main():
         return None
     result = {**_mean_over_folds(folds), "protocol": "5fold", "split": split.name, "n_images": split.n_images,
