@@ -99,12 +99,6 @@ def _train_and_evaluate(config: MLASMConfig, splits: dict, run_dir: Path, eval_d
     return {"train": summary, "result": result, "seconds": seconds}
 
 
-def time_breakdown(seconds: dict[str, float]) -> str:
-    """One line: where the demo's time went."""
-    total = sum(seconds.values())
-    return "time: " + ", ".join(f"{name} {value:.0f} s ({100 * value / total:.0f} %)" for name, value in seconds.items())
-
-
 def demo_checkpoint(fast: bool | None = None, progress: bool = False, local_only: bool = False) -> Path:
     """The demo's best checkpoint, for notebooks: ``runs/demo`` where ``mlasm demo`` ran,
     else (and always in fast mode) a tiny model trained now in seconds and cached.
@@ -211,7 +205,8 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     main_seconds = time.time() - started
     print()
     print(format_result(result))
-    print(time_breakdown(seconds))
+    total = sum(seconds.values())  # where the demo's time went
+    print("time: " + ", ".join(f"{name} {value:.0f} s ({100 * value / total:.0f} %)" for name, value in seconds.items()))
     if compare:
         local_run = _train_and_evaluate(local_only_config(config), splits, out / "local_only", out / "local_only",
                                         device, seed, amp, compile_scorer)

@@ -158,15 +158,11 @@ class TeachingTasks:
     def __init__(self, session: WorkbenchSession):
         self.session = session
 
-    def best_image(self, caption: int, level: str) -> int:
-        scores = self.session.image_scores(int(caption), level)
-        return int(np.argmax(scores))
-
     def check_caption(self, caption: int) -> tuple[bool, str]:
         """Task 1: is the best image of ``caption`` right under the t2i level and wrong under the i2t level?"""
         caption = int(caption)
         true_of = set(self.session.valid_images(caption).tolist())
-        best = {level: self.best_image(caption, level) for level in ("t2i", "i2t")}
+        best = {level: int(np.argmax(self.session.image_scores(caption, level))) for level in ("t2i", "i2t")}
         right = {level: image in true_of for level, image in best.items()}
         said = {level: f"the {level} level puts image {image} first, which the caption "
                        f"{'is' if right[level] else 'is not'} true of" for level, image in best.items()}
