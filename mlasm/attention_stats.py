@@ -48,6 +48,10 @@ _BACKGROUND = frozenset(TEXTURES) | {"background"}
 _SIDES = frozenset({"left", "right"})
 _PLACES = frozenset({"top", "bottom", "corner"})
 _RELATIONS = frozenset({"above", "below"})
+# a word's kind is that of the first set holding it; a "side" is a relation before "of", else a position
+_WORD_SETS = (("colour", _COLOURS), ("shape", _SHAPES), ("generic noun", _GENERIC), ("size", _SIZES),
+              ("count", _COUNTS), ("extreme", _EXTREMES), ("relation", _RELATIONS), ("side", _SIDES),
+              ("position", _PLACES), ("background", _BACKGROUND))
 
 
 def word_kinds(tokens: Sequence[str]) -> list[str]:
@@ -60,26 +64,8 @@ def word_kinds(tokens: Sequence[str]) -> list[str]:
     kinds = []
     for position, token in enumerate(tokens):
         following = tokens[position + 1] if position + 1 < len(tokens) else ""
-        if token in _COLOURS:
-            kinds.append("colour")
-        elif token in _SHAPES:
-            kinds.append("shape")
-        elif token in _GENERIC:
-            kinds.append("generic noun")
-        elif token in _SIZES:
-            kinds.append("size")
-        elif token in _COUNTS:
-            kinds.append("count")
-        elif token in _EXTREMES:
-            kinds.append("extreme")
-        elif token in _RELATIONS or (token in _SIDES and following == "of"):
-            kinds.append("relation")
-        elif token in _SIDES or token in _PLACES:
-            kinds.append("position")
-        elif token in _BACKGROUND:
-            kinds.append("background")
-        else:
-            kinds.append("function")
+        kind = next((kind for kind, words in _WORD_SETS if token in words), "function")
+        kinds.append(kind if kind != "side" else "relation" if following == "of" else "position")
     return kinds
 
 
@@ -236,12 +222,8 @@ class SplitReader:
                     continue
                 self.label_ids.setdefault(name, index)
                 self.label_ids.setdefault(_singular(name), index)
-        if self.scene_kinds is not None:
-            self.region_kind_names, self.word_kind_names = REGION_KINDS, WORD_KINDS
-        elif self.labels is not None:
-            self.region_kind_names, self.word_kind_names = LABEL_REGION_KINDS, LABEL_WORD_KINDS
-        else:
-            self.region_kind_names, self.word_kind_names = ("region",), WORD_KINDS
+        self.region_kind_names = (REGION_KINDS if self.scene_kinds is not None else
+                                  LABEL_REGION_KINDS if self.labels is not None else ("region",))
 
     def attended(self, caption: int, image: int, tokens: Sequence[str], attention: np.ndarray,
                  region_indices: np.ndarray) -> AttendedCaption:
@@ -265,14 +247,10 @@ class SplitReader:
                     targets[position] = frozenset(region_indices[same].tolist())
             return AttendedCaption(caption, image, list(tokens), kinds, attention, region_indices, region_kinds,
                                    targets)
-        if self.scene_kinds is not None:
-            names = np.asarray(self.scene_kinds[image], dtype=object)[region_indices]
-        else:
-            names = np.full(len(region_indices), "region", dtype=object)
-        targets = {}
-        if split.grounding is not None:
-            targets = {int(position) + offset: frozenset(int(r) for r in regions)
-                       for position, regions in split.grounding[caption] if regions}
+        names = (np.asarray(self.scene_kinds[image], dtype=object)[region_indices] if self.scene_kinds is not None
+                 else np.full(len(region_indices), "region", dtype=object))
+        targets = {} if split.grounding is None else {int(position) + offset: frozenset(int(r) for r in regions)
+                                                      for position, regions in split.grounding[caption] if regions}
         return AttendedCaption(caption, image, list(tokens), word_kinds(tokens), attention, region_indices,
                                [names] * len(tokens), targets)
 
@@ -342,11 +320,6 @@ def statistics(records: pd.DataFrame, region_kind_names: Sequence[str]) -> dict:
             "matrix": {kind: {region: clean(float(v)) for region, v in row.items()} for kind, row in matrix.iterrows()}}
 
 
-def attention_statistics(model, split, vocab, img=None, cap=None, max_captions: int = 5000) -> dict:
-    """``statistics`` of a model on a split; on at most ``max_captions`` captions, evenly spread, then noted."""
-    return attention_statistics_and_records(model, split, vocab, img, cap, max_captions)[0]
-
-
 def statistics_captions(n_captions: int, max_captions: int = 5000) -> np.ndarray | None:
     """The captions the statistics read: None for all of them when there are at most ``max_captions``,
     else ``max_captions`` of them evenly spread (in increasing order)."""
@@ -357,7 +330,8 @@ def statistics_captions(n_captions: int, max_captions: int = 5000) -> np.ndarray
 
 def attention_statistics_and_records(model, split, vocab, img=None, cap=None, max_captions: int = 5000,
                                      records: pd.DataFrame | None = None) -> tuple[dict, pd.DataFrame]:
-    """``attention_statistics`` and the records it was made from (every caption's when there are at most
+    """``statistics`` of a model on a split, on at most ``max_captions`` captions evenly spread (its "captions"
+    says how many), and the records it was made from (every caption's when there are at most
     ``max_captions``: what the workbench's statistics tab shows, saved so that it opens at once).
 
     ``records``: ``model_records`` already made over these captions or more (evaluate's one pass over the

@@ -20,7 +20,6 @@ from mlasm.config import MLASMConfig
 from mlasm.data.errors import DataError
 from mlasm.interrupts import Terminated, sigterm_as_exception
 from mlasm.io import check_output_folder
-from mlasm.sources import EMBEDDED
 from mlasm.threads import set_threads
 
 GLOVE_WARNING = ("mlasm train: warning: --preset paper without --glove: the paper initialises the word embedding "
@@ -44,12 +43,9 @@ def _one_mapping_each(mappings: list[tuple[str, tuple[str, ...]]] | None) -> dic
 def _config_overrides(args: argparse.Namespace) -> dict:
     """The model options given on the command line (a resumed run compares them with its own)."""
     names = ("epochs", "batch_size", "embed_size", "word_dim", "learning_rate", "lr_decay_epoch", "rho",
-             "warmup_epochs", "pooling", "lambda_t2i", "lambda_i2t", "margin", "level_weight")
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    for name in ("bidirectional", "mask_false_negatives", "start_end_tokens"):
-        if getattr(args, name, None) is not None:
-            overrides[name] = getattr(args, name)
-    return overrides
+             "warmup_epochs", "pooling", "lambda_t2i", "lambda_i2t", "margin", "level_weight", "bidirectional",
+             "mask_false_negatives", "start_end_tokens")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -170,11 +166,9 @@ def _run_export_notebooks(args: argparse.Namespace) -> int:
 
 def _run_check(args: argparse.Namespace) -> int:
     from mlasm.data.dataset import check_features
-    from mlasm.data.precomp import list_splits
-    from mlasm.data.shapescenes import SPLITS
-    from mlasm.sources import open_split
+    from mlasm.sources import open_split, split_names
 
-    names = args.split or (list(SPLITS) if args.data == EMBEDDED else list_splits(args.data))
+    names = args.split or split_names(args.data)
     if not names and not os.path.isdir(args.data):
         what = "a file, expected a folder" if os.path.exists(args.data) else "no such folder"
         raise DataError(f"{args.data}: {what} (give 'shapescenes' or a folder in the precomp format)")

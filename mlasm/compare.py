@@ -133,13 +133,9 @@ def change_counts(table: pd.DataFrame) -> pd.DataFrame:
 
 def recall_at(table: pd.DataFrame, k: int) -> Mapping[str, Mapping[str, float]]:
     """R@k (percent) of A and B per protocol and direction, read from the comparison table."""
-    result = {}
-    for protocol, column in _RANK_COLUMN.items():
-        for direction in ("t2i", "i2t"):
-            part = table[table["direction"] == direction]
-            result[f"{protocol} {direction}"] = {side: float(100 * (part[f"{column}_{side}"] < k).mean())
-                                                 for side in ("a", "b")}
-    return result
+    parts = {direction: table[table["direction"] == direction] for direction in ("t2i", "i2t")}
+    return {f"{protocol} {direction}": {side: float(100 * (part[f"{column}_{side}"] < k).mean()) for side in ("a", "b")}
+            for protocol, column in _RANK_COLUMN.items() for direction, part in parts.items()}
 
 
 def ensemble_session(checkpoints: Sequence[str | Path], split, device=None, vocab=None) -> WorkbenchSession:
@@ -178,11 +174,8 @@ class ModelComparison:
         """One session per named checkpoint, all on the same split, opened once. ``vocab``: SCAN's
         vocabulary, for SCAN checkpoints among them (an mlasm checkpoint reads with its own)."""
         data = open_split(source, split, fast=fast, progress=False)
-        sessions = {}
-        for name, path in checkpoints.items():
-            model, vocab_of_model, _ = load_model(path, device, vocab=vocab)
-            sessions[name] = WorkbenchSession(model, vocab_of_model, data)
-        return cls(sessions)
+        return cls({name: WorkbenchSession(*load_model(path, device, vocab=vocab)[:2], data)  # model, its vocabulary
+                    for name, path in checkpoints.items()})
 
     @property
     def split(self):

@@ -64,14 +64,11 @@ class MLASMConfig:
     level_weight: float = 0.0    # > 0: add weight x the hinge of each level alone (t2i, i2t, global); 0 = the paper
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("region_dim", "global_dim", "vocab_size", "warmup_epochs"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("embed_size", "word_dim", "lambda_t2i", "lambda_i2t", "lambda_lse",
-                     "learning_rate", "lr_decay_epoch", "epochs", "grad_clip"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        problems = [f"{name} must be >= 0, got {getattr(self, name)}"
+                    for name in ("region_dim", "global_dim", "vocab_size", "warmup_epochs") if getattr(self, name) < 0]
+        problems += [f"{name} must be > 0, got {getattr(self, name)}"
+                     for name in ("embed_size", "word_dim", "lambda_t2i", "lambda_i2t", "lambda_lse", "learning_rate",
+                                  "lr_decay_epoch", "epochs", "grad_clip") if not getattr(self, name) > 0]
         if self.pooling not in POOLINGS:
             problems.append(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if not 0.0 <= self.rho <= 1.0:

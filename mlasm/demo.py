@@ -33,7 +33,7 @@ from mlasm.plots import draw_attention, draw_level_recalls, draw_training_log
 from mlasm.report import complete_table, format_result, recall_table
 from mlasm.sources import EMBEDDED, FAST_SIZES, fast_mode, open_split
 from mlasm.checkpoint import load_model, resolve_device
-from mlasm.run_folder import RunFolderError, holds_run
+from mlasm.run_folder import RunFolderError, holds_run, read_log
 from mlasm.train import native_bfloat16, train
 
 # Tiny settings that still learn: 3 epochs at twice the learning rate, every one summing the hinge over
@@ -97,12 +97,6 @@ def _train_and_evaluate(config: MLASMConfig, splits: dict, run_dir: Path, eval_d
     seconds = {"training steps": trained - started - validation, "validation": validation,
                "test evaluation": time.time() - trained}
     return {"train": summary, "result": result, "seconds": seconds}
-
-
-def time_breakdown(seconds: dict[str, float]) -> str:
-    """One line: where the demo's time went."""
-    total = sum(seconds.values())
-    return "time: " + ", ".join(f"{name} {value:.0f} s ({100 * value / total:.0f} %)" for name, value in seconds.items())
 
 
 def demo_checkpoint(fast: bool | None = None, progress: bool = False, local_only: bool = False) -> Path:
@@ -203,9 +197,7 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     seconds.update(mlasm_run["seconds"])
     drawing_started = time.time()
     test = splits["test"]
-    with open(out / "mlasm" / "train_log.jsonl", encoding="utf-8") as f:
-        log = [json.loads(line) for line in f if line.strip()]
-    _save(draw_training_log(log), out / "figures" / "training.png")
+    _save(draw_training_log(read_log(out / "mlasm" / "train_log.jsonl")), out / "figures" / "training.png")
     _save(draw_level_recalls(result, title="ShapeScenes test: recall per level"), out / "figures" / "recall_per_level.png")
     _save(attention_figure(Path(mlasm_run["train"]["best"]), test), out / "figures" / "attention.png")
     seconds["figures"] = time.time() - drawing_started
@@ -213,7 +205,8 @@ def run_demo(out: str | Path = "runs/demo", fast: bool = False, compare: bool = 
     main_seconds = time.time() - started
     print()
     print(format_result(result))
-    print(time_breakdown(seconds))
+    total = sum(seconds.values())  # where the demo's time went
+    print("time: " + ", ".join(f"{name} {value:.0f} s ({100 * value / total:.0f} %)" for name, value in seconds.items()))
     if compare:
         local_run = _train_and_evaluate(local_only_config(config), splits, out / "local_only", out / "local_only",
                                         device, seed, amp, compile_scorer)

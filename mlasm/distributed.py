@@ -51,10 +51,6 @@ class Processes:
     cpu_group: Any                     # gloo group for CPU tensors and Python objects (scores, errors)
     gather_group: Any                  # group of the encodings' gathers, apart from DDP's own traffic
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
 
 _processes: Optional[Processes] = None
 

@@ -223,12 +223,9 @@ def eccv_caption_metrics(scores, image_ids=None, caption_ids=None, *, verbose: b
                               [sets[w].i2t for w in GROUND_TRUTHS])
     t2i_lists = _ranked_lists(lambda a, b: np.ascontiguousarray(scores[:, a:b].T), N_CAPTIONS, N_IMAGES,
                               max(max(RECALL_KS), longest["t2i"]), [sets[w].t2i for w in GROUND_TRUTHS])
-    retrieved = {}
-    for which, i2t, t2i in zip(GROUND_TRUTHS, i2t_lists, t2i_lists):
-        retrieved[which] = {
-            "i2t": dict(zip(images.tolist(), captions[i2t].tolist())),
-            "t2i": dict(zip(captions.tolist(), images[t2i].tolist())),
-        }
+    retrieved = {which: {"i2t": dict(zip(images.tolist(), captions[i2t].tolist())),
+                         "t2i": dict(zip(captions.tolist(), images[t2i].tolist()))}
+                 for which, i2t, t2i in zip(GROUND_TRUTHS, i2t_lists, t2i_lists)}
     previous, metrics.verbose = metrics.verbose, verbose
     # compute_eccv_metrics draws a tqdm bar whatever verbose says: silence it unless asked for
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(io.StringIO())

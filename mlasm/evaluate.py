@@ -27,7 +27,7 @@ from mlasm.data.dataset import RetrievalSplit
 from mlasm.data.errors import DataError
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary, rows_before_words
-from mlasm.io import check_output_folder, remove_stale_temporaries, write_together
+from mlasm.io import check_output_folder, write_together
 from mlasm.metrics import (
     RECALL_KS,
     average_metrics,
@@ -40,10 +40,11 @@ from mlasm.metrics import (
     i2t_ranks,
     pointing_accuracy,
     retrieval_metrics,
+    scored_levels,
     t2i_ranks,
 )
 from mlasm.encoding import encode_split
-from mlasm.levels import BY_NAME, LEVELS
+from mlasm.levels import LEVELS
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding
 from mlasm.saved_scores import RECORDS_FILE, SCORES_FILE, scores_fingerprint, write_records, write_scores
 from mlasm.score_store import StoredScores, score_into_store
@@ -112,9 +113,7 @@ def level_metrics(level_scores: dict[str, torch.Tensor], caption_to_image: np.nd
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     measure = retrieval_metrics if protocol == "full" else folded_retrieval_metrics
     levels = {}
-    for level, scores in level_scores.items():
-        if BY_NAME[level].semantic and torch.isnan(scores).all():  # a local-only model has no global level
-            continue
+    for level, scores in scored_levels(level_scores).items():
         check_finite(scores, f"level {level!r}")
         levels[level] = measure(scores, caption_to_image)
         if positives is not None and complete_ranks is not None and protocol == "full":
@@ -134,9 +133,7 @@ def level_ranks(level_scores: dict[str, torch.Tensor], caption_to_image: np.ndar
     and the number of valid items per query (from ``complete_ranks`` where given, as in level_metrics).
     """
     arrays = {}
-    for level, scores in level_scores.items():
-        if BY_NAME[level].semantic and torch.isnan(scores).all():  # a local-only model has no global level
-            continue
+    for level, scores in scored_levels(level_scores).items():
         k = min(TOP_K_SAVED, scores.shape[0], scores.shape[1])
         arrays[f"{level}_i2t_rank"] = i2t_ranks(scores, caption_to_image)
         arrays[f"{level}_t2i_rank"] = t2i_ranks(scores, caption_to_image)
@@ -247,12 +244,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], split: RetrievalSpli
     check_rankable(split)
     progress = progress and distributed.is_main()  # one set of progress bars
     if out_dir is not None:  # before every pair is scored, not after; rank 0's, which writes there
-        def usable_folder() -> Path:
-            folder = check_output_folder(out_dir, "out_dir")
-            remove_stale_temporaries(folder)
-            return folder
-
-        out_dir = distributed.on_rank_zero(usable_folder)
+        out_dir = distributed.on_rank_zero(lambda: check_output_folder(out_dir, "out_dir", clean=True))
     if protocol == "5fold":
         return _evaluate_folds(checkpoints, split, out_dir, device, memory_budget_mb, progress, vocab)
     into = None
@@ -324,9 +316,7 @@ def _complete_ranks(scores: dict[str, torch.Tensor], split: RetrievalSplit) -> d
     if split.positives is None:
         return None
     complete = {}
-    for level, level_scores in scores.items():
-        if BY_NAME[level].semantic and torch.isnan(level_scores).all():  # a local-only model's
-            continue
+    for level, level_scores in scored_levels(scores).items():
         check_finite(level_scores, f"level {level!r}")
         complete[level] = complete_positive_ranks(level_scores.numpy(), split.positives)
     return complete
@@ -385,11 +375,9 @@ def _evaluate_folds(checkpoints: Sequence[str | Path], split: RetrievalSplit, ou
     Each fold's files go to ``OUT/fold1`` ... ``fold5``; OUT/metrics.json holds the means and,
     under ``folds``, each fold's metrics.
     """
-    folds = []
-    for k, (images, _) in enumerate(fold_indices(split.n_images, split.caption_to_image, FOLDS), start=1):
-        fold_dir = None if out_dir is None else out_dir / f"fold{k}"
-        folds.append(evaluate_checkpoints(checkpoints, split.subset(images), "full", fold_dir, device,
-                                          memory_budget_mb, progress, vocab))
+    folds = [evaluate_checkpoints(checkpoints, split.subset(images), "full", None if out_dir is None else
+                                  out_dir / f"fold{k}", device, memory_budget_mb, progress, vocab)
+             for k, (images, _) in enumerate(fold_indices(split.n_images, split.caption_to_image, FOLDS), start=1)]
     if not distributed.is_main():
         return None
     result = {**_mean_over_folds(folds), "protocol": "5fold", "split": split.name, "n_images": split.n_images,
@@ -462,8 +450,6 @@ def score_separation(scores, positives: PositiveSets) -> dict:
     false_sum = float(scores.sum(dtype=np.float64)) - true_sum
     positive, negative = true_sum / n_true, false_sum / max(scores.size - n_true, 1)
     return {"positive": positive, "negative": negative, "gap": positive - negative}
-
-
 
 
 def _chance_recall(n_items: int, positives_per_query: np.ndarray, k: int) -> float:

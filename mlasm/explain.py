@@ -221,9 +221,8 @@ class Difference:
         unit = self.kind if len(self.top) != 1 else self.kind[:-1]
         back = f"; the other {self.kind} took some back" if self.covered > 1.005 else ""
         count = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}.get(len(self.top), str(len(self.top)))
-        return (f"These {count} {unit} ({names}) gave {100 * self.covered:.0f} % of the {self.level} "
-                f"difference (+{self.difference:.3f} for the preferred item{back})." if len(self.top) != 1 else
-                f"One {unit} ({names}) gave {100 * self.covered:.0f} % of the {self.level} difference "
+        these = f"One {unit}" if len(self.top) == 1 else f"These {count} {unit}"
+        return (f"{these} ({names}) gave {100 * self.covered:.0f} % of the {self.level} difference "
                 f"(+{self.difference:.3f} for the preferred item{back}).")
 
 

@@ -157,9 +157,8 @@ def to_html(notebook, assets: Path | None = None) -> str:
 
     from nbconvert import HTMLExporter
 
-    renderer = f"{ASSETS_FOLDER}/embed-amd.js"
-    if assets is not None:
-        renderer = "data:text/javascript;base64," + base64.b64encode((assets / "embed-amd.js").read_bytes()).decode()
+    renderer = f"{ASSETS_FOLDER}/embed-amd.js" if assets is None else \
+        "data:text/javascript;base64," + base64.b64encode((assets / "embed-amd.js").read_bytes()).decode()
     exporter = HTMLExporter(template_name="lab", require_js_url=f"{ASSETS_FOLDER}/require.js",
                             widget_renderer_url=renderer, mathjax_url="", embed_images=True)
     body, _ = exporter.from_notebook_node(notebook)
@@ -219,7 +218,6 @@ def export_notebooks(out: str | Path, notebooks: Sequence[str | Path] = (), fast
         copy_assets(out)
     else:
         _check_assets()
-    written = []
     for path in paths:
         if progress:
             print(f"running {path.name}{' (fast)' if fast else ''}", flush=True)
@@ -227,11 +225,10 @@ def export_notebooks(out: str | Path, notebooks: Sequence[str | Path] = (), fast
         page = out / f"{path.stem}.html"
         write_text(page, to_html(notebook, None if linked_assets else assets_dir()))  # atomically: an earlier
         # complete page stays until this one is whole
-        written.append(page)
         if progress:
             print(f"wrote {page} ({page.stat().st_size / 1e6:.1f} MB, {len(widget_state(notebook))} widgets)",
                   flush=True)
-    return written
+    return [out / f"{path.stem}.html" for path in paths]
 
 
 def install_assets(folder: Path | None = None, packages: Iterable[str] | None = None) -> Path:

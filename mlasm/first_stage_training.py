@@ -31,7 +31,7 @@ from mlasm.encoding import encode_split
 from mlasm.io import check_output_folder
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, lengths_to_mask
 from mlasm.shortlist import FirstStage, caption_vectors, image_vectors, shortlists, train_first_stage
-from mlasm.sources import EMBEDDED, open_split
+from mlasm.sources import open_split, split_names
 
 DEFAULT_IMAGES = 20_000      # images trained on by default: about 8 GB of encodings at COCO's sizes
 ENCODE_IMAGES = 2_000        # images (with their captions) encoded at once
@@ -58,18 +58,13 @@ class UnpaddedWords:
         return self.flat[rows].masked_fill(~real[..., None], 0.0)
 
 
-def first_images_captions(split: RetrievalSplit, n_images: int) -> np.ndarray:
-    """The captions of the first ``n_images`` images, in ``split.subset``'s order (by image, then as listed)."""
-    kept = np.flatnonzero(split.caption_to_image < n_images)
-    return kept[np.argsort(split.caption_to_image[kept], kind="stable")]
-
-
 def encode_first_images(model: MLASM, split: RetrievalSplit, vocab, n_images: int, progress: bool = False
                         ) -> tuple[ImageEncoding, CaptionEncoding, np.ndarray]:
     """The first ``n_images`` images of ``split`` and their captions encoded by the model, ENCODE_IMAGES at a
     time, into tensors on the CPU made once at their full size: images, captions (``UnpaddedWords``) and
     caption_to_image, as ``encode_split(model, split.subset(range(n_images)), vocab)`` would give them."""
-    captions = first_images_captions(split, n_images)
+    kept = np.flatnonzero(split.caption_to_image < n_images)  # their captions in split.subset's order:
+    captions = kept[np.argsort(split.caption_to_image[kept], kind="stable")]  # by image, then as listed
     owner = split.caption_to_image[captions]
     described = np.unique(owner).size
     if described < 2:
@@ -157,26 +152,11 @@ def train_first_stage_file(job: FirstStageJob, say=print, progress: bool = True)
     return {**summary, "out": str(out), "bytes": out.stat().st_size}
 
 
-def _split_names(data: str) -> list[str]:
-    if str(data) == EMBEDDED:
-        from mlasm.data.shapescenes import SPLITS
-
-        return list(SPLITS)
-    from mlasm.data.precomp import list_splits
-
-    return list_splits(data)
-
-
-def _held_out_split(job: FirstStageJob) -> str | None:
-    if job.held_out is not None:
-        return job.held_out
-    return "dev" if job.split != "dev" and "dev" in _split_names(job.data) else None
-
-
 def held_out_recall(model: MLASM, stage: FirstStage, job: FirstStageJob, vocab, progress: bool) -> dict | None:
     """Recall at K (a tenth of the gallery, at most SUGGESTED_K) on the first HELD_OUT_IMAGES images of the
     held-out split: the trained first stage's and the model's mean vectors', per direction; None without one."""
-    name = _held_out_split(job)
+    name = job.held_out if job.held_out is not None else (
+        "dev" if job.split != "dev" and "dev" in split_names(job.data) else None)
     if name is None:
         return None
     split = open_split(job.data, name, progress=progress)
@@ -194,11 +174,6 @@ def held_out_recall(model: MLASM, stage: FirstStage, job: FirstStageJob, vocab, 
             **{kind: {d: round(found[kind][d].first_stage_recall(), 2) for d in ("i2t", "t2i")} for kind in found}}
 
 
-def evaluation_split(data: str) -> str:
-    """The split the printed evaluate command names: test where the data has one."""
-    return "test" if "test" in _split_names(data) else "SPLIT"
-
-
 def describe(summary: dict) -> str:
     """The one line after ``mlasm first-stage``: the file, the times, the held-out recall, how to use it."""
     trained = (f"trained on {summary['images']:,} {summary['split']} images and {summary['captions']:,} captions "
@@ -210,8 +185,9 @@ def describe(summary: dict) -> str:
         recall = (f"recall@{held['k']} on the first {held['images']:,} {held['split']} images: i2t "
                   f"{held['trained']['i2t']:.1f} %, t2i {held['trained']['t2i']:.1f} % (the model's mean vectors: "
                   f"{held['mean']['i2t']:.1f} %, {held['mean']['t2i']:.1f} %)")
+    split = "test" if "test" in split_names(summary["data"]) else "SPLIT"  # where the data has a test split
     command = ["mlasm", "evaluate", "--checkpoint", summary["checkpoint"], "--data", summary["data"], "--split",
-               evaluation_split(summary["data"]), "--shortlist", str(SUGGESTED_K), "--first-stage", summary["out"]]
+               split, "--shortlist", str(SUGGESTED_K), "--first-stage", summary["out"]]
     if summary.get("vocab"):
         command[4:4] = ["--vocab", summary["vocab"]]
     return (f"wrote {summary['out']} ({summary['bytes'] / 2**20:.1f} MB), a first stage {trained}; {recall}; "

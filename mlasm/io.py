@@ -173,8 +173,9 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Create ``path`` if needed and prove that files can be written in it, before any work starts.
+def check_output_folder(path: str | os.PathLike, option: str = "--out", clean: bool = False) -> Path:
+    """Create ``path`` if needed and prove that files can be written in it, before any work starts;
+    ``clean``: then remove the temporaries that writers no longer running left there.
 
     Raises UnusableFolder naming ``option`` and the folder: a file in the way, a folder that
     cannot be created, or one where nothing can be written (read-only, full, no permission).
@@ -195,6 +196,8 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
         probe.unlink()
     except OSError as error:
         raise UnusableFolder(f"{option} {path}: cannot write files in it ({error.strerror})") from None
+    if clean:
+        remove_stale_temporaries(path)
     return path
 
 

@@ -13,9 +13,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-# what hinge_sums returns, in this order: sums that add up over processes
-HINGE_SUMS = ("positive", "hardest_negative", "hardest_count", "inside", "comparisons")
-
 
 def _violations(rows: Tensor, columns: Tensor, offset: int, margin: float, row_positives: Tensor,
                 column_positives: Tensor) -> tuple[Tensor, Tensor]:
@@ -84,7 +81,8 @@ def loss_at_collapse(margin: float, hardest: bool, hinges_with_a_negative: int, 
 @torch.no_grad()
 def hinge_sums(rows: Tensor, columns: Tensor, offset: int, margin: float, row_positives: Tensor,
                column_positives: Tensor) -> Tensor:
-    """This process's sums behind :func:`statistics_from_sums` (in the order of HINGE_SUMS), to add over processes."""
+    """This process's sums behind :func:`statistics_from_sums`, to add over processes: the positive pairs' scores,
+    the hardest negatives' scores and their count, the active hinges (inside), the comparisons."""
     rows, columns = rows.detach().float(), columns.detach().float()
     caption_violations, image_violations = _violations(rows, columns, offset, margin, row_positives, column_positives)
     hardest = torch.cat([rows.masked_fill(row_positives, -math.inf).max(dim=1).values,

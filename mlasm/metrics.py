@@ -5,9 +5,11 @@ positive is ranked above it, so a constant score matrix earns chance-level recal
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+
+from mlasm.levels import BY_NAME
 
 RECALL_KS = (1, 5, 10)
 
@@ -16,6 +18,12 @@ def _as_numpy(scores) -> np.ndarray:
     if hasattr(scores, "detach"):
         scores = scores.detach().cpu().numpy()
     return np.asarray(scores)
+
+
+def scored_levels(level_scores: Mapping) -> dict:
+    """The levels of ``level_scores`` the model scores: a local-only model's global level is NaN everywhere."""
+    return {level: scores for level, scores in level_scores.items()
+            if not (BY_NAME[level].semantic and np.isnan(_as_numpy(scores)).all())}
 
 
 class NonFiniteScores(ValueError):
@@ -30,15 +38,11 @@ def check_finite(scores, what: str = "scores") -> None:
                               f"has diverged (lower the learning rate, or train without --amp)")
 
 
-def _positive_mask(n_images: int, caption_to_image: np.ndarray) -> np.ndarray:
-    return caption_to_image[None, :] == np.arange(n_images)[:, None]  # (N, M)
-
-
 def i2t_ranks(scores, caption_to_image) -> np.ndarray:
     """Per image, the rank of its best-ranked caption among all captions; -1 for an image without captions."""
     scores = _as_numpy(scores)
     caption_to_image = np.asarray(caption_to_image)
-    positive = _positive_mask(scores.shape[0], caption_to_image)
+    positive = caption_to_image[None, :] == np.arange(scores.shape[0])[:, None]  # (N, M) own pairs
     best_positive = np.where(positive, scores, -np.inf).max(axis=1)  # (N,)
     ranks = ((scores >= best_positive[:, None]) & ~positive).sum(axis=1)
     ranks[~positive.any(axis=1)] = -1
@@ -107,11 +111,8 @@ def folded_retrieval_metrics(scores, caption_to_image, n_folds: int = 5) -> dict
     """COCO 1K: the protocol on each fold of images with its own captions, averaged over folds."""
     scores = _as_numpy(scores)
     caption_to_image = np.asarray(caption_to_image)
-    per_fold = []
-    for images, captions in fold_indices(scores.shape[0], caption_to_image, n_folds):
-        fold_scores = scores[np.ix_(images, captions)]
-        per_fold.append(retrieval_metrics(fold_scores, caption_to_image[captions] - images[0]))
-    return average_metrics(per_fold)
+    return average_metrics([retrieval_metrics(scores[np.ix_(images, captions)], caption_to_image[captions] - images[0])
+                            for images, captions in fold_indices(scores.shape[0], caption_to_image, n_folds)])
 
 
 def pointing_accuracy(attention_argmax: Sequence[Sequence[int]], grounding: Sequence,
@@ -252,11 +253,8 @@ def complete_positive_ranks(scores, positives, i2t_positives=None) -> dict[str, 
     t2i = _direction_ranks(n_captions, n_images, lambda a, b: np.ascontiguousarray(scores[:, a:b].T),
                            positives.indptr, positives.indices)
     i2t = _direction_ranks(n_images, n_captions, lambda a, b: scores[a:b], by_image.indptr, by_image.indices)
-    result = {}
-    for direction, values in (("t2i", t2i), ("i2t", i2t)):
-        for key, value in values.items():
-            result[f"{direction}_{key}"] = value
-    return result
+    return {f"{direction}_{key}": value for direction, values in (("t2i", t2i), ("i2t", i2t))
+            for key, value in values.items()}
 
 
 def complete_positive_metrics(scores, positives, i2t_positives=None) -> dict:

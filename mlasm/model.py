@@ -485,18 +485,14 @@ class MLASM(nn.Module):
         gate = (block.gate[0, 0] if block.gate is not None
                 else torch.full((self.config.embed_size,), math.nan))
 
-        def numpy(t: Tensor) -> np.ndarray:
-            return t.cpu().numpy()
-
         return PairExplanation(
-            t2i_attention=numpy(alpha.T),
-            i2t_attention=numpy(beta),
-            word_cosines=numpy(block.word_cosines[0, 0, :n_words]),
-            region_cosines=numpy(block.region_cosines[0, kept, 0]),
-            gate=numpy(gate),
+            t2i_attention=alpha.T.cpu().numpy(),
+            i2t_attention=beta.cpu().numpy(),
+            word_cosines=block.word_cosines[0, 0, :n_words].cpu().numpy(),
+            region_cosines=block.region_cosines[0, kept, 0].cpu().numpy(),
+            gate=gate.cpu().numpy(),
             scores={level: float(value[0, 0]) for level, value in block.levels.items()},
             lambda_t2i=lambda_t2i,
             lambda_i2t=lambda_i2t,
-            region_indices=numpy(kept),
+            region_indices=kept.cpu().numpy(),
         )
-

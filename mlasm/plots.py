@@ -14,12 +14,8 @@ from matplotlib.patches import Rectangle
 from mlasm.levels import LEVEL_COLOURS
 
 
-
 def _axes(ax=None, figsize=(4, 4)):
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-        return fig, ax
-    return ax.figure, ax
+    return plt.subplots(figsize=figsize) if ax is None else (ax.figure, ax)
 
 
 def attention_heatmap(image_size: tuple[int, int], boxes: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -138,20 +134,6 @@ def separate_labels(ax, texts: Sequence, tries: int = 3) -> None:
             box = box.translated(0, shift)
         else:
             text.set_visible(False)
-
-
-def draw_attention_matrix(attention: np.ndarray, words: Sequence[str], region_names: Sequence[str] | None = None,
-                          ax=None, title: str = "word-to-region attention"):
-    """The (L, R) attention matrix with words as rows."""
-    fig, ax = _axes(ax, figsize=(5, 3))
-    image = ax.imshow(attention, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-6, float(attention.max())))
-    ax.set_yticks(range(len(words)), words, fontsize=8)
-    names = region_names if region_names is not None else [str(r) for r in range(attention.shape[1])]
-    ax.set_xticks(range(attention.shape[1]), names, fontsize=7, rotation=90)
-    ax.set_xlabel("region")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.04)
-    return fig
 
 
 def draw_level_recalls(result: dict, ax=None, title: str = "recall per level"):

@@ -7,7 +7,6 @@ from mlasm.config import PAPER_OBJECTIVE_CAVEAT
 from mlasm.levels import LEVEL_LABELS, report_order
 
 
-
 def _row(name: str, metrics: Mapping, width: int) -> str:
     i2t, t2i = metrics["i2t"], metrics["t2i"]
     values = [i2t["r1"], i2t["r5"], i2t["r10"], t2i["r1"], t2i["r5"], t2i["r10"], metrics["rsum"]]

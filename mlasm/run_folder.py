@@ -186,8 +186,6 @@ def write_log(path: Path, rows: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 
-
-
 def hold_run_folder(out_dir: str | os.PathLike, resume: bool, overwrite: bool, held: ExitStack) -> Path:
     """Check, create and lock ``out_dir`` for a training (the lock lives as long as ``held``);
     a new run removes every file of an earlier one first."""

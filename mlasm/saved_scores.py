@@ -224,8 +224,5 @@ def rank_changes_in_half_precision(scores: np.ndarray, caption_to_image: np.ndar
 
     full = torch.from_numpy(np.asarray(scores, dtype=np.float32))
     half = full.half().float()
-    changed = {}
-    for direction, ranks in (("i2t", i2t_ranks), ("t2i", t2i_ranks)):
-        before, after = ranks(full, caption_to_image), ranks(half, caption_to_image)
-        changed[direction] = float(np.mean(before != after))
-    return changed
+    return {direction: float(np.mean(ranks(full, caption_to_image) != ranks(half, caption_to_image)))
+            for direction, ranks in (("i2t", i2t_ranks), ("t2i", t2i_ranks))}

@@ -152,32 +152,24 @@ class SCANConfig:
             raise SCANOptionError(f"{source}: the SCAN options lack {', '.join(missing)}; every option that changes "
                                   f"a score must be known ({', '.join(SCORE_OPTIONS)})")
         fields: dict[str, Any] = {}
-        for name, choices in CHOICES.items():
+        for name in SCORE_OPTIONS:  # choices, flags, sizes, then temperatures
             value = values[name]
-            if value not in choices:
+            if name in CHOICES:
+                wrong, expected = value not in CHOICES[name], f"one of {', '.join(CHOICES[name])}"
+            elif name in FLAGS:
+                wrong, expected = not isinstance(value, bool), "True or False"
+            elif name in SIZES:
+                wrong = isinstance(value, bool) or not isinstance(value, int) or value < 1
+                expected = "a whole number >= 1"
+            else:  # a temperature: only those the scores use must be finite and positive
+                used = name == "lambda_softmax" or fields["agg_func"] == "LogSumExp"
+                wrong = isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    used and not (math.isfinite(value) and value > 0))
+                expected = "a finite number > 0"
+            if wrong:
                 raise SCANOptionError(f"{source}: SCAN option {name}={value!r} cannot be reproduced here; "
-                                      f"expected one of {', '.join(choices)}")
-            fields[name] = value
-        for name in FLAGS:
-            value = values[name]
-            if not isinstance(value, bool):
-                raise SCANOptionError(f"{source}: SCAN option {name}={value!r} cannot be reproduced here; "
-                                      f"expected True or False")
-            fields[name] = value
-        for name in SIZES:
-            value = values[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SCANOptionError(f"{source}: SCAN option {name}={value!r} cannot be reproduced here; "
-                                      f"expected a whole number >= 1")
-            fields[name] = value
-        for name in TEMPERATURES:
-            value = values[name]
-            used = name == "lambda_softmax" or fields["agg_func"] == "LogSumExp"
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    used and not (math.isfinite(value) and value > 0)):
-                raise SCANOptionError(f"{source}: SCAN option {name}={value!r} cannot be reproduced here; "
-                                      f"expected a finite number > 0")
-            fields[name] = float(value)
+                                      f"expected {expected}")
+            fields[name] = float(value) if name in TEMPERATURES else value
         return cls(**fields)
 
 
@@ -422,8 +414,8 @@ def scan_model_from_state(state: Mapping[str, Any], source: str) -> SCANModel:
 
 def scan_options(config: SCANConfig, **training: Any) -> argparse.Namespace:
     """An ``opt`` as SCAN's train.py makes it: every option, scoring ones from ``config``."""
-    values = {**TRAINING_DEFAULTS, **{name: getattr(config, name) for name in SCORE_OPTIONS}, **training}
-    return argparse.Namespace(**values)
+    return argparse.Namespace(**{**TRAINING_DEFAULTS, **{name: getattr(config, name) for name in SCORE_OPTIONS},
+                                 **training})
 
 
 def write_scan_checkpoint(path: str | Path, model: SCANModel, legacy: bool = True, epoch: int = 0,

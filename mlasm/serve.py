@@ -120,9 +120,7 @@ def is_loopback(host: str) -> bool:
 
 def choose_token(host: str, token: str | None) -> str:
     """The token visitors need: the one given, none on a loopback address, else a new random one."""
-    if token:
-        return token
-    return "" if is_loopback(host) else secrets.token_urlsafe(16)
+    return token or ("" if is_loopback(host) else secrets.token_urlsafe(16))
 
 
 def shared_scores_folder(checkpoint: Path, split) -> Path | None:
@@ -205,14 +203,12 @@ def write_pages(folder: Path) -> list[Path]:
     from mlasm.classroom_server import PAGES
 
     guides = {"workbench.ipynb": WORKBENCH_GUIDE, "teaching.ipynb": TEACHING_GUIDE}
-    written = []
     for name, (_, _, code) in PAGES.items():
         notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(guides[name]),
                                                    nbformat.v4.new_code_cell(code)])
         notebook.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "MLASM classroom", "language": "python"}
         nbformat.write(notebook, folder / name)
-        written.append(folder / name)
-    return written
+    return [folder / name for name in PAGES]
 
 
 def voila_arguments(settings: ServeSettings, pages: Path, token: str) -> list[str]:

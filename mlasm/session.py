@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from mlasm.attention_stats import reader_signature
+from mlasm.blocks import _slice
 from mlasm.data.dataset import RetrievalSplit, caption_tensors, cut_caption, image_tensors
 from mlasm.data.positives import PositiveSets
 from mlasm.data.vocab import Vocabulary
@@ -40,7 +41,7 @@ from mlasm.explain import ScoreExplanation, explain_scores
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, PairExplanation
 from mlasm.saved_scores import RECORDS_FILE, find_saved_scores, read_saved_records, scores_fingerprint
 from mlasm.score_store import find_store, read_column, read_rows
-from mlasm.session_tables import query_table_in_chunks, saved_ranks
+from mlasm.session_tables import direction_table, query_table_in_chunks, saved_ranks
 from mlasm.store_measures import measure_store
 from mlasm.shortlist import (
     DEFAULT_FIRST_STAGE, FirstStage, image_vectors, text_query_scores, typed_ranking_note, typed_shortlist_size,
@@ -50,10 +51,7 @@ from mlasm.checkpoint import check_model_fits, load_model
 
 CaptionRef = Union[int, str]  # a caption of the split (index) or a typed text
 DIRECTIONS = {"t2i": "caption query, images ranked", "i2t": "image query, captions ranked"}
-HIT, VALID_ALTERNATIVE, FAILURE = "hit", "valid alternative", "failure"
-OUTCOMES = {HIT: "its own item within the top k",
-            VALID_ALTERNATIVE: "not its own item, but another item true of the query within the top k",
-            FAILURE: "nothing true of the query within the top k"}
+HIT, VALID_ALTERNATIVE, FAILURE = "hit", "valid alternative", "failure"  # the outcomes: module docstring
 
 
 @dataclass(frozen=True)
@@ -181,8 +179,11 @@ class WorkbenchSession:
         self.images  # noqa: B018 (both are encoded together)
         return self._encodings[1]
 
-    def _one_pair(self, image: int, caption: int) -> tuple[ImageEncoding, CaptionEncoding, int, int]:
-        """The encodings explain reads for a pair: the split's, or (a large gallery not encoded) the pair's alone."""
+    def _one_pair(self, image: int, caption: CaptionRef) -> tuple[ImageEncoding, CaptionEncoding, int, int]:
+        """The encodings explain reads for a pair, and the pair's indices in them: the split's, or (a large
+        gallery not encoded) the pair's alone; with a typed text, every image's and the text's."""
+        if isinstance(caption, str):
+            return self.images, self.encode_text(caption).encoding, image, 0
         if self._encodings is not None:
             return self.images, self.captions, image, caption
         with torch.no_grad():
@@ -217,12 +218,11 @@ class WorkbenchSession:
 
     def _score_one_caption(self, caption: int) -> dict[str, np.ndarray]:
         """Level -> (N,): one caption of the split against every image."""
-        return self._against_every_image(
-            CaptionEncoding(self.captions.words[caption:caption + 1], self.captions.lengths[caption:caption + 1]))
+        return self._against_every_image(_slice(self.captions, caption, caption + 1))
 
     def _score_one_image(self, image: int) -> dict[str, np.ndarray]:
         """Level -> (M,): one image against every caption of the split."""
-        one = ImageEncoding(*(None if t is None else t[image:image + 1] for t in self.images))
+        one = _slice(self.images, image, image + 1)
         scores = self.model.score_all(one, self.captions, memory_budget_mb=self.memory_budget_mb, progress=False)
         return {level: scores[level][0].numpy() for level in self.levels}
 
@@ -331,8 +331,6 @@ class WorkbenchSession:
                              float(config.lambda_i2t if lambda_i2t is None else lambda_i2t))
 
     def _explain_pair(self, image: int, caption: CaptionRef, lambda_t2i: float, lambda_i2t: float) -> PairExplanation:
-        if isinstance(caption, str):
-            return self.model.explain(self.images, self.encode_text(caption).encoding, image, 0, lambda_t2i, lambda_i2t)
         return self.model.explain(*self._one_pair(image, caption), lambda_t2i, lambda_i2t)
 
     @property
@@ -347,8 +345,6 @@ class WorkbenchSession:
 
     def _contributions_of_pair(self, image: int, caption: CaptionRef) -> ScoreExplanation:
         pair = self.explain(image, caption)
-        if isinstance(caption, str):
-            return explain_scores(self.model, self.images, self.encode_text(caption).encoding, image, 0, pair)
         return explain_scores(self.model, *self._one_pair(image, caption), pair)
 
     def _picture(self, image: int) -> Image.Image | None:
@@ -384,7 +380,7 @@ class WorkbenchSession:
             score = float(column[image])
             if np.isnan(score) and isinstance(caption, str):  # outside a typed query's shortlist: scored alone,
                 if alone is None:                               # ranked among the shortlisted images
-                    one = ImageEncoding(*(None if t is None else t[image:image + 1] for t in self.images))
+                    one = _slice(self.images, image, image + 1)
                     alone = self.model.score_all(one, self.encode_text(caption).encoding, progress=False)
                 score = float(alone[level][0, 0])
             others = row if isinstance(caption, str) else np.delete(row, int(caption))
@@ -438,33 +434,15 @@ class WorkbenchSession:
         captions = np.arange(n_captions)
         preferred_image = np.where(positive, -np.inf, final).argmax(axis=0)               # (M,)
         alternative_image = np.where(also.any(axis=0), np.where(also, final, -np.inf).argmax(axis=0), -1)
-        t2i = pd.DataFrame({
-            "direction": "t2i", "query": captions, "query_text": split.captions,
-            "rank": ranks["final_t2i_rank"],
-            **{f"rank_{level}": ranks[f"{level}_t2i_rank"] for level in others},
-            "valid_rank": ranks["final_t2i_first_valid_rank"],
-            **{f"valid_rank_{level}": ranks[f"{level}_t2i_first_valid_rank"] for level in others},
-            "n_valid": truth.sum(axis=0),
-            "preferred": preferred_image, "preferred_valid": truth[preferred_image, captions],
-            "preferred_text": [split.image_ids[i] for i in preferred_image],
-            "alternative": alternative_image,
-            "image": caption_to_image, "caption": captions})
+        t2i = direction_table(split, ranks, others, "t2i", captions, truth.sum(axis=0), preferred_image,
+                              truth[preferred_image, captions], alternative_image, caption_to_image, captions)
 
         images = np.flatnonzero(positive.any(axis=1))                                      # images with captions
         best_truth = np.where(positive, final, -np.inf).argmax(axis=1)[images]
         preferred_caption = np.where(positive, -np.inf, final).argmax(axis=1)[images]
         alternative_caption = np.where(also.any(axis=1), np.where(also, final, -np.inf).argmax(axis=1), -1)[images]
-        i2t = pd.DataFrame({
-            "direction": "i2t", "query": images, "query_text": [split.image_ids[i] for i in images],
-            "rank": ranks["final_i2t_rank"][images],
-            **{f"rank_{level}": ranks[f"{level}_i2t_rank"][images] for level in others},
-            "valid_rank": ranks["final_i2t_first_valid_rank"][images],
-            **{f"valid_rank_{level}": ranks[f"{level}_i2t_first_valid_rank"][images] for level in others},
-            "n_valid": truth.sum(axis=1)[images],
-            "preferred": preferred_caption, "preferred_valid": truth[images, preferred_caption],
-            "preferred_text": [split.captions[c] for c in preferred_caption],
-            "alternative": alternative_caption,
-            "image": images, "caption": best_truth})
+        i2t = direction_table(split, ranks, others, "i2t", images, truth.sum(axis=1)[images], preferred_caption,
+                              truth[images, preferred_caption], alternative_caption, images, best_truth)
         return pd.concat([t2i, i2t], ignore_index=True)
 
     def failures(self, k: int = 1, include_valid: bool = False) -> pd.DataFrame:

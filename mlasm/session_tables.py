@@ -48,6 +48,25 @@ def saved_ranks(path: Path, levels, complete: bool, final: np.ndarray, caption_t
     return ranks
 
 
+def direction_table(split, ranks: dict, others: list[str], direction: str, queries: np.ndarray, n_valid, preferred,
+                    preferred_valid, alternative, image, caption) -> pd.DataFrame:
+    """One direction's rows of the query table (WorkbenchSession.query_table says what each column means):
+    caption queries for t2i, ``queries`` = every caption; image queries for i2t, ``queries`` = the images
+    with captions. ``preferred`` is an image for t2i, a caption for i2t."""
+    rows = slice(None) if direction == "t2i" else queries  # ranks.npz holds a rank for every caption, every image
+    image_ids = [split.image_ids[i] for i in (preferred if direction == "t2i" else queries)]
+    return pd.DataFrame({
+        "direction": direction, "query": queries,
+        "query_text": split.captions if direction == "t2i" else image_ids,
+        "rank": ranks[f"final_{direction}_rank"][rows],
+        **{f"rank_{level}": ranks[f"{level}_{direction}_rank"][rows] for level in others},
+        "valid_rank": ranks[f"final_{direction}_first_valid_rank"][rows],
+        **{f"valid_rank_{level}": ranks[f"{level}_{direction}_first_valid_rank"][rows] for level in others},
+        "n_valid": n_valid, "preferred": preferred, "preferred_valid": preferred_valid,
+        "preferred_text": image_ids if direction == "t2i" else [split.captions[c] for c in preferred],
+        "alternative": alternative, "image": image, "caption": caption})
+
+
 def query_table_in_chunks(session) -> pd.DataFrame:
     split, final, ranks, positives = session.split, session.scores["final"], session.ranks, session.positives
     n_images, n_captions = final.shape
@@ -99,28 +118,9 @@ def query_table_in_chunks(session) -> pd.DataFrame:
         alternative_image = np.where(better, a + best, alternative_image)
         has_alternative |= chunk_has
         n_valid_t2i += truth.sum(axis=0)
-    t2i = pd.DataFrame({
-        "direction": "t2i", "query": captions, "query_text": split.captions,
-        "rank": ranks["final_t2i_rank"],
-        **{f"rank_{level}": ranks[f"{level}_t2i_rank"] for level in others},
-        "valid_rank": ranks["final_t2i_first_valid_rank"],
-        **{f"valid_rank_{level}": ranks[f"{level}_t2i_first_valid_rank"] for level in others},
-        "n_valid": n_valid_t2i,
-        "preferred": preferred_image, "preferred_valid": preferred_true,
-        "preferred_text": [split.image_ids[i] for i in preferred_image],
-        "alternative": np.where(has_alternative, alternative_image, -1),
-        "image": caption_to_image, "caption": captions})
+    t2i = direction_table(split, ranks, others, "t2i", captions, n_valid_t2i, preferred_image, preferred_true,
+                          np.where(has_alternative, alternative_image, -1), caption_to_image, captions)
     images = np.flatnonzero(i2t["has"])
-    preferred_caption = i2t["preferred"][images]
-    image_table = pd.DataFrame({
-        "direction": "i2t", "query": images, "query_text": [split.image_ids[i] for i in images],
-        "rank": ranks["final_i2t_rank"][images],
-        **{f"rank_{level}": ranks[f"{level}_i2t_rank"][images] for level in others},
-        "valid_rank": ranks["final_i2t_first_valid_rank"][images],
-        **{f"valid_rank_{level}": ranks[f"{level}_i2t_first_valid_rank"][images] for level in others},
-        "n_valid": i2t["n_valid"][images],
-        "preferred": preferred_caption, "preferred_valid": i2t["preferred_valid"][images],
-        "preferred_text": [split.captions[c] for c in preferred_caption],
-        "alternative": i2t["alternative"][images],
-        "image": images, "caption": i2t["best_truth"][images]})
+    image_table = direction_table(split, ranks, others, "i2t", images, *(i2t[name][images] for name in (
+        "n_valid", "preferred", "preferred_valid", "alternative")), images, i2t["best_truth"][images])
     return pd.concat([t2i, image_table], ignore_index=True)

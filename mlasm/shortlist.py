@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlasm.blocks import _slice, _take, _to, _trim
 from mlasm.io import write_together
-from mlasm.levels import BY_NAME
-from mlasm.metrics import RECALL_KS, recall_summary
+from mlasm.metrics import RECALL_KS, recall_summary, scored_levels
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, l2norm, lengths_to_mask, masked_mean
 
 FIRST_STAGES = ("mean", "semantic", "blend")
@@ -55,22 +55,11 @@ PIECE = 96                  # one image's captions scored together, cut to the l
 
 def check_shortlist(k, what: str = "--shortlist") -> int:
     """K as a positive integer, or a ValueError in one line."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        if isinstance(k, float) and k.is_integer():
-            k = int(k)
-        else:
-            raise ValueError(f"{what} must be a whole number of candidates >= 1, got {k!r}")
-    if k < 1:
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"{what} must be a whole number of candidates >= 1, got {k!r}")
     return int(k)
-
-
-def _check_kind(kind) -> str:
-    if isinstance(kind, FirstStage):
-        return kind
-    if kind not in FIRST_STAGES:
-        raise ValueError(f"first stage must be one of {', '.join(FIRST_STAGES)}, got {kind!r}")
-    return kind
 
 
 # --- first stage: one vector per item ------------------------------------------------------
@@ -102,10 +91,11 @@ def caption_vectors(model: MLASM, cap: CaptionEncoding, kind=DEFAULT_FIRST_STAGE
 def _item_vectors(model: MLASM, items: NamedTuple, vectors_and_mask, side: str, semantic, kind) -> Tensor:
     """One side's first-stage vectors, ENCODE_CHUNK items at a time: a FirstStage's, or from the masked
     mean of the item's vectors (``semantic(mean, part)`` makes the semantic kind's)."""
-    _check_kind(kind)
+    if not isinstance(kind, FirstStage) and kind not in FIRST_STAGES:
+        raise ValueError(f"first stage must be one of {', '.join(FIRST_STAGES)}, got {kind!r}")
     parts = []
     for start in range(0, items[0].shape[0], ENCODE_CHUNK):
-        part = _pick(items, slice(start, start + ENCODE_CHUNK))
+        part = _slice(items, start, start + ENCODE_CHUNK)
         vectors, mask = vectors_and_mask(part)
         if isinstance(kind, FirstStage):
             parts.append(getattr(kind, side)(vectors, mask))
@@ -115,14 +105,10 @@ def _item_vectors(model: MLASM, items: NamedTuple, vectors_and_mask, side: str, 
             parts.append(l2norm(mean))
         elif kind == "semantic":
             parts.append(semantic(mean, part))
-        else:
-            parts.append(_blend(model, l2norm(mean), semantic(mean, part)))
+        else:  # blend: one dot product is rho * mean + (1 - rho) * semantic
+            rho = model.config.rho
+            parts.append(torch.cat([math.sqrt(rho) * l2norm(mean), math.sqrt(1 - rho) * semantic(mean, part)], dim=-1))
     return torch.cat(parts)
-
-
-def _blend(model: MLASM, local: Tensor, semantic: Tensor) -> Tensor:
-    rho = model.config.rho
-    return torch.cat([math.sqrt(rho) * local, math.sqrt(1 - rho) * semantic], dim=-1)
 
 
 def first_stage_scores(queries: Tensor, items: Tensor) -> Tensor:
@@ -315,19 +301,6 @@ def shortlists(img_vectors: Tensor, cap_vectors: Tensor, caption_to_image, k: in
 
 # --- second stage: the full model on the shortlisted pairs -----------------------------------
 
-def _pick(items: NamedTuple, index: Tensor) -> NamedTuple:
-    """The rows ``index`` of every tensor of a tuple of per-item tensors (None stays None)."""
-    if isinstance(index, slice):
-        return type(items)._make(None if t is None else t[index] for t in items)
-    return type(items)._make(None if t is None else t.index_select(0, index) for t in items)
-
-
-def _cut_words(words: NamedTuple, length: int) -> NamedTuple:
-    """Word terms cut to their first ``length`` positions (L x L matrices on both axes)."""
-    return type(words)._make(None if t is None else t[:, :length, :length] if name.endswith("gram")
-                             else t[:, :length] for name, t in zip(type(words)._fields, words))
-
-
 @torch.no_grad()
 def rescore_pairs(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, images: Tensor, captions: Tensor,
                   caption_chunk: int = CAPTION_CHUNK) -> dict[str, Tensor]:
@@ -345,9 +318,7 @@ def rescore_pairs(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, images
     device = model.device
     lengths = cap.lengths.cpu()
     needed = torch.unique(images)
-    region_terms = model._image_terms(_pick(img, needed.to(img.regions.device)) if len(needed) < len(img.regions)
-                                      else img)
-    region_terms = type(region_terms)._make(None if t is None else t.to(device) for t in region_terms)
+    region_terms = _to(model._image_terms(_take(img, needed) if len(needed) < len(img.regions) else img), device)
     row_of = torch.full((img.regions.shape[0],), -1, dtype=torch.long)
     row_of[needed] = torch.arange(len(needed))
     distinct = torch.unique(captions)
@@ -366,13 +337,13 @@ def rescore_pairs(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, images
         bounds = torch.nonzero(torch.diff(pair_images, prepend=pair_images[:1] - 1)).flatten().tolist() + [len(pairs)]
         for first, last in zip(bounds[:-1], bounds[1:]):
             row = int(row_of[pair_images[first]])
-            regions = _pick(region_terms, torch.tensor([row], device=device))
+            regions = _take(region_terms, torch.tensor([row]))
             image_pairs = pairs[first:last]
             image_pairs = image_pairs[torch.argsort(lengths[captions[image_pairs]], stable=True)]  # shortest first
             for piece in range(0, len(image_pairs), PIECE):  # each piece cut to its own longest caption
                 these = image_pairs[piece:piece + PIECE]
                 columns = column_of[captions[these]]
-                words = _pick(_cut_words(word_terms, int(lengths[captions[these[-1]]])), columns.to(device))
+                words = _take(_trim(word_terms, int(lengths[captions[these[-1]]])), columns)
                 levels = model._block_levels(regions, words)  # (the fused loop where it applies)
                 for level in out:
                     out[level][these] = levels[level][0].to("cpu", out[level].dtype)
@@ -397,9 +368,7 @@ class TwoStageResult:
     def metrics(self) -> dict:
         """As mlasm.evaluate.level_metrics (protocol "full", no complete positives), with ``two_stage``."""
         levels = {}
-        for level in self.scores["t2i"]:
-            if BY_NAME[level].semantic and torch.isnan(self.scores["t2i"][level]).all():  # a local-only model
-                continue
+        for level in scored_levels(self.scores["t2i"]):
             summary = {direction: recall_summary(self.ranks(level, direction)) for direction in ("i2t", "t2i")}
             rsum = sum(summary[d][f"r{k}"] for d in ("i2t", "t2i") for k in RECALL_KS)
             levels[level] = {"rsum": float(rsum), **summary}

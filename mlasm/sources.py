@@ -49,6 +49,17 @@ def announce_generation(sizes: dict | None = None, seed: int = 0, cache: str | o
     return True
 
 
+def split_names(source: str | os.PathLike) -> list[str]:
+    """The splits of ``shapescenes`` or of a precomp folder (none where there is no such folder)."""
+    if str(source) == EMBEDDED:
+        from mlasm.data.shapescenes import SPLITS
+
+        return list(SPLITS)
+    from mlasm.data.precomp import list_splits
+
+    return list_splits(source)
+
+
 def open_split(source: str | os.PathLike, split: str, fast: bool | None = None,
                progress: bool = True) -> RetrievalSplit:
     """``shapescenes`` (generated and cached on first use) or a folder in the precomp format."""

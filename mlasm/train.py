@@ -151,7 +151,6 @@ def validation_subset(dev_split: RetrievalSplit, validation_images: int | None) 
     return dev_split.subset(np.arange(validation_images)), note
 
 
-
 @dataclass
 class _Start:
     """What a training begins with: the settings, vocabulary and run state, new or restored."""

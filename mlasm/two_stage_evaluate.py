@@ -15,7 +15,7 @@ from mlasm.checkpoint import check_model_fits, load_model
 from mlasm.data.dataset import RetrievalSplit
 from mlasm.encoding import encode_split
 from mlasm.evaluate import TOP_K_SAVED, chance_metrics, check_rankable, describe_model
-from mlasm.io import check_output_folder, remove_stale_temporaries, write_together
+from mlasm.io import check_output_folder, write_together
 from mlasm.shortlist import DEFAULT_FIRST_STAGE, FirstStage, check_shortlist, two_stage
 
 
@@ -42,8 +42,7 @@ def evaluate_two_stage(checkpoints, split: RetrievalSplit, k: int, protocol: str
     if first_stage is not None:
         result["two_stage"]["first_stage_file"] = str(first_stage)
     if out_dir is not None:
-        out_dir = check_output_folder(out_dir, "out_dir")
-        remove_stale_temporaries(out_dir)
+        out_dir = check_output_folder(out_dir, "out_dir", clean=True)
         ranks = {}
         for level in result["levels"]:
             for direction in ("i2t", "t2i"):

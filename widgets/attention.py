@@ -64,14 +64,12 @@ class AttentionExplorer(LinkedView):
         self.directions = session.directions
         self.matrix_choice = toggle_buttons(list(self.directions), "matrix", "60px",
                                             tooltips=[MATRICES[d] for d in self.directions])
-        self.lambda_t2i, self.lambda_i2t = (
+        self.lambda_t2i, self.lambda_i2t = (  # a direction the model lacks has its slider hidden
             widgets.FloatSlider(value=value, min=LAMBDA_RANGE[0], max=max(LAMBDA_RANGE[1], 2 * value), step=0.5,
                                 description=f"λ {direction}", continuous_update=False, readout_format=".1f",
-                                layout=widgets.Layout(width="340px"))
+                                layout=widgets.Layout(width="340px",
+                                                      display=None if direction in self.directions else "none"))
             for direction, value in (("t2i", config.lambda_t2i), ("i2t", config.lambda_i2t)))
-        for direction, slider in (("t2i", self.lambda_t2i), ("i2t", self.lambda_i2t)):
-            if direction not in self.directions:
-                slider.layout.display = "none"
         self.reset_lambdas = widgets.Button(description="trained λ", tooltip="back to the model's temperatures",
                                             layout=widgets.Layout(width="100px"))
         self.picture = PictureView(width=380, min_height=380, save_as="attention")

@@ -90,8 +90,7 @@ def student_workbench(session: WorkbenchSession | None = None):
 
 # --- the toy of notebook 06 ----------------------------------------------------------------------
 
-TOY_AXES = ("red", "blue", "circle", "square")
-# image A: a red circle and a blue square; image B: a blue circle and a red square
+# axes red, blue, circle, square; image A: a red circle and a blue square, image B: a blue circle and a red square
 TOY_REGIONS = l2norm(torch.tensor([[[1.0, 0, 1, 0], [0, 1, 0, 1]], [[0.0, 1, 1, 0], [1, 0, 0, 1]]]))
 TOY_WORDS = {"context-free": l2norm(torch.tensor([[[1.0, 0, 0, 0], [0, 0, 1, 0]]])),   # "red", "circle"
              "contextual": l2norm(torch.tensor([[[1.0, 0, 0.6, 0], [0.6, 0, 1, 0]]]))}  # each leans to the other
@@ -159,15 +158,11 @@ class TeachingTasks:
     def __init__(self, session: WorkbenchSession):
         self.session = session
 
-    def best_image(self, caption: int, level: str) -> int:
-        scores = self.session.image_scores(int(caption), level)
-        return int(np.argmax(scores))
-
     def check_caption(self, caption: int) -> tuple[bool, str]:
         """Task 1: is the best image of ``caption`` right under the t2i level and wrong under the i2t level?"""
         caption = int(caption)
         true_of = set(self.session.valid_images(caption).tolist())
-        best = {level: self.best_image(caption, level) for level in ("t2i", "i2t")}
+        best = {level: int(np.argmax(self.session.image_scores(caption, level))) for level in ("t2i", "i2t")}
         right = {level: image in true_of for level, image in best.items()}
         said = {level: f"the {level} level puts image {image} first, which the caption "
                        f"{'is' if right[level] else 'is not'} true of" for level, image in best.items()}

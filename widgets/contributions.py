@@ -91,16 +91,9 @@ def pair_difference(session: WorkbenchSession, truth: tuple[int, int], preferred
 def difference_html(session: WorkbenchSession, truth: tuple[int, int], preferred: tuple[int, int],
                     level: str) -> tuple[Difference, str]:
     """The two pairs' contributions on one level side by side, the difference item by item, and the sentence."""
-    diff = pair_difference(session, truth, preferred, level)
-    true_explained, preferred_explained = session.contributions(*truth), session.contributions(*preferred)
-    t, p = true_explained.levels[level], preferred_explained.levels[level]
-    if diff.kind == "words":
-        true_items = preferred_items = diff.items
-        true_values, preferred_values = t.words, p.words
-    else:
-        true_items = region_names(session, truth[0], true_explained.region_indices)
-        preferred_items = true_items
-        true_values, preferred_values = t.regions, p.regions
+    diff = pair_difference(session, truth, preferred, level)  # its items: the shared words, or regions
+    t, p = (session.contributions(*pair).levels[level] for pair in (truth, preferred))
+    true_values, preferred_values = (t.words, p.words) if diff.kind == "words" else (t.regions, p.regions)
     scale = float(max(np.abs(true_values).max(initial=0), np.abs(preferred_values).max(initial=0))) or 1.0
     extra = (f" <span style='color:#555'>(whole image h: truth {t.whole_image:+.3f}, preferred "
              f"{p.whole_image:+.3f})</span>") if level in ("global", "final") and diff.kind == "regions" else ""
@@ -109,9 +102,9 @@ def difference_html(session: WorkbenchSession, truth: tuple[int, int], preferred
         f"<div class='mlasm-difference' style='margin-top:6px'><b>{sentence}</b></div>"
         "<table style='border-spacing:10px 3px;margin-left:-10px'>"
         f"<tr><td style='vertical-align:top'>truth<br><b>{t.score:.3f}</b></td>"
-        f"<td>{signed_items_html(true_items, true_values, scale)}</td></tr>"
+        f"<td>{signed_items_html(diff.items, true_values, scale)}</td></tr>"
         f"<tr><td style='vertical-align:top'>preferred<br><b>{p.score:.3f}</b></td>"
-        f"<td>{signed_items_html(preferred_items, preferred_values, scale)}</td></tr>"
+        f"<td>{signed_items_html(diff.items, preferred_values, scale)}</td></tr>"
         f"<tr><td style='vertical-align:top'>preferred − truth<br><b>{diff.difference:+.3f}</b></td>"
         f"<td>{signed_items_html(diff.items, diff.deltas)}</td></tr></table>{extra}"
         f"<div style='color:#555;font-size:12px'>{level}: {html.escape(t.method)}</div>")

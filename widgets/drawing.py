@@ -257,17 +257,12 @@ def png_thumbnail(picture: Image.Image, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def pictures_of(view) -> dict:
-    """The matplotlib pictures a view shows (its ``PictureView`` attributes), by attribute name."""
-    return {name: value for name, value in vars(view).items() if isinstance(value, PictureView)}
-
-
 def save_view(view, path: str | Path, picture: str | None = None, dpi: int = 150) -> Path:
     """Save the picture a view shows (any view drawn through PictureView: explorer, levels, failures...).
 
     ``picture`` names the PictureView attribute when the view has more than one.
     """
-    pictures = pictures_of(view)
+    pictures = {name: value for name, value in vars(view).items() if isinstance(value, PictureView)}
     if picture is None and len(pictures) == 1:
         picture = next(iter(pictures))
     if picture not in pictures:

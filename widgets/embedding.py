@@ -316,13 +316,10 @@ class EmbeddingMap(LinkedView):
 
     def _zoom_to_selection(self) -> None:
         ranges = self.view_ranges()
+        x_range, y_range = (None, None) if ranges is None else ranges
         with self.figure.batch_update():
-            if ranges is None:
-                self.figure.layout.xaxis.update(autorange=True, range=None)
-                self.figure.layout.yaxis.update(autorange=True, range=None)
-            else:
-                self.figure.layout.xaxis.update(autorange=False, range=ranges[0])
-                self.figure.layout.yaxis.update(autorange=False, range=ranges[1])
+            self.figure.layout.xaxis.update(autorange=ranges is None, range=x_range)
+            self.figure.layout.yaxis.update(autorange=ranges is None, range=y_range)
 
     def _point_clicked(self, trace, points, state) -> None:
         if not points.point_inds:

@@ -187,10 +187,8 @@ class FailureExplorer(LinkedView):
         """The chosen row's true and preferred pairs side by side on the chosen level, and what made the difference."""
         if self.row is None:
             return
-        if not self.session.explains_scores:
-            self.difference, self.why.value = None, NOT_SPLIT_HTML
-            return
-        self.difference, self.why.value = difference_html(self.session, *self.pairs(), self.why_level.value)
+        self.difference, self.why.value = (difference_html(self.session, *self.pairs(), self.why_level.value)
+                                           if self.session.explains_scores else (None, NOT_SPLIT_HTML))
 
     def pairs(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """The chosen row's (image, caption) pairs: the ground truth, and the one the model preferred."""

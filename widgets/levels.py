@@ -83,16 +83,12 @@ class LevelPanel(LinkedView):
         config = session.model.config
         meanings = scan_level_meanings(config) if config.objective == "scan" else level_meanings(config.rho)
         n_images, n_captions = split.n_images, split.n_captions
-        rows = []
-        for row in self.table.itertuples():
-            level = row.Index
-            colour = LEVEL_COLOURS.get(level, "#333")
-            rows.append(
-                f"<tr><td style='color:{colour};font-weight:bold'>{level}</td>"
+        rows = [f"<tr><td style='color:{LEVEL_COLOURS.get(row.Index, '#333')};font-weight:bold'>{row.Index}</td>"
                 f"<td style='text-align:right'>{row.score:.3f}</td>"
                 f"<td style='text-align:right'>{_rank_html(row.image_rank)}</td>"
                 f"<td style='text-align:right'>{_rank_html(row.caption_rank)}</td>"
-                f"<td style='color:#666;font-size:12px'>{meanings[level]}</td></tr>")
+                f"<td style='color:#666;font-size:12px'>{meanings[row.Index]}</td></tr>"
+                for row in self.table.itertuples()]  # Index: the level
         caption = html.escape(session.caption_text(text_side))
         if isinstance(text_side, str):
             pairing = "a typed query"

@@ -7,6 +7,7 @@ matplotlib Figure the view drew last, drawn again at the file's own format, not 
 from __future__ import annotations
 
 import html
+import os
 import threading
 from pathlib import Path
 from typing import Callable
@@ -56,7 +57,7 @@ class SaveButtons(widgets.HBox):
 
     def save(self, fmt: str) -> Path | None:
         """What a click does: write STEM.fmt, and say where (or why not); served, offer it as a download."""
-        if downloads_only():
+        if os.environ.get("MLASM_SERVED") == "1":  # under mlasm serve a click writes nothing on the server
             self.status.value = download_link(self.figure(), f"{Path(self.stem.value).name or 'picture'}.{fmt}")
             return None
         try:
@@ -66,13 +67,6 @@ class SaveButtons(widgets.HBox):
             return None
         self.status.value = f"<span style='color:#2a7'>wrote {html.escape(str(self.saved))}</span>"
         return self.saved
-
-
-def downloads_only() -> bool:
-    """Under ``mlasm serve`` (MLASM_SERVED=1) a save button writes nothing on the server: it offers a download."""
-    import os
-
-    return os.environ.get("MLASM_SERVED") == "1"
 
 
 def download_link(fig: Figure | None, name: str, dpi: int = 150) -> str:

@@ -41,15 +41,16 @@ def _chunk_rows(array_shape: tuple) -> int:
     return max(1, CHUNK_BYTES // max(1, 4 * int(np.prod(array_shape[1:]))))
 
 
-def scan_regions(regions: np.ndarray, region_mask: np.ndarray, source: str,
-                 with_mean: bool, progress: bool = False) -> np.ndarray | None:
-    """One chunked pass over region features: fail on NaN/inf, and return the masked mean if asked."""
-    n_images, _, dim = regions.shape
-    rows = _chunk_rows(regions.shape)
-    means = np.empty((n_images, dim), np.float32) if with_mean else None
+def scan_features(features: np.ndarray, source: str, what: str, region_mask: np.ndarray | None = None,
+                  progress: bool = False) -> np.ndarray | None:
+    """One chunked pass over (N, ...) features: fail on NaN/inf; with ``region_mask`` (the features are
+    regions), return each image's masked mean."""
+    n_images = features.shape[0]
+    rows = _chunk_rows(features.shape)
+    means = None if region_mask is None else np.empty((n_images, features.shape[2]), np.float32)
     for start in tqdm(range(0, n_images, rows), desc=f"reading {source}", unit="chunk", disable=not progress):
-        chunk = checked_rows(regions, np.arange(start, min(start + rows, n_images)), source, "region features")
-        if with_mean:
+        chunk = checked_rows(features, np.arange(start, min(start + rows, n_images)), source, what)
+        if means is not None:
             means[start:start + rows] = _masked_mean(chunk, region_mask[start:start + rows])
     return means
 
@@ -109,7 +110,7 @@ class RegionMeans:
         return means[0] if np.ndim(indices) == 0 else means
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        means = scan_regions(self.regions, self.region_mask, self.source, with_mean=True)
+        means = scan_features(self.regions, self.source, "region features", self.region_mask)
         return means if dtype is None else means.astype(dtype)
 
     def __repr__(self) -> str:
@@ -212,8 +213,9 @@ class RetrievalSplit:
             raise DataError(f"{where}: image {int(empty[0])} has no real region (region_mask all False)")
         if self.global_features is None:
             source = self.regions_file or f"{where} regions"
-            self.global_features = RegionMeans(self.regions, self.region_mask, source) \
-                if isinstance(self.regions, np.memmap) else scan_regions(self.regions, self.region_mask, source, True)
+            self.global_features = (RegionMeans(self.regions, self.region_mask, source)
+                                    if isinstance(self.regions, np.memmap) else
+                                    scan_features(self.regions, source, "region features", self.region_mask))
         if getattr(self.global_features, "ndim", None) != 2 or self.global_features.shape[0] != n:
             raise DataError(f"{where}: global_features must be (N={n}, Dg), "
                             f"got {getattr(self.global_features, 'shape', None)}")
@@ -399,15 +401,11 @@ def image_tensors(split: RetrievalSplit, indices: Sequence[int]) -> tuple[torch.
 def check_features(split: RetrievalSplit, progress: bool = False) -> None:
     """Read every feature of ``split`` once, in chunks, and fail on the first NaN or infinite value
     (what ``mlasm check`` does; training and evaluation check only the batches they read)."""
-    scan_regions(split.regions, split.region_mask, split.regions_file or f"split {split.name!r} regions",
-                 with_mean=False, progress=progress)
+    scan_features(split.regions, split.regions_file or f"split {split.name!r} regions", "region features",
+                  progress=progress)
     if not isinstance(split.global_features, RegionMeans):
-        source = split.global_file or f"split {split.name!r} global features"
-        rows = _chunk_rows(split.global_features.shape)
-        for start in tqdm(range(0, split.n_images, rows), desc=f"reading {source}", unit="chunk",
-                          disable=not progress):
-            checked_rows(split.global_features, np.arange(start, min(start + rows, split.n_images)), source,
-                         "global features")
+        scan_features(split.global_features, split.global_file or f"split {split.name!r} global features",
+                      "global features", progress=progress)
 
 
 @dataclass(frozen=True)

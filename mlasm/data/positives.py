@@ -54,8 +54,7 @@ class PositiveSets:
     @classmethod
     def from_lists(cls, images_per_caption: Sequence[Sequence[int]], n_images: int) -> "PositiveSets":
         rows = [np.unique(np.asarray(row, dtype=np.int64)) for row in images_per_caption]
-        indptr = np.zeros(len(rows) + 1, np.int64)
-        indptr[1:] = np.cumsum([row.size for row in rows])
+        indptr = np.concatenate(([0], np.cumsum([row.size for row in rows])))  # CSR: where each row starts
         return cls(indptr, np.concatenate(rows) if rows else np.zeros(0, np.int64), n_images)
 
     @classmethod
@@ -63,8 +62,7 @@ class PositiveSets:
         """From an (N, M) bool matrix, True where caption m is true of image n."""
         truth = np.asarray(truth, dtype=bool)
         captions, images = np.nonzero(truth.T)  # row-major over captions: sorted by caption, then image
-        indptr = np.zeros(truth.shape[1] + 1, np.int64)
-        indptr[1:] = np.cumsum(np.bincount(captions, minlength=truth.shape[1]))
+        indptr = np.concatenate(([0], np.cumsum(np.bincount(captions, minlength=truth.shape[1]))))
         return cls(indptr, images, truth.shape[0])
 
     @classmethod
@@ -92,8 +90,7 @@ class PositiveSets:
         if self._by_image is None:
             captions = np.repeat(np.arange(self.n_captions), np.diff(self.indptr))
             order = np.lexsort((captions, self.indices))
-            indptr = np.zeros(self.n_images + 1, np.int64)
-            indptr[1:] = np.cumsum(np.bincount(self.indices, minlength=self.n_images))
+            indptr = np.concatenate(([0], np.cumsum(np.bincount(self.indices, minlength=self.n_images))))
             self._by_image = PositiveSets(indptr, captions[order], self.n_captions)
         return self._by_image
 
@@ -115,11 +112,8 @@ class PositiveSets:
         """The sets restricted to ``captions`` (in that order) and ``images``, renumbered as positions in it."""
         new_index = np.full(self.n_images, -1, np.int64)
         new_index[np.asarray(images, dtype=np.int64)] = np.arange(len(images))
-        rows = []
-        for c in np.asarray(captions, dtype=np.int64):
-            kept = new_index[self.images_of(c)]
-            rows.append(kept[kept >= 0])
-        return PositiveSets.from_lists(rows, len(images))
+        rows = [new_index[self.images_of(c)] for c in np.asarray(captions, dtype=np.int64)]
+        return PositiveSets.from_lists([row[row >= 0] for row in rows], len(images))
 
     def check_own_images(self, caption_to_image: np.ndarray, source: str) -> None:
         """Every caption must be true of its own image; ``source`` names the file in the error."""

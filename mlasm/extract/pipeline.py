@@ -195,7 +195,8 @@ def extract_dataset(images_dir: str | os.PathLike, captions_file: str | os.PathL
     region_settings = {"max_regions": max_regions, "score_threshold": score_threshold,
                        "nms_iou": nms_iou, "min_detections": min_detections}
     producer = {"proposer": proposer.describe(), "extractor": extractor.describe(), "regions": region_settings}
-    work_dir = out_dir / WORK_FOLDER / _fingerprint(producer)
+    fingerprint = hashlib.sha1(json.dumps(producer, sort_keys=True).encode()).hexdigest()[:12]  # of the settings
+    work_dir = out_dir / WORK_FOLDER / fingerprint
     for folder in (out_dir, work_dir):  # what a killed run was writing
         remove_stale_temporaries(folder)
 
@@ -311,10 +312,6 @@ def _assemble(name: str, pictures: list[tuple[CaptionedImage, ImageRegions]], im
         image_paths=[str(images_dir / picture.file_name) for picture, _ in pictures],
         region_scores=scores, region_labels=labels, label_names=label_names,
     )
-
-
-def _fingerprint(producer: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(producer, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _cache_name(file_name: str) -> str:

@@ -37,10 +37,7 @@ def _phrase(objects: list[dict], group: list[int], rng: np.random.Generator, ric
     def shared(key: str) -> bool:
         return all(objects[k][key] == first[key] for k in group)
 
-    if rich:
-        detail = "full"
-    else:
-        detail = pick(rng, tuple(_DETAILS), (0.3, 0.45, 0.1, 0.07, 0.08))
+    detail = "full" if rich else pick(rng, tuple(_DETAILS), (0.3, 0.45, 0.1, 0.07, 0.08))
     keys = [k for k in _DETAILS[detail] if shared(k)] or ["shape" if shared("shape") else "colour"]
     if len(group) > 1 and shared("shape") and "shape" not in keys:
         keys.append("shape")  # a group is all the objects of one shape: "two green shapes" could count others
@@ -227,10 +224,6 @@ def grounding(words: Words, regions: list[dict]) -> list[list]:
 
     Token positions are those of ``tokenize(text_of(words))``: one token per word, then the full stop.
     """
-    entries = []
-    for position, (_, objects) in enumerate(words):
-        if objects is not None:
-            boxes = [r for r, region in enumerate(regions)
-                     if region["kind"] in ("object", "part") and region["objects"][0] in objects]
-            entries.append([position, boxes])
-    return entries
+    return [[position, [r for r, region in enumerate(regions)
+                        if region["kind"] in ("object", "part") and region["objects"][0] in objects]]
+            for position, (_, objects) in enumerate(words) if objects is not None]

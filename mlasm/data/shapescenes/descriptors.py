@@ -24,10 +24,6 @@ def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (hue / 6.0) % 1.0, saturation, value
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
-
-
 def describe_boxes(image: Image.Image, boxes: np.ndarray) -> np.ndarray:
     """(K, FEATURE_DIM) float32 features of K boxes, from the pixels inside each box only.
 
@@ -57,9 +53,9 @@ def describe_boxes(image: Image.Image, boxes: np.ndarray) -> np.ndarray:
     colour = np.sqrt(histogram / histogram.sum(axis=1, keepdims=True))
     border = np.concatenate([crops[:, 0], crops[:, -1], crops[:, 1:-1, 0], crops[:, 1:-1, -1]], axis=1)
     background = np.median(border, axis=1)  # (K, 3)
-    shape = _unit(np.linalg.norm(crops - background[:, None, None], axis=-1).reshape(len(boxes), -1))
+    distance = np.linalg.norm(crops - background[:, None, None], axis=-1).reshape(len(boxes), -1)
+    shape = distance / np.maximum(np.linalg.norm(distance, axis=-1, keepdims=True), 1e-6)  # unit length
     b = np.asarray(boxes, np.float64) / [width, height, width, height]
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     geometry = np.concatenate([b, w[:, None], h[:, None], (w * h)[:, None]], axis=1)
     return np.concatenate([colour, shape, geometry], axis=1).astype(np.float32)
-

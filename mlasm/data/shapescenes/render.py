@@ -49,4 +49,3 @@ def render_scene(scene: dict) -> Image.Image:
 
 def pixel_hash(image: Image.Image) -> str:
     return hashlib.sha256(image.tobytes()).hexdigest()[:16]
-

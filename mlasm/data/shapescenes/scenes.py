@@ -89,14 +89,11 @@ def _base_objects(rng: np.random.Generator) -> list[dict]:
             return objects
 
 
-def _differ(a: dict, b: dict, *attributes: str) -> bool:
-    return all(a[x] != b[x] for x in attributes)
-
-
 def _swap(objects: list[dict], rng: np.random.Generator, keys: tuple[str, ...],
           must_differ: tuple[str, ...]) -> list[dict] | None:
     """Swap ``keys`` between two objects that differ in every one of ``must_differ``; None if no pair fits."""
-    pairs = [(i, j) for i in range(len(objects)) for j in range(i) if _differ(objects[i], objects[j], *must_differ)]
+    pairs = [(i, j) for i in range(len(objects)) for j in range(i)
+             if all(objects[i][x] != objects[j][x] for x in must_differ)]
     for p in rng.permutation(len(pairs)):
         i, j = pairs[p]
         swapped = [dict(o) for o in objects]
@@ -107,16 +104,15 @@ def _swap(objects: list[dict], rng: np.random.Generator, keys: tuple[str, ...],
     return None
 
 
+# a swap variant: the attributes two objects exchange, and those they must differ in
+_SWAPS = {"colour swap": (("colour", "rgb"), ("colour", "shape")), "shape swap": (("shape",), ("shape", "colour")),
+          "size swap": (("size", "radius"), ("size", "shape")), "position swap": (("cx", "cy"), ("shape", "colour"))}
+
+
 def _variant(objects: list[dict], kind: str, rng: np.random.Generator) -> list[dict] | None:
     """The objects of a variant scene of kind ``kind`` (one of VARIANTS), or None when it does not apply."""
-    if kind == "colour swap":
-        return _swap(objects, rng, ("colour", "rgb"), ("colour", "shape"))
-    if kind == "shape swap":
-        return _swap(objects, rng, ("shape",), ("shape", "colour"))
-    if kind == "size swap":
-        return _swap(objects, rng, ("size", "radius"), ("size", "shape"))
-    if kind == "position swap":
-        return _swap(objects, rng, ("cx", "cy"), ("shape", "colour"))
+    if kind in _SWAPS:
+        return _swap(objects, rng, *_SWAPS[kind])
     axis = "cx" if kind == "mirrored" else "cy"
     return [{**o, axis: round(IMAGE_SIZE - o[axis], 2)} for o in objects]
 
@@ -230,4 +226,3 @@ def outline(obj: dict) -> np.ndarray:
 def tight_box(obj: dict) -> list[float]:
     points = outline(obj)
     return _clip_box(*points.min(axis=0), *points.max(axis=0))
-
