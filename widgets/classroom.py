@@ -23,7 +23,8 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
-from mlasm.model import cross_attention_scores, l2norm
+from mlasm.model import l2norm
+from mlasm.scan_model import cross_attention_scores
 from widgets.levels import LevelPanel
 from widgets.selection import Selection
 from mlasm.session import WorkbenchSession
