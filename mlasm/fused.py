@@ -32,7 +32,10 @@ SOURCE = Path(__file__).resolve().parent / "kernels" / "pair_levels.c"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")
 ARGUMENTS = ("similarities", "region mask", "region norms", "region Gram matrices", "caption lengths",
              "word norms", "word Gram matrices")
-PAIRS_PER_THREAD = 256  # fewer pairs than this a thread cost more to start than they save
+PAIRS_PER_THREAD = 256
+# the loop's float32 sums run key after key: over thousands of regions they drift by about 1e-5 (10,000
+# regions: 1.2e-5 from torch), so images with more regions than this keep torch's scorer
+MAX_REGIONS = 512  # fewer pairs than this a thread cost more to start than they save
 
 
 class LocalTerms(NamedTuple):
@@ -109,7 +112,7 @@ def usable(vectors: Tensor, region_gram: Optional[Tensor]) -> bool:
     images' Gram matrices kept (many regions build the attended vectors). Under bfloat16 autocast the
     similarities are not float32 either: the caller checks them."""
     return (vectors.device.type == "cpu" and vectors.dtype == torch.float32 and region_gram is not None
-            and not torch.is_grad_enabled() and library() is not None)
+            and vectors.shape[1] <= MAX_REGIONS and not torch.is_grad_enabled() and library() is not None)
 
 
 def local_terms(sim: Tensor, regions, words, config, slope: float) -> LocalTerms:

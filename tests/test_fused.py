@@ -95,6 +95,7 @@ def test_not_used_with_gradients_other_dtypes_or_without_gram():
         assert fused.usable(regions.vectors, regions.gram)
         assert not fused.usable(regions.vectors.double(), regions.gram)
         assert not fused.usable(regions.vectors, None)  # many regions: the attended vectors are built instead
+        assert not fused.usable(torch.zeros(4, fused.MAX_REGIONS + 1, 12), regions.gram)  # torch sums those
         with pytest.raises(ValueError, match=r"similarities is .*bfloat16"):  # what autocast makes: refused
             fused.local_terms(sim.bfloat16(), regions, words, model.config, 0.1)
         with pytest.raises(ValueError, match=r"word Gram matrices is \(6, 5, 6\) .* expected \(6, 6, 6\)"):
