@@ -107,6 +107,12 @@ def library() -> Optional[ctypes.CDLL]:
     return loaded
 
 
+@functools.lru_cache(maxsize=1)
+def _workers(threads: int) -> ThreadPoolExecutor:
+    """Threads kept for the whole process: a block is scored in milliseconds, too often to start them each time."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="mlasm-fused")
+
+
 def usable(vectors: Tensor, region_gram: Optional[Tensor]) -> bool:
     """Whether a block of these region vectors can take the fused loop: CPU, float32, no gradients, the
     images' Gram matrices kept (many regions build the attended vectors). Under bfloat16 autocast the
@@ -146,8 +152,7 @@ def local_terms(sim: Tensor, regions, words, config, slope: float) -> LocalTerms
     if threads == 1:
         codes = [run(0, pairs)]
     else:
-        with ThreadPoolExecutor(threads) as pool:
-            codes = list(pool.map(run, cuts[:-1], cuts[1:]))
+        codes = list(_workers(threads).map(run, cuts[:-1], cuts[1:]))
     if any(codes):
         raise MemoryError("the fused pair loop could not allocate its scratch memory")
     return LocalTerms(*outputs)
