@@ -368,7 +368,7 @@ class MLASM(nn.Module):
         local = fused.local_terms(sim, regions, words, config, LEAKY_SLOPE)
         if not config.uses_global_level:
             return self._levels(local.t2i, local.i2t)
-        global_score, _ = self._semantic_level(regions, words, local.region_weights, local.word_weights)
+        global_score = fused.semantic_scores(regions, words, local.region_weights, local.word_weights)
         return self._levels(local.t2i, local.i2t, global_score)
 
     # --- public scoring ----------------------------------------------------------------

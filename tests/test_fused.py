@@ -86,6 +86,28 @@ def test_threads_split_the_pairs_without_changing_a_score(monkeypatch):
         assert torch.equal(one[level], three[level])  # each pair is computed alone: bit for bit
 
 
+def test_a_compiler_without_openmp_gets_python_threads_and_the_same_scores(monkeypatch, tmp_path):
+    """The build retried without -fopenmp (a flag this compiler refuses stands in for a compiler
+    without OpenMP): the pairs and images then go to a pool of Python threads, bit for bit the same."""
+    model = make_model().float()
+    img, cap = as_float32(*random_gallery(n_images=6, n_captions=40, n_regions=5, n_words=6, seed=8))
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(fused, "PAIRS_PER_THREAD", 1)
+    try:
+        torch.set_num_threads(3)
+        with_openmp = model.score_all(img, cap)
+        monkeypatch.setenv("MLASM_CACHE_DIR", str(tmp_path))
+        monkeypatch.setattr(fused, "OPENMP", ("-fno-such-flag-for-openmp",))
+        fused.library.cache_clear()
+        without = model.score_all(img, cap)
+        assert not fused.library().uses_openmp() and "no OpenMP" in fused.status()
+    finally:
+        torch.set_num_threads(threads)
+        fused.library.cache_clear()
+    for level in LEVELS:
+        assert torch.equal(with_openmp[level], without[level])
+
+
 def test_not_used_with_gradients_other_dtypes_or_without_gram():
     model = make_model().float()
     img, cap = as_float32(*random_gallery())
@@ -102,6 +124,12 @@ def test_not_used_with_gradients_other_dtypes_or_without_gram():
             fused.local_terms(sim, regions, words._replace(gram=words.gram[:, :-1]), model.config, 0.1)
         with pytest.raises(ValueError, match="region Gram matrices is .*float64"):
             fused.local_terms(sim, regions._replace(gram=regions.gram.double()), words, model.config, 0.1)
+        local = fused.local_terms(sim, regions, words, model.config, 0.1)
+        with pytest.raises(ValueError, match=r"gate rows is \(4, 4, 12\) .* expected \(4, 5, 12\)"):
+            fused.semantic_scores(regions._replace(gate_rows=regions.gate_rows[:, :-1]), words,
+                                  local.region_weights, local.word_weights)
+        with pytest.raises(ValueError, match=r"region weights is \(4, 6, 4\) .* expected \(4, 6, 5\)"):
+            fused.semantic_scores(regions, words, local.region_weights[..., :-1], local.word_weights)
     with torch.enable_grad():
         assert not fused.usable(regions.vectors, regions.gram)
 

@@ -22,6 +22,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define EPS 1e-8f
 
@@ -118,18 +121,13 @@ static void attend(const float *restrict s, const float *restrict rect, const fl
 
 static int64_t padded(int64_t count) { return (count + LANES - 1) / LANES * LANES; }
 
-/* Pairs first_pair .. last_pair - 1 of the block (pair p = image p / m, caption p % m).
-   sim (n, R, m, L); region_mask, region_norms (n, R); region_gram (n, R, R); lengths (m,) in 1 .. L;
-   word_norms (m, L); word_gram (m, L, L); all C-contiguous. Writes t2i, i2t (n, m) and, unless NULL,
-   region_weights (n, m, R) and word_weights (n, m, L) (zero past a caption's length). Returns 0, or
-   -1 when its scratch memory could not be had. */
-int pair_levels(const float *sim, const uint8_t *region_mask, const float *region_norms,
-                const float *region_gram, const int32_t *lengths, const float *word_norms,
-                const float *word_gram, int64_t n, int64_t R, int64_t m, int64_t L,
-                float lambda_t2i, float lambda_i2t, int lse, float lambda_lse, float slope,
-                int64_t first_pair, int64_t last_pair,
-                float *t2i, float *i2t, float *region_weights, float *word_weights) {
-    (void)n;
+/* Pairs first_pair .. last_pair - 1 of the block (pair p = image p / m, caption p % m), on one thread. */
+static int pair_range(const float *sim, const uint8_t *region_mask, const float *region_norms,
+                      const float *region_gram, const int32_t *lengths, const float *word_norms,
+                      const float *word_gram, int64_t R, int64_t m, int64_t L,
+                      float lambda_t2i, float lambda_i2t, int lse, float lambda_lse, float slope,
+                      int64_t first_pair, int64_t last_pair,
+                      float *t2i, float *i2t, float *region_weights, float *word_weights) {
     const int64_t Rp = padded(R), Lp = padded(L), tile = Rp * Lp, side = Rp > Lp ? Rp : Lp;
     float *scratch = calloc(6 * tile + 10 * side, sizeof(float));
     if (!scratch) return -1;
@@ -182,5 +180,145 @@ int pair_levels(const float *sim, const uint8_t *region_mask, const float *regio
         }
     }
     free(scratch);
+    return 0;
+}
+
+/* 1 when built with OpenMP: pair_levels then shares its pairs among `threads` threads itself. */
+int uses_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Pairs first_pair .. last_pair - 1 of the block (pair p = image p / m, caption p % m).
+   sim (n, R, m, L); region_mask, region_norms (n, R); region_gram (n, R, R); lengths (m,) in 1 .. L;
+   word_norms (m, L); word_gram (m, L, L); all C-contiguous. Writes t2i, i2t (n, m) and, unless NULL,
+   region_weights (n, m, R) and word_weights (n, m, L) (zero past a caption's length). Returns 0, or
+   -1 when its scratch memory could not be had.
+   Built with OpenMP, the pairs are cut into `threads` equal ranges run in one parallel region. torch's
+   libgomp has the same name (libgomp.so.1), so the loader gives this library torch's own runtime: the
+   same threads that just ran the block's product take the ranges, instead of a second pool of threads
+   competing with them while they spin-wait (which made two threads no faster than one). */
+int pair_levels(const float *sim, const uint8_t *region_mask, const float *region_norms,
+                const float *region_gram, const int32_t *lengths, const float *word_norms,
+                const float *word_gram, int64_t n, int64_t R, int64_t m, int64_t L,
+                float lambda_t2i, float lambda_i2t, int lse, float lambda_lse, float slope,
+                int64_t first_pair, int64_t last_pair, int threads,
+                float *t2i, float *i2t, float *region_weights, float *word_weights) {
+    (void)n;
+    int failed = 0;
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(threads > 0 ? threads : 1) reduction(|:failed)
+    {
+        const int64_t count = last_pair - first_pair, k = omp_get_thread_num(), t = omp_get_num_threads();
+        failed |= pair_range(sim, region_mask, region_norms, region_gram, lengths, word_norms, word_gram, R, m, L,
+                             lambda_t2i, lambda_i2t, lse, lambda_lse, slope, first_pair + count * k / t,
+                             first_pair + count * (k + 1) / t, t2i, i2t, region_weights, word_weights);
+    }
+#else
+    (void)threads;
+    failed = pair_range(sim, region_mask, region_norms, region_gram, lengths, word_norms, word_gram, R, m, L,
+                        lambda_t2i, lambda_i2t, lse, lambda_lse, slope, first_pair, last_pair,
+                        t2i, i2t, region_weights, word_weights);
+#endif
+    return failed;
+}
+
+/* The semantic level (spec 4) of a block's pairs, from the local level's mean weights. For the pair
+   (i, j), with wbar_r its regions' mean attention weights:
+     x = sum_r wbar_r X[i][r]        (X: the rows W_x v_r + b_x)          image context, projected
+     t = sigmoid(sum_r wbar_r G[i][r])  (G: the gate's rows)              the gate
+     a = t * h_i + (1 - t) * x                                            the image side
+     score = a . b / (|a| |b|)  with b = text_sides[j][i] = sum_l wbar_l (W_t u_l + b_t)  the text side
+   (b is made by the caller, one batched product per caption). torch builds x, t and a as (n, m, d)
+   tensors in memory; here the pairs go TILE captions of one image at a time, LANES dimensions at a
+   time, and nothing of size d is stored. region_weights (n, m, R); context_rows, gate_rows (n, R, d);
+   glob (n, d); text_sides (m, n, d); region_mask (n, R). Writes scores (n, m). */
+#define TILE 4  /* captions per tile: their accumulators, TILE x 2 vectors, stay in registers */
+
+static inline lanes load_lanes(const float *from, int64_t width) {  /* zero past width (the last chunk of d) */
+    if (width == LANES) return *(const lanes *)from;
+    lanes v = {0};
+    for (int64_t k = 0; k < width; k++) v[k] = from[k];
+    return v;
+}
+
+static float sum_lanes(lanes v) {
+    float total = 0.0f;
+    for (int k = 0; k < LANES; k++) total += v[k];
+    return total;
+}
+
+static void semantic_range(const float *region_weights, const float *context_rows, const float *gate_rows,
+                           const float *glob, const float *text_sides, const uint8_t *region_mask, int64_t n,
+                           int64_t R, int64_t m, int64_t d, int64_t first_tile, int64_t last_tile, float *scores) {
+    const int64_t tiles_per_image = (m + TILE - 1) / TILE;
+    const float none[1] = {0.0f};                                   /* the weight of a tile's missing captions */
+    for (int64_t w = first_tile; w < last_tile; w++) {
+        const int64_t i = w / tiles_per_image, j0 = w % tiles_per_image * TILE;
+        const int64_t count = m - j0 < TILE ? m - j0 : TILE;
+        const uint8_t *valid = region_mask + i * R;
+        const float *weights[TILE];
+        int64_t step[TILE];
+        for (int64_t t = 0; t < TILE; t++) {
+            weights[t] = t < count ? region_weights + (i * m + j0 + t) * R : none;
+            step[t] = t < count;
+        }
+        lanes image_sq[TILE] = {{0}}, text_sq[TILE] = {{0}}, dot[TILE] = {{0}};
+        for (int64_t d0 = 0; d0 < d; d0 += LANES) {
+            const int64_t width = d - d0 < LANES ? d - d0 : LANES;
+            lanes x[TILE] = {{0}}, g[TILE] = {{0}};
+            for (int64_t r = 0; r < R; r++) {
+                if (!valid[r]) continue;                              /* no weight, nor its rows' garbage */
+                const lanes xr = load_lanes(context_rows + (i * R + r) * d + d0, width);
+                const lanes gr = load_lanes(gate_rows + (i * R + r) * d + d0, width);
+                for (int64_t t = 0; t < TILE; t++) {
+                    const float weight = weights[t][r * step[t]];
+                    x[t] += weight * xr;
+                    g[t] += weight * gr;
+                }
+            }
+            const lanes h = load_lanes(glob + i * d + d0, width);
+            for (int64_t t = 0; t < count; t++) {
+                float side[LANES];                                   /* zero past width: adds nothing below */
+                for (int k = 0; k < LANES; k++) {
+                    const float logit = g[t][k], e = exp_nonpositive(logit > 0.0f ? -logit : logit);
+                    const float inverse = 1.0f / (1.0f + e), gate = logit > 0.0f ? inverse : e * inverse;
+                    side[k] = x[t][k] + gate * (h[k] - x[t][k]);
+                }
+                const lanes a = *(const lanes *)side, b = load_lanes(text_sides + ((j0 + t) * n + i) * d + d0, width);
+                image_sq[t] += a * a;
+                text_sq[t] += b * b;
+                dot[t] += a * b;
+            }
+        }
+        for (int64_t t = 0; t < count; t++)
+            scores[i * m + j0 + t] = sum_lanes(dot[t]) / ((sqrtf(sum_lanes(image_sq[t])) + EPS)
+                                                          * (sqrtf(sum_lanes(text_sq[t])) + EPS));
+    }
+}
+
+/* The semantic level of images first_image .. last_image - 1 of a block of n images x m captions against
+   every caption (semantic_range), their tiles of TILE captions shared among `threads` threads as
+   pair_levels shares its pairs. */
+int semantic_levels(const float *region_weights, const float *context_rows, const float *gate_rows,
+                    const float *glob, const float *text_sides, const uint8_t *region_mask, int64_t n, int64_t R,
+                    int64_t m, int64_t d, int64_t first_image, int64_t last_image, int threads, float *scores) {
+    const int64_t per_image = (m + TILE - 1) / TILE, first = first_image * per_image;
+    const int64_t count = (last_image - first_image) * per_image;
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(threads > 0 ? threads : 1)
+    {
+        const int64_t k = omp_get_thread_num(), t = omp_get_num_threads();
+        semantic_range(region_weights, context_rows, gate_rows, glob, text_sides, region_mask, n, R, m, d,
+                       first + count * k / t, first + count * (k + 1) / t, scores);
+    }
+#else
+    (void)threads;
+    semantic_range(region_weights, context_rows, gate_rows, glob, text_sides, region_mask, n, R, m, d,
+                   first, first + count, scores);
+#endif
     return 0;
 }
