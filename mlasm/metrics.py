@@ -250,9 +250,17 @@ def complete_positive_ranks(scores, positives, i2t_positives=None) -> dict[str, 
     if by_image.n_captions != n_images or by_image.n_images != n_captions:
         raise ValueError(f"complete_positive_ranks: i2t_positives must have one row per image ({n_images}) over "
                          f"{n_captions} captions, got {by_image.n_captions} rows over {by_image.n_images}")
-    t2i = _direction_ranks(n_captions, n_images, lambda a, b: np.ascontiguousarray(scores[:, a:b].T),
-                           positives.indptr, positives.indices)
-    i2t = _direction_ranks(n_images, n_captions, lambda a, b: scores[a:b], by_image.indptr, by_image.indices)
+    return complete_positive_ranks_by_blocks(lambda a, b: np.ascontiguousarray(scores[:, a:b].T),
+                                             lambda a, b: scores[a:b], positives, by_image)
+
+
+def complete_positive_ranks_by_blocks(t2i_block, i2t_block, positives, by_image) -> dict[str, np.ndarray]:
+    """``complete_positive_ranks`` for rankings that exist only a block of queries at a time (a
+    two-stage search's): ``t2i_block(c0, c1)`` gives captions c0..c1's scores of every image
+    (c1 - c0, N), ``i2t_block(i0, i1)`` images i0..i1's of every caption (i1 - i0, M);
+    ``by_image`` is ``positives.transpose()`` or the i2t annotations."""
+    t2i = _direction_ranks(positives.n_captions, positives.n_images, t2i_block, positives.indptr, positives.indices)
+    i2t = _direction_ranks(by_image.n_captions, by_image.n_images, i2t_block, by_image.indptr, by_image.indices)
     return {f"{direction}_{key}": value for direction, values in (("t2i", t2i), ("i2t", i2t))
             for key, value in values.items()}
 

@@ -43,7 +43,9 @@ from torch import Tensor, nn
 
 from mlasm.blocks import _slice, _take, _to, _trim
 from mlasm.io import write_together
-from mlasm.metrics import RECALL_KS, recall_summary, scored_levels
+from mlasm.data.positives import PositiveSets
+from mlasm.metrics import (RECALL_KS, complete_positive_ranks_by_blocks, recall_summary, scored_levels,
+                           summarize_complete_ranks)
 from mlasm.model import MLASM, CaptionEncoding, ImageEncoding, l2norm, lengths_to_mask, masked_mean
 
 FIRST_STAGES = ("mean", "semantic", "blend")
@@ -358,6 +360,7 @@ class TwoStageResult:
     scores: dict[str, dict[str, Tensor]]       # direction -> level -> (Q, K)
     first_stage: str           # its name: one of FIRST_STAGES, or "trained"
     k: int
+    vectors: dict[str, Tensor]  # "images" (N, e), "captions" (M, e): the first stage's vectors
 
     def ranks(self, level: str, direction: str) -> np.ndarray:
         return self.directions[direction].ranks(self.scores[direction][level])
@@ -365,13 +368,32 @@ class TwoStageResult:
     def first_stage_recall(self) -> dict[str, float]:
         return {direction: self.directions[direction].first_stage_recall() for direction in ("i2t", "t2i")}
 
-    def metrics(self) -> dict:
-        """As mlasm.evaluate.level_metrics (protocol "full", no complete positives), with ``two_stage``."""
+    def ranking_scores(self, level: str, direction: str, start: int, stop: int) -> np.ndarray:
+        """(stop - start, items) float64: queries start..stop's two-stage ranking as scores, every
+        candidate's full-model score lifted above every non-candidate's first-stage score, so that
+        sorting them gives the rank convention above (ties kept: the lift is one constant per block)."""
+        queries, items = ("captions", "images") if direction == "t2i" else ("images", "captions")
+        ranking = first_stage_scores(self.vectors[queries][start:stop], self.vectors[items]).double()
+        full = self.scores[direction][level][start:stop].double()
+        lift = (ranking.max() - full.min() + 1.0) if full.numel() else 0.0
+        return ranking.scatter_(1, self.directions[direction].candidates[start:stop], full + lift).numpy()
+
+    def complete_ranks(self, level: str, positives: PositiveSets) -> dict[str, np.ndarray]:
+        """``mlasm.metrics.complete_positive_ranks`` of the two-stage ranking under complete positives."""
+        return complete_positive_ranks_by_blocks(lambda a, b: self.ranking_scores(level, "t2i", a, b),
+                                                 lambda a, b: self.ranking_scores(level, "i2t", a, b),
+                                                 positives, positives.transpose())
+
+    def metrics(self, complete_ranks: dict[str, dict] | None = None) -> dict:
+        """As mlasm.evaluate.level_metrics (protocol "full"), with ``two_stage``; with ``complete_ranks``
+        (level -> ``self.complete_ranks``), every level's ``complete`` measures as well."""
         levels = {}
         for level in scored_levels(self.scores["t2i"]):
             summary = {direction: recall_summary(self.ranks(level, direction)) for direction in ("i2t", "t2i")}
             rsum = sum(summary[d][f"r{k}"] for d in ("i2t", "t2i") for k in RECALL_KS)
             levels[level] = {"rsum": float(rsum), **summary}
+            if complete_ranks is not None:
+                levels[level]["complete"] = summarize_complete_ranks(complete_ranks[level])
         return {"protocol": "full", **levels["final"], "levels": levels, "two_stage": self.describe()}
 
     def describe(self) -> dict:
@@ -399,7 +421,8 @@ def two_stage(model: MLASM, img: ImageEncoding, cap: CaptionEncoding, caption_to
     split_at = t2i.numel()
     scores = {"t2i": {level: s[inverse[:split_at]].view_as(t2i) for level, s in pair_scores.items()},
               "i2t": {level: s[inverse[split_at:]].view_as(i2t) for level, s in pair_scores.items()}}
-    return TwoStageResult(directions, scores, "trained" if isinstance(first_stage, FirstStage) else first_stage, k)
+    return TwoStageResult(directions, scores, "trained" if isinstance(first_stage, FirstStage) else first_stage, k,
+                          {"images": image_vecs, "captions": caption_vecs})
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlasm.metrics import i2t_ranks, retrieval_metrics, t2i_ranks
+from mlasm.data.positives import PositiveSets
+from mlasm.metrics import complete_positive_metrics, complete_positive_ranks, i2t_ranks, retrieval_metrics, t2i_ranks
 from mlasm.model import CaptionEncoding, ImageEncoding
 from mlasm.shortlist import (
     FIRST_STAGES,
@@ -63,6 +64,73 @@ def test_k_at_least_the_gallery_gives_the_exact_scores_ranks_and_metrics(rho):
     assert metrics["rsum"] == pytest.approx(reference["rsum"])
     assert metrics["two_stage"]["shortlist"] == 50
     assert metrics["two_stage"]["first_stage_recall"] == {"i2t": 100.0, "t2i": 100.0}
+
+
+def assert_same_measures(found: dict, expected: dict) -> None:
+    assert found["rsum"] == pytest.approx(expected["rsum"])
+    for direction in ("i2t", "t2i"):
+        assert found[direction] == pytest.approx(expected[direction])
+
+
+def _random_positives(owner, n_images, seed):
+    """Each caption true of its own image and, at random, of a few others."""
+    g = np.random.default_rng(seed)
+    return PositiveSets.from_lists([sorted({int(o), *g.choice(n_images, g.integers(0, 3), replace=False).tolist()})
+                                    for o in owner], n_images)
+
+
+def _by_hand(ordered: list[int], true: set[int]) -> tuple[int, float, float]:
+    """First rank (0-based), R-Precision and mAP@R of one query's whole ranking, from their definitions."""
+    r = len(true)
+    hits = [item in true for item in ordered]
+    precision_at = [sum(hits[:i + 1]) / (i + 1) for i in range(len(ordered))]
+    return hits.index(True), sum(hits[:r]) / r, sum(p for p, h in zip(precision_at[:r], hits[:r]) if h) / r
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_complete_positive_ranks_of_a_two_stage_ranking_follow_its_rank_convention(k):
+    """Every query's whole two-stage ranking written out (candidates by the full model, then the rest
+    by first-stage score) and measured by hand; with strict positives the first ranks are ``ranks``'s."""
+    model = make_model()
+    img, cap, owner = gallery(n_images=8, per_image=2, seed=5)
+    n_images, n_captions = 8, len(owner)
+    result = two_stage(model, img, cap, owner, k=k, first_stage="blend")
+    positives = _random_positives(owner, n_images, seed=k)
+    ranks = result.complete_ranks("final", positives)
+    first = (result.vectors["captions"] @ result.vectors["images"].T).numpy()    # (M, N) first-stage scores
+    by_image = positives.transpose()
+    for direction, n_queries in (("t2i", n_captions), ("i2t", n_images)):
+        for q in range(n_queries):
+            candidates = result.directions[direction].candidates[q].tolist()
+            full = result.scores[direction]["final"][q].tolist()
+            stage = first[q] if direction == "t2i" else first[:, q]
+            rest = sorted(set(range(len(stage))) - set(candidates), key=lambda i: -stage[i])
+            ordered = [c for _, c in sorted(zip(full, candidates), key=lambda pair: -pair[0])] + rest
+            sets = positives if direction == "t2i" else by_image
+            true = set(sets.indices[sets.indptr[q]:sets.indptr[q + 1]].tolist())
+            rank, r_precision, map_at_r = _by_hand(ordered, true)
+            assert ranks[f"{direction}_first_rank"][q] == rank
+            assert ranks[f"{direction}_r_precision"][q] == pytest.approx(r_precision)
+            assert ranks[f"{direction}_map_at_r"][q] == pytest.approx(map_at_r)
+    strict = result.complete_ranks("final", PositiveSets.strict(owner, n_images))
+    for direction in ("t2i", "i2t"):
+        np.testing.assert_array_equal(strict[f"{direction}_first_rank"], result.ranks("final", direction))
+
+
+def test_complete_metrics_of_a_shortlist_as_large_as_the_gallery_are_the_exact_ones():
+    model = make_model()
+    img, cap, owner = gallery(n_images=8, per_image=2, seed=6)
+    positives = _random_positives(owner, 8, seed=0)
+    exact = model.score_all(img, cap)
+    result = two_stage(model, img, cap, owner, k=50)
+    complete = {level: result.complete_ranks(level, positives) for level in model.levels}
+    metrics = result.metrics(complete)
+    for level in model.levels:
+        reference = complete_positive_ranks(exact[level], positives)
+        for key, value in reference.items():
+            np.testing.assert_allclose(complete[level][key], value, rtol=1e-12)
+        assert_same_measures(metrics["levels"][level]["complete"], complete_positive_metrics(exact[level], positives))
+    assert "complete" not in result.metrics()["levels"]["final"]
 
 
 def test_rescored_pairs_equal_score_all_on_any_pairs():
@@ -215,6 +283,12 @@ def test_evaluate_with_a_shortlist_as_large_as_the_gallery_gives_the_exact_metri
     for name in ("final_t2i_rank", "final_i2t_rank", "t2i_i2t_rank", "global_t2i_rank"):
         np.testing.assert_array_equal(two_ranks[name], exact_ranks[name])
     assert not (tmp_path / "two" / "scores.npz").exists()  # no full matrix exists to save
+    assert "complete" in exact  # the tiny ShapeScenes splits have complete positive sets: so has two-stage
+    for level in two["levels"]:
+        assert_same_measures(two["levels"][level]["complete"], exact["levels"][level]["complete"])
+    for name in ("final_t2i_first_valid_rank", "t2i_i2t_first_valid_rank", "i2t_r_precision", "t2i_map_at_r",
+                 "t2i_n_positives"):
+        np.testing.assert_allclose(two_ranks[name], exact_ranks[name], rtol=1e-6)
 
 
 def test_evaluate_with_a_short_shortlist_says_so_and_ranks_outside_it_below_k(trained, data_folder, tmp_path, capsys):
