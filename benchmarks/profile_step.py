@@ -7,7 +7,8 @@ The training step is the demo's: the CPU preset (d 256, bi-GRU, level-wise super
 128 ShapeScenes training captions and their images (real features from the cache), forward, the
 hinges, backward, clipping and Adam. The scoring block is one block of ``score_all`` at
 Flickr30K-like caption lengths (random unit encodings, d 256, 36 regions), the size the CPU budget
-picks. Each is run once to warm up, then ``--repeats`` times under the profiler; the table lists
+picks, scored as ``score_all`` scores it (the fused loop's C calls are the rows
+``mlasm::fused_local_level`` and ``mlasm::fused_semantic_level``; ``MLASM_FUSED=0`` for torch's). Each is run once to warm up, then ``--repeats`` times under the profiler; the table lists
 the operations with the most self CPU time, their share, and the machine's load average, since
 other work on the cores stretches every figure.
 """
@@ -77,7 +78,7 @@ def scoring_block():
 
     def block():
         with torch.no_grad():
-            model._score_block(regions, words, config.lambda_t2i, config.lambda_i2t)
+            model._block_levels(regions, words)  # score_all's scorer: the fused loop where it applies
     return block, f"{n_images} images x {n_captions} captions of about {typical} words"
 
 

@@ -140,15 +140,17 @@ def _checked(inputs: dict[str, tuple[Tensor, tuple, torch.dtype]]) -> list[Tenso
     return checked
 
 
-def _in_parallel(run, units: int, min_units: int) -> None:
+def _in_parallel(name: str, run, units: int, min_units: int) -> None:
     """``run(first, last, threads)`` over units 0 .. units - 1 on torch's thread count (at least
-    ``min_units`` a thread): one call where the library has OpenMP, else one range per pooled thread."""
+    ``min_units`` a thread): one call where the library has OpenMP, else one range per pooled thread.
+    ``name``: its row in torch.profiler's tables (benchmarks/profile_step.py)."""
     threads = max(1, min(torch.get_num_threads(), units // min_units))
-    if threads == 1 or library().uses_openmp():
-        codes = [run(0, units, threads)]
-    else:
-        cuts = [units * k // threads for k in range(threads + 1)]
-        codes = list(_workers(threads).map(run, cuts[:-1], cuts[1:], [1] * threads))
+    with torch.profiler.record_function(name):
+        if threads == 1 or library().uses_openmp():
+            codes = [run(0, units, threads)]
+        else:
+            cuts = [units * k // threads for k in range(threads + 1)]
+            codes = list(_workers(threads).map(run, cuts[:-1], cuts[1:], [1] * threads))
     if any(codes):
         raise MemoryError("the fused pair loop could not allocate its scratch memory")
 
@@ -172,7 +174,8 @@ def local_terms(sim: Tensor, regions, words, config, slope: float) -> LocalTerms
     addresses = [t.data_ptr() for t in inputs] + [n, n_regions, m, n_words, config.lambda_t2i, config.lambda_i2t,
                                                   int(config.pooling == "lse"), config.lambda_lse, slope]
     results = [None if t is None else t.data_ptr() for t in outputs]
-    _in_parallel(lambda first, last, threads: library().pair_levels(*addresses, first, last, threads, *results),
+    _in_parallel("mlasm::fused_local_level",
+                 lambda first, last, threads: library().pair_levels(*addresses, first, last, threads, *results),
                  n * m, PAIRS_PER_THREAD)
     return LocalTerms(*outputs)
 
@@ -194,7 +197,8 @@ def semantic_scores(regions, words, region_weights: Tensor, word_weights: Tensor
                        "region mask": (regions.mask.to(torch.uint8), (n, n_regions), torch.uint8)})
     scores = region_weights.new_empty(n, m)
     addresses = [t.data_ptr() for t in inputs] + [n, n_regions, m, d]
-    _in_parallel(lambda first, last, threads: library().semantic_levels(*addresses, first, last, threads,
+    _in_parallel("mlasm::fused_semantic_level",
+                 lambda first, last, threads: library().semantic_levels(*addresses, first, last, threads,
                                                                         scores.data_ptr()),
                  n, max(1, PAIRS_PER_THREAD // max(m, 1)))
     return scores
