@@ -1,4 +1,4 @@
-"""The all-pairs scorer's local level fused into one C loop per pair (mlasm/kernels/pair_levels.c).
+"""The all-pairs scorer's local and semantic levels fused into C loops over pairs (mlasm/kernels/pair_levels.c).
 
 torch runs the two attentions of a block of pairs as about twenty passes over the block's whole
 similarity tensor, each bound by memory; the loop reads each pair's (R, L) tile once and does every

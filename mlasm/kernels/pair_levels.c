@@ -1,4 +1,5 @@
-/* The local level of a block of n images x m captions, one pair at a time (mlasm/fused.py loads it).
+/* The local level of a block of n images x m captions, one pair at a time (mlasm/fused.py loads it),
+   and the semantic level from its mean weights (semantic_levels, at the end of this file).
 
    torch scores a block in about twenty passes over its whole (n, R, m, L) similarity tensor (the
    LeakyReLU, two norms, two softmaxes, the products with the similarities and the Gram matrices,
