@@ -2,8 +2,9 @@
 
 The same columns and values as WorkbenchSession's table over whole matrices (its docstring says
 what each means), from one pass over the final level's rows: no (N, M) matrix is made besides
-the store's, each chunk's truth is built from the sparse positive sets, and the best image of
-each caption is kept as the chunks go (the first of equal scores, as argmax takes it).
+the store's; a chunk's true and own pairs stay sparse (a few per row), so only two dense passes
+(the best other item per row and per column) go over each chunk; the best image of each caption
+is kept as the chunks go (the first of equal scores, as argmax takes it).
 """
 from __future__ import annotations
 
@@ -85,42 +86,61 @@ def query_table_in_chunks(session) -> pd.DataFrame:
     i2t = {name: np.empty(n_images, dtype) for name, dtype in (("best_truth", np.int64), ("preferred", np.int64),
            ("alternative", np.int64), ("n_valid", np.int64), ("preferred_valid", bool), ("has", bool))}
     for a, b in row_chunks(n_images, n_captions):
-        chunk = read_rows(final, a, b)
-        rows = np.arange(b - a)
-        positive = caption_to_image[None, :] == np.arange(a, b)[:, None]
-        truth = np.zeros((b - a, n_captions), bool)
+        chunk = read_rows(final, a, b)                                   # (b - a, M), changed below:
+        chunk = chunk.copy() if np.may_share_memory(chunk, final) else chunk  # never the scores themselves
+        # the chunk's true pairs and its own pairs, as (row, caption) lists: few per row
         starts, stops = by_image.indptr[a:b], by_image.indptr[a + 1:b + 1]
-        truth[np.repeat(rows, stops - starts), by_image.indices[starts[0]:stops[-1]]] = True
-        also = truth & ~positive
+        true_rows = np.repeat(np.arange(b - a), stops - starts)
+        true_columns = by_image.indices[starts[0]:stops[-1]]
+        true_keys = true_rows * n_captions + true_columns
+        also = caption_to_image[true_columns] != a + true_rows             # true, not own
+        also_rows, also_columns = true_rows[also], true_columns[also]
+        also_values = chunk[also_rows, also_columns]
+        own_columns = np.flatnonzero((caption_to_image >= a) & (caption_to_image < b))
+        own_rows = caption_to_image[own_columns] - a
+        own_values = chunk[own_rows, own_columns]
         # image queries: within the chunk
-        i2t["has"][a:b] = positive.any(axis=1)
-        i2t["best_truth"][a:b] = np.where(positive, chunk, -np.inf).argmax(axis=1)
-        not_own = np.where(positive, -np.inf, chunk)
-        i2t["preferred"][a:b] = not_own.argmax(axis=1)
-        i2t["alternative"][a:b] = np.where(also.any(axis=1), np.where(also, chunk, -np.inf).argmax(axis=1), -1)
-        i2t["n_valid"][a:b] = truth.sum(axis=1)
-        i2t["preferred_valid"][a:b] = truth[rows, i2t["preferred"][a:b]]
+        has = np.bincount(own_rows, minlength=b - a) > 0
+        i2t["has"][a:b] = has
+        i2t["best_truth"][a:b] = _first_best(own_rows, own_columns, own_values, b - a, 0)
+        chunk[own_rows, own_columns] = -np.inf                            # now: every score but the own pairs'
+        i2t["preferred"][a:b] = chunk.argmax(axis=1)
+        i2t["alternative"][a:b] = _first_best(also_rows, also_columns, also_values, b - a, -1)
+        i2t["n_valid"][a:b] = stops - starts
+        i2t["preferred_valid"][a:b] = np.isin(np.arange(b - a) * n_captions + i2t["preferred"][a:b], true_keys)
         # caption queries: the chunk's best, kept where strictly better than the earlier chunks' (first wins)
-        best = not_own.argmax(axis=0)
-        value = not_own[best, captions]
+        best = chunk.argmax(axis=0)
+        value = chunk[best, captions]
         better = value > preferred_score
         if a == 0:  # an all -inf column (no other image) takes image 0, as argmax does
             better[:] = True
         preferred_score = np.where(better, value, preferred_score)
         preferred_image = np.where(better, a + best, preferred_image)
-        preferred_true = np.where(better, truth[best, captions], preferred_true)
-        also_scores = np.where(also, chunk, -np.inf)
-        best = also_scores.argmax(axis=0)
-        value = also_scores[best, captions]
-        chunk_has = also.any(axis=0)
+        preferred_true = np.where(better, np.isin(best * n_captions + captions, true_keys), preferred_true)
+        chunk_has = np.zeros(n_captions, bool)
+        chunk_has[also_columns] = True
+        best = _first_best(also_columns, also_rows, also_values, n_captions, 0)
+        value = np.full(n_captions, -np.inf)
+        np.maximum.at(value, also_columns, also_values)
         better = chunk_has & (~has_alternative | (value > alternative_score))
         alternative_score = np.where(better, value, alternative_score)
         alternative_image = np.where(better, a + best, alternative_image)
         has_alternative |= chunk_has
-        n_valid_t2i += truth.sum(axis=0)
+        n_valid_t2i += np.bincount(true_columns, minlength=n_captions)
     t2i = direction_table(split, ranks, others, "t2i", captions, n_valid_t2i, preferred_image, preferred_true,
                           np.where(has_alternative, alternative_image, -1), caption_to_image, captions)
     images = np.flatnonzero(i2t["has"])
     image_table = direction_table(split, ranks, others, "i2t", images, *(i2t[name][images] for name in (
         "n_valid", "preferred", "preferred_valid", "alternative")), images, i2t["best_truth"][images])
     return pd.concat([t2i, image_table], ignore_index=True)
+
+
+def _first_best(groups: np.ndarray, items: np.ndarray, values: np.ndarray, n_groups: int, none: int) -> np.ndarray:
+    """Per group, the item of its largest value, the smallest item among equal values (as argmax over
+    a dense row takes the first): (groups, items, values) are a sparse matrix's entries; ``none`` where
+    a group has no entry."""
+    found = np.full(n_groups, none, np.int64)
+    order = np.lexsort((items, -values, groups))                       # by group, best value, smallest item
+    first = order[np.r_[True, groups[order][1:] != groups[order][:-1]]] if order.size else order
+    found[groups[first]] = items[first]
+    return found

@@ -182,10 +182,17 @@ def test_a_session_memory_maps_a_store_and_shows_what_scores_npz_shows(checkpoin
     assert large._ranks is not None  # evaluate's ranks.npz, not computed again
     for key, ranks in small.ranks.items():
         np.testing.assert_array_equal(large.ranks[key], ranks, err_msg=key)
+    pd_testing = pytest.importorskip("pandas.testing")
     for k in (1, 5):
-        pd_testing = pytest.importorskip("pandas.testing")
         pd_testing.assert_frame_equal(large.query_table(k), small.query_table(k))
         pd_testing.assert_frame_equal(large.failures(k, include_valid=True), small.failures(k, include_valid=True))
+    # in chunks of 1, 3 and 16 images: the best image of each caption is carried across chunks
+    from mlasm import session_tables, store_measures
+    assert small.positives.indices.size > split.n_captions  # complete positives: alternatives to find
+    for rows in (1, 3, 16):
+        monkeypatch.setattr(session_tables, "row_chunks", lambda n, m, rows=rows: store_measures.row_chunks(n, m, rows * m))
+        pd_testing.assert_frame_equal(session_tables.query_table_in_chunks(large), small.query_table(1)
+                                      .drop(columns=["hit", "valid_alternative", "outcome"]))
     large._ranks = None  # computed in chunks when ranks.npz is not there
     for key, ranks in small.ranks.items():
         np.testing.assert_array_equal(large.ranks[key], ranks, err_msg=key)
