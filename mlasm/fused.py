@@ -32,10 +32,10 @@ from mlasm.paths import cache_dir
 SOURCE = Path(__file__).resolve().parent / "kernels" / "pair_levels.c"
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")
 OPENMP = ("-fopenmp",)  # see pair_levels.c's pair_levels: torch's own OpenMP threads run the loop
-PAIRS_PER_THREAD = 256
+PAIRS_PER_THREAD = 256  # fewer pairs than this a thread cost more to start than they save
 # the loop's float32 sums run key after key: over thousands of regions they drift by about 1e-5 (10,000
 # regions: 1.2e-5 from torch), so images with more regions than this keep torch's scorer
-MAX_REGIONS = 512  # fewer pairs than this a thread cost more to start than they save
+MAX_REGIONS = 512
 
 
 class LocalTerms(NamedTuple):
@@ -187,13 +187,15 @@ def semantic_scores(regions, words, region_weights: Tensor, word_weights: Tensor
     n, n_regions, d = regions.context_rows.shape
     m, n_words = words.mask.shape
     f32 = torch.float32
+    word_weights, text_rows = _checked({"word weights": (word_weights, (n, m, n_words), f32),
+                                        "text context rows": (words.context_rows, (m, n_words, d), f32)})
     # b = sum_l wbar_l (W_t u_l + b_t) of every pair, caption-major: (m, n, L) @ (m, L, d)
-    text_sides = torch.bmm(word_weights.transpose(0, 1), words.context_rows) if n and m else None
+    text_sides = torch.bmm(word_weights.transpose(0, 1), text_rows)
     inputs = _checked({"region weights": (region_weights, (n, m, n_regions), f32),
                        "image context rows": (regions.context_rows, (n, n_regions, d), f32),
                        "gate rows": (regions.gate_rows, (n, n_regions, d), f32),
                        "global vectors": (regions.glob, (n, d), f32),
-                       "text sides": (text_sides if text_sides is not None else torch.zeros(m, n, d), (m, n, d), f32),
+                       "text sides": (text_sides, (m, n, d), f32),
                        "region mask": (regions.mask.to(torch.uint8), (n, n_regions), torch.uint8)})
     scores = region_weights.new_empty(n, m)
     addresses = [t.data_ptr() for t in inputs] + [n, n_regions, m, d]
