@@ -5,6 +5,7 @@
     python benchmarks/bench_scorer.py --quick           # 100 x 500
     python benchmarks/bench_scorer.py --sweep           # pairs/s against a fixed length L from 8 to 80
     python benchmarks/bench_scorer.py --budgets 32,64,512   # pairs/s against the block memory budget
+    python benchmarks/bench_scorer.py --device cuda --precision tf32   # or bfloat16 (autocast); float32 by default
 
 Caption lengths are drawn from a log-normal with the mean and 99th percentile of NLTK tokens on
 the real test captions (Flickr30K: mean 13.5, 99th pct 33, longest 75; COCO 1K: 11.3, 20, 38),
@@ -21,6 +22,7 @@ Random unit-length encodings stand in for encoded data; weights are the model's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -38,6 +40,7 @@ from mlasm.model import EPS, LEAKY_SLOPE, MLASM, CaptionEncoding, ImageEncoding,
 from mlasm.threads import set_threads  # noqa: E402
 
 SIZES = {"full": (1000, 5000), "quick": (100, 500)}
+PRECISIONS = ("float32", "tf32", "bfloat16")
 
 
 # (mean, 99th percentile, longest) of NLTK tokens per caption on the real test splits
@@ -124,6 +127,24 @@ def timed(fn, repeats: int = 1) -> float:
     return best
 
 
+@contextlib.contextmanager
+def scoring_precision(name: str, device: torch.device):
+    """float32 products (the default), TF32 products (CUDA only: torch's "high" float32 matmul precision)
+    or bfloat16 autocast, for the timed runs; float32 is restored afterwards."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision {name!r}: expected one of {', '.join(PRECISIONS)}")
+    if name == "tf32" and device.type != "cuda":
+        raise ValueError("precision tf32 is a CUDA setting; on the CPU use float32 or bfloat16")
+    before = torch.get_float32_matmul_precision()
+    if name == "tf32":
+        torch.set_float32_matmul_precision("high")
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bfloat16"):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def spread_subset(lengths: torch.Tensor, size: int) -> list[int]:
     """``size`` captions at evenly spaced quantiles of the length (the loop's cost grows with it)."""
     order = torch.argsort(lengths, stable=True)
@@ -164,6 +185,8 @@ def main() -> None:
                         help="captions the naive loop is timed on (against every image), spread over the lengths")
     parser.add_argument("--budgets", help="comma-separated block memory budgets in MB to compare")
     parser.add_argument("--memory-budget-mb", type=float, default=None, help="default: the scorer's own")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
+                        help="products in float32 (default), TF32 (CUDA) or bfloat16 autocast, for (a) to (c)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the usable cores that are not busy, as the mlasm commands)")
     args = parser.parse_args()
@@ -174,9 +197,13 @@ def main() -> None:
     config = MLASMConfig(region_dim=2048, global_dim=2048, vocab_size=4, embed_size=d)
     torch.manual_seed(0)
     model = MLASM(config).to(device).eval()
-    print(f"device {device}, {torch.get_num_threads()} threads, float32, R={n_regions}, d={d}, "
+    if args.precision == "tf32" and device.type != "cuda":
+        parser.error("--precision tf32 is a CUDA setting; on the CPU use float32 or bfloat16")
+    print(f"device {device}, {torch.get_num_threads()} threads, {args.precision}, R={n_regions}, d={d}, "
           f"pooling {config.pooling}, rho {config.rho}; load average before: {os.getloadavg()[0]:.1f}")
-    print(f"scorer: {fused.status() if device.type == 'cpu' else 'torch (fused loop: CPU only)'}")
+    scorer = (fused.status() if device.type == "cpu" and args.precision == "float32" else
+              "torch (the fused loop: CPU, float32 only)")
+    print(f"scorer: {scorer}")
     if args.sweep:
         sweep(model, 200, 1000, n_regions, d, device, args.memory_budget_mb)
         return
@@ -191,7 +218,7 @@ def main() -> None:
     print(f"{n_images} images x {n_captions} captions, lengths {args.lengths}: mean {lengths.float().mean():.1f}, "
           f"99th pct {int(lengths.float().quantile(0.99))}, longest {int(lengths.max())}")
 
-    with torch.no_grad():
+    with torch.no_grad(), scoring_precision(args.precision, device):
         model.score_all(img, CaptionEncoding(cap.words[:50], cap.lengths[:50]), progress=False)  # warm-up
         fast_s = timed(lambda: model.score_all(img, cap, memory_budget_mb=args.memory_budget_mb, progress=False))
         naive_s = timed(lambda: naive_scores(model, img, cap, subset), repeats=3)
