@@ -193,12 +193,15 @@ def main() -> None:
 
     set_threads(args.threads)
     device = torch.device(args.device)
+    try:
+        with scoring_precision(args.precision, device):  # refuses TF32 on the CPU before any work
+            pass
+    except ValueError as error:
+        parser.error(str(error))
     n_regions, d = 36, 1024
     config = MLASMConfig(region_dim=2048, global_dim=2048, vocab_size=4, embed_size=d)
     torch.manual_seed(0)
     model = MLASM(config).to(device).eval()
-    if args.precision == "tf32" and device.type != "cuda":
-        parser.error("--precision tf32 is a CUDA setting; on the CPU use float32 or bfloat16")
     print(f"device {device}, {torch.get_num_threads()} threads, {args.precision}, R={n_regions}, d={d}, "
           f"pooling {config.pooling}, rho {config.rho}; load average before: {os.getloadavg()[0]:.1f}")
     scorer = (fused.status() if device.type == "cpu" and args.precision == "float32" else

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scorer import scoring_precision  # noqa: E402
+from bench_scorer import PRECISIONS, scoring_precision  # noqa: E402
 from mlasm.checkpoint import load_model  # noqa: E402
 from mlasm.encoding import encode_split  # noqa: E402
 from mlasm.io import write_json  # noqa: E402
@@ -101,51 +101,54 @@ def demo(device: torch.device, out: Path, rehearsal: bool, timeout: float) -> di
     return {**result, **figures, "sd_from_cpu_mean": apart, "breakdown_s": times}
 
 
+def _per_precision(device: torch.device, measure) -> dict:
+    """``measure(name)`` for each precision the device has (TF32 is CUDA's alone)."""
+    return {name: measure(name) if name != "tf32" or device.type == "cuda" else {"skipped": "TF32 is a CUDA setting"}
+            for name in PRECISIONS}
+
+
 def precisions(device: torch.device, checkpoint: Path, rehearsal: bool) -> dict:
     """The trained model on the test split in each precision: rSum, time, and ranks changed against float32."""
     model, vocab, _ = load_model(checkpoint, device=device)
     split = open_split(EMBEDDED, "test", fast=rehearsal)
     img, cap = encode_split(model, split, vocab, progress=False)
-    rows, first = {}, None
-    for name in ("float32", "tf32", "bfloat16"):
-        if name == "tf32" and device.type != "cuda":
-            rows[name] = {"skipped": "TF32 is a CUDA setting"}
-            continue
+    float32_ranks = []
+
+    def measure(name: str) -> dict:
         with torch.no_grad(), scoring_precision(name, device):
             model.score_all(img, cap, progress=False)  # warm-up
             started = time.perf_counter()
             scores = model.score_all(img, cap, progress=False)["final"].float()
             seconds = time.perf_counter() - started
         ranks = np.concatenate([i2t_ranks(scores, split.caption_to_image), t2i_ranks(scores, split.caption_to_image)])
-        first = ranks if first is None else first
-        rows[name] = {"rsum": round(retrieval_metrics(scores, split.caption_to_image)["rsum"], 1),
-                      "seconds": round(seconds, 2), "ranks_changed_pct": round(100 * float(np.mean(ranks != first)), 2)}
-    return {"images": split.n_images, "captions": split.n_captions, **rows}
+        float32_ranks.append(ranks)  # float32 comes first
+        return {"rsum": round(retrieval_metrics(scores, split.caption_to_image)["rsum"], 1),
+                "seconds": round(seconds, 2),
+                "ranks_changed_pct": round(100 * float(np.mean(ranks != float32_ranks[0])), 2)}
+
+    return {"images": split.n_images, "captions": split.n_captions, **_per_precision(device, measure)}
 
 
 def scorer(device: torch.device, rehearsal: bool, timeout: float) -> dict:
-    rows = {}
-    for name in ("float32", "tf32", "bfloat16"):
-        if name == "tf32" and device.type != "cuda":
-            rows[name] = {"skipped": "TF32 is a CUDA setting"}
-            continue
+    def measure(name: str) -> dict:
         command = [sys.executable, "benchmarks/bench_scorer.py", "--device", str(device), "--precision", name]
         code, output, seconds = run(command + (["--quick", "--naive-captions", "2"] if rehearsal else []), timeout)
         found = {key: re.search(rf"\({key}\)[^:]*:\s+([\d,]+) pairs/s", output) for key in "abc"}
-        rows[name] = {"rc": code, "seconds": round(seconds, 1), **{
+        row = {"rc": code, "seconds": round(seconds, 1), **{
             label: int(match.group(1).replace(",", "")) for label, match in
             zip(("fast_pairs_s", "naive_pairs_s", "bare_pairs_s"), found.values()) if match}}
-        if code != 0:
-            rows[name]["output"] = tail(output, 12)
-    return rows
+        return row if code == 0 else {**row, "output": tail(output, 12)}
+
+    return _per_precision(device, measure)
 
 
 def distributed(device: torch.device, out: Path, rehearsal: bool, timeout: float) -> dict:
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     if not rehearsal and gpus < 2:
         return {"skipped": f"{gpus} GPU{'s' if gpus != 1 else ''}: 2-process NCCL training needs 2"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mlasm", "train", "--data", "shapescenes",
-               "--out", str(out), "--overwrite", "--epochs", "1", "--device", "cpu" if rehearsal else "cuda"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mlasm",
+               "train", "--data", "shapescenes", "--out", str(out), "--overwrite", "--epochs", "1",
+               "--device", "cpu" if rehearsal else "cuda"]
     small = ["--embed-size", "32", "--word-dim", "16", "--batch-size", "16"] if rehearsal else []
     code, output, seconds = run(command + small, timeout, {"MLASM_FAST": "1"} if rehearsal else {})
     result = {"rc": code, "seconds": round(seconds, 1), "backend": "gloo" if rehearsal else "nccl"}
