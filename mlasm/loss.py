@@ -8,7 +8,7 @@ whole (B, B) matrix. Summed over the processes, the shares are the loss of the w
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -69,6 +69,45 @@ def triplet_loss(scores: Tensor, margin: float = 0.2, hardest: bool = True,
     """
     positive_mask = square_positive_mask(scores, positive_mask)
     return rows_and_columns_loss(scores, scores, 0, margin, hardest, positive_mask, positive_mask)
+
+
+def hardest_negative_loss(scores: dict[str, Tensor], weights: dict[str, float], margin: float,
+                          positive_mask: Tensor, score_pairs: Callable[[Tensor, Tensor], dict[str, Tensor]]) -> Tensor:
+    """sum over levels of weights[level] x triplet_loss(scores[level], margin, hardest=True, positive_mask),
+    with gradients only through the pairs that loss is made of.
+
+    A row's hardest-negative hinge [margin + s(i, j*) - s(i, i)]_+ has the value and gradient of two
+    pairs, the positive and the highest-scored negative j*, and none where it is not active; a column's
+    likewise. So ``scores`` (level -> (B, B), without gradients: the fused loop scores them fast) picks
+    each row's and column's hardest negative and whether its hinge is active, and
+    ``score_pairs(image_index, caption_index)`` (level -> (K,), with gradients) scores only the
+    positives and those negatives: at most B (1 + 2 x levels) of the B^2 pairs. The value and gradients
+    are triplet_loss's to rounding, unless rounding reorders two negatives scored alike.
+    """
+    n = positive_mask.shape[0]
+    diagonal = torch.arange(n, device=positive_mask.device)
+    images, captions, hinges = [diagonal], [diagonal], []  # hinges: (level, rows or columns' positives, slots)
+    used = n
+    for level in weights:
+        level_scores = scores[level].detach()
+        negatives = level_scores.masked_fill(positive_mask, -math.inf)
+        for dim in (1, 0):  # each image's hardest caption, each caption's hardest image
+            hardest, other = negatives.max(dim=dim)
+            active = margin + hardest - level_scores.diagonal() > 0  # False too where there is no negative
+            own, other = diagonal[active], other[active]
+            images.append(own if dim == 1 else other)
+            captions.append(other if dim == 1 else own)
+            hinges.append((level, own, torch.arange(used, used + len(own), device=own.device)))
+            used += len(own)
+    keys = torch.cat(images) * n + torch.cat(captions)
+    unique, slot = torch.unique(keys, return_inverse=True)  # a pair hardest at several levels is scored once
+    levels = score_pairs(unique // n, unique % n)
+    loss = levels[next(iter(weights))].new_zeros(())
+    for level, own, slots in hinges:
+        pair_scores = levels[level]
+        positive = pair_scores[slot[own]]  # the positive pair (own, own) sits in slot[own], the first n keys
+        loss = loss + weights[level] * (margin + pair_scores[slot[slots]] - positive).clamp(min=0).sum()
+    return loss
 
 
 def loss_at_collapse(margin: float, hardest: bool, hinges_with_a_negative: int, negative_comparisons: int) -> float:

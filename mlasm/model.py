@@ -125,6 +125,11 @@ def _word_terms(words: Tensor, lengths: Tensor) -> _WordTerms:
     return _WordTerms(vectors, mask, torch.linalg.vector_norm(vectors, dim=-1), vectors @ vectors.transpose(1, 2))
 
 
+def _unsqueezed(items: NamedTuple) -> NamedTuple:
+    """One image's or caption's terms as a block of one: a leading dimension of size 1."""
+    return type(items)._make(None if t is None else t[None] for t in items)
+
+
 # ---------------------------------------------------------------------------------------
 # Local alignment (spec section 3), on a block of n images x m captions.
 
@@ -150,8 +155,8 @@ def _attend(rectified: Tensor, key_dim: int, query_dim: int, key_mask: Tensor, l
     # usual max, keeps exp from overflowing, and needs no pass to find the max; exp(-2 lambda) stays
     # a normal float32 up to lambda = 40, past which the max is found after all.
     shift = lambda_softmax if lambda_softmax <= MAX_BOUND_SHIFTED_LAMBDA else 0.0
-    key_bias = torch.full(key_mask.shape, -shift, dtype=rectified.dtype, device=rectified.device)
-    key_bias.masked_fill_(~key_mask, -math.inf)  # padded keys get no weight
+    key_bias = torch.full(key_mask.shape, -shift, dtype=rectified.dtype, device=rectified.device).masked_fill(
+        ~key_mask, -math.inf)  # padded keys get no weight (out of place: the mask may be vmapped, see pair_levels_at)
     logits = torch.addcmul(key_bias, rectified, lambda_softmax / (norms + EPS))
     if lambda_softmax > MAX_BOUND_SHIFTED_LAMBDA:
         logits = logits - logits.amax(key_dim, keepdim=True)
@@ -380,20 +385,44 @@ class MLASM(nn.Module):
         The captions are scored in ``length_groups`` groups of similar length, each padded only to
         its own longest caption (as score_all's blocks): a batch is otherwise padded to its longest
         caption, about twice the mean on real data. Padding never changes a score, so the groups
-        give the same scores and gradients as one block.
+        give the same scores and gradients as one block. Without gradients (the training step's search
+        for hardest negatives) the blocks go to score_all's scorer, the fused loop where it applies.
         """
         config = self.config
         regions, words = self._image_terms(img), self._caption_terms(cap)
+
+        def score(group_words: _WordTerms) -> dict[str, Tensor]:
+            if torch.is_grad_enabled():
+                return self._score_block(regions, group_words, config.lambda_t2i, config.lambda_i2t).levels
+            return self._block_levels(regions, group_words)
+
         n_captions = words.vectors.shape[0]
         if length_groups <= 1 or n_captions < 2 * length_groups:
-            return self._score_block(regions, words, config.lambda_t2i, config.lambda_i2t).levels
+            return score(words)
         order = torch.argsort(cap.lengths, stable=True)                            # shortest first
         parts = []
         for group in torch.tensor_split(order, length_groups):
-            group_words = _trim(_take(words, group), int(cap.lengths[group].max()))
-            parts.append(self._score_block(regions, group_words, config.lambda_t2i, config.lambda_i2t).levels)
+            parts.append(score(_trim(_take(words, group), int(cap.lengths[group].max()))))
         back = torch.argsort(order)                                                # to the batch's order
         return {level: torch.cat([part[level] for part in parts], dim=1)[:, back] for level in parts[0]}
+
+    def pair_levels_at(self, img: ImageEncoding, cap: CaptionEncoding, image_index: Tensor,
+                       caption_index: Tensor) -> dict[str, Tensor]:
+        """Every level of the K pairs (image_index[k], caption_index[k]), (K,) each; differentiable.
+
+        A training step with hardest negatives needs gradients through a few pairs of each row and
+        column only (mlasm.loss.hardest_negative_loss): here each pair is its own 1 x 1 block of
+        _score_block, the K blocks batched by torch.func.vmap, so the formulas are the same ones.
+        """
+        config = self.config
+        regions, words = self._image_terms(img), self._caption_terms(cap)
+
+        def one_pair(pair_regions: _RegionTerms, pair_words: _WordTerms) -> dict[str, Tensor]:
+            block = self._score_block(_unsqueezed(pair_regions), _unsqueezed(pair_words),
+                                      config.lambda_t2i, config.lambda_i2t)
+            return {level: value[0, 0] for level, value in block.levels.items()}
+
+        return torch.func.vmap(one_pair)(_take(regions, image_index), _take(words, caption_index))
 
     def forward(self, regions: Tensor, region_mask: Tensor, global_features: Tensor,
                 tokens: Tensor, lengths: Tensor, all_levels: bool = False):

@@ -54,7 +54,7 @@ from mlasm.evaluate import check_rankable, evaluate_model
 from mlasm.interrupts import InterruptGuard
 from mlasm.io import write_json
 from mlasm.levels import supervised_levels
-from mlasm.loss import hinge_sums, rows_and_columns_loss, statistics_from_sums
+from mlasm.loss import hardest_negative_loss, hinge_sums, rows_and_columns_loss, statistics_from_sums
 from mlasm.metrics import NonFiniteScores
 from mlasm.model import MLASM
 from mlasm.run_folder import RunState, config_for_data, continue_run, hold_run_folder, read_log, write_log
@@ -242,6 +242,13 @@ class _Training:
         # every hinge the loss holds collapses alike: the final score's and each supervised level's
         self.hinge_weights = 1 + config.level_weight * len(self.supervised_levels)
 
+    @property
+    def gradients_from_pairs(self) -> bool:
+        """Hardest negatives with gradients through their pairs alone (mlasm.loss.hardest_negative_loss): one
+        process in float32 with the eager scorer (DDP's hooks need its forward; bfloat16 and the compiled
+        scorer keep their whole-batch pass, as measured)."""
+        return self.trainer is None and not self.use_amp and self.compiled is None
+
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -252,15 +259,21 @@ class _Training:
         self.log = [row for row in read_log(self.log_path) if row["epoch"] < self.run.epoch]
 
     # ------------------------------------------------------------------ a step
+    def _batch_tensors(self, batch_ids: np.ndarray, caption_ids: np.ndarray):
+        """This process's images (on the device), captions (tokens and lengths, on the CPU) and the
+        positive mask of the whole batch."""
+        image_ids = self.train_split.caption_to_image[caption_ids]
+        regions, mask, global_features = (t.to(self.device) for t in image_tensors(self.train_split, image_ids))
+        tokens, lengths = self.captions.batch(caption_ids)
+        positives = torch.from_numpy(
+            self.known_positives.mask(self.train_split.caption_to_image[batch_ids], batch_ids)).to(self.device)
+        return regions, mask, global_features, tokens, lengths, positives
+
     def _rows_and_columns(self, batch_ids: np.ndarray, caption_ids: np.ndarray):
         """This process's scores of the batch, every level: (rows, columns, offset, row and column
         positives) in the form of ``mlasm.loss.rows_and_columns_loss``."""
         device, b = self.device, self.batch_size
-        image_ids = self.train_split.caption_to_image[caption_ids]
-        regions, mask, global_features = (t.to(device) for t in image_tensors(self.train_split, image_ids))
-        tokens, lengths = self.captions.batch(caption_ids)
-        positives = torch.from_numpy(
-            self.known_positives.mask(self.train_split.caption_to_image[batch_ids], batch_ids)).to(device)
+        regions, mask, global_features, tokens, lengths, positives = self._batch_tensors(batch_ids, caption_ids)
         offset = self.rank * b
         if self.trainer is not None and self.run.gather_negatives:  # every rank's slice against every other's
             longest = int(self.caption_lengths[batch_ids].max())  # equal shapes to gather: the batch's longest
@@ -282,6 +295,8 @@ class _Training:
         whole batch (with every rank's negatives when gathered).
         """
         config = self.config
+        if hardest and self.gradients_from_pairs:
+            return self._hardest_negative_losses(batch_ids, caption_ids)
         rows, columns, offset, row_positives, column_positives = self._rows_and_columns(batch_ids, caption_ids)
 
         def hinge(level: str) -> torch.Tensor:
@@ -298,6 +313,22 @@ class _Training:
             batch_loss, sums, loss = total[0], total[1:], loss * self.world
         statistics = statistics_from_sums(sums, self.batch_size * self.world, config.margin, hardest)
         return loss, batch_loss, statistics
+
+    def _hardest_negative_losses(self, batch_ids: np.ndarray, caption_ids: np.ndarray):
+        """_losses of one process with hardest negatives: every pair scored without gradients, then the
+        positives and the hardest negatives again with them (the same loss and gradients, a fraction of
+        the backward pass)."""
+        config, model, device = self.config, self.model, self.device
+        regions, mask, global_features, tokens, lengths, positives = self._batch_tensors(batch_ids, caption_ids)
+        img = model.encode_images(regions, mask, global_features)
+        cap = model.encode_captions(tokens.to(device), lengths.to(device))
+        with torch.no_grad():
+            scores = model.pair_levels(img, cap)
+        weights = {"final": 1.0, **{level: config.level_weight for level in self.supervised_levels}}
+        loss = hardest_negative_loss(scores, weights, config.margin, positives,
+                                     lambda images, captions: model.pair_levels_at(img, cap, images, captions))
+        sums = hinge_sums(scores["final"], scores["final"], 0, config.margin, positives, positives)
+        return loss, loss, statistics_from_sums(sums, self.batch_size, config.margin, True)
 
     def compute_step(self, order: np.ndarray, epoch: int, step: int, hardest: bool):
         """Forward and backward passes of batch ``step`` of ``epoch``; the weights are not yet changed."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlasm.loss import batch_statistics, hinge_sums, loss_at_collapse, rows_and_columns_loss, triplet_loss
+from mlasm.loss import (batch_statistics, hardest_negative_loss, hinge_sums, loss_at_collapse, rows_and_columns_loss,
+                        triplet_loss)
 
 # images x captions; the diagonal holds the training pairs
 SCORES_3X3 = torch.tensor([[0.90, 0.80, 0.10],
@@ -132,3 +133,50 @@ def test_the_ranks_shares_of_the_loss_add_up_to_the_loss_of_the_whole_batch(hard
     assert sums[3].item() / sums[4].item() == pytest.approx(expected["inside_margin"])
     expected = batch_statistics(scores, 0.2, positives, hardest=hardest)
     assert loss_at_collapse(0.2, hardest, sums[2].item(), sums[4].item()) == pytest.approx(expected["collapse_loss"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hardest_negative_loss_is_the_whole_batch_loss_with_gradients_through_its_pairs_alone(seed):
+    """Training scores every pair without gradients, then only the positives and the active hardest
+    negatives with them: the same value and gradients as the weighted sum of triplet_loss."""
+    n, generator = 7, torch.Generator().manual_seed(seed)
+    weights = {"final": 1.0, "t2i": 0.5, "global": 0.25}
+    matrices = {level: (0.3 * torch.randn(n, n, dtype=torch.float64, generator=generator)).requires_grad_()
+                for level in weights}
+    positive = torch.eye(n, dtype=torch.bool)
+    positive[0, 1] = positive[1, 0] = True  # one picture reached through two captions
+    positive[2] = True                      # image 2 is true of every caption: its row has no negative
+    requested = []
+
+    def score_pairs(images, captions):
+        requested.extend(zip(images.tolist(), captions.tolist()))
+        return {level: matrix[images, captions] for level, matrix in matrices.items()}
+
+    loss = hardest_negative_loss({level: m.detach() for level, m in matrices.items()}, weights, 0.2, positive,
+                                 score_pairs)
+    gradients = torch.autograd.grad(loss, list(matrices.values()))
+    expected = sum(weight * triplet_loss(matrices[level], 0.2, True, positive) for level, weight in weights.items())
+    expected_gradients = torch.autograd.grad(expected, list(matrices.values()))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12) and expected.item() > 0
+    for actual, wanted in zip(gradients, expected_gradients):
+        torch.testing.assert_close(actual, wanted, rtol=0, atol=1e-12)
+    # the pairs scored: each once, the positives and exactly the negatives that get a gradient
+    pushed = {(i, j) for g in expected_gradients for i, j in (g != 0).nonzero().tolist() if i != j}
+    assert len(requested) == len(set(requested))
+    assert set(requested) == {(i, i) for i in range(n)} | pushed
+    assert len(requested) < n * n
+
+
+def test_hardest_negative_loss_with_every_margin_met_scores_only_the_positives():
+    matrix = torch.eye(3, dtype=torch.float64).requires_grad_()
+    requested = []
+
+    def score_pairs(images, captions):
+        requested.extend(zip(images.tolist(), captions.tolist()))
+        return {"final": matrix[images, captions]}
+
+    loss = hardest_negative_loss({"final": matrix.detach()}, {"final": 1.0}, 0.2, torch.eye(3, dtype=torch.bool),
+                                 score_pairs)
+    loss.backward()  # no active hinge: a loss of 0 that still backpropagates (zero gradients)
+    assert loss.item() == 0.0 and requested == [(0, 0), (1, 1), (2, 2)]
+    assert torch.equal(matrix.grad, torch.zeros(3, 3, dtype=torch.float64))

@@ -213,6 +213,31 @@ def test_gradients_match_reference():
         assert_close(actual, wanted, atol=1e-8)
 
 
+def test_listed_pairs_score_as_in_the_whole_block_with_their_gradients():
+    """pair_levels_at (the training step's positives and hardest negatives): each listed pair's levels
+    and gradients are those of its place in the whole block, masked regions and padded words included."""
+    model = make_model()
+    img, cap = random_gallery(n_images=4, n_captions=6, seed=7)
+    images, captions = torch.tensor([0, 3, 3, 1, 2, 0, 2]), torch.tensor([5, 0, 2, 2, 4, 0, 1])
+    weights = torch.linspace(-1.0, 2.0, len(images), dtype=torch.float64)
+
+    def levels_and_gradients(score):
+        model.zero_grad()
+        leaves = [t.clone().requires_grad_() for t in (img.regions, img.glob, cap.words)]
+        levels = score(ImageEncoding(leaves[0], img.mask, leaves[1]), CaptionEncoding(leaves[2], cap.lengths))
+        sum((levels[level] * weights).sum() for level in ("t2i", "i2t", "global", "final")).backward()
+        return levels, [t.grad for t in leaves] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    listed, listed_grads = levels_and_gradients(lambda i, c: model.pair_levels_at(i, c, images, captions))
+    whole, whole_grads = levels_and_gradients(
+        lambda i, c: {level: value[images, captions] for level, value in model.pair_levels(i, c).items()})
+    for level in LEVELS:
+        assert_close(listed[level], whole[level], atol=1e-12)
+    assert len(listed_grads) == len(whole_grads) == 3 + 6   # the inputs, then W_x, b_x, W_g, b_g, W_t, b_t
+    for actual, wanted in zip(listed_grads, whole_grads):
+        assert_close(actual, wanted, atol=1e-12)
+
+
 def test_training_scores_in_length_groups_equal_one_padded_block_with_their_gradients():
     """pair_levels scores a batch's captions in groups of similar length: the same values and
     gradients as one block padded to the longest caption."""

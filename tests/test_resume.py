@@ -87,14 +87,15 @@ LOSSES_PER_STEP = 1 + 3 * (MLASMConfig.cpu(**TINY).level_weight > 0)
 
 
 def _first_loss_of(step: int) -> int:
-    """The call of the hinge (rows_and_columns_loss) that begins the given step (1-based, counted from the run's start)."""
+    """The call of the hinge (rows_and_columns_loss, the warm-up epoch's) that begins the given step (1-based, counted from the run's start)."""
     return (step - 1) * LOSSES_PER_STEP + 1
 
 
 # case -> (what to patch, name, at which call, action, options); calls count from the run's start
 INTERRUPTS = {
     "interrupt_between_steps": None,  # through on_step, below
-    "interrupt_in_the_loss": (train_module, "rows_and_columns_loss", _first_loss_of(STEPS_PER_EPOCH + 6), _raise(KeyboardInterrupt), {}),
+    # epoch 2 has hardest negatives: one call of hardest_negative_loss a step
+    "interrupt_in_the_loss": (train_module, "hardest_negative_loss", 6, _raise(KeyboardInterrupt), {}),
     "interrupt_in_the_forward_pass": (MLASM, "pair_levels", STEPS_PER_EPOCH + 1, _raise(KeyboardInterrupt),
                                       {"only_training": True}),
     "sigint_in_the_loss": (train_module, "rows_and_columns_loss", _first_loss_of(10), _signal_then_continue(signal.SIGINT), {}),

@@ -272,6 +272,29 @@ def test_level_wise_supervision_adds_each_level_s_hinge(tiny_data, tmp_path):
         replace(config, level_weight=-1.0)
 
 
+def test_hardest_negatives_backpropagated_through_their_pairs_train_as_the_whole_batch(tiny_data, tmp_path,
+                                                                                      monkeypatch):
+    """One process with hardest negatives scores the batch without gradients, then backpropagates
+    through the positives and their hardest negatives alone (mlasm.loss.hardest_negative_loss): the
+    run follows the one that backpropagates through every pair of the batch."""
+    import mlasm.train as training
+
+    config = MLASMConfig.cpu(**{**TINY, "warmup_epochs": 0})  # hardest negatives from the first step
+    original, calls = training._Training._hardest_negative_losses, []
+    monkeypatch.setattr(training._Training, "_hardest_negative_losses",
+                        lambda self, *args: calls.append(args) or original(self, *args))
+    pairs = train(config, tiny_data["train"], tiny_data["dev"], tmp_path / "pairs", progress=False)
+    steps = len(calls)
+    assert steps == 2 * (tiny_data["train"].n_captions // TINY["batch_size"])
+    monkeypatch.setattr(training._Training, "gradients_from_pairs", property(lambda self: False))
+    whole = train(config, tiny_data["train"], tiny_data["dev"], tmp_path / "whole", progress=False)
+    assert len(calls) == steps  # the reference backpropagated through the whole batch
+    for with_pairs, with_every_pair in zip(pairs["log"], whole["log"], strict=True):
+        for key in ("loss", "mean_positive", "mean_hardest_negative", "inside_margin"):
+            assert with_pairs[key] == pytest.approx(with_every_pair[key], rel=1e-5), key
+        assert with_pairs["val_rsum"] == pytest.approx(with_every_pair["val_rsum"], abs=0.5)
+
+
 def test_a_large_dev_split_is_validated_on_its_first_images_and_says_so(tiny_data, tmp_path, capsys):
     from mlasm.evaluate import evaluate_model
 
@@ -296,13 +319,13 @@ def test_a_model_that_scores_every_pair_alike_logs_a_collapse_share_of_one(prese
     """1.0 means collapse whatever the loss holds: warm-up sums, hardest negatives, level-wise hinges."""
     from mlasm.model import MLASM
 
-    def flat(self, regions, region_mask, global_features, tokens, lengths, all_levels=False):
-        anchor = sum(p.sum() for p in self.parameters()) * 0  # in the graph, with zero gradient
-        same = anchor + torch.full((regions.shape[0], tokens.shape[0]), 0.3)
-        levels = {level: same for level in ("final", "t2i", "i2t", "global")}
-        return levels if all_levels else same
+    def flat(model, shape):  # every pair scored alike, in the graph with zero gradients
+        anchor = sum(p.sum() for p in model.parameters()) * 0
+        return {level: anchor + torch.full(shape, 0.3) for level in ("final", "t2i", "i2t", "global")}
 
-    monkeypatch.setattr(MLASM, "forward", flat)
+    # the whole batch (with gradients, or without them to find the hardest negatives), then listed pairs
+    monkeypatch.setattr(MLASM, "pair_levels", lambda self, img, cap, **_: flat(self, (len(img.regions), len(cap.words))))
+    monkeypatch.setattr(MLASM, "pair_levels_at", lambda self, img, cap, images, captions: flat(self, (len(images),)))
     config = getattr(MLASMConfig, preset)(**{**TINY, "epochs": 2, "warmup_epochs": 1 if preset == "cpu" else 0})
     train(config, tiny_data["train"], tiny_data["dev"], tmp_path / "run", progress=False)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
