@@ -2,10 +2,14 @@
 
     python benchmarks/profile_step.py                 # the demo's shapes: CPU preset, batch 128, ShapeScenes sizes
     python benchmarks/profile_step.py --threads 1 --top 12 --repeats 5
+    python benchmarks/profile_step.py --whole-batch   # the training step as it was before the pair gradients
 
 The training step is the demo's: the CPU preset (d 256, bi-GRU, level-wise supervision), a batch of
 128 ShapeScenes training captions and their images (real features from the cache), forward, the
-hinges, backward, clipping and Adam. The scoring block is one block of ``score_all`` at
+hinges, backward, clipping and Adam, on an untrained model (nearly every hardest negative inside the
+margin). It is computed as training computes it with hardest negatives (every pair without
+gradients, then the positives and hardest negatives with them: mlasm.loss.hardest_negative_loss);
+``--whole-batch`` backpropagates through every pair. The scoring block is one block of ``score_all`` at
 Flickr30K-like caption lengths (random unit encodings, d 256, 36 regions), the size the CPU budget
 picks, scored as ``score_all`` scores it (the fused loop's C calls are the rows
 ``mlasm::fused_local_level`` and ``mlasm::fused_semantic_level``; ``MLASM_FUSED=0`` for torch's). Each is run once to warm up, then ``--repeats`` times under the profiler; the table lists
@@ -32,13 +36,13 @@ from mlasm.config import MLASMConfig  # noqa: E402
 from mlasm.data.dataset import encode_captions, image_tensors  # noqa: E402
 from mlasm.data.shapescenes import load_shapescenes  # noqa: E402
 from mlasm.data.vocab import Vocabulary  # noqa: E402
-from mlasm.loss import rows_and_columns_loss  # noqa: E402
+from mlasm.loss import hardest_negative_loss, rows_and_columns_loss  # noqa: E402
 from mlasm.blocks import _slice, _trim, default_memory_budget_mb, plan_blocks  # noqa: E402
 from mlasm.model import MLASM  # noqa: E402
 from mlasm.threads import set_threads  # noqa: E402
 
 
-def training_step(batch_size: int):
+def training_step(batch_size: int, whole_batch: bool):
     """A closure doing one training step of the demo's model on one ShapeScenes batch."""
     split = load_shapescenes("train", progress=False)
     vocab = Vocabulary.build(split.captions)
@@ -49,13 +53,19 @@ def training_step(batch_size: int):
     regions, mask, global_features = image_tensors(split, split.caption_to_image[caption_ids])
     tokens, lengths = encode_captions(vocab, [split.captions[c] for c in caption_ids]).batch(np.arange(batch_size))
     positives = torch.eye(batch_size, dtype=torch.bool)
+    weights = {"final": 1.0, **{level: config.level_weight for level in ("t2i", "i2t", "global")}}
 
     def step():
-        levels = model(regions, mask, global_features, tokens, lengths, all_levels=True)
-        loss = rows_and_columns_loss(levels["final"], levels["final"], 0, config.margin, True, positives, positives)
-        for level in ("t2i", "i2t", "global"):
-            loss = loss + config.level_weight * rows_and_columns_loss(levels[level], levels[level], 0, config.margin,
-                                                                      True, positives, positives)
+        if whole_batch:
+            levels = model(regions, mask, global_features, tokens, lengths, all_levels=True)
+            loss = sum(weight * rows_and_columns_loss(levels[level], levels[level], 0, config.margin, True, positives,
+                                                      positives) for level, weight in weights.items())
+        else:
+            img, cap = model.encode_images(regions, mask, global_features), model.encode_captions(tokens, lengths)
+            with torch.no_grad():
+                scores = model.pair_levels(img, cap)
+            loss = hardest_negative_loss(scores, weights, config.margin, positives,
+                                         lambda images, captions: model.pair_levels_at(img, cap, images, captions))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -101,11 +111,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--whole-batch", action="store_true",
+                        help="the training step with gradients through every pair of the batch")
     args = parser.parse_args()
     threads = set_threads(args.threads)
     print(f"torch {torch.__version__}, {threads} thread(s), load average before: "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    for name, (work, shape) in (("training step", training_step(args.batch_size)), ("scoring block", scoring_block())):
+    for name, (work, shape) in (("training step", training_step(args.batch_size, args.whole_batch)), ("scoring block", scoring_block())):
         rows, per_run = profiled(work, args.repeats, args.top)
         print(f"\n### {name} ({shape}): {per_run:.0f} ms of self CPU time a run, mean of {args.repeats}")
         print_markdown_table(rows)

@@ -15,9 +15,10 @@ from mlasm.train import VALIDATION_IMAGES
 
 AMP_HELP = ("train in bfloat16 mixed precision (float32 weights and loss) where the device multiplies in "
             "bfloat16 natively: a CUDA GPU, a CPU with AVX-512 BF16 or AMX; ignored elsewhere")
-COMPILE_HELP = ("compile the pair scorer of training steps (torch.compile; needs a C compiler on the CPU): "
-                "5-13 %% faster steps on a 2-core CPU after about 40 s of compiling on a machine's first run "
-                "(under 10 s later); for long runs. Eager where compiling fails")
+COMPILE_HELP = ("compile the pair scorer of training steps (torch.compile; needs a C compiler on the CPU); steps "
+                "then backpropagate through every pair of the batch, which on a 2-core CPU is slower than the "
+                "default's positives and hardest negatives alone (benchmarks/train_step.py). Eager where "
+                "compiling fails")
 DATA_HELP = f"'{EMBEDDED}' (the embedded dataset, generated on first use) or a folder in the precomp format"
 
 

@@ -7,6 +7,11 @@ an epoch's steps took 36.1-39.4 s against 38.0-40.0 s, after 42 s of compiling i
 on a machine's first run (4-9 s once inductor's cache on disk holds the kernels). So it pays in
 long runs only, and is opt-in. Only steps with gradients use it: validation and evaluation score
 in eager mode, which needs no compile.
+
+Those figures were taken before the pair gradients (mlasm.loss.hardest_negative_loss), which a compiled
+scorer does not take: its steps go through every pair of the batch. Against them on a trained demo
+model (benchmarks/train_step.py, 2 threads, three rounds) it was the slower: 340-451 ms a step against
+292-328 ms.
 """
 from __future__ import annotations
 
