@@ -93,7 +93,9 @@ def hardest_negative_loss(scores: dict[str, Tensor], weights: dict[str, float], 
         negatives = level_scores.masked_fill(positive_mask, -math.inf)
         for dim in (1, 0):  # each image's hardest caption, each caption's hardest image
             hardest, other = negatives.max(dim=dim)
-            active = margin + hardest - level_scores.diagonal() > 0  # False too where there is no negative
+            # inactive where the margin is met or there is no negative (-inf); a NaN stays active, so
+            # that it reaches the loss and the step stops as one through every pair would
+            active = ~(margin + hardest - level_scores.diagonal() <= 0)
             own, other = diagonal[active], other[active]
             images.append(own if dim == 1 else other)
             captions.append(other if dim == 1 else own)

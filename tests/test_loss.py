@@ -167,6 +167,15 @@ def test_hardest_negative_loss_is_the_whole_batch_loss_with_gradients_through_it
     assert len(requested) < n * n
 
 
+def test_hardest_negative_loss_of_a_nan_score_is_nan_as_triplet_loss():
+    """A model that produced NaN must not train on as if every margin were met: training stops on it."""
+    matrix = SCORES_3X3.clone()
+    matrix[1, 2] = float("nan")
+    loss = hardest_negative_loss({"final": matrix}, {"final": 1.0}, 0.2, torch.eye(3, dtype=torch.bool),
+                                 lambda images, captions: {"final": matrix[images, captions]})
+    assert torch.isnan(loss) and torch.isnan(triplet_loss(matrix))
+
+
 def test_hardest_negative_loss_with_every_margin_met_scores_only_the_positives():
     matrix = torch.eye(3, dtype=torch.float64).requires_grad_()
     requested = []
