@@ -115,6 +115,9 @@ def train(config: MLASMConfig, train_split: RetrievalSplit, dev_split: Retrieval
     process's share of a batch; ``gather_negatives`` (default: off, or the resumed run's) scores
     every rank's slice against every other's. Training runs on the process's device.
 
+    Steps with hardest negatives backpropagate through the positives and their hardest negatives
+    alone (``_Training.gradients_from_pairs``), except under ``amp``, ``compile_scorer`` or torchrun,
+    which keep gradients through every pair of the batch.
     ``amp``: bfloat16 mixed precision where the device has it natively (``native_bfloat16``).
     ``compile_scorer``: the pair scorer of training steps compiled (``mlasm.compiled``; eager
     where compiling fails). The summary's ``mixed_precision`` and ``compiled`` say what ran.
