@@ -241,9 +241,11 @@ class _Training:
         # Pairs that are in truth positive (another image the caption is true of) are never negatives.
         self.known_positives = train_split.positive_sets() if config.mask_false_negatives else \
             PositiveSets.strict(train_split.caption_to_image, train_split.n_images)
-        self.supervised_levels = [] if config.level_weight == 0 else supervised_levels(config.uses_global_level)
-        # every hinge the loss holds collapses alike: the final score's and each supervised level's
-        self.hinge_weights = 1 + config.level_weight * len(self.supervised_levels)
+        # the hinges the loss holds, by level: the final score's and, with level-wise supervision, each
+        # supervised level's (each level must rank on its own); at collapse every one sits at the margin
+        self.level_weights = {"final": 1.0, **{level: config.level_weight for level in (
+            supervised_levels(config.uses_global_level) if config.level_weight > 0 else ())}}
+        self.hinge_weights = sum(self.level_weights.values())
 
     @property
     def gradients_from_pairs(self) -> bool:
@@ -306,9 +308,7 @@ class _Training:
             return rows_and_columns_loss(rows[level].float(), columns[level].float(), offset, config.margin,
                                          hardest, row_positives, column_positives)
 
-        loss = hinge("final")
-        for level in self.supervised_levels:  # level-wise supervision: each level must rank on its own
-            loss = loss + config.level_weight * hinge(level)
+        loss = sum(weight * hinge(level) for level, weight in self.level_weights.items())
         sums = hinge_sums(rows["final"], columns["final"], offset, config.margin, row_positives, column_positives)
         batch_loss = loss
         if self.world > 1:
@@ -327,8 +327,7 @@ class _Training:
         cap = model.encode_captions(tokens.to(device), lengths.to(device))
         with torch.no_grad():
             scores = model.pair_levels(img, cap)
-        weights = {"final": 1.0, **{level: config.level_weight for level in self.supervised_levels}}
-        loss = hardest_negative_loss(scores, weights, config.margin, positives,
+        loss = hardest_negative_loss(scores, self.level_weights, config.margin, positives,
                                      lambda images, captions: model.pair_levels_at(img, cap, images, captions))
         sums = hinge_sums(scores["final"], scores["final"], 0, config.margin, positives, positives)
         return loss, loss, statistics_from_sums(sums, self.batch_size, config.margin, True)
