@@ -29,12 +29,16 @@
 
 #define EPS 1e-8f
 
+#define LANES 16  /* queries per step: a multiple of every vector width (8 floats in AVX2, 16 in AVX-512) */
+typedef float lanes __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float)), may_alias));  /* GCC, Clang */
+typedef int32_t bits __attribute__((vector_size(LANES * sizeof(int32_t)), aligned(sizeof(int32_t)), may_alias));
+/* rows of (gram w) summed at once in attend: ROWS independent sums keep the vector units busy, where
+   one row at a time is a chain of dependent additions that waits on each (a sixth of the loop's time) */
+#define ROWS 6
+
 /* exp(x) for x <= 0, to about 1e-7 relative: x = k ln 2 + f with |f| <= ln 2 / 2, exp(f) by its
    Taylor series to f^7 (remainder below 3e-9), times 2^k built in the exponent bits. Written with
    plain arithmetic so that the compiler vectorises the loops that call it (libm's expf does not). */
-#define LANES 16  /* queries per step: a multiple of every vector width (8 floats in AVX2, 16 in AVX-512) */
-typedef float lanes __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float)), may_alias));  /* GCC, Clang */
-
 static inline float exp_nonpositive(float x) {
     x = x < -87.0f ? -87.0f : x;                           /* exp(-87) is still a normal float */
     const float round_shift = 12582912.0f;                  /* 1.5 * 2^23: adding it rounds to an integer */
@@ -44,6 +48,22 @@ static inline float exp_nonpositive(float x) {
               + f * (1.0f / 720 + f * (1.0f / 5040)))))));
     union { int32_t i; float f; } scale = { .i = ((int32_t)k + 127) << 23 };
     return p * scale.f;
+}
+
+static float sum_lanes(lanes v) {
+    float total = 0.0f;
+    for (int k = 0; k < LANES; k++) total += v[k];
+    return total;
+}
+
+/* The sum of row[0 .. count - 1] where on is all ones (count a multiple of LANES), in vector lanes. The
+   positions left out hold weights too (a padded query's softmax is uniform, not zero): a bit mask drops
+   them exactly, whatever they hold. */
+static float masked_sum(const float *row, const int32_t *on, int64_t count) {
+    lanes total = {0};
+    for (int64_t x = 0; x < count; x += LANES)
+        total += (lanes)(*(const bits *)(row + x) & *(const bits *)(on + x));
+    return sum_lanes(total);
 }
 
 static float pool(const float *values, const uint8_t *valid, int64_t count, int lse, float lambda_lse) {
@@ -66,14 +86,14 @@ static float pool(const float *values, const uint8_t *valid, int64_t count, int 
    [query][key], rows key_stride apart. Keys where key_valid is 0 (masked regions; NULL: all valid)
    get no weight. Writes weights [key][query] and each query's cosine with its attended context,
    |context|^2 = weights^T gram weights (gram [key][key], rows gram_stride apart). Q is a multiple of
-   LANES: the queries past the real ones are zero columns, whose results nobody reads, so that no loop
-   over the queries (each runs along the contiguous index) ends in a scalar remainder. */
+   LANES: the queries past the real ones are zero columns, whose results are left out, so that no loop
+   over the queries (each runs along the contiguous index) ends in a scalar remainder. The queries go
+   LANES at a time, so that each one's running maximum, total and dot product stay in registers.
+   scale: K floats of scratch (each key's factor). */
 static void attend(const float *restrict s, const float *restrict rect, const float *restrict rect_by_query,
                    int64_t K, int64_t Q, int64_t key_stride, const uint8_t *key_valid, const float *restrict gram,
                    int64_t gram_stride, const float *restrict query_norms, float lambda, float *restrict weights,
-                   float *restrict cosines, float *restrict work) {
-    float *restrict scale = work, *restrict largest = scale + key_stride, *restrict total = largest + Q,
-          *restrict dots = total + Q, *restrict sq = dots + Q;
+                   float *restrict cosines, float *restrict scale) {
     for (int64_t k = 0; k < K; k++) scale[k] = 0.0f;
     for (int64_t q = 0; q < Q; q++)                                 /* each key's norm across the queries */
         for (int64_t k = 0; k < K; k++) scale[k] += rect_by_query[q * key_stride + k] * rect_by_query[q * key_stride + k];
@@ -81,42 +101,55 @@ static void attend(const float *restrict s, const float *restrict rect, const fl
         float norm = sqrtf(scale[k] > EPS * EPS ? scale[k] : EPS * EPS);
         scale[k] = lambda / (norm + EPS);
     }
-    for (int64_t q = 0; q < Q; q++) { largest[q] = -INFINITY; total[q] = 0.0f; dots[q] = 0.0f; }
-    for (int64_t k = 0; k < K; k++) {                               /* softmax over the keys, per query */
-        if (key_valid && !key_valid[k]) continue;
-        for (int64_t q = 0; q < Q; q++) {
-            float z = rect[k * Q + q] * scale[k];
-            weights[k * Q + q] = z;
-            largest[q] = z > largest[q] ? z : largest[q];
+    for (int64_t q0 = 0; q0 < Q; q0 += LANES) {                    /* LANES queries at a time, their */
+        float largest[LANES], total[LANES], inverse[LANES], dots[LANES];  /* sums held in registers */
+        for (int q = 0; q < LANES; q++) { largest[q] = -INFINITY; total[q] = 0.0f; dots[q] = 0.0f; }
+        for (int64_t k = 0; k < K; k++) {                           /* softmax over the keys, per query */
+            if (key_valid && !key_valid[k]) continue;
+            for (int q = 0; q < LANES; q++) {
+                float z = rect[k * Q + q0 + q] * scale[k];
+                weights[k * Q + q0 + q] = z;
+                largest[q] = z > largest[q] ? z : largest[q];
+            }
         }
-    }
-    for (int64_t k = 0; k < K; k++) {
-        if (key_valid && !key_valid[k]) { for (int64_t q = 0; q < Q; q++) weights[k * Q + q] = 0.0f; continue; }
-        for (int64_t q = 0; q < Q; q++) {
-            float e = exp_nonpositive(weights[k * Q + q] - largest[q]);
-            weights[k * Q + q] = e;
-            total[q] += e;
-        }
-    }
-    for (int64_t k = 0; k < K; k++)
-        for (int64_t q = 0; q < Q; q++) {
-            float w = weights[k * Q + q] / total[q];
-            weights[k * Q + q] = w;
-            dots[q] += w * s[k * Q + q];                                /* query . context */
-        }
-    for (int64_t q = 0; q < Q; q += LANES) {                       /* |context|^2 = w^T gram w, LANES */
-        lanes sum = {0};                                            /* queries at a time in registers */
         for (int64_t k = 0; k < K; k++) {
-            lanes mixed = {0};                                      /* (gram w)[k] */
-            for (int64_t k2 = 0; k2 < K; k2++)
-                mixed += gram[k * gram_stride + k2] * *(const lanes *)(weights + k2 * Q + q);
-            sum += *(const lanes *)(weights + k * Q + q) * mixed;
+            if (key_valid && !key_valid[k]) {
+                for (int q = 0; q < LANES; q++) weights[k * Q + q0 + q] = 0.0f;
+                continue;
+            }
+            for (int q = 0; q < LANES; q++) {
+                float e = exp_nonpositive(weights[k * Q + q0 + q] - largest[q]);
+                weights[k * Q + q0 + q] = e;
+                total[q] += e;
+            }
         }
-        *(lanes *)(sq + q) = sum;
-    }
-    for (int64_t q = 0; q < Q; q++) {
-        float context = sqrtf(sq[q] > 0.0f ? sq[q] : 0.0f), denominator = query_norms[q] * context;
-        cosines[q] = dots[q] / (denominator > EPS ? denominator : EPS);
+        for (int q = 0; q < LANES; q++) inverse[q] = 1.0f / total[q];
+        for (int64_t k = 0; k < K; k++)
+            for (int q = 0; q < LANES; q++) {
+                float w = weights[k * Q + q0 + q] * inverse[q];
+                weights[k * Q + q0 + q] = w;
+                dots[q] += w * s[k * Q + q0 + q];                    /* query . context */
+            }
+        lanes sum = {0};                                            /* |context|^2 = w^T gram w */
+        int64_t k = 0;
+        for (; k + ROWS <= K; k += ROWS) {                          /* (gram w)[k .. k + ROWS - 1]: ROWS */
+            lanes mixed[ROWS] = {{0}};                              /* independent sums, not one chain */
+            for (int64_t k2 = 0; k2 < K; k2++) {
+                const lanes w = *(const lanes *)(weights + k2 * Q + q0);
+                for (int t = 0; t < ROWS; t++) mixed[t] += gram[(k + t) * gram_stride + k2] * w;
+            }
+            for (int t = 0; t < ROWS; t++) sum += *(const lanes *)(weights + (k + t) * Q + q0) * mixed[t];
+        }
+        for (; k < K; k++) {
+            lanes mixed = {0};
+            for (int64_t k2 = 0; k2 < K; k2++)
+                mixed += gram[k * gram_stride + k2] * *(const lanes *)(weights + k2 * Q + q0);
+            sum += *(const lanes *)(weights + k * Q + q0) * mixed;
+        }
+        for (int q = 0; q < LANES; q++) {
+            float context = sqrtf(sum[q] > 0.0f ? sum[q] : 0.0f), denominator = query_norms[q0 + q] * context;
+            cosines[q0 + q] = dots[q] / (denominator > EPS ? denominator : EPS);
+        }
     }
 }
 
@@ -130,16 +163,23 @@ static int pair_range(const float *sim, const uint8_t *region_mask, const float 
                       int64_t first_pair, int64_t last_pair,
                       float *t2i, float *i2t, float *region_weights, float *word_weights) {
     const int64_t Rp = padded(R), Lp = padded(L), tile = Rp * Lp, side = Rp > Lp ? Rp : Lp;
-    float *scratch = calloc(6 * tile + 10 * side, sizeof(float));
+    float *scratch = calloc(6 * tile + 6 * side, sizeof(float));
     if (!scratch) return -1;
     float *s = scratch, *rect = s + tile, *alpha = rect + tile;            /* [region][word], rows Wp apart */
     float *s_t = alpha + tile, *rect_t = s_t + tile, *beta = rect_t + tile;  /* [word][region], rows Rp apart */
     float *word_norm = beta + tile, *region_norm = word_norm + side, *cosines = region_norm + side;
-    float *work = cosines + side;
+    float *key_scale = cosines + side;
+    int32_t *region_on = (int32_t *)(key_scale + side), *word_on = region_on + side;  /* all ones where real */
 
     for (int64_t p = first_pair; p < last_pair; p++) {
         const int64_t i = p / m, j = p % m, W = lengths[j], Wp = padded(W);  /* W real words */
         const uint8_t *valid = region_mask + i * R;
+        if (p + 1 < last_pair)  /* the next pair's R rows lie far apart in the block: have them fetched meanwhile */
+            for (int64_t r = 0, i1 = (p + 1) / m, j1 = (p + 1) % m; r < R; r++) {
+                const float *next = sim + ((i1 * R + r) * m + j1) * L;
+                __builtin_prefetch(next);
+                __builtin_prefetch(next + L - 1);
+            }
         for (int64_t r = 0; r < R; r++) {                              /* the tile, both ways, zero-padded */
             const float *row = sim + ((i * R + r) * m + j) * L;
             for (int64_t l = 0; l < W; l++) {
@@ -154,30 +194,24 @@ static int pair_range(const float *sim, const uint8_t *region_mask, const float 
             for (int64_t r = 0; r < Rp; r++) s_t[l * Rp + r] = rect_t[l * Rp + r] = 0.0f;
         for (int64_t l = 0; l < Wp; l++) word_norm[l] = l < W ? word_norms[j * L + l] : 0.0f;
         for (int64_t r = 0; r < Rp; r++) region_norm[r] = r < R ? region_norms[i * R + r] : 0.0f;
+        for (int64_t r = 0; r < Rp; r++) region_on[r] = r < R && valid[r] ? -1 : 0;
+        for (int64_t l = 0; l < Wp; l++) word_on[l] = l < W ? -1 : 0;
 
         /* text-to-image: the words attend to the image's real regions */
         attend(s, rect, rect_t, R, Wp, Rp, valid, region_gram + i * R * R, R, word_norm, lambda_t2i,
-               alpha, cosines, work);
+               alpha, cosines, key_scale);
         t2i[p] = pool(cosines, NULL, W, lse, lambda_lse);
         if (region_weights)
-            for (int64_t r = 0; r < R; r++) {
-                float sum = 0.0f;
-                for (int64_t l = 0; l < W; l++) sum += alpha[r * Wp + l];
-                region_weights[p * R + r] = sum / (float)W;
-            }
+            for (int64_t r = 0; r < R; r++) region_weights[p * R + r] = masked_sum(alpha + r * Wp, word_on, Wp) / (float)W;
         /* image-to-text: the regions attend to the caption's words */
         attend(s_t, rect_t, rect, W, Rp, Wp, NULL, word_gram + j * L * L, L, region_norm, lambda_i2t,
-               beta, cosines, work);
+               beta, cosines, key_scale);
         i2t[p] = pool(cosines, valid, R, lse, lambda_lse);
         if (word_weights) {
             int64_t real = 0;
             for (int64_t r = 0; r < R; r++) real += valid[r] != 0;
-            for (int64_t l = 0; l < L; l++) {
-                float sum = 0.0f;
-                if (l < W)
-                    for (int64_t r = 0; r < R; r++) sum += valid[r] ? beta[l * Rp + r] : 0.0f;
-                word_weights[p * L + l] = sum / (float)real;
-            }
+            for (int64_t l = 0; l < L; l++)
+                word_weights[p * L + l] = l < W ? masked_sum(beta + l * Rp, region_on, Rp) / (float)real : 0.0f;
         }
     }
     free(scratch);
@@ -244,12 +278,6 @@ static inline lanes load_lanes(const float *from, int64_t width) {  /* zero past
     lanes v = {0};
     for (int64_t k = 0; k < width; k++) v[k] = from[k];
     return v;
-}
-
-static float sum_lanes(lanes v) {
-    float total = 0.0f;
-    for (int k = 0; k < LANES; k++) total += v[k];
-    return total;
 }
 
 static void semantic_range(const float *region_weights, const float *context_rows, const float *gate_rows,
