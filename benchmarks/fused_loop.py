@@ -1,8 +1,8 @@
 """The fused pair loop alone (mlasm/kernels/pair_levels.c) on one block of score_all, two versions alternated.
 
     python benchmarks/fused_loop.py                          # this checkout's loop
-    git show HEAD~1:mlasm/kernels/pair_levels.c > /tmp/before.c
-    python benchmarks/fused_loop.py --against /tmp/before.c  # the two alternated, round by round
+    git show 368e648:mlasm/kernels/pair_levels.c > /tmp/before.c   # the loop before its tuning
+    python benchmarks/fused_loop.py --against /tmp/before.c        # the two alternated, round by round
 
 One block the size that score_all's CPU budget cuts at the bench_scorer.py settings (d 1,024, 36
 regions, Flickr30K-like lengths: 45 images x 60 captions of the gallery's typical length, a sixth of
