@@ -37,6 +37,7 @@ from mlasm.data.dataset import encode_captions, image_tensors  # noqa: E402
 from mlasm.data.shapescenes import load_shapescenes  # noqa: E402
 from mlasm.data.vocab import Vocabulary  # noqa: E402
 from mlasm.loss import hardest_negative_loss, rows_and_columns_loss  # noqa: E402
+from mlasm.train import level_weights  # noqa: E402
 from mlasm.blocks import _slice, _trim, default_memory_budget_mb, plan_blocks  # noqa: E402
 from mlasm.model import MLASM  # noqa: E402
 from mlasm.threads import set_threads  # noqa: E402
@@ -53,7 +54,7 @@ def training_step(batch_size: int, whole_batch: bool):
     regions, mask, global_features = image_tensors(split, split.caption_to_image[caption_ids])
     tokens, lengths = encode_captions(vocab, [split.captions[c] for c in caption_ids]).batch(np.arange(batch_size))
     positives = torch.eye(batch_size, dtype=torch.bool)
-    weights = {"final": 1.0, **{level: config.level_weight for level in ("t2i", "i2t", "global")}}
+    weights = level_weights(config)
 
     def step():
         if whole_batch:

@@ -70,6 +70,13 @@ def _check_finite_settings(config: MLASMConfig) -> None:
         raise ValueError(f"invalid MLASMConfig: {', '.join(bad)}; every setting must be a finite number")
 
 
+def level_weights(config: MLASMConfig) -> dict[str, float]:
+    """The hinges the loss holds, by level, and their weights: the final score's and, with level-wise
+    supervision, each supervised level's (each level must rank on its own)."""
+    supervised = supervised_levels(config.uses_global_level) if config.level_weight > 0 else []
+    return {"final": 1.0, **{level: config.level_weight for level in supervised}}
+
+
 def epoch_order(n_captions: int, seed: int, epoch: int) -> np.ndarray:
     """The caption order of one epoch: a function of (seed, epoch) alone, so a resumed run sees the same batches."""
     return np.random.default_rng([seed, epoch]).permutation(n_captions)
@@ -241,11 +248,8 @@ class _Training:
         # Pairs that are in truth positive (another image the caption is true of) are never negatives.
         self.known_positives = train_split.positive_sets() if config.mask_false_negatives else \
             PositiveSets.strict(train_split.caption_to_image, train_split.n_images)
-        # the hinges the loss holds, by level: the final score's and, with level-wise supervision, each
-        # supervised level's (each level must rank on its own); at collapse every one sits at the margin
-        self.level_weights = {"final": 1.0, **{level: config.level_weight for level in (
-            supervised_levels(config.uses_global_level) if config.level_weight > 0 else ())}}
-        self.hinge_weights = sum(self.level_weights.values())
+        self.level_weights = level_weights(config)
+        self.hinge_weights = sum(self.level_weights.values())  # at collapse every hinge sits at the margin
 
     @property
     def gradients_from_pairs(self) -> bool:
